@@ -1,0 +1,101 @@
+"""The contract between the harness and every method.
+
+A method is a class registered in `bench.registry` that follows `Method`; what it returns after training
+follows `Trained`. This module imports nothing heavy (no torch), so `bench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from PIL.Image import Image
+
+    from bench.models import Models
+
+
+class BenchError(Exception):
+    """A mistake the user can fix. The CLI prints it as one line and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One subject to personalise: its reference photos and its evaluation prompts.
+
+    `prompts` are templates in DreamBench's form, `{0}` the method's identifier and `{1}` the class noun,
+    e.g. `"a {0} {1} in the jungle"`.
+    """
+
+    name: str
+    class_noun: str
+    images: tuple[Path, ...]
+    prompts: tuple[str, ...]
+    live: bool = False
+
+    def prompt(self, template: str, identifier: str) -> str:
+        """The prompt given to the model: `"a <new1> dog in the jungle"`."""
+        return _squash(template.format(identifier, self.class_noun))
+
+    def clip_text(self, template: str) -> str:
+        """The CLIP-T text: the prompt with the identifier removed, `"a dog in the jungle"`."""
+        return _squash(template.format("", self.class_noun))
+
+    def with_images(self, images: tuple[Path, ...]) -> Concept:
+        """The same concept with another set of reference photos (the one-shot ablation)."""
+        return Concept(self.name, self.class_noun, images, self.prompts, self.live)
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class Log(Protocol):
+    """Where a method reports its progress. The harness writes every call to the run's loss log (JSONL)."""
+
+    def begin(self, phase: str, total: int) -> None:
+        """A new phase of training (`"train"`, `"echo"`, ...) with `total` iterations."""
+
+    def __call__(self, iteration: int, **scalars: float) -> None:
+        """One finished iteration with its scalar values (losses, weights, accuracies, gradient norms)."""
+
+
+@runtime_checkable
+class Trained(Protocol):
+    """A personalised model, ready to sample and to save."""
+
+    identifier: str
+    """The word that stands for the concept in prompts (`"<new1>"`, `"sks"`)."""
+
+    default_steps: int
+    """Sampling steps used for evaluation unless a caller asks for others."""
+
+    def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list[Image]:
+        """One image per (prompt, seed) pair; the same pair always gives the same image."""
+
+    def save(self, out_dir: Path) -> None:
+        """Write the trained weights in the ecosystem's formats (safetensors only) under `out_dir`."""
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A personalisation method. One instance per run, built from its resolved config."""
+
+    name: ClassVar[str]
+    """Registry name (`"custom_diffusion"`)."""
+
+    Config: ClassVar[type]
+    """A dataclass; every field documented, defaults here only, validated in `__post_init__`."""
+
+    variants: ClassVar[dict[str, dict[str, Any]]]
+    """Named config overrides (`{"default": {}, "sd21": {"base": "teacher", ...}}`)."""
+
+    def __init__(self, config: Any) -> None: ...
+
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> Trained:
+        """Train on `concept` and return the personalised model. `out_dir` may hold checkpoints."""
+
+    def load(self, weights_dir: Path, models: Models) -> Trained:
+        """Rebuild a trained model from what `Trained.save` wrote (for `bench generate`)."""

@@ -1,0 +1,65 @@
+"""Typed configs: build a config dataclass from overrides (unknown keys raise), dump it, hash it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from typing import Any
+
+from bench.api import BenchError
+from bench.registry import did_you_mean
+
+
+def build(cls: type, overrides: dict[str, Any] | None = None) -> Any:
+    """`cls(**overrides)` with a clear error for an unknown key or a value `__post_init__` rejects."""
+    overrides = dict(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in overrides:
+        if key not in fields:
+            raise BenchError(
+                f"unknown config field '{key}' for {cls.__name__}{did_you_mean(key, list(fields))}; "
+                f"valid: {', '.join(fields)}"
+            )
+    hints = typing.get_type_hints(cls)
+    for key, value in list(overrides.items()):
+        overrides[key] = _coerce(value, hints.get(key))
+    try:
+        return cls(**overrides)
+    except (ValueError, TypeError) as err:
+        raise BenchError(f"invalid {cls.__name__}: {err}") from None
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Values from the command line arrive as strings; JSON lists arrive as lists. Make them the field's type."""
+    if hint is None or not isinstance(value, (str, list)):
+        return value
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if not isinstance(value, str):
+        return value
+    if hint is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise BenchError(f"expected true/false, got '{value}'")
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except ValueError:
+            raise BenchError(f"expected a {hint.__name__}, got '{value}'") from None
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain JSON-able values (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def stable_hash(payload: Any) -> str:
+    """A short sha256 of the canonical JSON of `payload`; equal payloads give equal hashes."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

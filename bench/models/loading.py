@@ -1,0 +1,251 @@
+"""Load a profile's components: one code path for the real weights, the tiny stand-ins and random init.
+
+`Models` is lazy: a role (`models.student_unet`, `models.dino1`, ...) is loaded on first access. Loaded weights
+are kept once per process (pristine, on the device) and every `Models` instance gets its own deep copy, so a
+method may change its copy freely and the next run starts from the original weights without a reload.
+Every module comes back frozen (`requires_grad=False`) and in eval mode; a method unfreezes what it trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from bench.api import BenchError
+from bench.models.profiles import Component, Profile
+
+CONFIGS = Path(__file__).parent / "configs"
+_PRISTINE: dict[tuple, Any] = {}
+
+
+def quiet_libraries() -> None:
+    """The harness draws its own progress; silence the libraries' bars and advisory warnings."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Models:
+    """Lazy access to the components of one profile on one device.
+
+    Roles (see `bench.models.profiles`): student_unet, student_scheduler, student_text_encoder,
+    student_tokenizer, teacher_unet, teacher_scheduler, teacher_text_encoder, teacher_tokenizer, vae,
+    clip_vision, ip_proj, dino1, dinov2 (and student_lora for hyper-sd15 at paper scale).
+    """
+
+    def __init__(self, profile: Profile, device: str | None = None) -> None:
+        import torch
+
+        self.profile = profile
+        self.device = torch.device(device or default_device())
+        self.resolution = profile.resolution
+        self._copies: dict[str, Any] = {}
+
+    def __getattr__(self, role: str) -> Any:
+        if role.startswith("_") or role not in self.profile.components:
+            raise AttributeError(role)
+        if role not in self._copies:
+            self._copies[role] = _fresh(self.get_pristine(role))
+        return self._copies[role]
+
+    def get_pristine(self, role: str) -> Any:
+        """The process-wide loaded component; never modify it (read-only uses such as frozen backbones)."""
+        comp = self.profile.components[role]
+        key = (self.profile.name, self.profile.backbone, role, comp.source, str(self.device))
+        if key not in _PRISTINE:
+            if self.profile.name == "tiny":
+                from bench.models.tiny import ensure_built
+
+                ensure_built()
+            _PRISTINE[key] = load_component(self.profile, role, self.device)
+        return _PRISTINE[key]
+
+    @property
+    def latent_size(self) -> int:
+        """Latent side length: the resolution divided by the VAE's downsampling factor."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.resolution // factor
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.profile.describe(), "device": str(self.device)}
+
+
+def _fresh(obj: Any) -> Any:
+    if hasattr(obj, "config") and hasattr(obj, "set_timesteps"):  # a scheduler: same config, fresh state
+        return type(obj).from_config(obj.config)
+    return copy.deepcopy(obj)
+
+
+def load_component(profile: Profile, role: str, device: Any) -> Any:
+    """Load one role's component, turning any 'not found' into one line that says what to do."""
+    quiet_libraries()
+    comp = profile.components[role]
+    try:
+        obj = _LOADERS[comp.kind](comp, profile.random_init)
+    except BenchError:
+        raise
+    except Exception as err:  # hub errors, missing files, bad configs: all become one actionable line
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise BenchError(
+            f"profile '{profile.name}': cannot load {role} from '{comp.source}' ({reason}); use --profile tiny "
+            f"to run offline, or point it at a local copy with --weights {comp.group}=/path"
+        ) from None
+    if hasattr(obj, "to") and hasattr(obj, "requires_grad_"):
+        obj = obj.to(device).requires_grad_(False).eval()
+    return obj
+
+
+def _is_local(comp: Component) -> bool:
+    return Path(comp.source).exists()
+
+
+def _from_pretrained(cls: Any, comp: Component) -> Any:
+    """Local folder as is; a hub id from the local cache first, so a missing model fails fast offline."""
+    kwargs = {"subfolder": comp.subfolder} if comp.subfolder else {}
+    if _is_local(comp):
+        return cls.from_pretrained(comp.source, **kwargs)
+    try:
+        return cls.from_pretrained(comp.source, local_files_only=True, **kwargs)
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            raise
+        return cls.from_pretrained(comp.source, **kwargs)
+
+
+def _hub_file(comp: Component) -> Path:
+    """A single weights file: local `source/file`, or the hub cache (downloaded if reachable)."""
+    if _is_local(comp):
+        path = Path(comp.source)
+        return path / comp.file if path.is_dir() and comp.file else path
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(comp.source, comp.file, local_files_only=True))
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            raise
+        return Path(hf_hub_download(comp.source, comp.file))
+
+
+def _unet(comp: Component, random_init: bool) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    if random_init:
+        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS / comp.config))
+    return _from_pretrained(UNet2DConditionModel, comp)
+
+
+def _vae(comp: Component, random_init: bool) -> Any:
+    from diffusers import AutoencoderKL
+
+    if random_init:
+        return AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIGS / comp.config))
+    return _from_pretrained(AutoencoderKL, comp)
+
+
+def _text_encoder(comp: Component, random_init: bool) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if random_init:
+        return CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIGS / comp.config))
+    return _from_pretrained(CLIPTextModel, comp)
+
+
+def _tokenizer(comp: Component, random_init: bool) -> Any:
+    from transformers import CLIPTokenizer
+
+    if random_init:  # the real vocabulary is available offline: build the real tokenizer
+        from bench.models.tiny import tiny_root, write_clip_tokenizer
+
+        pad = "<|endoftext|>" if comp.group == "student" and "sd15" in comp.source.lower() else "!"
+        out = tiny_root().parent / f"clip-tokenizer-{'eos' if pad != '!' else 'bang'}"
+        if not (out / "merges.txt").exists():
+            write_clip_tokenizer(out, pad)
+        return CLIPTokenizer.from_pretrained(out)
+    return _from_pretrained(CLIPTokenizer, comp)
+
+
+def _scheduler(comp: Component, random_init: bool) -> Any:
+    import diffusers
+
+    if random_init:
+        config = diffusers.DDIMScheduler.load_config(CONFIGS / comp.config)
+    else:
+        config = _from_pretrained(_SchedulerConfig, comp)
+    cls_name = comp.options.get("_class_name", config["_class_name"])
+    return getattr(diffusers, cls_name).from_config(config)
+
+
+class _SchedulerConfig:
+    """Adapter so a scheduler's config goes through the same hub-or-local path as the models."""
+
+    @staticmethod
+    def from_pretrained(source: str, **kwargs: Any) -> dict:
+        import diffusers
+
+        return diffusers.DDIMScheduler.load_config(source, **kwargs)
+
+
+def _clip_vision(comp: Component, random_init: bool) -> Any:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    if random_init:
+        return CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(CONFIGS / comp.config))
+    return _from_pretrained(CLIPVisionModelWithProjection, comp)
+
+
+def _ip_proj(comp: Component, random_init: bool) -> Any:
+    """IP-Adapter's image projection (Linear 1024 -> 4 x 768, LayerNorm) as diffusers' `ImageProjection`."""
+    from diffusers.models.embeddings import ImageProjection
+
+    proj = ImageProjection(cross_attention_dim=comp.options["cross_attention_dim"],
+                           image_embed_dim=comp.options["image_embed_dim"], num_image_text_embeds=4)
+    if random_init:
+        return proj
+    from safetensors.torch import load_file
+
+    state = load_file(_hub_file(comp))
+    # IP-Adapter names the linear layer `proj`; diffusers names it `image_embeds`.
+    renamed = {k.removeprefix("image_proj.").replace("proj.", "image_embeds.", 1): v
+               for k, v in state.items() if k.startswith("image_proj.")}
+    proj.load_state_dict(renamed, strict=True)
+    return proj
+
+
+def _timm(comp: Component, random_init: bool) -> Any:
+    import timm
+
+    kwargs = {k: v for k, v in comp.options.items() if k not in ("arch", "input_size")}
+    if random_init:
+        return timm.create_model(comp.options["arch"], pretrained=False, num_classes=0, **kwargs)
+    if _is_local(comp):
+        path = Path(comp.source)
+        overlay = {"file": str(path / "model.safetensors" if path.is_dir() else path)}
+    else:
+        overlay = {"hf_hub_id": comp.source}
+    return timm.create_model(comp.options["arch"], pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0,
+                             **kwargs)
+
+
+def _lora(comp: Component, random_init: bool) -> Any:
+    """A LoRA file is applied by the method that needs it; loading resolves its local path."""
+    return None if random_init else _hub_file(comp)
+
+
+_LOADERS = {"unet": _unet, "vae": _vae, "text_encoder": _text_encoder, "tokenizer": _tokenizer,
+            "scheduler": _scheduler, "clip_vision": _clip_vision, "ip_proj": _ip_proj, "timm": _timm,
+            "lora": _lora}

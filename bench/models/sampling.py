@@ -1,0 +1,97 @@
+"""Text encoding, seeded noise, few-step student and CFG teacher sampling, VAE decode.
+
+Determinism: the initial noise of each image is drawn from its own CPU generator seeded with the image's seed,
+so the same (prompt, seed) gives the same image whatever else is in the batch and on whatever device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# protocol: the student in 1, 2 or 4 steps; trailing spacing gives exactly these timesteps.
+STUDENT_TIMESTEPS = {1: (999,), 2: (999, 499), 4: (999, 749, 499, 249)}
+TEACHER_STEPS = 25
+TEACHER_GUIDANCE = 7.5
+
+
+def tokenize(tokenizer: Any, prompts: list[str], device: Any) -> torch.Tensor:
+    """(B, 77) token ids, padded to the tokenizer's max length as SD pipelines do."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids.to(device)
+
+
+def encode_text(tokenizer: Any, text_encoder: Any, prompts: list[str]) -> torch.Tensor:
+    """(B, 77, D) last hidden states: the UNet's cross-attention context. Gradient flows if enabled."""
+    device = next(text_encoder.parameters()).device
+    return text_encoder(tokenize(tokenizer, prompts, device))[0]
+
+
+def seeded_noise(seeds: list[int], shape: tuple[int, ...], device: Any, dtype: Any = torch.float32) -> torch.Tensor:
+    """(B, *shape) standard normal noise, image i drawn from a CPU generator seeded with seeds[i]."""
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(noise).to(device=device, dtype=dtype)
+
+
+def timesteps_for(scheduler: Any, steps: int) -> list[int]:
+    """The timesteps a scheduler visits for `steps` steps (a fresh copy: the caller's is not changed)."""
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(steps)
+    return [int(t) for t in fresh.timesteps]
+
+
+@torch.no_grad()
+def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[int], steps: int, latent_size: int,
+                   uncond: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
+    """Run `scheduler` for `steps` steps from seeded noise; classifier-free guidance when `guidance > 1`.
+
+    cond, uncond: (B, 77, D) and (1 or B, 77, D). Returns (B, 4, h, w) clean latents (VAE-scaled).
+    """
+    scheduler = type(scheduler).from_config(scheduler.config)  # schedulers keep step state: use a fresh one
+    scheduler.set_timesteps(steps, device=cond.device)
+    channels = unet.config.in_channels
+    latents = seeded_noise(seeds, (channels, latent_size, latent_size), cond.device, cond.dtype)
+    latents = latents * scheduler.init_noise_sigma
+    use_cfg = guidance > 1.0 and uncond is not None
+    if use_cfg:
+        context = torch.cat([uncond.expand_as(cond), cond])
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(latents, t)
+        if use_cfg:
+            pred_uncond, pred_cond = unet(torch.cat([model_in, model_in]), t, context).sample.chunk(2)
+            pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+        else:
+            pred = unet(model_in, t, cond).sample
+        latents = scheduler.step(pred, t, latents).prev_sample
+    return latents
+
+
+def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [-1, 1] (not clamped), (B, 3, H, W). Gradient flows if enabled."""
+    return vae.decode(latents / vae.config.scaling_factor).sample
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """(B, 3, H, W) in [-1, 1] -> PIL RGB images."""
+    from PIL import Image
+
+    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in arr]
+
+
+@torch.no_grad()
+def generate(unet: Any, scheduler: Any, vae: Any, tokenizer: Any, text_encoder: Any, prompts: list[str],
+             seeds: list[int], steps: int, latent_size: int, guidance: float = 0.0, batch_size: int = 16) -> list:
+    """PIL images for (prompt, seed) pairs, batched. guidance > 1 adds the empty-prompt branch (CFG)."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    uncond = encode_text(tokenizer, text_encoder, [""]) if guidance > 1.0 else None
+    images: list = []
+    for start in range(0, len(prompts), batch_size):
+        batch_prompts, batch_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
+        cond = encode_text(tokenizer, text_encoder, batch_prompts)
+        latents = sample_latents(unet, scheduler, cond, batch_seeds, steps, latent_size, uncond, guidance)
+        images += to_pil(decode(vae, latents))
+    return images

@@ -1,0 +1,36 @@
+"""One lazy table of methods: name -> "module:Class". Nothing is imported until a method is asked for."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+from bench.api import BenchError
+
+METHODS: dict[str, str] = {
+    "custom_diffusion": "baselines.custom_diffusion:CustomDiffusion",
+}
+
+
+def did_you_mean(value: str, valid: list[str] | tuple[str, ...]) -> str:
+    """` (did you mean 'dog'?)` when something in `valid` is close to `value`, else an empty string."""
+    close = difflib.get_close_matches(value, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown(kind: str, value: str, valid: list[str] | tuple[str, ...]) -> BenchError:
+    """The one-line error for a name that is not among `valid`."""
+    return BenchError(f"unknown {kind} '{value}'{did_you_mean(value, valid)}; valid: {', '.join(valid)}")
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> Any:
+    """The method class registered as `name`, imported on first use."""
+    if name not in METHODS:
+        raise unknown("method", name, method_names())
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
