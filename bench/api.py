@@ -21,6 +21,10 @@ class BenchError(Exception):
     """A mistake the user can fix. The CLI prints it as one line and exits with code 2."""
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the run is recorded as failed with this message as the reason."""
+
+
 @dataclass(frozen=True)
 class Concept:
     """One subject to personalise: its reference photos and its evaluation prompts.
@@ -77,6 +81,9 @@ class Trained(Protocol):
 
     def save(self, out_dir: Path) -> None:
         """Write the trained weights in the ecosystem's formats (safetensors only) under `out_dir`."""
+
+    # Optional: `views: dict[str, Trained]`, further models of the same run that the harness also samples
+    # and scores (e.g. EchoDistill's teacher, and both models before the echo stage), each recorded by name.
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
+from bench.hub import hub_offline, offline_mode
 from bench.models.profiles import Component, Profile
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -99,7 +100,10 @@ def load_component(profile: Profile, role: str, device: Any) -> Any:
     except BenchError:
         raise
     except Exception as err:  # hub errors, missing files, bad configs: all become one actionable line
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if not Path(comp.source).exists() and hub_offline():
+            reason = "not in the local hub cache, and the hub is unreachable"
+        else:
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise BenchError(
             f"profile '{profile.name}': cannot load {role} from '{comp.source}' ({reason}); use --profile tiny "
             f"to run offline, or point it at a local copy with --weights {comp.group}=/path"
@@ -114,30 +118,22 @@ def _is_local(comp: Component) -> bool:
 
 
 def _from_pretrained(cls: Any, comp: Component) -> Any:
-    """Local folder as is; a hub id from the local cache first, so a missing model fails fast offline."""
+    """A local folder as is; a hub id from the cache, or downloaded when the hub is reachable."""
     kwargs = {"subfolder": comp.subfolder} if comp.subfolder else {}
     if _is_local(comp):
         return cls.from_pretrained(comp.source, **kwargs)
-    try:
-        return cls.from_pretrained(comp.source, local_files_only=True, **kwargs)
-    except Exception:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-            raise
+    with offline_mode(hub_offline()):
         return cls.from_pretrained(comp.source, **kwargs)
 
 
 def _hub_file(comp: Component) -> Path:
-    """A single weights file: local `source/file`, or the hub cache (downloaded if reachable)."""
+    """A single weights file: local `source/file`, or from the hub cache (downloaded when reachable)."""
     if _is_local(comp):
         path = Path(comp.source)
         return path / comp.file if path.is_dir() and comp.file else path
     from huggingface_hub import hf_hub_download
 
-    try:
-        return Path(hf_hub_download(comp.source, comp.file, local_files_only=True))
-    except Exception:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-            raise
+    with offline_mode(hub_offline()):
         return Path(hf_hub_download(comp.source, comp.file))
 
 
@@ -237,6 +233,9 @@ def _timm(comp: Component, random_init: bool) -> Any:
         overlay = {"file": str(path / "model.safetensors" if path.is_dir() else path)}
     else:
         overlay = {"hf_hub_id": comp.source}
+        with offline_mode(hub_offline()):
+            return timm.create_model(comp.options["arch"], pretrained=True, pretrained_cfg_overlay=overlay,
+                                     num_classes=0, **kwargs)
     return timm.create_model(comp.options["arch"], pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0,
                              **kwargs)
 

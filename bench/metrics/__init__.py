@@ -1,0 +1,37 @@
+"""CLIP-T, CLIP-I and DINO under a named, recorded metric suite (spec: "Evaluation protocol").
+
+    scorer = load_scorer("paper", device="cuda")
+    rows = score_images(scorer, generated, clip_texts, reals)   # per image: clip_t, clip_i, dino, n_real
+    summary = aggregate(rows_with_concept_and_seed)
+
+Importing this package does not import open_clip or timm (seconds); loading a suite does.
+"""
+
+from bench.metrics.scoring import (
+    Scorer,
+    aggregate,
+    clip_t,
+    load_scorer,
+    pairwise_max0,
+    real_ceiling,
+    real_vs_real,
+    score_images,
+)
+from bench.metrics.suites import SUITES, Suite, build_tiny_models, ensure_tiny, get_suite, suite_names
+
+__all__ = [
+    "SUITES",
+    "Scorer",
+    "Suite",
+    "aggregate",
+    "build_tiny_models",
+    "clip_t",
+    "ensure_tiny",
+    "get_suite",
+    "load_scorer",
+    "pairwise_max0",
+    "real_ceiling",
+    "real_vs_real",
+    "score_images",
+    "suite_names",
+]
