@@ -165,3 +165,23 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int], list[str]]:
+    """Counts of done / failed / running runs and one line per run that is not done (with its reason)."""
+    counts: dict[str, int] = {}
+    lines: list[str] = []
+    root = Path(results) / profile if profile else Path(results)
+    for record in iter_records(results, profile):
+        status = record.get("status", "unknown")
+        counts[status] = counts.get(status, 0) + 1
+        if status != "done":
+            key = f"{record['profile']}/{record['method']}/{record['variant']}/{record['concept']}/seed{record['seed']}"
+            lines.append(f"{status:8} {key}: {record.get('reason', '')}")
+    if root.exists():
+        for lock in sorted(root.rglob("*.lock")):
+            run_dir = lock.with_name(lock.name.removesuffix(".lock"))
+            if not RunLock(run_dir)._stale():
+                counts["running"] = counts.get("running", 0) + 1
+                lines.append(f"running  {run_dir.relative_to(results)}")
+    return counts, lines

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,16 @@ class Models:
         self.device = torch.device(device or default_device())
         self.resolution = profile.resolution
         self._copies: dict[str, Any] = {}
+        self.load_seconds = 0.0
+        """Time spent loading and copying components; run timings subtract it (protocol.md, "Timing")."""
 
     def __getattr__(self, role: str) -> Any:
         if role.startswith("_") or role not in self.profile.components:
             raise AttributeError(role)
         if role not in self._copies:
+            start = time.perf_counter()
             self._copies[role] = _fresh(self.get_pristine(role))
+            self.load_seconds += time.perf_counter() - start
         return self._copies[role]
 
     def get_pristine(self, role: str) -> Any:

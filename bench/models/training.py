@@ -124,3 +124,47 @@ class TrainingBatches:
 
     def set_state(self, state: object) -> None:
         self.rng.setstate(state)
+
+
+# --- the denoising loss every fine-tuning baseline uses ---------------------------------------------------
+
+TIMESTEP_POLICIES = {"t999": (999,), "four_step": (999, 749, 499, 249), "uniform": None}
+"""Which timesteps training sees (paper Table 5's "train NFE"): 1 -> t999, 4 -> four_step, 1000 -> uniform.
+A one-step student only ever sees t = 999 at inference, hence the default for one-step baselines."""
+
+
+def sample_timesteps(policy: str, batch: int, generator: torch.Generator, num_train_timesteps: int = 1000
+                     ) -> torch.Tensor:
+    """(B,) int64 timesteps drawn under `policy`."""
+    if policy not in TIMESTEP_POLICIES:
+        raise ValueError(f"unknown timestep policy '{policy}'; valid: {', '.join(TIMESTEP_POLICIES)}")
+    choices = TIMESTEP_POLICIES[policy]
+    if choices is None:
+        return torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    idx = torch.randint(0, len(choices), (batch,), generator=generator)
+    return torch.tensor(choices)[idx]
+
+
+def noisy_and_target(scheduler: object, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPM forward noising at `t` and the target the UNet is trained on, read from `prediction_type`.
+
+    Works for any diffusers scheduler config (Euler, DDIM, TCD): the forward process is the same DDPM one.
+    """
+    from diffusers import DDPMScheduler
+
+    ddpm = DDPMScheduler.from_config(scheduler.config)
+    noisy = ddpm.add_noise(latents, noise, t)
+    kind = ddpm.config.prediction_type
+    if kind == "epsilon":
+        return noisy, noise
+    if kind == "v_prediction":
+        return noisy, ddpm.get_velocity(latents, noise, t)
+    raise ValueError(f"unsupported prediction_type '{kind}'")
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the MSE inside each sample's mask (Custom Diffusion's masked loss)."""
+    err = ((pred.float() - target.float()) ** 2 * mask).sum(dim=(1, 2, 3))
+    count = (mask.expand_as(pred).sum(dim=(1, 2, 3))).clamp_min(1.0)
+    return (err / count).mean()

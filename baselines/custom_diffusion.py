@@ -1,0 +1,170 @@
+"""Custom Diffusion (Kumari et al., CVPR 2023) on SD-Turbo, and on SD 2.1 as the multi-step reference.
+
+Trains the key/value projections of every cross-attention layer plus a new token `<new1>`, with Custom
+Diffusion's random-scale augmentation and masked denoising loss. Read top to bottom: config, train, sample, save.
+
+Paper Table 5 grid: the train NFE is the timestep policy (1 -> t = 999 only, 4 -> the four-step set, 1000 ->
+uniform), the infer NFE is the number of sampling steps; `sd21` is the SD 2.1 reference (25 DDIM steps, CFG 7.5).
+Weights are saved in diffusers' formats: `unet.load_attn_procs(dir, weight_name=CD_WEIGHTS)` and
+`pipe.load_textual_inversion(dir / "<new1>.safetensors")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.api import Concept, Log
+from bench.models import personalize, sampling
+from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
+                                   sample_timesteps)
+
+
+@dataclass(frozen=True)
+class CustomDiffusionConfig:
+    base: str = "student"
+    """Which model is personalised: "student" (SD-Turbo, one step) or "teacher" (SD 2.1, multi-step)."""
+    timestep_policy: str = "t999"
+    """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
+    iterations: int = 1000
+    """Optimiser steps (paper: 1000)."""
+    batch_size: int = 2
+    """Images per step (paper: 2)."""
+    lr: float = 1e-5
+    """Base learning rate; multiplied by the batch size when `scale_lr` (Custom Diffusion's recipe)."""
+    scale_lr: bool = True
+    """Scale `lr` by the batch size, as the Custom Diffusion training script does."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay (applied to K/V; the token's other rows are restored after every step)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    token: str = "<new1>"
+    """The new token that stands for the concept."""
+    augment: bool = True
+    """Custom Diffusion's random-scale augmentation with its loss mask and prompt prefixes."""
+    hflip: bool = True
+    """Random horizontal flip of training images."""
+    sample_steps: int = 1
+    """Sampling steps for evaluation (infer NFE)."""
+    guidance: float = 0.0
+    """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference."""
+    sample_batch_size: int = 25
+    """Images per sampling batch."""
+
+    def __post_init__(self) -> None:
+        if self.base not in ("student", "teacher"):
+            raise ValueError(f"base must be 'student' or 'teacher', not '{self.base}'")
+        if self.timestep_policy not in TIMESTEP_POLICIES:
+            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
+                             f"not '{self.timestep_policy}'")
+        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+
+
+def _grid() -> dict[str, dict[str, Any]]:
+    """Paper Table 5: SD-Turbo trained with 1, 4 or 1000 train NFEs and sampled with 1, 4 or 25 steps."""
+    policy = {1: "t999", 4: "four_step", 1000: "uniform"}
+    return {f"train{t}-infer{i}": {"timestep_policy": policy[t], "sample_steps": i}
+            for t in (1, 4, 1000) for i in (1, 4, 25)}
+
+
+class CustomDiffusion:
+    name: ClassVar[str] = "custom_diffusion"
+    Config: ClassVar[type] = CustomDiffusionConfig
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        "sd21": {"base": "teacher", "timestep_policy": "uniform", "sample_steps": 25, "guidance": 7.5},
+        **_grid(),
+    }
+
+    def __init__(self, config: CustomDiffusionConfig) -> None:
+        self.config = config
+
+    def _components(self, models: Any) -> dict[str, Any]:
+        role = self.config.base
+        return {"unet": getattr(models, f"{role}_unet"), "scheduler": getattr(models, f"{role}_scheduler"),
+                "tokenizer": getattr(models, f"{role}_tokenizer"),
+                "text_encoder": getattr(models, f"{role}_text_encoder"), "vae": models.vae}
+
+    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> CustomDiffusionModel:
+        cfg = self.config
+        torch.manual_seed(seed)
+        parts = self._components(models)
+        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        device = models.device
+
+        # 1. The new token, initialised from a descriptive word; only its embedding row learns.
+        token_id = personalize.add_token(tokenizer, text_encoder, cfg.token, personalize.init_word(concept.class_noun))
+        original_rows = text_encoder.get_input_embeddings().weight.detach().clone()
+        token_weight = personalize.train_token_row(text_encoder, [token_id])
+        kv = personalize.cross_attention_kv(unet)
+        lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
+        optimizer = torch.optim.AdamW([{"params": kv}, {"params": [token_weight], "weight_decay": 0.0}], lr=lr,
+                                      weight_decay=cfg.weight_decay)
+
+        # 2. Data: the concept's photos with Custom Diffusion's augmentation; prompts "... <new1> dog".
+        factor = models.resolution // models.latent_size
+        batches = TrainingBatches(load_pixels(concept.images, models.resolution), f"{cfg.token} {concept.class_noun}",
+                                  cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip)
+        generator = torch.Generator().manual_seed(seed)
+
+        # 3. The denoising loop: masked MSE against the scheduler's own target (epsilon or velocity).
+        text_encoder.train()
+        log.begin("train", cfg.iterations)
+        for it in range(cfg.iterations):
+            batch = next(batches)
+            with torch.no_grad():
+                latents = vae.encode(batch.pixels.to(device)).latent_dist.sample(generator=None)
+                latents = latents * vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
+            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
+            context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)
+            pred = unet(noisy, t, context).sample
+            loss = masked_mse(pred, target, batch.masks.to(device))
+            if not torch.isfinite(loss):
+                from bench.api import Diverged
+
+                raise Diverged(f"non-finite loss at iteration {it}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(kv + [token_weight], cfg.grad_clip)
+            optimizer.step()
+            personalize.restore_rows(text_encoder, original_rows, keep=[token_id])
+            log(it, loss=loss.item(), grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
+        text_encoder.eval()
+        for p in kv + [token_weight]:
+            p.requires_grad_(False)
+        return CustomDiffusionModel(cfg, parts, models.latent_size)
+
+    def load(self, weights_dir: Path, models: Any) -> CustomDiffusionModel:
+        parts = self._components(models)
+        personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights_dir / f"{self.config.token}.safetensors")
+        personalize.load_custom_diffusion(parts["unet"], weights_dir / personalize.CD_WEIGHTS)
+        return CustomDiffusionModel(self.config, parts, models.latent_size)
+
+
+class CustomDiffusionModel:
+    """The personalised model: sample with the config's steps and guidance; save in diffusers' formats."""
+
+    def __init__(self, config: CustomDiffusionConfig, parts: dict[str, Any], latent_size: int) -> None:
+        self.config, self.parts, self.latent_size = config, parts, latent_size
+        self.identifier = config.token
+        self.default_steps = config.sample_steps
+
+    def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
+        p = self.parts
+        return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
+                                 seeds, steps or self.default_steps, self.latent_size, guidance=self.config.guidance,
+                                 batch_size=self.config.sample_batch_size)
+
+    def save(self, out_dir: Path) -> None:
+        personalize.save_custom_diffusion(self.parts["unet"], out_dir)
+        personalize.save_token(self.parts["tokenizer"], self.parts["text_encoder"], self.config.token,
+                               out_dir / f"{self.config.token}.safetensors")
