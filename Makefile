@@ -1,0 +1,35 @@
+# Each target is one line a newcomer can read. Override VENV, TORCH or BENCH_DATA on the command line.
+VENV ?= .venv
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+BENCH_DATA ?= $(if $(wildcard ../shared/dreambench/dataset),../shared/dreambench,data/dreambench)
+export BENCH_DATA
+BENCH = $(VENV)/bin/bench
+
+.PHONY: setup data run test test-slow smoke tables report lint clean
+
+setup: $(VENV)/.installed          ## virtual environment with the project and its test tools
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(TORCH) && $(VENV)/bin/pip install -q -e ".[dev]" && touch $@
+
+data: setup                         ## DreamBench at $(BENCH_DATA), cloned from its public repository if absent
+	test -f $(BENCH_DATA)/dataset/prompts_and_classes.txt || $(BENCH) data download $(BENCH_DATA)
+
+run: setup data                     ## the main job on the offline tiny profile: train, sample, score, table
+	$(BENCH) run --method custom_diffusion --concepts all --profile tiny && $(BENCH) table main --profile tiny
+
+test: setup                         ## the fast, offline, CPU-only test suite
+	$(VENV)/bin/pytest -q
+
+test-slow: setup                    ## the slow tier (learning checks, full sweeps)
+	$(VENV)/bin/pytest -q -m slow
+
+smoke: setup data                   ## two concepts end to end in about a minute
+	$(BENCH) run --method custom_diffusion --concepts dog,teapot --profile tiny && $(BENCH) table main
+
+tables: setup                       ## every table from the records under ./results
+	$(BENCH) table main
+
+clean:                              ## remove the environment and generated results (never results/README.md)
+	rm -rf $(VENV) results/tiny results/paper results/paper-random
