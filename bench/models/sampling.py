@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 # protocol: the student in 1, 2 or 4 steps; trailing spacing gives exactly these timesteps.
 STUDENT_TIMESTEPS = {1: (999,), 2: (999, 499), 4: (999, 749, 499, 249)}
@@ -60,18 +61,20 @@ def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[in
         context = torch.cat([uncond.expand_as(cond), cond])
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(latents, t)
-        if use_cfg:
-            pred_uncond, pred_cond = unet(torch.cat([model_in, model_in]), t, context).sample.chunk(2)
-            pred = pred_uncond + guidance * (pred_cond - pred_uncond)
-        else:
-            pred = unet(model_in, t, cond).sample
+        with record_function("unet"):  # `bench perf` reads these labels for UNet-only latency
+            if use_cfg:
+                pred_uncond, pred_cond = unet(torch.cat([model_in, model_in]), t, context).sample.chunk(2)
+                pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+            else:
+                pred = unet(model_in, t, cond).sample
         latents = scheduler.step(pred, t, latents).prev_sample
     return latents
 
 
 def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in [-1, 1] (not clamped), (B, 3, H, W). Gradient flows if enabled."""
-    return vae.decode(latents / vae.config.scaling_factor).sample
+    with record_function("vae_decode"):
+        return vae.decode(latents / vae.config.scaling_factor).sample
 
 
 def to_pil(images: torch.Tensor) -> list:
