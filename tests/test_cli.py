@@ -72,7 +72,7 @@ def test_table_status_ls_and_generate(two_concepts, monkeypatch, capsys, tmp_pat
     code, out, _ = bench(monkeypatch, capsys, "table", "main", "--results", results)
     assert code == 0 and "Custom Diffusion" in out and "SD Turbo" in out
     code, out, _ = bench(monkeypatch, capsys, "table", "main", "--results", results, "--format", "csv")
-    assert code == 0 and out.splitlines()[0].startswith("method,")
+    assert code == 0 and out.splitlines()[0].startswith("table,")
     code, out, _ = bench(monkeypatch, capsys, "status", "--results", results)
     assert code == 0 and "done" in out
     code, out, _ = bench(monkeypatch, capsys, "ls", "runs", "--results", results)
