@@ -1,0 +1,192 @@
+"""LoRA (Hu et al., ICLR 2022) DreamBooth-style on SD-Turbo: the DreamBooth-LoRA recipe.
+
+Low-rank adapters (peft, rank 4, alpha = rank unless set) on the attention projections `to_q`, `to_k`, `to_v`,
+`to_out.0` of every self- and cross-attention layer of the student UNet; everything else frozen. Identifier
+`sks` as in DreamBooth. Recipe (diffusers `train_dreambooth_lora.py`): lr 1e-4, batch 1, AdamW (weight decay
+1e-2), gradient clip 1, Gaussian init of A (B = 0), constant lr; paper: 800 iterations, no augmentation.
+
+Trained at t = 999 by default (a one-step student only sees t = 999 at inference); `train4` / `train1000` use
+the four-step set and uniform timesteps. After training (and after loading) the adapter is fused into the
+base weights and the peft layers removed, so sampling -- and its timing -- runs a plain UNet.
+Saved in diffusers' LoRA format (`pytorch_lora_weights.safetensors`, with the LoRA config as metadata), so
+`StableDiffusionPipeline.load_lora_weights(dir)` loads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.api import Concept, Diverged, Log
+from bench.models import sampling
+from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
+                                   sample_timesteps)
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    timestep_policy: str = "t999"
+    """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
+    iterations: int = 800
+    """Optimiser steps (paper: 800)."""
+    batch_size: int = 1
+    """Images per step (diffusers recipe: 1)."""
+    lr: float = 1e-4
+    """Learning rate (paper: 1e-4); multiplied by the batch size when `scale_lr`."""
+    scale_lr: bool = False
+    """Scale `lr` by the batch size (off in the DreamBooth-LoRA recipe)."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay on the LoRA matrices (diffusers' default)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip (diffusers' default); 0 turns it off."""
+    rank: int = 4
+    """LoRA rank r (paper: 4)."""
+    alpha: float | None = None
+    """LoRA alpha; the update is scaled by alpha / rank. None -> alpha = rank (scale 1, diffusers' default)."""
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """UNet submodules that get an adapter (matched by name suffix, self- and cross-attention alike)."""
+    identifier: str = "sks"
+    """The rare token that stands for the concept (DreamBooth-LoRA recipe); no new token is added."""
+    augment: bool = False
+    """Custom Diffusion's random-scale augmentation; off, as in the DreamBooth-LoRA recipe."""
+    hflip: bool = False
+    """Random horizontal flip; off, as in the DreamBooth-LoRA recipe (`--random_flip` unset)."""
+    fuse: bool = True
+    """Fuse the adapter into the base weights before sampling (protocol: "fuse before timing"). Off keeps the
+    peft layers (same images up to float rounding, slower): for inspecting the unfused model."""
+    sample_steps: int = 1
+    """Sampling steps for evaluation (SD-Turbo: 1)."""
+    sample_batch_size: int = 25
+    """Images per sampling batch."""
+
+    def __post_init__(self) -> None:
+        if self.timestep_policy not in TIMESTEP_POLICIES:
+            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
+                             f"not '{self.timestep_policy}'")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be a positive integer (paper: 4), not {self.rank}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0 (or unset for alpha = rank), not {self.alpha}")
+        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, not {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module, e.g. to_q")
+        if not self.identifier.strip() or any(c.isspace() for c in self.identifier):
+            raise ValueError(f"identifier must be one word without spaces, not '{self.identifier}'")
+
+
+class LoRA:
+    name: ClassVar[str] = "lora"
+    Config: ClassVar[type] = LoRAConfig
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        "train4": {"timestep_policy": "four_step"},
+        "train1000": {"timestep_policy": "uniform"},
+    }
+
+    def __init__(self, config: LoRAConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    def _components(models: Any) -> dict[str, Any]:
+        return {"unet": models.student_unet, "scheduler": models.student_scheduler,
+                "tokenizer": models.student_tokenizer, "text_encoder": models.student_text_encoder,
+                "vae": models.vae}
+
+    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> LoRAModel:
+        from peft import LoraConfig
+
+        cfg = self.config
+        torch.manual_seed(seed)  # also seeds the Gaussian init of the A matrices
+        parts = self._components(models)
+        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        device = models.device
+
+        # 1. The adapters: W x + (alpha / r) B A x on every target projection; only A and B learn.
+        unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
+                                    init_lora_weights="gaussian", target_modules=list(cfg.target_modules)))
+        params = [p for p in unet.parameters() if p.requires_grad]  # exactly the lora_A / lora_B weights
+        lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+        # 2. Data: the concept's photos with "a photo of a sks dog".
+        factor = models.resolution // models.latent_size
+        batches = TrainingBatches(load_pixels(concept.images, models.resolution),
+                                  f"{cfg.identifier} {concept.class_noun}", cfg.batch_size, factor, seed,
+                                  augment=cfg.augment, hflip=cfg.hflip)
+        generator = torch.Generator().manual_seed(seed)
+
+        # 3. The denoising loop; the text encoder is frozen, so the context needs no gradient.
+        unet.train()
+        log.begin("train", cfg.iterations)
+        for it in range(cfg.iterations):
+            batch = next(batches)
+            with torch.no_grad():
+                latents = vae.encode(batch.pixels.to(device)).latent_dist.sample() * vae.config.scaling_factor
+                context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)  # (B, 77, D)
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
+            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
+            loss = masked_mse(unet(noisy, t, context).sample, target, batch.masks.to(device))
+            if not torch.isfinite(loss):
+                raise Diverged(f"non-finite loss at iteration {it}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+            optimizer.step()
+            log(it, loss=loss.item(), grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
+        unet.eval()
+        for p in params:
+            p.requires_grad_(False)
+        return LoRAModel(cfg, parts, models.latent_size)
+
+    def load(self, weights_dir: Path, models: Any) -> LoRAModel:
+        from diffusers import StableDiffusionPipeline
+
+        parts = self._components(models)
+        # diffusers' own loader (what `pipe.load_lora_weights(dir)` runs), with the saved LoRA config as metadata.
+        state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
+        StableDiffusionPipeline.load_lora_into_unet(state, alphas, parts["unet"], adapter_name="default",
+                                                    metadata=metadata)
+        parts["unet"].requires_grad_(False)
+        return LoRAModel(self.config, parts, models.latent_size)
+
+
+class LoRAModel:
+    """The personalised model: SD-Turbo with the adapter fused in; saves the adapter in diffusers' LoRA format."""
+
+    def __init__(self, config: LoRAConfig, parts: dict[str, Any], latent_size: int) -> None:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        self.config, self.parts, self.latent_size = config, parts, latent_size
+        self.identifier = config.identifier
+        self.default_steps = config.sample_steps
+        unet = parts["unet"]
+        # What `save` writes, taken before fusing: the A/B matrices under diffusers' key names, and the config.
+        self.lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
+        self.lora_metadata = unet.peft_config["default"].to_dict()
+        if config.fuse:  # W <- W + (alpha / r) B A, then drop the peft wrappers: a plain UNet for sampling
+            unet.fuse_lora()
+            unet.unload_lora()
+
+    def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
+        p = self.parts
+        return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
+                                 seeds, steps or self.default_steps, self.latent_size,
+                                 batch_size=self.config.sample_batch_size)
+
+    def save(self, out_dir: Path) -> None:
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=self.lora_layers,
+                                                  unet_lora_adapter_metadata=self.lora_metadata,
+                                                  safe_serialization=True)
