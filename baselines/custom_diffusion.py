@@ -11,7 +11,7 @@ Weights are saved in diffusers' formats: `unet.load_attn_procs(dir, weight_name=
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ import torch
 
 from bench.api import Concept, Log
 from bench.models import personalize, sampling
+from bench.models.checkpoint import Checkpointer
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
@@ -53,6 +54,10 @@ class CustomDiffusionConfig:
     """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
+    checkpoint_every: int = field(default=100, metadata={"hash": False})
+    """Save a resumable checkpoint (K/V, token row, AdamW moments, RNG states) every this many iterations and at the
+    end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically. 0 = off.
+    Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
         if self.base not in ("student", "teacher"):
@@ -63,6 +68,8 @@ class CustomDiffusionConfig:
         for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ValueError("checkpoint_every must be >= 0 (0 = off)")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
 
@@ -114,10 +121,16 @@ class CustomDiffusion:
                                   cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip)
         generator = torch.Generator().manual_seed(seed)
 
-        # 3. The denoising loop: masked MSE against the scheduler's own target (epsilon or velocity).
+        # 3. Resume: everything the loop changes or draws from, restored from the last checkpoint if there is one.
+        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
+        state = dict(tensors={"kv": kv, "token_embedding": token_weight}, stateful={"optimizer": optimizer},
+                     generators={"noise": generator}, randoms={"batches": batches.rng})
+        start = ckpt.restore(**state)
+
+        # 4. The denoising loop: masked MSE against the scheduler's own target (epsilon or velocity).
         text_encoder.train()
         log.begin("train", cfg.iterations)
-        for it in range(cfg.iterations):
+        for it in range(start, cfg.iterations):
             batch = next(batches)
             with torch.no_grad():
                 latents = vae.encode(batch.pixels.to(device)).latent_dist.sample(generator=None)
@@ -138,6 +151,7 @@ class CustomDiffusion:
             optimizer.step()
             personalize.restore_rows(text_encoder, original_rows, keep=[token_id])
             log(it, loss=loss.item(), grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
+            ckpt.maybe_save(it + 1, **state)
         text_encoder.eval()
         for p in kv + [token_weight]:
             p.requires_grad_(False)

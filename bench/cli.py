@@ -30,7 +30,21 @@ SUITE = typer.Option(None, "--suite", help="Metric suite: paper | dreambooth | t
 DEVICE = typer.Option(None, "--device", help="Torch device (default: cuda if available, else cpu).")
 WEIGHTS = typer.Option(None, "--weights", help="Local weights, GROUP=PATH (repeatable): student, teacher, ...")
 FORCE = typer.Option(False, "--force", help="Recompute runs even when a finished record matches.")
-EXECUTOR = typer.Option("local", "--executor", help="Where jobs run: local.")
+# How a sweep runs: executors, resume and retry (bench.executors, bench.runs).
+EXECUTOR = typer.Option("local", "--executor", help="Where jobs run: local | gpus (one process per GPU) | slurm.")
+WORKERS = typer.Option(None, "--workers", help="gpus: worker processes (default one per GPU; N CPU workers "
+                                               "without a GPU).")
+RESUME = typer.Option(False, "--resume", help="Continue interrupted runs from their last checkpoint.")
+RETRY = typer.Option(False, "--retry-failed", help="Re-run runs recorded as failed (kept and reported otherwise).")
+PARTITION = typer.Option(None, "--partition", help="slurm: partition.")
+TIME = typer.Option(None, "--time", help="slurm: time limit per job in minutes (default 120).")
+GPUS_PER_JOB = typer.Option(None, "--gpus-per-job", help="slurm: GPUs per job (default 1).")
+CPUS_PER_JOB = typer.Option(None, "--cpus-per-job", help="slurm: CPUs per job.")
+MEM = typer.Option(None, "--mem", help="slurm: memory per job, e.g. 32G.")
+SBATCH = typer.Option(None, "--sbatch", help="slurm: extra sbatch option KEY=VALUE (repeatable), e.g. account=proj.")
+ARRAY = typer.Option(False, "--slurm-array", help="slurm: one job array instead of one job per run.")
+NO_WAIT = typer.Option(False, "--no-wait", help="slurm: submit and return; follow with `bench status`.")
+CLUSTER = typer.Option("slurm", "--cluster", help="slurm: slurm | local (same submission, on this machine).")
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -54,37 +68,23 @@ def _sets(items: list[str] | None) -> dict:
     return out
 
 
+def _exec_options(executor: str, workers: Optional[int], partition: Optional[str], time: Optional[int],
+                  gpus_per_job: Optional[int], cpus_per_job: Optional[int], mem: Optional[str],
+                  sbatch: Optional[list[str]], slurm_array: bool, no_wait: bool, cluster: str):
+    from bench.executors import ExecOptions
+
+    return ExecOptions(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, tuple(sbatch or ()),
+                       slurm_array, not no_wait, cluster)
+
+
 def _sweep(methods: list[str], variants: list[tuple[str, dict]], concepts: str, seeds: str, profile: str,
            backbone: str, data: Optional[Path], results: Path, suite: Optional[str], device: Optional[str],
-           weights: Optional[list[str]], force: bool, executor: str, concept_dir: Optional[Path] = None,
-           class_noun: Optional[str] = None) -> None:
-    from bench import data as dataset
-    from bench.executors import run_jobs, summarize
-    from bench.metrics import get_suite
-    from bench.models.profiles import get_profile, parse_weights
-    from bench.paths import data_root
-    from bench.runs import Context, default_suite, plan
+           weights: Optional[list[str]], force: bool, resume: bool, retry_failed: bool, options,
+           concept_dir: Optional[Path] = None, class_noun: Optional[str] = None) -> None:
+    from bench.executors import sweep
 
-    weight_map = parse_weights(weights or [])
-    get_profile(profile, backbone, weight_map)  # validates profile, backbone and weight groups up front
-    suite = suite or default_suite(profile)
-    get_suite(suite)
-    root = data_root(data)
-    ctx = Context(data=root, results=results, suite=suite, device=device, weights=weight_map, force=force)
-    if concept_dir is not None:
-        if not class_noun:
-            raise BenchError("--concept-dir needs --class-noun (e.g. --class-noun dog)")
-        concept = dataset.load_folder_concept(concept_dir, class_noun, prompts_root=root)
-        ctx.concept_dirs[concept.name] = (str(concept_dir), class_noun)
-        names = [concept.name]
-    else:
-        names = [c.name for c in dataset.select_concepts(root, concepts)]
-    jobs = plan(methods, variants, names, _ints(seeds, "--seeds"), profile, backbone)
-    results_list = run_jobs(jobs, ctx, executor)
-    typer.echo(summarize(results_list), err=True)
-    failed = [r for r in results_list if r["status"] == "failed"]
-    if failed:
-        typer.echo(f"{len(failed)} run(s) failed; see `bench status --results {results}`", err=True)
+    typer.echo(sweep(methods, variants, concepts, _ints(seeds, "--seeds"), profile, backbone, data, results, suite,
+                     device, weights, force, resume, retry_failed, options, concept_dir, class_noun), err=True)
 
 
 @app.command()
@@ -95,19 +95,21 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         backbone: str = typer.Option("sd-turbo", "--backbone", help="sd-turbo | hyper-sd15."),
         data: Optional[Path] = DATA, results: Path = RESULTS, suite: Optional[str] = SUITE,
         device: Optional[str] = DEVICE, weights: Optional[list[str]] = WEIGHTS, force: bool = FORCE,
-        executor: str = EXECUTOR,
         concept_dir: Optional[Path] = typer.Option(None, "--concept-dir", help="Your own concept: a folder of photos."),
         class_noun: Optional[str] = typer.Option(None, "--class-noun", help="Class noun for --concept-dir."),
+        resume: bool = RESUME, retry_failed: bool = RETRY, executor: str = EXECUTOR, workers: Optional[int] = WORKERS,
+        partition: Optional[str] = PARTITION, time: Optional[int] = TIME, gpus_per_job: Optional[int] = GPUS_PER_JOB,
+        cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
+        slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
         ) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
-    from bench.ablations import override_suffix
-    from bench.runs import named_variants
+    from bench.runs import variants_for
 
-    overrides = _sets(set_)
-    variants = [(f"{name}+{override_suffix(overrides)}" if overrides else name, {**base, **overrides})
-                for name, base in named_variants(method.split(","), variant.split(","))]
+    options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
+                            no_wait, cluster)
+    variants = variants_for(method.split(","), variant.split(","), _sets(set_))
     _sweep(method.split(","), variants, concepts, seeds, profile, backbone, data, results, suite, device, weights,
-           force, executor, concept_dir, class_noun)
+           force, resume, retry_failed, options, concept_dir, class_noun)
 
 
 @app.command()
@@ -119,13 +121,19 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            method: str = typer.Option("echodistill", "--method"), concepts: str = CONCEPTS, seeds: str = SEEDS,
            profile: str = PROFILE, data: Optional[Path] = DATA, results: Path = RESULTS,
            suite: Optional[str] = SUITE, device: Optional[str] = DEVICE, weights: Optional[list[str]] = WEIGHTS,
-           force: bool = FORCE, executor: str = EXECUTOR) -> None:
+           force: bool = FORCE, resume: bool = RESUME, retry_failed: bool = RETRY, executor: str = EXECUTOR,
+           workers: Optional[int] = WORKERS, partition: Optional[str] = PARTITION, time: Optional[int] = TIME,
+           gpus_per_job: Optional[int] = GPUS_PER_JOB, cpus_per_job: Optional[int] = CPUS_PER_JOB,
+           mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH, slurm_array: bool = ARRAY,
+           no_wait: bool = NO_WAIT, cluster: str = CLUSTER) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
 
+    options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
+                            no_wait, cluster)
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone)
     _sweep([method], variants, concepts, seeds, profile, backbone, data, results, suite, device, weights, force,
-           executor)
+           resume, retry_failed, options)
 
 
 @app.command("ls")
@@ -159,29 +167,44 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
 
 
 @app.command()
-def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile")) -> None:
-    """Done, running and failed runs under the results folder, with failure reasons."""
-    from bench.store import run_status
+def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
+           method: Optional[str] = typer.Option(None, "--method", help="Compare with the plan of these methods."),
+           variant: Optional[str] = typer.Option(None, "--variant", help="Named variant(s) of the plan."),
+           set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
+           concepts: str = CONCEPTS, seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the plan."),
+           backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
+           suite: Optional[str] = SUITE) -> None:
+    """Done, running, interrupted and failed runs (with reasons); with --method, also the plan's missing runs."""
+    from bench.runs import status_report
 
-    counts, lines = run_status(results, profile)
-    for line in lines:
-        typer.echo(line)
-    typer.echo(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs")
+    typer.echo(status_report(results, profile, method.split(",") if method else None,
+                             variant.split(",") if variant else None, _sets(set_), concepts,
+                             _ints(seeds, "--seeds") if seeds else None, backbone, data, suite))
 
 
 @app.command()
-def table(name: str = typer.Argument("main", help="Which table: main."),
-          fmt: str = typer.Option("md", "--format", help="md | csv"), results: Path = RESULTS,
+def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbone|alternatives|shots|all"),
+          fmt: str = typer.Option("md", "--format", help="md | csv"),
+          compare: Optional[str] = typer.Option(None, "--compare", help="'paper': add the paper's numbers and Δ."),
+          results: Path = RESULTS,
           profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
-          out: Optional[Path] = typer.Option(None, "--out", help="Also write the table to this file.")) -> None:
-    """Render a paper table from run records."""
-    from bench.tables import build_table, render
+          out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR.")
+          ) -> None:
+    """Render the paper's tables from run records (never trains or scores)."""
+    from bench.tables import table_command
 
-    text = render(build_table(name, results, profile), fmt)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-    typer.echo(text)
+    typer.echo(table_command(name, results, profile, fmt, compare, out), nl=False)
+
+
+@app.command()
+def report(out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md, report.html, figures/ "
+                                                                  "(default: RESULTS/report)."),
+           results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
+           data: Optional[Path] = DATA) -> None:
+    """Every table, figures and qualitative grids in one Markdown file and one self-contained HTML page."""
+    from bench.report import build_report
+
+    typer.echo(build_report(results, out, profile, data))
 
 
 @app.command()
@@ -195,6 +218,29 @@ def generate(run_dir: Path = typer.Option(..., "--run", help="A finished run fol
 
     generate_image(run_dir, prompt, steps, seed, out, device, weights or [])
     typer.echo(str(out))
+
+
+@app.command()
+def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated (default: every method)."),
+         profile: str = typer.Option("tiny", "--profile", help="paper-random (full size, random weights) | tiny | paper"),
+         resolution: Optional[int] = typer.Option(None, "--resolution", help="Pixels (default: the profile's)."),
+         batch: int = typer.Option(2, "--batch", help="Training batch size."),
+         warmup: int = typer.Option(2, "--warmup", help="Untimed warm-up iterations."),
+         iterations: int = typer.Option(5, "--iterations", help="Timed iterations."),
+         sweep_batch: int = typer.Option(25, "--sweep-batch", help="Batch for the batched-latency figure."),
+         device: Optional[str] = DEVICE, data: Optional[Path] = DATA, weights: Optional[list[str]] = WEIGHTS,
+         out: Path = typer.Option(Path("results/perf"), "--out", help="Where the perf record and table go.")) -> None:
+    """Seconds per training iteration, phase shares, FLOPs, peak memory and latency, per method."""
+    from bench.models.profiles import parse_weights
+    from bench.paths import data_root
+    from bench.perf import run_perf
+    from bench.registry import method_names
+
+    names = methods.split(",") if methods else method_names()
+    path, text = run_perf(names, profile, resolution, batch, warmup, iterations, sweep_batch, device,
+                          data_root(data), out, parse_weights(weights or []))
+    typer.echo(text)
+    typer.echo(f"written: {path}", err=True)
 
 
 @data_app.command("check")

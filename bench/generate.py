@@ -21,11 +21,22 @@ def load_trained(run_dir: Path, device: str | None = None, weights: list[str] | 
                          f"results/tiny/custom_diffusion/default/dog/seed0")
     if record.get("status") != "done":
         raise BenchError(f"run {run_dir} is '{record.get('status')}', not done; it has no trained weights")
+    from bench.runs import check_weight_paths
+    from bench.store import check_safetensors
+
+    check_safetensors(Path(run_dir) / "weights", f"run {run_dir}")  # only safetensors are ever loaded
     cls = get_method(record["method"])
     config = build(cls.Config, record["config"])
-    profile = get_profile(record["profile"], record.get("backbone", "sd-turbo"), parse_weights(weights or []))
+    weight_map = parse_weights(weights or [])
+    profile = get_profile(record["profile"], record.get("backbone", "sd-turbo"), weight_map)
+    check_weight_paths(weight_map)
     models = Models(profile, device)
-    return cls(config).load(Path(run_dir) / "weights", models)
+    from safetensors import SafetensorError
+
+    try:
+        return cls(config).load(Path(run_dir) / "weights", models)
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # a file missing, truncated, or another model's
+        raise BenchError(f"cannot load the weights of {run_dir}: {str(err).strip().splitlines()[0][:200]}") from None
 
 
 def generate_image(run_dir: Path, prompt: str, steps: int | None, seed: int, out: Path, device: str | None,

@@ -2,6 +2,15 @@
 
 A job is trained, sampled on the protocol's prompts x evaluation seeds, scored, timed, and recorded. Methods are
 reached only through the registry. Executors (`bench.executors`) call `execute_job` in whatever process runs it.
+
+What a re-run does with each run (`execute_job`):
+- done, same config hash: skipped (`--force` recomputes);
+- failed, same config hash: kept as failed and reported, NOT retried: a failure (divergence, a bug) is a result
+  and retrying it blindly would hide it or burn GPU hours. `--retry-failed` re-runs them;
+- recorded with another config hash (the config, the code's EVAL_VERSION or the models changed): recomputed;
+- locked by a live process (here, or elsewhere with a fresh heartbeat): left alone, reported `locked`;
+- interrupted (a `.partial` left by a killed process): redone from scratch, or with `--resume` continued from
+  the method's last checkpoint (same config hash only).
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import time
 import traceback
@@ -22,6 +32,9 @@ from bench import store
 from bench.api import BenchError, Concept, Diverged
 from bench.config import build, stable_hash, to_dict
 from bench.registry import get_method, unknown
+
+ATTEMPT = "attempt.json"
+"""In a `.partial` folder: which config hash the attempt is for and how many attempts there were."""
 
 EVAL_VERSION = 1
 """Bump when image generation or scoring changes in a way that invalidates finished runs."""
@@ -57,6 +70,10 @@ class Context:
     eval_batch_size: int = 25
     concept_dirs: dict[str, tuple[str, str]] = field(default_factory=dict)
     """User concept folders: name -> (folder, class noun); others come from DreamBench under `data`."""
+    resume: bool = False
+    """Continue an interrupted run from its last checkpoint instead of starting it over."""
+    retry_failed: bool = False
+    """Re-run runs recorded as failed (with the same config hash); by default they are kept and reported."""
 
 
 def default_suite(profile: str) -> str:
@@ -73,6 +90,15 @@ def named_variants(methods: list[str], names: list[str]) -> list[tuple[str, dict
                 raise unknown(f"variant of {cls.name}", name, sorted(cls.variants))
         out.append((name, {}))
     return out
+
+
+def variants_for(methods: list[str], names: list[str], overrides: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """`bench run --variant a,b --set k=v`: each named variant, with ad-hoc overrides forming their own name."""
+    from bench.ablations import override_suffix
+
+    suffix = override_suffix(overrides) if overrides else ""
+    return [(f"{name}+{suffix}" if suffix else name, {**base, **overrides})
+            for name, base in named_variants(methods, names)]
 
 
 def resolve_config(job: Job, iteration_cap: int | None) -> Any:
@@ -106,26 +132,32 @@ def plan(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concept
 
 def job_hash(job: Job, config: Any, profile_desc: dict[str, Any], suite: dict[str, Any]) -> str:
     """Everything that changes a run's output; a finished record with the same hash is not recomputed."""
-    return stable_hash({"job": dataclasses.asdict(job), "config": to_dict(config), "models": profile_desc,
+    return stable_hash({"job": dataclasses.asdict(job), "config": hashed_config(config), "models": profile_desc,
                         "suite": suite["name"], "eval_version": EVAL_VERSION, "schema": store.SCHEMA_VERSION})
 
 
-def load_concept(job: Job, ctx: Context) -> Concept:
-    from bench import data
-
-    if job.concept in ctx.concept_dirs:
-        folder, noun = ctx.concept_dirs[job.concept]
-        return data.load_folder_concept(Path(folder), noun, name=job.concept, prompts_root=ctx.data)
-    return data.select_concepts(ctx.data, job.concept)[0]
+def hashed_config(config: Any) -> dict[str, Any]:
+    """The config as hashed: fields marked `metadata={"hash": False}` (e.g. `checkpoint_every`) never change the
+    result, so changing them does not invalidate finished runs."""
+    out = to_dict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("hash") is False:
+            out.pop(f.name, None)
+    return out
 
 
 class JsonlLog:
-    """The `Log` a method writes to: one JSON line per iteration, and a callback for live progress."""
+    """The `Log` a method writes to: one JSON line per iteration, and a callback for live progress.
+
+    A resumed attempt appends to the interrupted attempt's log and repeats the iterations after its checkpoint;
+    `close` keeps the last row of each (phase, iteration), so the log reads as one uninterrupted run.
+    """
 
     def __init__(self, path: Path, on_step: Callable[[str, int, int, dict], None] | None = None) -> None:
         self.path, self.on_step = path, on_step
         self.phase, self.total, self.iterations = "train", 0, 0
-        self._file = open(path, "a")
+        self._appended = path.exists() and path.stat().st_size > 0
+        self._file = open(path, "a", buffering=1)  # line-buffered: readable while the run goes
 
     def begin(self, phase: str, total: int) -> None:
         self.phase, self.total = phase, total
@@ -141,53 +173,224 @@ class JsonlLog:
 
     def close(self) -> None:
         self._file.close()
+        if self._appended:
+            compact_loss_log(self.path)
 
 
-def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict[str, Any]:
-    """Run one job unless it is done: train, sample, score, record. Returns a short summary.
+def compact_loss_log(path: Path) -> None:
+    """Keep the last row of each (phase, iteration), in order; drop a torn last line from a kill."""
+    rows: dict[tuple[str, int], dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            key = (row["phase"], int(row["iteration"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+        rows.pop(key, None)  # a repeat moves to where the resumed attempt wrote it
+        rows[key] = row
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    os.replace(tmp, path)
 
-    Failures inside the method (exceptions, divergence) are recorded as failed runs; the sweep goes on.
-    User mistakes (BenchError) propagate.
+
+def load_concept(job: Job, ctx: Context) -> Concept:
+    from bench import data
+
+    if job.concept in ctx.concept_dirs:
+        folder, noun = ctx.concept_dirs[job.concept]
+        return data.load_folder_concept(Path(folder), noun, name=job.concept, prompts_root=ctx.data)
+    return data.select_concepts(ctx.data, job.concept)[0]
+
+
+# --- a sweep, validated before any work -----------------------------------------------------------------------
+
+
+def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
+            profile: str, backbone: str, data: Path | None, results: Path, suite: str | None = None,
+            device: str | None = None, weights: list[str] | None = None, force: bool = False, resume: bool = False,
+            retry_failed: bool = False, concept_dir: Path | None = None, class_noun: str | None = None,
+            check_images: bool = True) -> tuple[list[Job], Context]:
+    """The jobs and context of one `bench run`/`bench ablate`; every user mistake fails here, before any work.
+
+    Checks names (methods, variants, config keys, profile, backbone, suite, concepts), `--weights` paths
+    (safetensors only) and decodes every reference image of the concepts that still have work to do.
     """
+    from bench import data as dataset
+    from bench.metrics import get_suite
+    from bench.models.profiles import get_profile, parse_weights
+    from bench.paths import data_root
+
+    weight_map = parse_weights(weights or [])
+    get_profile(profile, backbone, weight_map)  # validates profile, backbone and weight groups up front
+    check_weight_paths(weight_map)
+    suite = suite or default_suite(profile)
+    get_suite(suite)
+    if not seeds:
+        raise BenchError("no seeds given; e.g. --seeds 0 or --seeds 0,1,2,3")
+    root = data_root(data)
+    ctx = Context(data=root, results=Path(results), suite=suite, device=device, weights=weight_map, force=force,
+                  resume=resume, retry_failed=retry_failed)
+    if concept_dir is not None:
+        if not class_noun:
+            raise BenchError("--concept-dir needs --class-noun (e.g. --class-noun dog)")
+        chosen = [dataset.load_folder_concept(concept_dir, class_noun, prompts_root=root)]
+        ctx.concept_dirs[chosen[0].name] = (str(concept_dir), class_noun)
+    else:
+        chosen = dataset.select_concepts(root, concepts)
+    jobs = plan(methods, variants, [c.name for c in chosen], seeds, profile, backbone)
+    if check_images:
+        todo = {job.concept for job in jobs if triage(job, ctx).state not in ("done", "failed")}
+        for concept in chosen:
+            if concept.name in todo:
+                for path in concept.images:
+                    dataset.load_image(path)  # a corrupt, truncated or non-image file: one line naming it
+    return jobs, ctx
+
+
+def check_weight_paths(weight_map: dict[str, str]) -> None:
+    """`--weights GROUP=PATH`: a local path must exist and hold safetensors (pickles are never loaded)."""
+    for group, source in weight_map.items():
+        path = Path(source).expanduser()
+        looks_local = source.startswith(("/", ".", "~")) or path.exists()
+        if looks_local:
+            store.check_safetensors(path, f"--weights {group}")
+
+
+@dataclass
+class Triage:
+    """Where one job stands: its config hash, its record (if any) and what a run would do with it."""
+
+    config_hash: str
+    run_dir: Path
+    record: dict[str, Any] | None
+    state: str
+    """done | failed (kept, same hash) | outdated (recorded with another hash) | todo (no record, or retried)."""
+
+
+def _resolve(job: Job, ctx: Context) -> tuple[Any, Any, dict[str, Any], str]:
     from bench.metrics import get_suite
     from bench.models.profiles import get_profile
 
     profile = get_profile(job.profile, job.backbone, ctx.weights)
     config = resolve_config(job, profile.iteration_cap)
     suite = get_suite(ctx.suite).describe()
-    config_hash = job_hash(job, config, profile.describe(), suite)
+    return profile, config, suite, job_hash(job, config, profile.describe(), suite)
+
+
+def triage(job: Job, ctx: Context, config_hash: str | None = None) -> Triage:
+    config_hash = config_hash or _resolve(job, ctx)[3]
     run_dir = job.key.path(ctx.results)
-    if not ctx.force and store.is_done(run_dir, config_hash):
-        return {"job": job, "status": "skipped", "run_dir": run_dir}
+    record = store.read_record(run_dir)  # a record from a newer schema raises a one-line BenchError
+    if record is None:
+        state = "todo"
+    elif record.get("config_hash") != config_hash:
+        state = "outdated"
+    elif ctx.force:
+        state = "todo"
+    elif record.get("status") == "done":
+        state = "done"
+    elif record.get("status") == "failed" and not ctx.retry_failed:
+        state = "failed"
+    else:
+        state = "todo"
+    return Triage(config_hash, run_dir, record, state)
+
+
+# --- one job -------------------------------------------------------------------------------------------------
+
+
+def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict[str, Any]:
+    """Run one job unless it is done: train, sample, score, record. Returns a short summary.
+
+    Failures inside the method (exceptions, divergence) are recorded as failed runs; the sweep goes on.
+    User mistakes (BenchError) propagate. A kill at any moment leaves the run redoable (see `bench.store`).
+    """
+    profile, config, suite, config_hash = _resolve(job, ctx)
+    state = triage(job, ctx, config_hash)
+    run_dir = state.run_dir
+    if state.state in ("done", "failed"):
+        _tidy(run_dir)
+        return _outcome(job, run_dir, "skipped" if state.state == "done" else "kept_failed", state.record)
     lock = store.RunLock(run_dir)
     if not lock.acquire():
-        return {"job": job, "status": "locked", "run_dir": run_dir}
+        return {"job": job, "status": "locked", "run_dir": run_dir, "reason": lock.describe()}
     try:
-        if not ctx.force and store.is_done(run_dir, config_hash):  # finished while we waited for the lock
-            return {"job": job, "status": "skipped", "run_dir": run_dir}
+        store.recover(run_dir, keep_partial=True)  # finish or undo what a killed attempt left
+        state = triage(job, ctx, config_hash)
+        if state.state in ("done", "failed"):  # finished while we waited for the lock, or just recovered
+            store.recover(run_dir, keep_partial=False)
+            return _outcome(job, run_dir, "skipped" if state.state == "done" else "kept_failed", state.record)
         concept = load_concept(job, ctx)
-        partial = store.staging_dir(run_dir)
+        partial, attempts, resumed_from = _stage(run_dir, config_hash, ctx.resume)
         record = _base_record(job, config, config_hash, profile, suite)
+        record.update(attempts=attempts, resumed_from=resumed_from or None)
         try:
-            record.update(_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step))
+            record.update(_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step,
+                                              resumed=bool(resumed_from)))
             record["status"] = "done"
         except BenchError:
+            from bench.models.checkpoint import find_checkpoints
+
+            if not find_checkpoints(partial / "work"):
+                shutil.rmtree(partial, ignore_errors=True)  # nothing worth keeping: leave nothing behind
             raise
         except Exception as err:  # noqa: BLE001 - a failed run is a result, recorded with its reason
             record.update(status="failed", reason=f"{type(err).__name__}: {err}".strip()[:500],
                           diverged=isinstance(err, Diverged))
             (partial / "traceback.txt").write_text(traceback.format_exc())
             record["traceback"] = "traceback.txt"
+        shutil.rmtree(partial / "work", ignore_errors=True)  # checkpoints are for kills, not for results
+        (partial / ATTEMPT).unlink(missing_ok=True)
         record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if not lock.still_held():  # frozen past the stale timeout and taken over: the new owner decides
+            return {"job": job, "status": "lost_lock", "run_dir": run_dir,
+                    "reason": "the run's lock was taken over by another process; nothing committed"}
         previous = store.read_record(run_dir)
         if record["status"] == "failed" and previous and previous.get("status") == "done":
             # never replace a finished result with a failure: keep the failure beside it
+            record["traceback_text"] = (partial / "traceback.txt").read_text()
             store.write_json_atomic(run_dir.with_name(run_dir.name + ".failed.json"), record)
+            shutil.rmtree(partial, ignore_errors=True)
         else:
             store.commit_run(partial, run_dir, record)
-        return {"job": job, "status": record["status"], "run_dir": run_dir, "reason": record.get("reason")}
+        return _outcome(job, run_dir, record["status"], record)
     finally:
         lock.release()
+
+
+def _outcome(job: Job, run_dir: Path, status: str, record: dict[str, Any] | None) -> dict[str, Any]:
+    reason = (record or {}).get("reason") if status in ("failed", "kept_failed") else None
+    return {"job": job, "status": status, "run_dir": run_dir, "reason": reason}
+
+
+def _tidy(run_dir: Path) -> None:
+    """Remove what a killed process left beside a finished run, unless someone is working on it right now."""
+    if not store.leftovers(run_dir):
+        return
+    lock = store.RunLock(run_dir)
+    if lock.acquire():
+        try:
+            store.recover(run_dir, keep_partial=False)
+        finally:
+            lock.release()
+
+
+def _stage(run_dir: Path, config_hash: str, resume: bool) -> tuple[Path, int, dict[str, int]]:
+    """The `.partial` folder for this attempt: fresh, or (`resume`, same config hash) keeping the checkpoints and
+    the loss log of the interrupted attempt. Returns (folder, attempt number, {checkpointer: iteration})."""
+    from bench.models.checkpoint import find_checkpoints
+
+    partial = store.partial_dir(run_dir)
+    try:
+        previous = json.loads((partial / ATTEMPT).read_text())
+    except (OSError, ValueError):
+        previous = None
+    keep = resume and isinstance(previous, dict) and previous.get("config_hash") == config_hash
+    partial = store.staging_dir(run_dir, ("work", "loss_log.jsonl", ATTEMPT) if keep else ())
+    attempts = int(previous.get("attempts", 1)) + 1 if keep else 1
+    store.write_json_atomic(partial / ATTEMPT, {"config_hash": config_hash, "attempts": attempts,
+                                                "pid": os.getpid(), "host": os.uname().nodename})
+    return partial, attempts, find_checkpoints(partial / "work") if keep else {}
 
 
 def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: dict) -> dict[str, Any]:
@@ -198,17 +401,21 @@ def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: d
         "method_version": getattr(cls, "version", 1), "config": to_dict(config), "config_hash": config_hash,
         "overrides": json.loads(job.overrides), "models": profile.describe(), "metric_suite": suite,
         "versions": versions(), "git_commit": git_commit(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": os.uname().nodename,
+        "host": os.uname().nodename, "pid": os.getpid(),
     }
 
 
 def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, run_dir: Path,
-                        on_step: Callable | None) -> dict[str, Any]:
+                        on_step: Callable | None, resumed: bool = False) -> dict[str, Any]:
     import torch
 
     from bench.models.loading import Models
     from bench.timing import Stopwatch, device_name, peak_memory, reset_peak_memory
 
+    if profile.name == "tiny":  # build the tiny models (seeded) now, not at first use inside the seeded run
+        from bench.models.tiny import ensure_built
+
+        ensure_built()
     torch.manual_seed(job.seed)
     models = Models(profile, ctx.device)
     method = get_method(job.method)(config)
@@ -225,15 +432,12 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
     views = {}
     for name, view in getattr(trained, "views", {}).items():
         views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
-    import shutil
-
-    shutil.rmtree(run_dir / "work", ignore_errors=True)
     return {
         **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
         "device": device_name(models.device),
         "timing": {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
                    "it_per_s": log.iterations / train_s if train_s > 0 else None,
-                   "peak_memory": peak_memory(models.device), **evaluation.pop("timing")},
+                   "peak_memory": peak_memory(models.device), "resumed": resumed, **evaluation.pop("timing")},
     }
 
 
@@ -275,6 +479,52 @@ def evaluate(trained: Any, concept: Concept, eval_seeds: tuple[int, ...], image_
         "timing": {"infer_s_per_image": single.seconds, "infer_s_per_image_batched": batched.seconds / len(images),
                    "eval_batch_size": ctx.eval_batch_size},
     }
+
+
+def status_report(results: Path, profile: str | None = None, methods: list[str] | None = None,
+                  variants: list[str] | None = None, overrides: dict[str, Any] | None = None,
+                  concepts: str = "all", seeds: list[int] | None = None, backbone: str = "sd-turbo",
+                  data: Path | None = None, suite: str | None = None) -> str:
+    """`bench status`: without `methods`, every run found under `results`; with them, every run of that plan,
+    each done, running, interrupted, failed, outdated or missing. One line per run, then the counts."""
+    if not methods:
+        if variants or overrides or seeds or concepts != "all":
+            raise BenchError("--variant, --concepts, --seeds and --set select runs of a plan: pass --method too")
+        counts, lines = store.run_status(results, profile)
+    else:
+        jobs, ctx = prepare(methods, variants_for(methods, variants or ["default"], overrides or {}), concepts,
+                            seeds or [0], profile or "tiny", backbone, data, results, suite, check_images=False)
+        counts, lines = plan_status(jobs, ctx)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
+    return "\n".join([*lines, summary])
+
+
+def plan_status(jobs: list[Job], ctx: Context) -> tuple[dict[str, int], list[str]]:
+    """(counts by state, one line per job) for a plan; problems are listed last."""
+    entries = []
+    for job in jobs:
+        state = triage(job, ctx)
+        run_dir, key = state.run_dir, f"{job.profile}/{job.key.label()}"
+        lock = store.RunLock(run_dir)
+        if lock.path.exists() and not lock.is_stale():
+            entries.append(("running", key, lock.describe()))
+        elif state.state == "done":
+            entries.append(("done", key, ""))
+        elif state.record and state.record.get("config_hash") == state.config_hash \
+                and state.record.get("status") == "failed":
+            entries.append(("failed", key, store.failure_note({**state.record, "run_dir": str(run_dir)})))
+        elif store.partial_dir(run_dir).exists():
+            entries.append(("interrupted", key, store.interrupted_note(store.partial_dir(run_dir))))
+        elif state.state == "outdated":
+            entries.append(("outdated", key, "recorded with another config hash; `bench run` recomputes it"))
+        else:
+            entries.append(("missing", key, ""))
+    order = {"done": 0, "running": 1, "interrupted": 2, "outdated": 3, "failed": 4, "missing": 5}
+    entries.sort(key=lambda e: (order[e[0]], e[1]))
+    counts: dict[str, int] = {}
+    for state_name, _, _ in entries:
+        counts[state_name] = counts.get(state_name, 0) + 1
+    return counts, [f"{s:11} {k}{': ' + n if n else ''}" for s, k, n in entries]
 
 
 @lru_cache(maxsize=1)

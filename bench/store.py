@@ -1,19 +1,30 @@
 """The results tree: one folder per run, self-describing records, atomic writes, per-run locks.
 
 Layout: `<results>/<profile>/<method>/<variant>/<concept>/seed<k>/` holding `record.json`, `weights/`
-(safetensors), `images/` (PNG), `loss_log.jsonl`. A run is first built in a sibling `.partial` folder and moved
-into place only when its record is complete, so a killed process never leaves a folder that looks finished and
-a forced re-run never destroys the previous result before the new one exists.
+(safetensors), `images/` (PNG), `loss_log.jsonl`. Beside a run folder, only while something is in flight:
+
+- `seed<k>.lock`      the run's lock (owner host, pid, start time, token; its mtime is the owner's heartbeat);
+- `seed<k>.partial/`  the run being built (its `work/` holds training checkpoints); it never holds a
+                      `record.json` except in the instant before it is renamed into place;
+- `seed<k>.old-<pid>` the previous result during the swap of a forced re-run.
+
+A run becomes visible only by renaming a complete `.partial` (record written last) into place, so a killed
+process never leaves a folder that looks finished, and a forced re-run never destroys the previous result
+before the new one exists. `recover` (called with the lock held) finishes or undoes whatever a killed process
+left, so there is never more than one complete copy of a run and no leftover survives a successful re-run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +33,10 @@ from bench.api import BenchError
 
 SCHEMA_VERSION = 1
 RECORD = "record.json"
+RUN_DIR = re.compile(r"^seed-?\d+$")
+"""Names of run folders; `.partial`, `.old-*` and other siblings are never read as runs."""
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 @dataclass(frozen=True)
@@ -41,15 +56,36 @@ class RunKey:
         return f"{self.method}/{self.variant}/{self.concept}/seed{self.seed}"
 
 
+# --- atomic files ------------------------------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temporary file beside `path`, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
@@ -58,6 +94,8 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
         return None
     if record.get("schema", 0) > SCHEMA_VERSION:
         raise BenchError(f"{path} has record schema {record['schema']}, newer than this bench ({SCHEMA_VERSION}); "
@@ -71,12 +109,12 @@ def is_done(run_dir: Path, config_hash: str) -> bool:
 
 
 def iter_records(results: Path, profile: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every record under `results` (optionally one profile), with `run_dir` added."""
+    """Every record under `results` (optionally one profile), with `run_dir` added; never a staged copy."""
     root = Path(results) / profile if profile else Path(results)
     if not root.exists():
         return
     for path in sorted(root.rglob(RECORD)):
-        if ".partial" in path.parent.name:
+        if not RUN_DIR.match(path.parent.name):
             continue
         record = read_record(path.parent)
         if record is not None:
@@ -84,22 +122,87 @@ def iter_records(results: Path, profile: str | None = None) -> Iterator[dict[str
             yield record
 
 
-def staging_dir(run_dir: Path) -> Path:
-    """A fresh folder beside `run_dir` to build the run in."""
-    partial = run_dir.with_name(run_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+# --- staging, commit and recovery ---------------------------------------------------------------------------
+
+
+def partial_dir(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + ".partial")
+
+
+def staging_dir(run_dir: Path, keep: Iterable[str] = ()) -> Path:
+    """The folder beside `run_dir` to build the run in: fresh, or (resume) keeping only the entries in `keep`."""
+    partial = partial_dir(run_dir)
+    keep = set(keep)
+    if partial.is_dir() and keep:
+        for child in partial.iterdir():
+            if child.name not in keep:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    else:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
     return partial
 
 
 def commit_run(partial: Path, run_dir: Path, record: dict[str, Any]) -> None:
     """Write the record into the staged folder, then swap it into place (old result removed only after)."""
     write_json_atomic(partial / RECORD, record)
+    _swap(partial, run_dir)
+
+
+def _swap(partial: Path, run_dir: Path) -> None:
     old = run_dir.with_name(run_dir.name + f".old-{os.getpid()}")
     if run_dir.exists():
         os.rename(run_dir, old)
     os.rename(partial, run_dir)
+    fsync_dir(run_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def leftovers(run_dir: Path) -> list[Path]:
+    """What an interrupted process may have left beside `run_dir`: staged, old and temporary copies, and a lock
+    (which may be live: take it before cleaning)."""
+    name, parent = run_dir.name, run_dir.parent
+    if not parent.is_dir():
+        return []
+    found = [p for p in parent.glob(f"{name}.old-*")]
+    found += [p for p in parent.glob(f".{name}.*.tmp")]
+    found += [p for p in (partial_dir(run_dir), run_dir.with_name(name + ".lock")) if p.exists()]
+    return sorted(found)
+
+
+def recover(run_dir: Path, keep_partial: bool = True) -> list[str]:
+    """Finish or undo what a killed process left beside `run_dir`. Call it with the run's lock held.
+
+    - a `.partial` holding a record is a commit that was cut between its two renames: it is completed
+      (the record is written last, so such a folder is complete);
+    - with no run folder left, the newest `.old-*` copy is put back; every other `.old-*` is removed;
+    - torn temporary files are removed; a `.partial` without a record is removed unless `keep_partial`
+      (it may hold checkpoints for `--resume`).
+    Returns a short description of each action.
+    """
+    actions: list[str] = []
+    partial, parent, name = partial_dir(run_dir), run_dir.parent, run_dir.name
+    if not parent.is_dir():
+        return actions
+    if (partial / RECORD).is_file() and read_record(partial) is not None:
+        if run_dir.exists() and not (run_dir / RECORD).exists():
+            shutil.rmtree(run_dir)  # an incomplete folder cannot be a result
+        _swap(partial, run_dir)
+        actions.append("completed an interrupted commit")
+    olds = sorted(parent.glob(f"{name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if olds and not (run_dir / RECORD).exists() and (olds[0] / RECORD).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        os.rename(olds.pop(0), run_dir)
+        actions.append("restored the previous result")
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+        actions.append(f"removed {old.name}")
+    for tmp in parent.glob(f".{name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if partial.exists() and not keep_partial:
+        shutil.rmtree(partial, ignore_errors=True)
+        actions.append("removed an unfinished attempt")
+    return actions
 
 
 def check_writable(results: Path) -> None:
@@ -113,52 +216,218 @@ def check_writable(results: Path) -> None:
         raise BenchError(f"results folder '{results}' is not writable ({err.strerror}); pass --results DIR") from None
 
 
-class RunLock:
-    """An exclusive lock on one run, taken atomically (O_EXCL). A lock whose owner died is taken over."""
+# --- weights -----------------------------------------------------------------------------------------------
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir.with_name(run_dir.name + ".lock")
-        self.held = False
 
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale():
-                    return False
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, f)
-            self.held = True
-            return True
+def check_safetensors(path: Path, what: str) -> None:
+    """Refuse a weights file or folder that holds no safetensors (missing, empty, or pickle files only).
+
+    Only safetensors are ever loaded: a pickle (`.bin`, `.pt`, `.ckpt`, ...) can run code when unpickled.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise BenchError(f"{what}: {path} does not exist")
+    files = [path] if path.is_file() else [p for p in sorted(path.rglob("*")) if p.is_file()]
+    safe = [p for p in files if p.suffix == ".safetensors"]
+    if safe:
+        return
+    pickles = [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles:
+        shown = pickles[0].relative_to(path) if path.is_dir() else pickles[0].name
+        raise BenchError(f"{what}: {path} holds only pickle weights ({shown}); only safetensors are loaded, "
+                         f"convert them (e.g. safetensors.torch.save_file) and try again")
+    raise BenchError(f"{what}: no .safetensors file in {path}; only safetensors are loaded")
+
+
+# --- locks -------------------------------------------------------------------------------------------------
+
+
+def lock_stale_seconds() -> float:
+    """A lock whose heartbeat is older than this is stale whatever its host ($BENCH_LOCK_STALE_S, 600 s)."""
+    try:
+        return float(os.environ.get("BENCH_LOCK_STALE_S", "600"))
+    except ValueError:
+        return 600.0
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), to tell a live owner from a recycled pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True  # someone else's process
+    except OSError:
+        return False
+    return True
+
+
+class RunLock:
+    """An exclusive lock on one run, safe across processes, hosts and kills (SIGKILL included).
+
+    - Taken atomically: the owner record is written to a temporary file and hard-linked to `<run>.lock`
+      (`link` fails if the lock exists, and readers never see a half-written lock); O_EXCL where links
+      are not supported.
+    - The owner (host, pid, the pid's start time, a random token) refreshes the lock's mtime every few
+      seconds from a daemon thread: the heartbeat.
+    - Stale, and taken over: on the same host, when the owner pid is gone or was recycled; on any host, when
+      the heartbeat is older than `lock_stale_seconds()` (a dead node, a SIGKILLed SLURM job elsewhere).
+    - Take-over happens under a short-lived `<run>.lock.takeover` mutex and re-checks the lock it judged
+      stale, so two processes never both replace it; `still_held()` lets the owner verify before it commits.
+    """
+
+    def __init__(self, run_dir: Path, heartbeat: float | None = None) -> None:
+        self.path = run_dir.with_name(run_dir.name + ".lock")
+        self.token = uuid.uuid4().hex
+        self.held = False
+        self._heartbeat = heartbeat if heartbeat is not None else max(1.0, min(30.0, lock_stale_seconds() / 4))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # - reading ---------------------------------------------------------------------------------------------
+
+    def read(self) -> tuple[bytes | None, dict[str, Any] | None, float]:
+        """(raw bytes, parsed owner or None, age of the heartbeat in seconds); raw is None when there is no lock."""
+        try:
+            raw = self.path.read_bytes()
+            age = time.time() - self.path.stat().st_mtime
+        except OSError:
+            return None, None, 0.0
+        try:
+            owner = json.loads(raw)
+            owner = owner if isinstance(owner, dict) else None
+        except ValueError:
+            owner = None
+        return raw, owner, age
+
+    def owner(self) -> dict[str, Any] | None:
+        return self.read()[1]
 
     def _stale(self) -> bool:
-        try:
-            owner = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            # Being written right now, or left empty by a crash: stale only if old.
-            try:
-                return time.time() - self.path.stat().st_mtime > 60
-            except OSError:
-                return True
-        if owner.get("host") != socket.gethostname():
-            return False  # cannot see another host's processes; a cluster scheduler owns that case
-        try:
-            os.kill(int(owner["pid"]), 0)
-        except ProcessLookupError:
+        raw, owner, age = self.read()
+        return raw is not None and self._judge(owner, age)
+
+    is_stale = _stale
+
+    def _judge(self, owner: dict[str, Any] | None, age: float) -> bool:
+        pid = owner.get("pid") if owner else None
+        if owner is None or owner.get("host") != socket.gethostname() or not isinstance(pid, int):
+            # another host's processes cannot be seen (or the lock is unreadable): the heartbeat decides
+            return age > lock_stale_seconds()
+        if not _pid_alive(pid):
             return True
-        except PermissionError:
+        start = owner.get("start")
+        return bool(start and _process_start(pid) not in (None, start))  # pid recycled by another process
+
+    def describe(self) -> str:
+        """`host h, pid p, heartbeat 3 s ago` for `bench status`."""
+        _, owner, age = self.read()
+        if owner is None:
+            return f"lock unreadable, {age:.0f} s old"
+        job = f", slurm job {owner['slurm_job']}" if owner.get("slurm_job") else ""
+        return f"host {owner.get('host')}, pid {owner.get('pid')}{job}, heartbeat {age:.0f} s ago"
+
+    # - taking and giving back ------------------------------------------------------------------------------
+
+    def _payload(self) -> bytes:
+        pid = os.getpid()
+        return json.dumps({"pid": pid, "host": socket.gethostname(), "start": _process_start(pid),
+                           "token": self.token, "time": time.time(),
+                           "slurm_job": os.environ.get("SLURM_JOB_ID")}).encode()
+
+    def _create(self) -> bool:
+        tmp = self.path.with_name(f".{self.path.name}.{self.token}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(self._payload())
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this filesystem: O_EXCL, written right after
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as f:
+                    f.write(self._payload())
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def acquire(self) -> bool:
+        """Take the lock; False when a live owner holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._create():
+            raw, owner, age = self.read()
+            if raw is not None and not self._judge(owner, age):
+                return False
+            if not self._take_over(raw):
+                return False
+        self.held = True
+        self._start_heartbeat()
+        return True
+
+    def _take_over(self, judged: bytes | None) -> bool:
+        mutex = self.path.with_name(self.path.name + ".takeover")
+        try:
+            fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:  # a take-over lasts milliseconds: an old mutex was left by a killed process
+                if time.time() - mutex.stat().st_mtime > 30:
+                    mutex.unlink(missing_ok=True)
+            except OSError:
+                pass
             return False
-        return False
+        os.close(fd)
+        try:
+            raw, owner, age = self.read()
+            if raw is not None:
+                if raw != judged or not self._judge(owner, age):
+                    return False  # replaced meanwhile, or the owner came back to life
+                self.path.unlink(missing_ok=True)
+            return self._create()
+        finally:
+            mutex.unlink(missing_ok=True)
+
+    def still_held(self) -> bool:
+        """True while the lock file is still ours (not taken over after a long freeze)."""
+        _, owner, _ = self.read()
+        return self.held and owner is not None and owner.get("token") == self.token
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+
+        def beat() -> None:
+            while not self._stop.wait(self._heartbeat):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    return
+
+        self._thread = threading.Thread(target=beat, name=f"heartbeat {self.path.name}", daemon=True)
+        self._thread.start()
 
     def release(self) -> None:
-        if self.held:
+        if not self.held:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.still_held():
             self.path.unlink(missing_ok=True)
-            self.held = False
+        self.held = False
 
     def __enter__(self) -> RunLock:
         return self
@@ -167,21 +436,55 @@ class RunLock:
         self.release()
 
 
+# --- what is there -----------------------------------------------------------------------------------------
+
+
 def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int], list[str]]:
-    """Counts of done / failed / running runs and one line per run that is not done (with its reason)."""
+    """Counts by state and one line per run found under `results`: done, failed (with reason), running (a live
+    lock), interrupted (an unfinished attempt, no live lock). Problems are listed last."""
     counts: dict[str, int] = {}
-    lines: list[str] = []
+    entries: list[tuple[str, str, str]] = []
     root = Path(results) / profile if profile else Path(results)
     for record in iter_records(results, profile):
-        status = record.get("status", "unknown")
-        counts[status] = counts.get(status, 0) + 1
-        if status != "done":
-            key = f"{record['profile']}/{record['method']}/{record['variant']}/{record['concept']}/seed{record['seed']}"
-            lines.append(f"{status:8} {key}: {record.get('reason', '')}")
+        state = record.get("status", "unknown")
+        key = f"{record['profile']}/{record['method']}/{record['variant']}/{record['concept']}/seed{record['seed']}"
+        entries.append((state, key, failure_note(record)))
     if root.exists():
-        for lock in sorted(root.rglob("*.lock")):
-            run_dir = lock.with_name(lock.name.removesuffix(".lock"))
-            if not RunLock(run_dir)._stale():
-                counts["running"] = counts.get("running", 0) + 1
-                lines.append(f"running  {run_dir.relative_to(results)}")
+        for lock_path in sorted(root.rglob("seed*.lock")):
+            run_dir = lock_path.with_name(lock_path.name.removesuffix(".lock"))
+            lock = RunLock(run_dir)
+            if not lock._stale():
+                entries = [e for e in entries if e[1] != str(run_dir.relative_to(results))]
+                entries.append(("running", str(run_dir.relative_to(results)), lock.describe()))
+        running = {e[1] for e in entries if e[0] == "running"}
+        for partial in sorted(root.rglob("seed*.partial")):
+            run_dir = partial.with_name(partial.name.removesuffix(".partial"))
+            key = str(run_dir.relative_to(results))
+            if key not in running:
+                entries.append(("interrupted", key, interrupted_note(partial)))
+    order = {"done": 0, "running": 1, "interrupted": 2, "failed": 3}
+    entries.sort(key=lambda e: (order.get(e[0], 4), e[1]))
+    lines = [f"{state:11} {key}{': ' + note if note else ''}" for state, key, note in entries]
+    for state, _, _ in entries:
+        counts[state] = counts.get(state, 0) + 1
     return counts, lines
+
+
+def failure_note(record: dict[str, Any]) -> str:
+    if record.get("status") != "failed":
+        return ""
+    note = record.get("reason", "")
+    if record.get("traceback") and record.get("run_dir"):
+        note += f" (traceback: {Path(record['run_dir']) / record['traceback']})"
+    return note
+
+
+def interrupted_note(partial: Path) -> str:
+    """What an unfinished attempt left: its last checkpoint, if any."""
+    from bench.models.checkpoint import find_checkpoints
+
+    found = find_checkpoints(partial / "work")
+    if found:
+        where = ", ".join(f"{name} iteration {it}" for name, it in sorted(found.items()))
+        return f"killed; checkpoint at {where}; `bench run ... --resume` continues it"
+    return "killed before any checkpoint; `bench run` redoes it"

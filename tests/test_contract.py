@@ -54,8 +54,10 @@ def test_method_contract(name: str, concept, tmp_path: Path) -> None:
     prompts = [concept.prompt("a {0} {1} in the snow", trained.identifier)] * 2
     images = trained.generate(prompts, [0, 1])
     assert [im.size for im in images] == [(profile.resolution, profile.resolution)] * 2
-    again = trained.generate(prompts[:1], [1])
-    assert np.array_equal(np.asarray(again[0]), np.asarray(images[1])), "same (prompt, seed) -> same image"
+    repeat = trained.generate(prompts, [0, 1])
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, repeat)), "bit-identical repeat"
+    alone = trained.generate(prompts[:1], [1])  # another batch: only float summation order changes
+    assert np.abs(np.asarray(alone[0]).astype(int) - np.asarray(images[1]).astype(int)).max() <= 1
     assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1])), "different seeds differ"
 
     trained.save(tmp_path / "weights")

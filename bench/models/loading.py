@@ -125,6 +125,10 @@ def _is_local(comp: Component) -> bool:
 def _from_pretrained(cls: Any, comp: Component) -> Any:
     """A local folder as is; a hub id from the cache, or downloaded when the hub is reachable."""
     kwargs = {"subfolder": comp.subfolder} if comp.subfolder else {}
+    import torch
+
+    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+        kwargs["use_safetensors"] = True  # weights are safetensors only: never unpickle a .bin
     if _is_local(comp):
         return cls.from_pretrained(comp.source, **kwargs)
     with offline_mode(hub_offline()):

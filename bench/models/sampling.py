@@ -61,7 +61,7 @@ def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[in
         context = torch.cat([uncond.expand_as(cond), cond])
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(latents, t)
-        with record_function("unet"):  # `bench perf` reads these labels for UNet-only latency
+        with record_function("bench/unet"):  # `bench perf` reads these labels for UNet-only latency
             if use_cfg:
                 pred_uncond, pred_cond = unet(torch.cat([model_in, model_in]), t, context).sample.chunk(2)
                 pred = pred_uncond + guidance * (pred_cond - pred_uncond)
@@ -73,7 +73,7 @@ def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[in
 
 def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in [-1, 1] (not clamped), (B, 3, H, W). Gradient flows if enabled."""
-    with record_function("vae_decode"):
+    with record_function("bench/vae_decode"):
         return vae.decode(latents / vae.config.scaling_factor).sample
 
 
@@ -91,11 +91,12 @@ def generate(unet: Any, scheduler: Any, vae: Any, tokenizer: Any, text_encoder: 
     """PIL images for (prompt, seed) pairs, batched. guidance > 1 adds the empty-prompt branch (CFG)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    uncond = encode_text(tokenizer, text_encoder, [""]) if guidance > 1.0 else None
     images: list = []
-    for start in range(0, len(prompts), batch_size):
-        batch_prompts, batch_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
-        cond = encode_text(tokenizer, text_encoder, batch_prompts)
-        latents = sample_latents(unet, scheduler, cond, batch_seeds, steps, latent_size, uncond, guidance)
-        images += to_pil(decode(vae, latents))
+    with record_function("bench/generate"):
+        uncond = encode_text(tokenizer, text_encoder, [""]) if guidance > 1.0 else None
+        for start in range(0, len(prompts), batch_size):
+            batch_prompts, batch_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
+            cond = encode_text(tokenizer, text_encoder, batch_prompts)
+            latents = sample_latents(unet, scheduler, cond, batch_seeds, steps, latent_size, uncond, guidance)
+            images += to_pil(decode(vae, latents))
     return images

@@ -34,8 +34,11 @@ def ensure_built() -> Path:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root.parent))
+    import torch
+
     try:
-        _build_all(tmp)
+        with torch.random.fork_rng(devices=[]):  # building seeds the global RNG; the caller's stream is kept
+            _build_all(tmp)
         (tmp / "BUILT").write_text(json.dumps({"version": TINY_VERSION}))
         try:
             os.rename(tmp, root)  # atomic; fails if another process finished first, which is fine

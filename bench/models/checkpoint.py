@@ -1,0 +1,331 @@
+"""Resumable training: a method's state saved every N iterations and restored bit-exactly (`bench run --resume`).
+
+The harness gives `Method.train` an `out_dir` inside the run's `.partial` folder. It keeps that folder across
+attempts only with `--resume` (and only for the same config hash), and removes it once the run is recorded.
+
+Adopting it in a method (baselines/custom_diffusion.py is the reference example):
+
+    from bench.models.checkpoint import Checkpointer
+
+    # 1. Build everything exactly as a fresh run does: models, new tokens, optimiser, data stream, generators.
+    ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
+    state = dict(tensors={"kv": kv, "token": [token_weight]},       # what training changes (in place)
+                 stateful={"optimizer": optimizer},                # anything with state_dict()/load_state_dict()
+                 generators={"noise": generator},                  # torch.Generator objects
+                 randoms={"batches": batches.rng})                 # random.Random objects (TrainingBatches.rng)
+    # 2. Restore: returns the number of iterations already done (0 without a checkpoint).
+    start = ckpt.restore(**state)
+    log.begin("train", cfg.iterations)
+    for it in range(start, cfg.iterations):
+        ...                                                        # one optimiser step
+        log(it, loss=loss.item())
+        ckpt.maybe_save(it + 1, **state)                           # `it + 1` iterations are done
+
+Rules that make a resumed run bit-identical to an uninterrupted one:
+- pass every tensor and object whose value changes during training (trainable parameters, EMA copies,
+  discriminators as `stateful`, optimisers, LR schedulers, GradScalers); frozen weights need not be saved;
+- pass every random source the loop draws from: generators and `random.Random` streams. The global RNGs
+  (torch CPU and CUDA, Python `random`, NumPy) are saved and restored automatically;
+- save only at iteration boundaries, after the step, with the same names at save and restore;
+- several phases (e.g. train, then echo): one Checkpointer per phase, each in its own sub-folder. A phase
+  always saves at `total`, so on resume a finished phase restores its final state and its loop does nothing;
+- scalars that are neither tensors nor RNGs (a counter, a best score) go in `extra={...}` at save and are
+  read back from `ckpt.extra` after `restore`;
+- add a documented `checkpoint_every: int` field to the method's config (0 = off) and pass it as `every`.
+
+Format (never pickle): `<dir>/step-<iteration:08d>/tensors.safetensors` holds every tensor (parameters, optimiser
+moments, RNG states as uint8), `state.json` everything else (iteration, optimiser hyper-parameters, Python RNG
+states, the SHA-256 of the tensors file). A checkpoint is written in a temporary folder, fsynced and renamed into
+place, then older ones are deleted, so a kill at any moment leaves the previous checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+TENSORS = "tensors.safetensors"
+STATE = "state.json"
+PREFIX = "step-"
+
+
+def find_checkpoints(work_dir: Path) -> dict[str, int]:
+    """{checkpointer folder (relative to `work_dir`): iteration of its newest complete checkpoint}."""
+    out: dict[str, int] = {}
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return out
+    for state in work_dir.rglob(f"{PREFIX}*/{STATE}"):
+        try:
+            iteration = int(json.loads(state.read_text())["iteration"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        name = str(state.parent.parent.relative_to(work_dir))
+        out[name] = max(out.get(name, -1), iteration)
+    return out
+
+
+class Checkpointer:
+    """Save a training loop's state every `every` iterations (and at `total`) under `directory`; restore it.
+
+    `every=0` (or `directory=None`) turns saving off; `restore` then finds nothing and returns 0.
+    """
+
+    def __init__(self, directory: Path | None, every: int, total: int | None = None, keep: int = 1) -> None:
+        if every < 0:
+            raise ValueError(f"checkpoint every must be >= 0, got {every}")
+        self.directory = Path(directory) if directory is not None else None
+        self.every, self.total, self.keep = every, total, max(1, keep)
+        self.extra: dict[str, Any] = {}
+        self.restored_from: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.directory is not None and self.every > 0
+
+    # --- restore ---------------------------------------------------------------------------------------------
+
+    def restore(self, tensors: dict[str, Any] | None = None, stateful: dict[str, Any] | None = None,
+                generators: dict[str, Any] | None = None, randoms: dict[str, random.Random] | None = None) -> int:
+        """Load the newest complete checkpoint into the given objects; the number of iterations it had done."""
+        if self.directory is None or not self.directory.is_dir():
+            return 0
+        self._clean_temporary()
+        for path in self._complete():
+            try:
+                meta = json.loads((path / STATE).read_text())
+                if meta.get("format") != FORMAT or meta.get("sha256") != _sha256(path / TENSORS):
+                    continue
+                from safetensors.torch import load_file
+
+                saved = load_file(path / TENSORS)
+            except (OSError, ValueError):
+                continue  # damaged: fall back to an older one, if any
+            self._load(meta, saved, tensors or {}, stateful or {}, generators or {}, randoms or {}, path)
+            self.extra = dict(meta.get("extra", {}))
+            self.restored_from = int(meta["iteration"])
+            return self.restored_from
+        return 0
+
+    def _load(self, meta: dict, saved: dict, tensors: dict, stateful: dict, generators: dict, randoms: dict,
+              path: Path) -> None:
+        import torch
+
+        flat = _flatten_tensors(tensors)
+        expected = {"tensors": sorted(flat), "stateful": sorted(stateful), "generators": sorted(generators),
+                    "randoms": sorted(randoms)}
+        found = {k: sorted(meta.get("names", {}).get(k, [])) for k in expected}
+        if found != expected:
+            raise ValueError(f"checkpoint {path} does not match this training loop (saved {found}, "
+                             f"expected {expected}); run without --resume to start over")
+        with torch.no_grad():
+            for name, target in flat.items():
+                value = saved[f"t/{name}"]
+                if tuple(value.shape) != tuple(target.shape):
+                    raise ValueError(f"checkpoint tensor '{name}' has shape {tuple(value.shape)}, the model has "
+                                     f"{tuple(target.shape)}; run without --resume to start over")
+                target.copy_(value.to(device=target.device, dtype=target.dtype))
+        for name, obj in stateful.items():
+            obj.load_state_dict(_decode(meta["stateful"][name], saved))
+        for name, gen in generators.items():
+            gen.set_state(saved[f"g/{name}"])
+        for name, rng in randoms.items():
+            rng.setstate(_random_state(meta["randoms"][name]))
+        _set_global_rng(meta["rng"], saved)
+
+    # --- save ------------------------------------------------------------------------------------------------
+
+    def due(self, iteration: int) -> bool:
+        return self.enabled and iteration > 0 and (iteration % self.every == 0 or iteration == self.total)
+
+    def maybe_save(self, iteration: int, tensors: dict[str, Any] | None = None,
+                   stateful: dict[str, Any] | None = None, generators: dict[str, Any] | None = None,
+                   randoms: dict[str, random.Random] | None = None, extra: dict[str, Any] | None = None) -> bool:
+        """Save when `iteration` (iterations done) is a multiple of `every` or equals `total`; True if saved."""
+        if not self.due(iteration):
+            return False
+        self.save(iteration, tensors, stateful, generators, randoms, extra)
+        return True
+
+    def save(self, iteration: int, tensors: dict[str, Any] | None = None, stateful: dict[str, Any] | None = None,
+             generators: dict[str, Any] | None = None, randoms: dict[str, random.Random] | None = None,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint for `iteration` now, atomically; returns its folder."""
+        from safetensors.torch import save_file
+
+        assert self.directory is not None
+        tensors, stateful = tensors or {}, stateful or {}
+        generators, randoms = generators or {}, randoms or {}
+        store: dict[str, Any] = {}
+        flat = _flatten_tensors(tensors)
+        for name, t in flat.items():
+            store[f"t/{name}"] = t
+        meta: dict[str, Any] = {
+            "format": FORMAT, "iteration": int(iteration), "total": self.total,
+            "names": {"tensors": sorted(flat), "stateful": sorted(stateful), "generators": sorted(generators),
+                      "randoms": sorted(randoms)},
+            "stateful": {name: _encode(obj.state_dict(), f"s/{name}", store) for name, obj in stateful.items()},
+            "randoms": {name: _json_random(rng.getstate()) for name, rng in randoms.items()},
+            "rng": _global_rng(store),
+            "extra": json.loads(json.dumps(extra or {})),  # JSON values only
+        }
+        for name, gen in generators.items():
+            store[f"g/{name}"] = gen.get_state()
+        store = {k: v.detach().to("cpu").contiguous().clone() for k, v in store.items()}
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"{PREFIX}{iteration:08d}"
+        tmp = self.directory / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        tmp.mkdir()
+        try:
+            save_file(store, tmp / TENSORS)
+            _fsync(tmp / TENSORS)
+            meta["sha256"] = _sha256(tmp / TENSORS)
+            with open(tmp / STATE, "w") as f:
+                json.dump(meta, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync(tmp)
+            if final.exists():  # the same iteration again (a resumed phase that re-saves at `total`)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync(self.directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in self._complete()[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    # --- housekeeping ----------------------------------------------------------------------------------------
+
+    def _complete(self) -> list[Path]:
+        """Checkpoint folders with their state file, newest first."""
+        assert self.directory is not None
+        found = [p for p in self.directory.glob(f"{PREFIX}*") if (p / STATE).is_file() and (p / TENSORS).is_file()]
+        return sorted(found, key=lambda p: p.name, reverse=True)
+
+    def _clean_temporary(self) -> None:
+        assert self.directory is not None
+        for tmp in self.directory.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- encoding state without pickle ------------------------------------------------------------------------------
+
+
+def _flatten_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
+    """{"kv": [a, b], "token": t} -> {"kv.0": a, "kv.1": b, "token": t}."""
+    out = {}
+    for name, value in tensors.items():
+        if isinstance(value, (list, tuple)):
+            out.update({f"{name}.{i}": t for i, t in enumerate(value)})
+        else:
+            out[name] = value
+    return out
+
+
+def _encode(value: Any, path: str, store: dict[str, Any]) -> Any:
+    """A state_dict as JSON, its tensors moved to `store` under `path` keys (placeholders left behind)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        store[path] = value
+        return {"__tensor__": path}
+    if isinstance(value, dict):
+        return {"__dict__": [[k, _encode(v, f"{path}.{k}", store)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{path}.{i}", store) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{path}.{i}", store) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot checkpoint a {type(value).__name__} at '{path}' (only tensors and JSON values)")
+
+
+def _decode(value: Any, saved: dict[str, Any]) -> Any:
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return saved[value["__tensor__"]]
+        if "__dict__" in value:
+            return {k: _decode(v, saved) for k, v in value["__dict__"]}
+        if "__tuple__" in value:
+            return tuple(_decode(v, saved) for v in value["__tuple__"])
+    if isinstance(value, list):
+        return [_decode(v, saved) for v in value]
+    return value
+
+
+def _json_random(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _random_state(value: list) -> tuple:
+    version, internal, gauss = value
+    return version, tuple(internal), gauss
+
+
+def _global_rng(store: dict[str, Any]) -> dict[str, Any]:
+    """Save torch (CPU, CUDA), Python and NumPy global RNG states; tensors go to `store`."""
+    import torch
+
+    store["rng/torch"] = torch.get_rng_state()
+    out: dict[str, Any] = {"python": _json_random(random.getstate()), "cuda": 0}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states = torch.cuda.get_rng_state_all()
+        for i, s in enumerate(states):
+            store[f"rng/cuda{i}"] = s
+        out["cuda"] = len(states)
+    np = sys.modules.get("numpy")
+    if np is not None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        store["rng/numpy"] = torch.from_numpy(keys.astype("int64"))
+        out["numpy"] = [kind, int(pos), int(has_gauss), float(cached)]
+    return out
+
+
+def _set_global_rng(meta: dict[str, Any], saved: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(saved["rng/torch"])
+    random.setstate(_random_state(meta["python"]))
+    if meta.get("cuda") and torch.cuda.is_available():
+        states = [saved[f"rng/cuda{i}"] for i in range(meta["cuda"])]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+        else:  # resumed on a machine with another number of GPUs: the first device's stream continues
+            torch.cuda.set_rng_state(states[0])
+    if "numpy" in meta and "rng/numpy" in saved:
+        import numpy as np
+
+        kind, pos, has_gauss, cached = meta["numpy"]
+        np.random.set_state((kind, saved["rng/numpy"].numpy().astype("uint32"), pos, has_gauss, cached))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

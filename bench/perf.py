@@ -1,0 +1,217 @@
+"""`bench perf`: per-method training-step cost, phase shares, FLOPs, peak memory and inference latency.
+
+Timed the way nanoGPT's bench.py does: warm-up iterations excluded, the device synchronised around every
+measurement. One measured iteration runs under the PyTorch profiler (phase shares, from the `record_function`
+labels the methods and `bench.models.sampling` put around their phases) and under `FlopCounterMode` (model FLOPs,
+hence the achieved fraction of the device's peak). Results go to `results/perf/` as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.api import BenchError
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for the achieved fraction.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A40": 149.7e12, "L40S": 362e12, "A6000": 154.8e12}
+PERF_DIR = Path("results") / "perf"
+
+
+def device_peak(name: str) -> float | None:
+    """The device's dense bf16 peak, matched by name (`NVIDIA H100 80GB HBM3` -> H100); None on a CPU."""
+    for key, flops in PEAK_BF16.items():
+        if key in name:
+            return flops
+    return None
+
+
+class PerfLog:
+    """A `bench.api.Log` that timestamps every iteration and profiles exactly one after the warm-up."""
+
+    def __init__(self, device: Any, warmup: int) -> None:
+        from bench.timing import synchronize
+
+        self.sync = lambda: synchronize(device)
+        self.device, self.warmup = device, warmup
+        self.stamps: list[float] = []
+        self.phase_totals: dict[str, float] = {}
+        self.flops: int | None = None
+        self._profiler: Any = None
+        self._flop_counter: Any = None
+        self.sync()
+        self._start = time.perf_counter()
+
+    def begin(self, phase: str, total: int) -> None:
+        self.sync()
+        self.stamps = []
+        self._start = time.perf_counter()
+
+    def __call__(self, iteration: int, **scalars: float) -> None:
+        # Iteration `warmup` runs under the profiler, `warmup + 1` under the FLOP counter (never both: the
+        # counter's dispatch mode would dominate the profile); neither is timed.
+        self.sync()
+        self.stamps.append(time.perf_counter())
+        n = len(self.stamps)
+        if n == self.warmup:
+            self._profiler = _profiler()
+            self._profiler.__enter__()
+        elif n == self.warmup + 1 and self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            self.phase_totals = labelled_totals(self._profiler)
+            from torch.utils.flop_counter import FlopCounterMode
+
+            self._flop_counter = FlopCounterMode(display=False)
+            self._flop_counter.__enter__()
+        elif n == self.warmup + 2 and self._flop_counter is not None:
+            self._flop_counter.__exit__(None, None, None)
+            self.flops = int(self._flop_counter.get_total_flops())
+            self._flop_counter = None
+
+    def iteration_seconds(self) -> list[float]:
+        """Seconds of each iteration after the warm-up, the profiled and FLOP-counted ones excluded."""
+        times = [b - a for a, b in zip([self._start] + self.stamps, self.stamps)]
+        return [t for i, t in enumerate(times) if i >= self.warmup + 2]
+
+
+def _profiler() -> Any:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return profile(activities=activities)
+
+
+def labelled_totals(prof: Any) -> dict[str, float]:
+    """Seconds per phase label: the `bench/...` record_function labels and the optimiser steps.
+
+    Device time on CUDA, CPU time otherwise; labels nest (a loss inside a phase), so shares are of their sum.
+    """
+    out: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.key.startswith("bench/") or event.key.startswith("Optimizer.step"):
+            device_us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
+            out[event.key] = (device_us or event.cpu_time_total) / 1e6
+    return out
+
+
+def measure_method(name: str, profile: Any, device: str | None, concept: Any, warmup: int, iterations: int,
+                   batch: int, sweep_batch: int, latency_repeats: int = 5) -> dict[str, Any]:
+    """Train `name` for warmup + 1 profiled + `iterations` steps and time its sampling."""
+    import torch
+
+    from bench.config import build
+    from bench.models.loading import Models
+    from bench.registry import get_method
+    from bench.timing import Stopwatch, peak_memory, reset_peak_memory
+
+    cls = get_method(name)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    overrides: dict[str, Any] = {"iterations": warmup + 2 + iterations}
+    if "batch_size" in fields:
+        overrides["batch_size"] = batch
+    if "drop" in fields:  # EchoDistill: the distillation iteration only; the echo stage repeats it
+        overrides["drop"] = ["echo"]
+    for field in fields:
+        if field.endswith("_iters"):
+            overrides[field] = 1
+    config = build(cls.Config, overrides)
+    models = Models(profile, device)
+    log = PerfLog(models.device, warmup)
+    reset_peak_memory(models.device)
+    torch.manual_seed(0)
+    trained = cls(config).train(concept, models, Path("/tmp") / f"bench-perf-{name}", 0, log)
+    step_s = statistics.median(log.iteration_seconds()) if log.iteration_seconds() else float("nan")
+    memory = peak_memory(models.device)
+
+    prompt = concept.prompt(concept.prompts[0], trained.identifier)
+    trained.generate([prompt], [0])  # warm-up
+    singles = []
+    for k in range(latency_repeats):
+        with Stopwatch(models.device) as sw:
+            trained.generate([prompt], [k])
+        singles.append(sw.seconds)
+    prof = _profiler()
+    with prof:
+        trained.generate([prompt], [0])
+    labels = labelled_totals(prof)
+    # UNet-only latency: the UNet's share of the profiled end-to-end call, applied to the unprofiled latency.
+    unet_share = labels.get("bench/unet", 0.0) / max(labels.get("bench/generate", 0.0), 1e-12)
+    unet_s = min(unet_share, 1.0) * statistics.median(singles) if "bench/generate" in labels else None
+    with Stopwatch(models.device) as sw:
+        trained.generate([prompt] * sweep_batch, list(range(sweep_batch)))
+    share_total = sum(log.phase_totals.values()) or 1.0
+    from bench.timing import device_name
+
+    dev = device_name(models.device)
+    peak = device_peak(dev)
+    achieved = (log.flops / step_s) if log.flops and step_s == step_s and step_s > 0 else None
+    return {
+        "method": name, "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "train_step_s": step_s, "iterations_timed": len(log.iteration_seconds()),
+        "phases_s": dict(sorted(log.phase_totals.items(), key=lambda kv: -kv[1])[:25]),
+        "phase_share": {k: v / share_total for k, v in sorted(log.phase_totals.items(), key=lambda kv: -kv[1])[:25]},
+        "flops_per_iteration": log.flops, "achieved_flops": achieved,
+        "fraction_of_peak_bf16": (achieved / peak) if achieved and peak else None,
+        "peak_memory": memory,
+        "infer_s_per_image_b1": statistics.median(singles), "infer_unet_s_per_image_b1": unet_s,
+        "infer_s_per_image_batched": sw.seconds / sweep_batch, "sweep_batch": sweep_batch,
+        "default_steps": trained.default_steps, "device": dev,
+    }
+
+
+def run_perf(methods: list[str], profile_name: str, resolution: int | None, batch: int, warmup: int, iterations: int,
+             sweep_batch: int, device: str | None, data: Path, out_dir: Path, weights: dict[str, str] | None = None
+             ) -> tuple[Path, str]:
+    """Measure each method; write `<out_dir>/<profile>-<device>-<time>.{json,md}`; return (json path, table)."""
+    from bench.data import select_concepts
+    from bench.models.profiles import get_profile
+    from bench.registry import method_names, unknown
+    from bench.runs import versions, git_commit
+
+    for name in methods:
+        if name not in method_names():
+            raise unknown("method", name, method_names())
+    profile = get_profile(profile_name, weights=weights)
+    if resolution:
+        if resolution % 8:
+            raise BenchError(f"--resolution must be a multiple of 8, got {resolution}")
+        profile = dataclasses.replace(profile, resolution=resolution)
+    concept = select_concepts(data, "dog")[0]
+    rows = [measure_method(m, profile, device, concept, warmup, iterations, batch, sweep_batch) for m in methods]
+    record = {"schema": 1, "kind": "perf", "profile": profile_name, "resolution": profile.resolution, "batch": batch,
+              "warmup": warmup, "iterations": iterations, "versions": versions(), "git_commit": git_commit(),
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": rows}
+    table = perf_table(record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = rows[0]["device"].split(" (")[0].replace(" ", "-").lower() if rows else "none"
+    stem = out_dir / f"{profile_name}-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from bench.store import write_json_atomic
+
+    write_json_atomic(stem.with_suffix(".json"), record)
+    stem.with_suffix(".md").write_text(table)
+    return stem.with_suffix(".json"), table
+
+
+def perf_table(record: dict[str, Any]) -> str:
+    """One Markdown row per method: step time, FLOPs, fraction of peak, memory, latencies."""
+    def fmt(v: Any, scale: float = 1.0, digits: int = 3) -> str:
+        return "–" if v is None or v != v else f"{v * scale:.{digits}f}"
+
+    lines = [f"**bench perf: profile {record['profile']}, {record['resolution']} px, batch {record['batch']}, "
+             f"device {record['methods'][0]['device'] if record['methods'] else '?'}**", "",
+             "| method | s / iteration | s / 1000 it | GFLOP / it | % peak bf16 | peak memory (GiB) | "
+             "infer s/img (b1) | UNet s/img (b1) | infer s/img (batched) | top phases |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in record["methods"]:
+        top = ", ".join(f"{k} {v:.0%}" for k, v in list(m["phase_share"].items())[:3])
+        lines.append(
+            f"| {m['method']} | {fmt(m['train_step_s'])} | {fmt(m['train_step_s'], 1000, 1)} | "
+            f"{fmt(m['flops_per_iteration'], 1e-9, 1)} | {fmt(m['fraction_of_peak_bf16'], 100, 1)} | "
+            f"{fmt(m['peak_memory']['bytes'], 1 / 2**30, 2)} | {fmt(m['infer_s_per_image_b1'], 1, 4)} | "
+            f"{fmt(m['infer_unet_s_per_image_b1'], 1, 4)} | {fmt(m['infer_s_per_image_batched'], 1, 4)} | {top} |")
+    return "\n".join(lines) + "\n"
