@@ -119,12 +119,21 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     for field in fields:
         if field.endswith("_iters"):
             overrides[field] = 1
+    if "checkpoint_every" in fields:  # checkpoint writes are not the iteration's cost
+        overrides["checkpoint_every"] = 0
     config = build(cls.Config, overrides)
     models = Models(profile, device)
     log = PerfLog(models.device, warmup)
     reset_peak_memory(models.device)
     torch.manual_seed(0)
-    trained = cls(config).train(concept, models, Path("/tmp") / f"bench-perf-{name}", 0, log)
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=f"bench-perf-{name}-"))
+    try:
+        trained = cls(config).train(concept, models, work, 0, log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     step_s = statistics.median(log.iteration_seconds()) if log.iteration_seconds() else float("nan")
     memory = peak_memory(models.device)
 

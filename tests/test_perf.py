@@ -1,0 +1,28 @@
+"""`bench perf` on the tiny profile, on the CPU: a record and a table with every figure it promises."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import bench
+
+
+def test_perf_tiny_cpu(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    code, out, err = bench(monkeypatch, capsys, "perf", "--methods", "custom_diffusion", "--profile", "tiny",
+                           "--warmup", "1", "--iterations", "2", "--sweep-batch", "4", "--device", "cpu",
+                           "--data", dreambench_root, "--out", tmp_path)
+    assert code == 0, err
+    assert "custom_diffusion" in out and "s / iteration" in out
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    row = record["methods"][0]
+    assert row["train_step_s"] > 0 and row["iterations_timed"] == 2
+    assert row["flops_per_iteration"] > 0
+    assert row["fraction_of_peak_bf16"] is None  # no known peak for a CPU: left unclaimed, never guessed
+    assert row["infer_s_per_image_b1"] > 0 and 0 < row["infer_unet_s_per_image_b1"] <= row["infer_s_per_image_b1"]
+    assert any(k.startswith("Optimizer.step") for k in row["phase_share"])
+    assert record["versions"]["torch"]
+
+
+def test_perf_bad_method(tmp_path, monkeypatch, capsys) -> None:
+    code, _, err = bench(monkeypatch, capsys, "perf", "--methods", "lorra", "--out", tmp_path)
+    assert code == 2 and "did you mean 'lora'" in err
