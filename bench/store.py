@@ -60,7 +60,7 @@ class RunKey:
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (a no-op where directories cannot be opened)."""
+    """fsync a file, or a folder so that a rename inside it is durable (a no-op where it cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

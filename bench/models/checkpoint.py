@@ -51,6 +51,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.store import fsync_dir
+
 FORMAT = 1
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -187,17 +189,17 @@ class Checkpointer:
         tmp.mkdir()
         try:
             save_file(store, tmp / TENSORS)
-            _fsync(tmp / TENSORS)
+            fsync_dir(tmp / TENSORS)
             meta["sha256"] = _sha256(tmp / TENSORS)
             with open(tmp / STATE, "w") as f:
                 json.dump(meta, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync(tmp)
+            fsync_dir(tmp)
             if final.exists():  # the same iteration again (a resumed phase that re-saves at `total`)
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            _fsync(self.directory)
+            fsync_dir(self.directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for old in self._complete()[self.keep:]:
@@ -316,16 +318,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
