@@ -154,7 +154,8 @@ class TextualInversion:
 
     def load(self, weights_dir: Path, models: Any) -> TextualInversionModel:
         parts = self._components(models)
-        personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights_dir / f"{self.config.token}.safetensors")
+        weights = weights_dir / f"{self.config.token}.safetensors"
+        personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights)
         return TextualInversionModel(self.config, parts, models.latent_size)
 
 
