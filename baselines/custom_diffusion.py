@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Log
+from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
@@ -48,10 +49,11 @@ class CustomDiffusionConfig:
     """Custom Diffusion's random-scale augmentation with its loss mask and prompt prefixes."""
     hflip: bool = True
     """Random horizontal flip of training images."""
-    sample_steps: int = 1
-    """Sampling steps for evaluation (infer NFE)."""
-    guidance: float = 0.0
-    """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference."""
+    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    """Sampling steps for evaluation (infer NFE). Sampling-only: the train1-infer{1,4,25} variants share one
+    training."""
+    guidance: float = field(default=0.0, metadata=SAMPLING_ONLY)
+    """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference. Sampling-only."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
     checkpoint_every: int = field(default=100, metadata={"hash": False})

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from bench.api import Concept, Diverged, Log
+from bench.config import SAMPLING_ONLY
 from bench.models import sampling
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
@@ -63,8 +64,8 @@ class DreamBoothConfig:
     """Weight of the class-prior loss (diffusers' default 1.0)."""
     num_class_images: int = 100
     """Class images to generate and train the prior on (diffusers' default 100)."""
-    sample_steps: int = 1
-    """Sampling steps for evaluation (SD-Turbo: 1)."""
+    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch (also for generating class images)."""
 

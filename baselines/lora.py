@@ -14,13 +14,14 @@ Saved in diffusers' LoRA format (`pytorch_lora_weights.safetensors`, with the Lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from bench.api import Concept, Diverged, Log
+from bench.config import SAMPLING_ONLY
 from bench.models import sampling
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
@@ -57,8 +58,8 @@ class LoRAConfig:
     fuse: bool = True
     """Fuse the adapter into the base weights before sampling (protocol: "fuse before timing"). Off keeps the
     peft layers (same images up to float rounding, slower): for inspecting the unfused model."""
-    sample_steps: int = 1
-    """Sampling steps for evaluation (SD-Turbo: 1)."""
+    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
 

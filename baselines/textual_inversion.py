@@ -13,13 +13,14 @@ Saved as a textual-inversion embedding: `pipe.load_textual_inversion(dir / "<new
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from bench.api import BenchError, Concept, Diverged, Log
+from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
@@ -51,8 +52,8 @@ class TextualInversionConfig:
     """Custom Diffusion's random-scale augmentation; off, as in the textual-inversion recipe (plain photos)."""
     hflip: bool = True
     """Random horizontal flip (the textual-inversion recipe's flip_p = 0.5)."""
-    sample_steps: int = 1
-    """Sampling steps for evaluation (SD-Turbo: 1)."""
+    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
 

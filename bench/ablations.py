@@ -17,8 +17,12 @@ def override_suffix(overrides: dict[str, Any]) -> str:
 
 
 def ablation_variants(drops: list[str], teacher_first: bool, shots: int | None, nfe: str | None,
-                      backbone: str) -> list[tuple[str, dict[str, Any]]]:
-    """(variant name, overrides) pairs for one `bench ablate` call; several --drop flags form one variant."""
+                      backbone: str, extra: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(variant name, overrides) pairs for one `bench ablate` call; several --drop flags form one variant.
+
+    `--nfe 1,2,4` gives one variant per step count that differs only in the sampling-only `eval_steps`, so the
+    runs share one training (`bench.runs.find_trained`). `extra` (`--set k=v`) applies to every variant and
+    names itself in the variant, as in `bench run`."""
     variants: list[tuple[str, dict[str, Any]]] = []
     if drops:
         names = sorted(set(drops))
@@ -43,4 +47,7 @@ def ablation_variants(drops: list[str], teacher_first: bool, shots: int | None, 
     if not variants:
         raise BenchError("nothing to ablate; pass --drop NAME, --teacher-first, --shots N, --nfe 1,2,4 or "
                          "--backbone hyper-sd15")
+    if extra:
+        suffix = override_suffix(extra)
+        variants = [(f"{name}+{suffix}", {**overrides, **extra}) for name, overrides in variants]
     return variants

@@ -119,6 +119,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            nfe: Optional[str] = typer.Option(None, "--nfe", help="Sampling steps of the same student, e.g. 1,2,4."),
            backbone: str = typer.Option("sd-turbo", "--backbone", help="sd-turbo | hyper-sd15."),
            method: str = typer.Option("echodistill", "--method"), concepts: str = CONCEPTS, seeds: str = SEEDS,
+           set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE on every variant."),
            profile: str = PROFILE, data: Optional[Path] = DATA, results: Path = RESULTS,
            suite: Optional[str] = SUITE, device: Optional[str] = DEVICE, weights: Optional[list[str]] = WEIGHTS,
            force: bool = FORCE, resume: bool = RESUME, retry_failed: bool = RETRY, executor: str = EXECUTOR,
@@ -131,7 +132,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
 
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
-    variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone)
+    variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_))
     _sweep([method], variants, concepts, seeds, profile, backbone, data, results, suite, device, weights, force,
            resume, retry_failed, options)
 

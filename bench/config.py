@@ -12,6 +12,12 @@ from bench.api import BenchError
 from bench.registry import did_you_mean
 
 
+SAMPLING_ONLY = {"sampling": True}
+"""Field metadata for a setting that only changes how a trained model is sampled (its step count, its guidance).
+Runs whose configs differ only in such fields share one training: `bench run` trains the first and samples the
+others from its weights (`bench.runs`), e.g. `bench ablate --nfe 1,2,4`."""
+
+
 def build(cls: type, overrides: dict[str, Any] | None = None) -> Any:
     """`cls(**overrides)` with a clear error for an unknown key or a value `__post_init__` rejects."""
     overrides = dict(overrides or {})
@@ -63,3 +69,13 @@ def stable_hash(payload: Any) -> str:
     """A short sha256 of the canonical JSON of `payload`; equal payloads give equal hashes."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_fields(config: Any) -> dict[str, Any]:
+    """The config as it bears on training: without sampling-only fields (`SAMPLING_ONLY`) and without fields that
+    never change a result (`metadata={"hash": False}`, e.g. `checkpoint_every`)."""
+    out = to_dict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("sampling") or f.metadata.get("hash") is False:
+            out.pop(f.name, None)
+    return out

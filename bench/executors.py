@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
-from bench.runs import Context, Job, execute_job, prepare, triage
+from bench.runs import Context, Job, execute_job, prepare, training_key, triage
 
 EXECUTORS = ("local", "gpus", "slurm")
 CLUSTERS = ("slurm", "local", "debug")
@@ -294,7 +294,38 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
     mp = multiprocessing.get_context("spawn")  # CUDA cannot be forked; spawn also re-reads CUDA_VISIBLE_DEVICES
     warm_caches(jobs, ctx)
     pending = deque(jobs)
+    keys = {job: training_key(job, ctx) for job in jobs}
+    waiting: list[_Slot] = []  # asked for work while every pending job shares its training with a running one
     outcomes: list[dict[str, Any]] = []
+
+    def next_job() -> Job | None:
+        """The first pending job whose training is not running in another slot (it may then reuse it)."""
+        busy = {keys[s.current] for s in slots if s.current is not None}
+        for job in pending:
+            if keys[job] not in busy:
+                pending.remove(job)
+                return job
+        return None
+
+    def serve(slot: _Slot, progress: Any) -> None:
+        slot.current = next_job()
+        if slot.current is None and pending:
+            waiting.append(slot)  # served again when a run finishes
+            progress.update(slot.task, visible=True, description=f"  {slot.name} waiting for a shared training")
+            return
+        slot.conn.send(slot.current)
+        if slot.current is None:
+            slot.closing = True
+            progress.update(slot.task, visible=False)
+        else:
+            progress.update(slot.task, completed=0, total=1, visible=True,
+                            description=f"  {slot.name} {slot.current.key.label()}")
+
+    def wake(progress: Any) -> None:
+        for slot in list(waiting):
+            if slot.conn in live:
+                waiting.remove(slot)
+                serve(slot, progress)
 
     def start(slot: _Slot) -> None:
         parent, child = mp.Pipe()
@@ -328,6 +359,8 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
                         message = conn.recv()
                     except (EOFError, OSError):  # the worker died
                         del live[conn]
+                        if slot in waiting:
+                            waiting.remove(slot)
                         slot.proc.join(timeout=10)
                         if slot.current is not None:
                             outcome = {"job": slot.current, "status": "crashed",
@@ -337,6 +370,8 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
                             outcomes.append(outcome)
                             _report(progress, outcome)
                             progress.advance(sweep_task)
+                            slot.current = None
+                            wake(progress)
                         if pending and not slot.closing and slot.restarts < 3:
                             slot.restarts += 1
                             start(slot)
@@ -346,14 +381,7 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
                         continue
                     kind = message[0]
                     if kind == "ready":
-                        slot.current = pending.popleft() if pending else None
-                        conn.send(slot.current)
-                        if slot.current is None:
-                            slot.closing = True
-                            progress.update(slot.task, visible=False)
-                        else:
-                            progress.update(slot.task, completed=0, total=1, visible=True,
-                                            description=f"  {slot.name} {slot.current.key.label()}")
+                        serve(slot, progress)
                     elif kind == "step" and slot.current is not None:
                         _, phase, done, total, loss = message
                         progress.update(slot.task, completed=done, total=max(total, 1),
@@ -363,6 +391,7 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
                         _report(progress, message[1])
                         slot.current = None
                         progress.advance(sweep_task)
+                        wake(progress)
                     elif kind == "error":
                         raise BenchError(message[1])
             for job in pending:  # every worker died for good
@@ -484,11 +513,25 @@ def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str
         params["slurm_additional_parameters"] = extra
     executor.update_parameters(**params)
     task = SlurmTask(ctx)
+    leaders, followers = split_shared_training(todo, ctx)
+    todo = leaders + [job for job, _ in followers]
     try:
         if opts.array:
-            submitted = executor.map_array(task, todo)
+            submitted = executor.map_array(task, leaders)
         else:
-            submitted = [executor.submit(task, job) for job in todo]
+            submitted = [executor.submit(task, job) for job in leaders]
+        if followers:  # each starts after the run whose training it samples (afterany: it trains if that failed)
+            by_job = dict(zip(leaders, submitted))
+            after = {job: by_job[leader].job_id for job, leader in followers}
+            if opts.array:
+                master = submitted[0].job_id.split("_")[0]
+                executor.update_parameters(slurm_additional_parameters={**extra, "dependency": f"afterany:{master}"})
+                submitted += executor.map_array(task, [job for job, _ in followers])
+            else:
+                for job, _ in followers:
+                    executor.update_parameters(
+                        slurm_additional_parameters={**extra, "dependency": f"afterany:{after[job]}"})
+                    submitted.append(executor.submit(task, job))
     except Exception as err:  # noqa: BLE001 - sbatch refused the submission: say why, in one line
         lines = [x for x in str(err).strip().splitlines() if x.strip()]
         raise BenchError(f"SLURM submission failed: {lines[-1] if lines else type(err).__name__}") from None
@@ -501,6 +544,20 @@ def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str
         return outcomes + [{"job": job, "status": "submitted", "run_dir": job.key.path(ctx.results),
                             "reason": sj.job_id} for job, sj in zip(todo, submitted)]
     return outcomes + _wait(todo, submitted, ctx, folder, opts.cluster)
+
+
+def split_shared_training(jobs: list[Job], ctx: Context) -> tuple[list[Job], list[tuple[Job, Job]]]:
+    """(leaders, [(follower, its leader)]): the first job of each training hash trains; the others share it."""
+    first: dict[str, Job] = {}
+    leaders, followers = [], []
+    for job in jobs:
+        key = training_key(job, ctx)
+        if key in first:
+            followers.append((job, first[key]))
+        else:
+            first[key] = job
+            leaders.append(job)
+    return leaders, followers
 
 
 def _wait(todo: list[Job], submitted: list[Any], ctx: Context, folder: Path, cluster: str) -> list[dict[str, Any]]:

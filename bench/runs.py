@@ -11,6 +11,11 @@ What a re-run does with each run (`execute_job`):
 - locked by a live process (here, or elsewhere with a fresh heartbeat): left alone, reported `locked`;
 - interrupted (a `.partial` left by a killed process): redone from scratch, or with `--resume` continued from
   the method's last checkpoint (same config hash only).
+
+Runs that differ only in sampling-only config fields (`bench.config.SAMPLING_ONLY`: step counts, guidance) have
+the same *training hash*. A run whose training hash matches a finished run of the same method, concept and seed
+(any variant) is not trained again: its method loads that run's weights (`Method.load`) and samples them with its
+own settings; the record names the source (`trained_from`) and carries its training time. `--force` retrains.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 
 from bench import store
 from bench.api import BenchError, Concept, Diverged
-from bench.config import build, stable_hash, to_dict
+from bench.config import build, stable_hash, to_dict, training_fields
 from bench.registry import get_method, unknown
 
 ATTEMPT = "attempt.json"
@@ -134,6 +139,29 @@ def job_hash(job: Job, config: Any, profile_desc: dict[str, Any], suite: dict[st
     """Everything that changes a run's output; a finished record with the same hash is not recomputed."""
     return stable_hash({"job": dataclasses.asdict(job), "config": hashed_config(config), "models": profile_desc,
                         "suite": suite["name"], "eval_version": EVAL_VERSION, "schema": store.SCHEMA_VERSION})
+
+
+def training_hash(job: Job, config: Any, profile_desc: dict[str, Any]) -> str:
+    """Everything that changes a run's trained weights: `job_hash` without the variant's name, the evaluation and
+    the sampling-only config fields. Runs with equal training hashes share one training."""
+    return stable_hash({"method": job.method, "method_version": getattr(get_method(job.method), "version", 1),
+                        "concept": job.concept, "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
+                        "config": training_fields(config), "models": profile_desc, "schema": store.SCHEMA_VERSION})
+
+
+def find_trained(job: Job, ctx: Context, train_hash: str) -> Path | None:
+    """A finished run (any variant of this method, concept and seed) whose weights this job may sample instead
+    of training: same training hash, status done, weights present. None if there is none, or with `--force`."""
+    if ctx.force:
+        return None
+    method_dir = job.key.path(ctx.results).parents[2]  # <results>/<profile>/<method>
+    found = []
+    for candidate in sorted(method_dir.glob(f"*/{job.concept}/seed{job.seed}")):
+        record = store.read_record(candidate)
+        if (record and record.get("status") == "done" and record.get("training_hash") == train_hash
+                and (candidate / "weights").is_dir()):
+            found.append((bool(record.get("trained_from")), candidate))  # prefer a run that trained itself
+    return min(found)[1] if found else None
 
 
 def hashed_config(config: Any) -> dict[str, Any]:
@@ -277,6 +305,13 @@ def _resolve(job: Job, ctx: Context) -> tuple[Any, Any, dict[str, Any], str]:
     return profile, config, suite, job_hash(job, config, profile.describe(), suite)
 
 
+def training_key(job: Job, ctx: Context) -> str:
+    """The job's training hash: executors never train two jobs with the same key at once, so the second one
+    samples the first one's weights instead of training them again."""
+    profile, config, _, _ = _resolve(job, ctx)
+    return training_hash(job, config, profile.describe())
+
+
 def triage(job: Job, ctx: Context, config_hash: str | None = None) -> Triage:
     config_hash = config_hash or _resolve(job, ctx)[3]
     run_dir = job.key.path(ctx.results)
@@ -306,6 +341,7 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
     User mistakes (BenchError) propagate. A kill at any moment leaves the run redoable (see `bench.store`).
     """
     profile, config, suite, config_hash = _resolve(job, ctx)
+    train_hash = training_hash(job, config, profile.describe())
     state = triage(job, ctx, config_hash)
     run_dir = state.run_dir
     if state.state in ("done", "failed"):
@@ -323,10 +359,11 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         concept = load_concept(job, ctx)
         partial, attempts, resumed_from = _stage(run_dir, config_hash, ctx.resume)
         record = _base_record(job, config, config_hash, profile, suite)
-        record.update(attempts=attempts, resumed_from=resumed_from or None)
+        record.update(attempts=attempts, resumed_from=resumed_from or None, training_hash=train_hash)
+        donor = find_trained(job, ctx, train_hash)
         try:
             record.update(_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step,
-                                              resumed=bool(resumed_from)))
+                                              resumed=bool(resumed_from), donor=donor))
             record["status"] = "done"
         except BenchError:
             from bench.models.checkpoint import find_checkpoints
@@ -406,7 +443,8 @@ def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: d
 
 
 def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, run_dir: Path,
-                        on_step: Callable | None, resumed: bool = False) -> dict[str, Any]:
+                        on_step: Callable | None, resumed: bool = False, donor: Path | None = None
+                        ) -> dict[str, Any]:
     import torch
 
     from bench.models.loading import Models
@@ -419,8 +457,10 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
     torch.manual_seed(job.seed)
     models = Models(profile, ctx.device)
     method = get_method(job.method)(config)
-    log = JsonlLog(run_dir / "loss_log.jsonl", on_step)
     reset_peak_memory(models.device)
+    if donor is not None:
+        return _sample_trained(job, ctx, concept, profile, method, models, run_dir, donor)
+    log = JsonlLog(run_dir / "loss_log.jsonl", on_step)
     try:
         with Stopwatch(models.device) as sw:
             trained = method.train(concept, models, run_dir / "work", job.seed, log)
@@ -434,10 +474,47 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
         views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
     return {
         **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
-        "device": device_name(models.device),
+        "device": device_name(models.device), "trained_from": None,
         "timing": {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
                    "it_per_s": log.iterations / train_s if train_s > 0 else None,
                    "peak_memory": peak_memory(models.device), "resumed": resumed, **evaluation.pop("timing")},
+    }
+
+
+def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, method: Any, models: Any,
+                    run_dir: Path, donor: Path) -> dict[str, Any]:
+    """Evaluate another run's training with this job's sampling settings (same training hash, see `find_trained`).
+
+    The donor's weights and loss log are linked into this run, so it stands on its own (`bench generate` works on
+    it). A view sampled exactly as the donor sampled it (same steps) is not sampled again: its scores and images
+    are taken over. Training time and iterations are the donor's, marked `reused_training`.
+    """
+    from bench.timing import device_name, peak_memory
+
+    donor_record = store.read_record(donor) or {}
+    store.link_tree(donor / "weights", run_dir / "weights")
+    if (donor / "loss_log.jsonl").is_file():
+        shutil.copy2(donor / "loss_log.jsonl", run_dir / "loss_log.jsonl")
+    trained = method.load(run_dir / "weights", models)
+    evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
+    views = {}
+    for name, view in getattr(trained, "views", {}).items():
+        before = (donor_record.get("views") or {}).get(name)
+        if before and before.get("steps") == view.default_steps and (donor / "views" / name).is_dir():
+            store.link_tree(donor / "views" / name, run_dir / "views" / name)
+            views[name] = before
+        else:
+            views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
+    source = donor_record.get("trained_from") or {
+        "run": str(donor.relative_to(Path(ctx.results))), "variant": donor_record.get("variant"),
+        "config_hash": donor_record.get("config_hash")}
+    trained_timing = {k: v for k, v in (donor_record.get("timing") or {}).items()
+                      if k in ("train_s", "iterations", "it_per_s", "resumed")}
+    return {
+        **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
+        "device": device_name(models.device), "trained_from": source,
+        "timing": {**trained_timing, "load_s": models.load_seconds, "reused_training": True,
+                   "peak_memory": peak_memory(models.device), **evaluation.pop("timing")},
     }
 
 

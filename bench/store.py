@@ -205,6 +205,21 @@ def recover(run_dir: Path, keep_partial: bool = True) -> list[str]:
     return actions
 
 
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy folder `src` to `dst` as hard links where the filesystem allows (no extra space), else as copies.
+    Safe because nothing in the results tree is modified in place: every write replaces the file."""
+    for path in sorted(Path(src).rglob("*")):
+        target = Path(dst) / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
 def check_writable(results: Path) -> None:
     """Fail early, with one line, when the results folder cannot be written."""
     try:

@@ -6,8 +6,10 @@ on the `tiny` profile (`Profile.iteration_cap`), so every schedule length is nam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from bench.config import SAMPLING_ONLY
 
 # What an ablation may switch off (method.md, "Variants the harness must run"). Each name removes exactly that
 # part of the computation (no forward pass, no parameters, no optimiser entry), nothing else.
@@ -97,8 +99,9 @@ class EchoDistillConfig:
     """Word that initialises the token's embedding; None = per-class default (bench.models.personalize)."""
 
     # --- sampling and numerics ---------------------------------------------------------------------------------
-    eval_steps: int = 1
-    """Student sampling steps used for evaluation (1; the NFE ablation samples the same student with 2, 4)."""
+    eval_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    """Student sampling steps used for evaluation (1; the NFE ablation samples the same student with 2, 4).
+    Sampling-only: runs that differ only here share one training (the others sample its weights)."""
     sample_batch_size: int = 16
     """Images per batch when generating (evaluation and echo samples)."""
     autocast_dtype: str = "auto"

@@ -173,8 +173,11 @@ class EchoDistillModel:
         (out_dir / META).write_text(json.dumps(meta, indent=2))
 
 
-def load_model(weights_dir: Path, models: Any, batch_size: int, precision: str) -> EchoDistillModel:
-    """Rebuild what `EchoDistillModel.save` wrote onto `models`' own copies (for `bench generate`)."""
+def load_model(weights_dir: Path, models: Any, batch_size: int, precision: str,
+               student_steps: int | None = None) -> EchoDistillModel:
+    """Rebuild what `EchoDistillModel.save` wrote onto `models`' own copies (for `bench generate`, and for a run
+    that samples another run's training with other steps). `student_steps` overrides the saved step count of the
+    student and its before-echo view."""
     weights_dir = Path(weights_dir)
     meta_path = weights_dir / META
     if not meta_path.is_file():
@@ -198,7 +201,7 @@ def load_model(weights_dir: Path, models: Any, batch_size: int, precision: str) 
         personalize.load_custom_diffusion(models.teacher_unet, weights_dir / "teacher" / meta["weights"])
 
     def sampler(role: str, text: Text, state: State | None = None) -> Sampler:
-        steps = meta[f"{role}_steps"]
+        steps = student_steps if role == "student" and student_steps else meta[f"{role}_steps"]
         guidance = meta["teacher_guidance"] if role == "teacher" else 0.0
         return Sampler(getattr(models, f"{role}_unet"), getattr(models, f"{role}_scheduler"), models.vae, text,
                        models.latent_size, steps, guidance, batch_size, precision, state)

@@ -432,4 +432,5 @@ class EchoDistill:
         return Session(self.config, concept, models, seed, log).run()
 
     def load(self, weights_dir: Path, models: Any) -> EchoDistillModel:
-        return load_model(Path(weights_dir), models, self.config.sample_batch_size, self.config.autocast_dtype)
+        return load_model(Path(weights_dir), models, self.config.sample_batch_size, self.config.autocast_dtype,
+                          student_steps=self.config.eval_steps)

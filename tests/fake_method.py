@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Diverged, Log
+from bench.config import SAMPLING_ONLY
 from bench.models.checkpoint import Checkpointer
 
 
@@ -33,12 +34,14 @@ class FakeConfig:
     """A concept name whose training raises RuntimeError."""
     diverge_on: str = ""
     """A concept name whose loss becomes NaN."""
+    steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    """Sampling steps (sampling-only: variants differing only here share one training). Brightens the images."""
 
 
 class FakeMethod:
     name: ClassVar[str] = "fake"
     Config: ClassVar[type] = FakeConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "steps2": {"steps": 2}, "steps4": {"steps": 4}}
 
     def __init__(self, config: FakeConfig) -> None:
         self.config = config
@@ -71,20 +74,20 @@ class FakeMethod:
             ckpt.maybe_save(it + 1, **state)
         if concept.name == cfg.fail_on:
             raise RuntimeError(f"fake failure on {concept.name}")
-        return FakeTrained(weight.detach().clone())
+        return FakeTrained(weight.detach().clone(), cfg.steps)
 
     def load(self, weights_dir: Path, models: Any) -> FakeTrained:
         from safetensors.torch import load_file
 
-        return FakeTrained(load_file(Path(weights_dir) / "fake.safetensors")["weight"])
+        return FakeTrained(load_file(Path(weights_dir) / "fake.safetensors")["weight"], self.config.steps)
 
 
 class FakeTrained:
     identifier = "<fake>"
     default_steps = 1
 
-    def __init__(self, weight: torch.Tensor) -> None:
-        self.weight = weight
+    def __init__(self, weight: torch.Tensor, steps: int = 1) -> None:
+        self.weight, self.default_steps = weight, steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
         from PIL import Image
@@ -92,7 +95,7 @@ class FakeTrained:
         images = []
         for prompt, seed in zip(prompts, seeds):
             g = torch.Generator().manual_seed(seed * 1000 + len(prompt))
-            base = float(torch.sigmoid(self.weight.mean())) * 127
+            base = float(torch.sigmoid(self.weight.mean())) * 127 + 8 * ((steps or self.default_steps) - 1)
             pixels = (torch.rand(64, 64, 3, generator=g) * 128 + base).clamp(0, 255).to(torch.uint8)
             images.append(Image.fromarray(pixels.numpy()))
         return images

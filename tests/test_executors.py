@@ -142,25 +142,6 @@ def test_diverged_run_is_recorded_as_failed(dreambench_root, tmp_path, monkeypat
 # --- slurm ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_slurm(tmp_path, monkeypatch):
-    """`sbatch` and `srun` on PATH: sbatch keeps each submission file and answers `Submitted batch job 4242`."""
-    bin_dir, kept = tmp_path / "bin", tmp_path / "sbatch-files"
-    bin_dir.mkdir()
-    kept.mkdir()
-    (bin_dir / "sbatch").write_text(f"""#!/bin/sh
-n=$(cat {kept}/count 2>/dev/null || echo 4241); n=$((n + 1)); echo $n > {kept}/count
-cp "$1" {kept}/submission-$n.sh
-echo "$@" > {kept}/args-$n
-echo "Submitted batch job $n"
-""")
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return kept
-
-
 def test_slurm_array_submission(fake, fake_slurm, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     results = tmp_path / "results"
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,teapot,can",

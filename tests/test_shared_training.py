@@ -1,0 +1,161 @@
+"""Runs that differ only in how they sample (steps, guidance) share one training: `bench ablate --nfe 1,2,4`
+trains the student once and samples it three times, on every executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import bench
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    from bench import registry
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+
+
+@pytest.fixture
+def train_calls(fake, monkeypatch) -> list[str]:
+    """Every call of the fake method's `train`, by concept."""
+    from tests.fake_method import FakeMethod
+
+    calls: list[str] = []
+    original = FakeMethod.train
+
+    def counted(self, concept, *args, **kwargs):
+        calls.append(concept.name)
+        return original(self, concept, *args, **kwargs)
+
+    monkeypatch.setattr(FakeMethod, "train", counted)
+    return calls
+
+
+def record(results: Path, variant: str, method: str = "fake", concept: str = "dog") -> dict:
+    return json.loads((results / "tiny" / method / variant / concept / "seed0" / "record.json").read_text())
+
+
+def test_training_hash_ignores_only_sampling_fields() -> None:
+    from bench.runs import Context, Job, training_key
+
+    ctx = Context(data=Path("d"), results=Path("r"), suite="tiny")
+
+    def key(method: str, variant: str, overrides: dict | None = None) -> str:
+        return training_key(Job(method, variant, "dog", 0, "tiny", overrides=json.dumps(overrides or {})), ctx)
+
+    assert key("echodistill", "nfe1", {"eval_steps": 1}) == key("echodistill", "nfe2", {"eval_steps": 2}) \
+        == key("echodistill", "default")
+    assert key("echodistill", "drop_disc_clip", {"drop": ["disc_clip"]}) != key("echodistill", "default")
+    assert key("custom_diffusion", "train1-infer4") == key("custom_diffusion", "train1-infer25") \
+        == key("custom_diffusion", "default")
+    assert key("custom_diffusion", "train4-infer1") != key("custom_diffusion", "default")
+    assert key("custom_diffusion", "default") != key("echodistill", "default")
+    assert training_key(Job("echodistill", "default", "cat", 0, "tiny"), ctx) != key("echodistill", "default")
+    assert training_key(Job("echodistill", "default", "dog", 1, "tiny"), ctx) != key("echodistill", "default")
+
+
+def test_sampling_variants_train_once(train_calls, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    common = ["run", "--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path]
+    code, _, err = bench(monkeypatch, capsys, *common, "--variant", "default,steps2,steps4")
+    assert code == 0 and "3 done" in err, err
+    assert train_calls == ["dog"], "trained once, sampled three times"
+    base, two, four = (record(tmp_path, v) for v in ("default", "steps2", "steps4"))
+    assert base["trained_from"] is None and base["training_hash"] == two["training_hash"] == four["training_hash"]
+    assert len({base["config_hash"], two["config_hash"], four["config_hash"]}) == 3
+    for rec in (two, four):
+        assert rec["trained_from"] == {"run": "tiny/fake/default/dog/seed0", "variant": "default",
+                                       "config_hash": base["config_hash"]}
+        assert rec["timing"]["reused_training"] and rec["timing"]["train_s"] == base["timing"]["train_s"]
+    assert (base["steps"], two["steps"], four["steps"]) == (1, 2, 4)
+    assert base["metrics"] != two["metrics"], "sampled with other steps, scored again"
+    run = tmp_path / "tiny" / "fake"
+    weights = [run / v / "dog" / "seed0" / "weights" / "fake.safetensors" for v in ("default", "steps2")]
+    assert weights[0].read_bytes() == weights[1].read_bytes()
+    assert (run / "steps2/dog/seed0/loss_log.jsonl").read_text() == (run / "default/dog/seed0/loss_log.jsonl").read_text()
+    image = "images/p00_s0.png"
+    assert (run / "steps2/dog/seed0" / image).read_bytes() != (run / "default/dog/seed0" / image).read_bytes()
+
+    # a shared-training run is a run like any other: `bench generate` loads it, a re-run skips it
+    code, _, err = bench(monkeypatch, capsys, *common, "--variant", "steps2")
+    assert code == 0 and "1 skipped" in err and train_calls == ["dog"]
+    code, _, err = bench(monkeypatch, capsys, "generate", "--run", run / "steps2/dog/seed0", "--prompt", "a <fake> dog", "--out",
+                         tmp_path / "g.png")
+    assert code == 0 and (tmp_path / "g.png").is_file(), err
+
+
+def test_reuse_finds_an_earlier_sweep_and_force_retrains(train_calls, dreambench_root, tmp_path, monkeypatch,
+                                                         capsys) -> None:
+    common = ["run", "--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path]
+    assert bench(monkeypatch, capsys, *common)[0] == 0
+    assert bench(monkeypatch, capsys, *common, "--variant", "steps4")[0] == 0
+    assert train_calls == ["dog"] and record(tmp_path, "steps4")["trained_from"]["variant"] == "default"
+    # another training setting never reuses
+    assert bench(monkeypatch, capsys, *common, "--variant", "steps4", "--set", "iterations=3")[0] == 0
+    assert train_calls == ["dog", "dog"] and record(tmp_path, "steps4+iterations=3")["trained_from"] is None
+    # --force recomputes everything, training included
+    assert bench(monkeypatch, capsys, *common, "--variant", "steps4", "--force")[0] == 0
+    assert train_calls == ["dog"] * 3 and record(tmp_path, "steps4")["trained_from"] is None
+
+
+def test_a_failed_training_is_never_reused(train_calls, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    common = ["run", "--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path,
+              "--set", "fail_on=dog"]
+    code, _, err = bench(monkeypatch, capsys, *common, "--variant", "default,steps2")
+    assert code == 0 and "2 failed" in err, err
+    assert train_calls == ["dog", "dog"]
+
+
+def test_gpus_executor_trains_shared_runs_once(fake, dreambench_root, tmp_path) -> None:
+    """Two workers, two variants of one training: the second waits for the first and samples its weights."""
+    cmd = [sys.executable, "-m", "tests.fake_bench", "run", "--method", "fake", "--concepts", "dog",
+           "--variant", "default,steps2", "--set", "sleep=0.2", "--data", str(dreambench_root), "--results",
+           str(tmp_path), "--executor", "gpus", "--workers", "2", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and "2 done" in proc.stderr, proc.stderr
+    found = [record(tmp_path, v) for v in ("default+sleep=0.2", "steps2+sleep=0.2")]
+    assert sorted(r["trained_from"] is None for r in found) == [False, True], "exactly one of them trained"
+
+
+def test_slurm_submits_shared_runs_after_their_training(fake, fake_slurm, dreambench_root, tmp_path, monkeypatch,
+                                                         capsys) -> None:
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,teapot", "--variant",
+                         "default,steps2", "--data", dreambench_root, "--results", tmp_path / "r", "--executor",
+                         "slurm", "--no-wait", "--gpus-per-job", "0")
+    assert code == 0 and "4 submitted" in err, err
+    scripts = [(fake_slurm / f"submission-{n}.sh").read_text() for n in range(4242, 4246)]
+    assert not any("--dependency" in s for s in scripts[:2]), "the two trainings go first, unconditionally"
+    assert "#SBATCH --dependency=afterany:4242" in scripts[2].splitlines()
+    assert "#SBATCH --dependency=afterany:4243" in scripts[3].splitlines()
+
+
+def test_echodistill_nfe_samples_one_student(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    """`bench ablate --nfe 1,2`: one EchoDistill training; the 2-step run re-samples the student and its
+    before-echo view with 2 steps and takes the teacher's view over unchanged."""
+    from echodistill.trainer import EchoDistill
+
+    calls: list[int] = []
+    original = EchoDistill.train
+    monkeypatch.setattr(EchoDistill, "train", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    code, _, err = bench(monkeypatch, capsys, "ablate", "--nfe", "1,2", "--concepts", "dog", "--data",
+                         dreambench_root, "--results", tmp_path, "--set", "iterations=1", "--set", "echo_iters=1",
+                         "--set", "echo_samples=2")
+    assert code == 0 and "2 done" in err, err
+    assert calls == [1]
+    suffix = "+echo_iters=1+echo_samples=2+iterations=1"
+    one, two = (record(tmp_path, f"nfe{n}{suffix}", "echodistill") for n in (1, 2))
+    assert two["trained_from"]["variant"] == f"nfe1{suffix}" and (one["steps"], two["steps"]) == (1, 2)
+    assert two["views"]["teacher"] == one["views"]["teacher"], "the teacher is sampled as before: taken over"
+    assert two["views"]["student_before_echo"]["steps"] == 2 and one["views"]["student_before_echo"]["steps"] == 1
+    teacher = "views/teacher/p00_s0.png"
+    root = tmp_path / "tiny" / "echodistill"
+    assert (root / f"nfe2{suffix}/dog/seed0" / teacher).read_bytes() == \
+        (root / f"nfe1{suffix}/dog/seed0" / teacher).read_bytes()
