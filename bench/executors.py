@@ -213,15 +213,33 @@ def run_local(jobs: list[Job], ctx: Context) -> list[dict[str, Any]]:
             progress.update(run_task, completed=done, total=max(total, 1), visible=True,
                             description=f"  {phase} {_loss_text(scalars)}")
 
-        for job in jobs:
-            progress.update(sweep_task, description=f"sweep {job.key.label()}")
-            progress.update(run_task, completed=0, visible=False)
-            outcome = execute_job(job, ctx, on_step)
-            results.append(outcome)
-            _report(progress, outcome)
-            progress.advance(sweep_task)
+        with _erased_on_error(progress):
+            for job in jobs:
+                progress.update(sweep_task, description=f"sweep {job.key.label()}")
+                progress.update(run_task, completed=0, visible=False)
+                outcome = execute_job(job, ctx, on_step)
+                results.append(outcome)
+                _report(progress, outcome)
+                progress.advance(sweep_task)
         progress.update(run_task, visible=False)
     return results
+
+
+@contextmanager
+def _erased_on_error(progress: Any) -> Iterator[None]:
+    """A user mistake found mid-sweep (BenchError) leaves only its one `error:` line: the progress display is
+    erased instead of left above it."""
+    try:
+        yield
+    except BenchError:
+        _erase(progress)
+        raise
+
+
+def _erase(progress: Any) -> None:
+    """Leave nothing of the progress display behind: cleared on a terminal, not printed into a log."""
+    progress.live.transient = True
+    progress.disable = True
 
 
 # --- one process per GPU -----------------------------------------------------------------------------------------
@@ -392,7 +410,8 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
                         slot.current = None
                         progress.advance(sweep_task)
                         wake(progress)
-                    elif kind == "error":
+                    elif kind == "error":  # a user mistake: only its one line is left on screen
+                        _erase(progress)
                         raise BenchError(message[1])
             for job in pending:  # every worker died for good
                 outcomes.append({"job": job, "status": "crashed", "run_dir": job.key.path(ctx.results),

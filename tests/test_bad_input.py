@@ -255,3 +255,12 @@ def test_weights_flag_refuses_pickles(finished_run, dreambench_root, tmp_path, m
                          "--out", tmp_path / "x.png", "--weights", f"student={pickled}")
     assert_one_line_error(code, err, "only safetensors are loaded")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_mistake_found_mid_sweep_leaves_only_its_line(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    """A mistake only the method can see (a token already in the vocabulary) surfaces after the sweep started:
+    still one line, exit code 2, no progress display left above it, no run folder behind."""
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "textual_inversion", "--set", "token=dog",
+                         "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path)
+    assert_one_line_error(code, err, "token 'dog' is already in the tokenizer's vocabulary")
+    assert not list(tmp_path.rglob("record.json")) and not list(tmp_path.rglob("*.partial"))

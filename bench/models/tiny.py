@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 """Bump when a builder below changes: the cache folder name carries it, so stale builds are never reused."""
 
 # Every scheduler here uses SD's training schedule; only the sampler and the prediction target differ.
@@ -89,9 +89,10 @@ def _build_all(root: Path) -> None:
             num_hidden_layers=2, max_position_embeddings=77, projection_dim=width, hidden_act="gelu",
             bos_token_id=49406, eos_token_id=49407, pad_token_id=0))
 
+    # Downsamples by 8 like SD's VAE: 64 px images, 8 x 8 latents (the UNets' sample_size).
     vae = seeded(1, lambda: AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         norm_num_groups=8, sample_size=64, scaling_factor=0.18215))
 
     def save_pipeline(name: str, unet, scheduler, encoder, pad_token: str) -> None:
@@ -134,7 +135,7 @@ def _unet(cross_dim: int, linear: bool):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8, use_linear_projection=linear)
 
