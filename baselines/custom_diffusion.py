@@ -21,6 +21,7 @@ from bench.api import Concept, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
+from bench.models.speed import AUTOCAST, autocast
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
@@ -56,12 +57,17 @@ class CustomDiffusionConfig:
     """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference. Sampling-only."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
+    autocast_dtype: str = "auto"
+    """Forward-pass precision (`bench.models.speed.autocast`): "auto" = bf16 on CUDA and none on CPU, "none",
+    "bf16". Weights, optimiser state and the loss stay float32."""
     checkpoint_every: int = field(default=100, metadata={"hash": False})
     """Save a resumable checkpoint (K/V, token row, AdamW moments, RNG states) every this many iterations and at the
     end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically. 0 = off.
     Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
+        if self.autocast_dtype not in AUTOCAST:
+            raise ValueError(f"autocast_dtype must be one of {', '.join(AUTOCAST)}, not '{self.autocast_dtype}'")
         if self.base not in ("student", "teacher"):
             raise ValueError(f"base must be 'student' or 'teacher', not '{self.base}'")
         if self.timestep_policy not in TIMESTEP_POLICIES:
@@ -141,7 +147,8 @@ class CustomDiffusion:
             t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
             noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
             context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)
-            pred = unet(noisy, t, context).sample
+            with autocast(device, cfg.autocast_dtype):
+                pred = unet(noisy, t, context).sample.float()
             loss = masked_mse(pred, target, batch.masks.to(device))
             if not torch.isfinite(loss):
                 from bench.api import Diverged
@@ -176,9 +183,10 @@ class CustomDiffusionModel:
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
         p = self.parts
-        return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
-                                 seeds, steps or self.default_steps, self.latent_size, guidance=self.config.guidance,
-                                 batch_size=self.config.sample_batch_size)
+        with autocast(p["unet"].device, self.config.autocast_dtype):
+            return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
+                                     seeds, steps or self.default_steps, self.latent_size, guidance=self.config.guidance,
+                                     batch_size=self.config.sample_batch_size)
 
     def save(self, out_dir: Path) -> None:
         personalize.save_custom_diffusion(self.parts["unet"], out_dir)

@@ -29,6 +29,7 @@ import torch
 from bench.api import Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import sampling
+from bench.models.speed import AUTOCAST, autocast
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
@@ -68,8 +69,13 @@ class DreamBoothConfig:
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch (also for generating class images)."""
+    autocast_dtype: str = "auto"
+    """Forward-pass precision (`bench.models.speed.autocast`): "auto" = bf16 on CUDA and none on CPU, "none",
+    "bf16". Weights, optimiser state and the loss stay float32."""
 
     def __post_init__(self) -> None:
+        if self.autocast_dtype not in AUTOCAST:
+            raise ValueError(f"autocast_dtype must be one of {', '.join(AUTOCAST)}, not '{self.autocast_dtype}'")
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -182,7 +188,8 @@ class DreamBooth:
             noise = torch.randn(latents.shape, generator=generator).to(device)
             t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
             noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-            pred = unet(noisy, t, context).sample
+            with autocast(device, cfg.autocast_dtype):
+                pred = unet(noisy, t, context).sample.float()
             masks = masks.to(device)
             n = cfg.batch_size
             loss = masked_mse(pred[:n], target[:n], masks[:n])
@@ -224,9 +231,10 @@ class DreamBoothModel:
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
         p = self.parts
-        return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
-                                 seeds, steps or self.default_steps, self.latent_size,
-                                 batch_size=self.config.sample_batch_size)
+        with autocast(p["unet"].device, self.config.autocast_dtype):
+            return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
+                                     seeds, steps or self.default_steps, self.latent_size,
+                                     batch_size=self.config.sample_batch_size)
 
     def save(self, out_dir: Path) -> None:
         self.parts["unet"].save_pretrained(out_dir / "unet", safe_serialization=True)

@@ -22,6 +22,7 @@ import torch
 from bench.api import BenchError, Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
+from bench.models.speed import AUTOCAST, autocast
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
@@ -56,8 +57,13 @@ class TextualInversionConfig:
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
+    autocast_dtype: str = "auto"
+    """Forward-pass precision (`bench.models.speed.autocast`): "auto" = bf16 on CUDA and none on CPU, "none",
+    "bf16". Weights, optimiser state and the loss stay float32."""
 
     def __post_init__(self) -> None:
+        if self.autocast_dtype not in AUTOCAST:
+            raise ValueError(f"autocast_dtype must be one of {', '.join(AUTOCAST)}, not '{self.autocast_dtype}'")
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -139,7 +145,9 @@ class TextualInversion:
                 t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
                 noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
                 context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)  # (B, 77, D)
-                loss = masked_mse(unet(noisy, t, context).sample, target, batch.masks.to(device))
+                with autocast(device, cfg.autocast_dtype):
+                    pred = unet(noisy, t, context).sample.float()
+                loss = masked_mse(pred, target, batch.masks.to(device))
                 if not torch.isfinite(loss):
                     raise Diverged(f"non-finite loss at iteration {it}")
                 (loss / cfg.grad_accumulation).backward()
@@ -170,9 +178,10 @@ class TextualInversionModel:
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
         p = self.parts
-        return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
-                                 seeds, steps or self.default_steps, self.latent_size,
-                                 batch_size=self.config.sample_batch_size)
+        with autocast(p["unet"].device, self.config.autocast_dtype):
+            return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
+                                     seeds, steps or self.default_steps, self.latent_size,
+                                     batch_size=self.config.sample_batch_size)
 
     def save(self, out_dir: Path) -> None:
         personalize.save_token(self.parts["tokenizer"], self.parts["text_encoder"], self.config.token,

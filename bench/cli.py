@@ -28,6 +28,8 @@ CONCEPTS = typer.Option("all", "--concepts", help="'all' or a comma-separated li
 SEEDS = typer.Option("0", "--seeds", help="Training seeds, comma-separated (e.g. 0,1,2,3).")
 SUITE = typer.Option(None, "--suite", help="Metric suite: paper | dreambooth | tiny (default: by profile).")
 DEVICE = typer.Option(None, "--device", help="Torch device (default: cuda if available, else cpu).")
+SPEED = typer.Option(None, "--speed", help="Speed switch KEY=VALUE (repeatable): channels_last=auto|on|off, "
+                                           "compile=off|regional, attention=sdpa|eager.")
 WEIGHTS = typer.Option(None, "--weights", help="Local weights, GROUP=PATH (repeatable): student, teacher, ...")
 FORCE = typer.Option(False, "--force", help="Recompute runs even when a finished record matches.")
 # How a sweep runs: executors, resume and retry (bench.executors, bench.runs).
@@ -80,11 +82,12 @@ def _exec_options(executor: str, workers: Optional[int], partition: Optional[str
 def _sweep(methods: list[str], variants: list[tuple[str, dict]], concepts: str, seeds: str, profile: str,
            backbone: str, data: Optional[Path], results: Path, suite: Optional[str], device: Optional[str],
            weights: Optional[list[str]], force: bool, resume: bool, retry_failed: bool, options,
-           concept_dir: Optional[Path] = None, class_noun: Optional[str] = None) -> None:
+           concept_dir: Optional[Path] = None, class_noun: Optional[str] = None,
+           speed: Optional[list[str]] = None) -> None:
     from bench.executors import sweep
 
     typer.echo(sweep(methods, variants, concepts, _ints(seeds, "--seeds"), profile, backbone, data, results, suite,
-                     device, weights, force, resume, retry_failed, options, concept_dir, class_noun), err=True)
+                     device, weights, force, resume, retry_failed, options, concept_dir, class_noun, speed), err=True)
 
 
 @app.command()
@@ -101,7 +104,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         partition: Optional[str] = PARTITION, time: Optional[int] = TIME, gpus_per_job: Optional[int] = GPUS_PER_JOB,
         cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
-        ) -> None:
+        speed: Optional[list[str]] = SPEED) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
     from bench.runs import variants_for
 
@@ -109,7 +112,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
                             no_wait, cluster)
     variants = variants_for(method.split(","), variant.split(","), _sets(set_))
     _sweep(method.split(","), variants, concepts, seeds, profile, backbone, data, results, suite, device, weights,
-           force, resume, retry_failed, options, concept_dir, class_noun)
+           force, resume, retry_failed, options, concept_dir, class_noun, speed)
 
 
 @app.command()
@@ -126,7 +129,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            workers: Optional[int] = WORKERS, partition: Optional[str] = PARTITION, time: Optional[int] = TIME,
            gpus_per_job: Optional[int] = GPUS_PER_JOB, cpus_per_job: Optional[int] = CPUS_PER_JOB,
            mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH, slurm_array: bool = ARRAY,
-           no_wait: bool = NO_WAIT, cluster: str = CLUSTER) -> None:
+           no_wait: bool = NO_WAIT, cluster: str = CLUSTER, speed: Optional[list[str]] = SPEED) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
 
@@ -134,7 +137,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
                             no_wait, cluster)
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_))
     _sweep([method], variants, concepts, seeds, profile, backbone, data, results, suite, device, weights, force,
-           resume, retry_failed, options)
+           resume, retry_failed, options, speed=speed)
 
 
 @app.command("ls")
@@ -230,7 +233,11 @@ def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-se
          iterations: int = typer.Option(5, "--iterations", help="Timed iterations."),
          sweep_batch: int = typer.Option(25, "--sweep-batch", help="Batch for the batched-latency figure."),
          device: Optional[str] = DEVICE, data: Optional[Path] = DATA, weights: Optional[list[str]] = WEIGHTS,
-         out: Path = typer.Option(Path("results/perf"), "--out", help="Where the perf record and table go.")) -> None:
+         out: Path = typer.Option(Path("results/perf"), "--out", help="Where the perf record and table go."),
+         speed: Optional[list[str]] = SPEED,
+         speed_sweep: bool = typer.Option(False, "--speed-sweep", help="Measure the default speed settings, then "
+                                          "each switch flipped on its own; report each one's effect as a ratio.")
+         ) -> None:
     """Seconds per training iteration, phase shares, FLOPs, peak memory and latency, per method."""
     from bench.models.profiles import parse_weights
     from bench.paths import data_root
@@ -238,8 +245,10 @@ def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-se
     from bench.registry import method_names
 
     names = methods.split(",") if methods else method_names()
+    from bench.models.speed import parse_speed
+
     path, text = run_perf(names, profile, resolution, batch, warmup, iterations, sweep_batch, device,
-                          data_root(data), out, parse_weights(weights or []))
+                          data_root(data), out, parse_weights(weights or []), parse_speed(speed), speed_sweep)
     typer.echo(text)
     typer.echo(f"written: {path}", err=True)
 

@@ -114,11 +114,11 @@ def sbatch_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
 def sweep(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
           profile: str, backbone: str, data: Path | None, results: Path, suite: str | None, device: str | None,
           weights: list[str] | None, force: bool, resume: bool, retry_failed: bool, options: ExecOptions,
-          concept_dir: Path | None = None, class_noun: str | None = None) -> str:
+          concept_dir: Path | None = None, class_noun: str | None = None, speed: list[str] | None = None) -> str:
     """Validate everything, run the plan on the chosen executor, and return the summary lines."""
     options.validate()
     jobs, ctx = prepare(methods, variants, concepts, seeds, profile, backbone, data, results, suite, device, weights,
-                        force, resume, retry_failed, concept_dir, class_noun)
+                        force, resume, retry_failed, concept_dir, class_noun, speed=speed)
     with _sigterm_exits():
         return summarize(run_jobs(jobs, ctx, options), ctx.results)
 

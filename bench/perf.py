@@ -100,7 +100,7 @@ def labelled_totals(prof: Any) -> dict[str, float]:
 
 
 def measure_method(name: str, profile: Any, device: str | None, concept: Any, warmup: int, iterations: int,
-                   batch: int, sweep_batch: int, latency_repeats: int = 5) -> dict[str, Any]:
+                   batch: int, sweep_batch: int, latency_repeats: int = 5, speed: Any = None) -> dict[str, Any]:
     """Train `name` for warmup + 1 profiled + `iterations` steps and time its sampling."""
     import torch
 
@@ -122,7 +122,7 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     if "checkpoint_every" in fields:  # checkpoint writes are not the iteration's cost
         overrides["checkpoint_every"] = 0
     config = build(cls.Config, overrides)
-    models = Models(profile, device)
+    models = Models(profile, device, speed)
     log = PerfLog(models.device, warmup)
     reset_peak_memory(models.device)
     torch.manual_seed(0)
@@ -169,14 +169,20 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
         "peak_memory": memory,
         "infer_s_per_image_b1": statistics.median(singles), "infer_unet_s_per_image_b1": unet_s,
         "infer_s_per_image_batched": sw.seconds / sweep_batch, "sweep_batch": sweep_batch,
-        "default_steps": trained.default_steps, "device": dev,
+        "default_steps": trained.default_steps, "device": dev, "speed": models.speed.resolved(models.device),
     }
 
 
 def run_perf(methods: list[str], profile_name: str, resolution: int | None, batch: int, warmup: int, iterations: int,
-             sweep_batch: int, device: str | None, data: Path, out_dir: Path, weights: dict[str, str] | None = None
-             ) -> tuple[Path, str]:
-    """Measure each method; write `<out_dir>/<profile>-<device>-<time>.{json,md}`; return (json path, table)."""
+             sweep_batch: int, device: str | None, data: Path, out_dir: Path, weights: dict[str, str] | None = None,
+             speed: Any = None, speed_sweep: bool = False) -> tuple[Path, str]:
+    """Measure each method; write `<out_dir>/<profile>-<device>-<time>.{json,md}`; return (json path, table).
+
+    With `speed_sweep`, each method is measured under the default speed settings and then with each switch
+    flipped on its own (`bench.models.speed.sweep_settings`), in this one process; every row then carries
+    `speed_label` and its ratios to the default row (`vs_default`: step time, latency at batch 1)."""
+    from bench.models.speed import Speed, sweep_settings
+
     from bench.data import select_concepts
     from bench.models.profiles import get_profile
     from bench.registry import method_names, unknown
@@ -191,7 +197,18 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
             raise BenchError(f"--resolution must be a multiple of 8, got {resolution}")
         profile = dataclasses.replace(profile, resolution=resolution)
     concept = select_concepts(data, "dog")[0]
-    rows = [measure_method(m, profile, device, concept, warmup, iterations, batch, sweep_batch) for m in methods]
+    settings = sweep_settings() if speed_sweep else [("", speed or Speed())]
+    rows = []
+    for m in methods:
+        base = None
+        for label, setting in settings:
+            row = measure_method(m, profile, device, concept, warmup, iterations, batch, sweep_batch, speed=setting)
+            if speed_sweep:
+                base = base or row
+                row["speed_label"] = label
+                row["vs_default"] = {k: row[k] / base[k] if row[k] and base[k] else None
+                                     for k in ("train_step_s", "infer_s_per_image_b1")}
+            rows.append(row)
     record = {"schema": 1, "kind": "perf", "profile": profile_name, "resolution": profile.resolution, "batch": batch,
               "warmup": warmup, "iterations": iterations, "versions": versions(), "git_commit": git_commit(),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": rows}
@@ -218,8 +235,13 @@ def perf_table(record: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in record["methods"]:
         top = ", ".join(f"{k} {v:.0%}" for k, v in list(m["phase_share"].items())[:3])
+        name = m["method"]
+        if m.get("speed_label"):  # --speed-sweep: which switch, and its effect as a ratio to the default row
+            ratio = m["vs_default"]
+            name += (f" [{m['speed_label']}: step x{fmt(ratio['train_step_s'], 1, 2)}, latency "
+                     f"x{fmt(ratio['infer_s_per_image_b1'], 1, 2)}]")
         lines.append(
-            f"| {m['method']} | {fmt(m['train_step_s'])} | {fmt(m['train_step_s'], 1000, 1)} | "
+            f"| {name} | {fmt(m['train_step_s'])} | {fmt(m['train_step_s'], 1000, 1)} | "
             f"{fmt(m['flops_per_iteration'], 1e-9, 1)} | {fmt(m['fraction_of_peak_bf16'], 100, 1)} | "
             f"{fmt(m['peak_memory']['bytes'], 1 / 2**30, 2)} | {fmt(m['infer_s_per_image_b1'], 1, 4)} | "
             f"{fmt(m['infer_unet_s_per_image_b1'], 1, 4)} | {fmt(m['infer_s_per_image_batched'], 1, 4)} | {top} |")

@@ -79,6 +79,8 @@ class Context:
     """Continue an interrupted run from its last checkpoint instead of starting it over."""
     retry_failed: bool = False
     """Re-run runs recorded as failed (with the same config hash); by default they are kept and reported."""
+    speed: dict[str, str] = field(default_factory=dict)
+    """Speed switches (`bench.models.speed.Speed` fields); recorded with each run, not part of its hash."""
 
 
 def default_suite(profile: str) -> str:
@@ -237,7 +239,7 @@ def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], conc
             profile: str, backbone: str, data: Path | None, results: Path, suite: str | None = None,
             device: str | None = None, weights: list[str] | None = None, force: bool = False, resume: bool = False,
             retry_failed: bool = False, concept_dir: Path | None = None, class_noun: str | None = None,
-            check_images: bool = True) -> tuple[list[Job], Context]:
+            check_images: bool = True, speed: list[str] | None = None) -> tuple[list[Job], Context]:
     """The jobs and context of one `bench run`/`bench ablate`; every user mistake fails here, before any work.
 
     Checks names (methods, variants, config keys, profile, backbone, suite, concepts), `--weights` paths
@@ -256,8 +258,10 @@ def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], conc
     if not seeds:
         raise BenchError("no seeds given; e.g. --seeds 0 or --seeds 0,1,2,3")
     root = data_root(data)
+    from bench.models.speed import parse_speed
+
     ctx = Context(data=root, results=Path(results), suite=suite, device=device, weights=weight_map, force=force,
-                  resume=resume, retry_failed=retry_failed)
+                  resume=resume, retry_failed=retry_failed, speed=dataclasses.asdict(parse_speed(speed)))
     if concept_dir is not None:
         if not class_noun:
             raise BenchError("--concept-dir needs --class-noun (e.g. --class-noun dog)")
@@ -454,8 +458,10 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
         from bench.models.tiny import ensure_built
 
         ensure_built()
+    from bench.models.speed import parse_speed
+
     torch.manual_seed(job.seed)
-    models = Models(profile, ctx.device)
+    models = Models(profile, ctx.device, parse_speed(ctx.speed))
     method = get_method(job.method)(config)
     reset_peak_memory(models.device)
     if donor is not None:
@@ -474,7 +480,7 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
         views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
     return {
         **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
-        "device": device_name(models.device), "trained_from": None,
+        "device": device_name(models.device), "trained_from": None, "speed": models.speed.resolved(models.device),
         "timing": {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
                    "it_per_s": log.iterations / train_s if train_s > 0 else None,
                    "peak_memory": peak_memory(models.device), "resumed": resumed, **evaluation.pop("timing")},
@@ -512,7 +518,7 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, meth
                       if k in ("train_s", "iterations", "it_per_s", "resumed")}
     return {
         **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
-        "device": device_name(models.device), "trained_from": source,
+        "device": device_name(models.device), "trained_from": source, "speed": models.speed.resolved(models.device),
         "timing": {**trained_timing, "load_s": models.load_seconds, "reused_training": True,
                    "peak_memory": peak_memory(models.device), **evaluation.pop("timing")},
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bench.config import SAMPLING_ONLY
+from bench.models.speed import AUTOCAST
 
 # What an ablation may switch off (method.md, "Variants the harness must run"). Each name removes exactly that
 # part of the computation (no forward pass, no parameters, no optimiser entry), nothing else.
@@ -18,7 +19,6 @@ DROPPABLE = ("teacher", "discriminators", "disc_dino1", "disc_dino2", "disc_clip
 DISCRIMINATORS = ("disc_dino1", "disc_dino2", "disc_clip")
 TIMESTEP_WEIGHTINGS = ("alphas_cumprod", "sqrt_alphas_cumprod")
 MSSWD_INPUTS = ("unit", "released")
-AUTOCAST = ("auto", "none", "bf16")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,12 @@ from typing import Any
 import torch
 
 from bench.models import personalize, sampling
+from bench.models.speed import autocast
 
 META = "echodistill.json"
 
 State = list[tuple[torch.Tensor, "int | None", torch.Tensor]]
 """Saved trained tensors: (live parameter, row index or None for the whole tensor, value)."""
-
-
-def autocast(device: torch.device, setting: str) -> Any:
-    """The forward-pass precision context: "auto" = bf16 on CUDA, none on CPU (config `autocast_dtype`)."""
-    use_bf16 = setting == "bf16" or (setting == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
 @dataclass

@@ -49,11 +49,15 @@ class Models:
     clip_vision, ip_proj, dino1, dinov2 (and student_lora for hyper-sd15 at paper scale).
     """
 
-    def __init__(self, profile: Profile, device: str | None = None) -> None:
+    def __init__(self, profile: Profile, device: str | None = None, speed: Any = None) -> None:
         import torch
+
+        from bench.models.speed import Speed
 
         self.profile = profile
         self.device = torch.device(device or default_device())
+        self.speed = speed or Speed()
+        """Speed switches (`bench.models.speed`) applied to this instance's UNets and VAE."""
         self.resolution = profile.resolution
         self._copies: dict[str, Any] = {}
         self.load_seconds = 0.0
@@ -64,7 +68,9 @@ class Models:
             raise AttributeError(role)
         if role not in self._copies:
             start = time.perf_counter()
-            self._copies[role] = _fresh(self.get_pristine(role))
+            from bench.models.speed import apply
+
+            self._copies[role] = apply(_fresh(self.get_pristine(role)), role, self.speed, self.device)
             self.load_seconds += time.perf_counter() - start
         return self._copies[role]
 

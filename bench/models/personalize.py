@@ -86,6 +86,7 @@ def save_custom_diffusion(unet: Any, out_dir: Path) -> Path:
     from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
 
     original = unet.attn_processors
+    names = list(original)  # `set_attn_processor` empties the dict it is given
     procs = {}
     for name in original:
         attn = unet.get_submodule(name.removesuffix(".processor"))
@@ -103,7 +104,16 @@ def save_custom_diffusion(unet: Any, out_dir: Path) -> Path:
         unet.save_attn_procs(out_dir, weight_name=CD_WEIGHTS, safe_serialization=True)
     finally:
         unet.set_attn_processor(original)
-    return out_dir / CD_WEIGHTS
+    # diffusers' loader expects one entry per attention layer and builds a plain Custom Diffusion processor for an
+    # empty one; safetensors drops processors without parameters, so the self-attention layers are written back
+    # as empty tensors (what the Custom Diffusion training script's .bin files hold as empty dicts).
+    from safetensors.torch import load_file, save_file
+
+    path = out_dir / CD_WEIGHTS
+    state = load_file(path)
+    state.update({name: torch.empty(0) for name in names if not name.endswith("attn2.processor")})
+    save_file(state, path)
+    return path
 
 
 def load_custom_diffusion(unet: Any, weights: Path) -> None:
@@ -112,6 +122,8 @@ def load_custom_diffusion(unet: Any, weights: Path) -> None:
 
     state = load_file(weights)
     for key, value in state.items():
+        if value.numel() == 0:  # a layer without trained K/V (see `save_custom_diffusion`)
+            continue
         module_name, _, param = key.rpartition(".processor.")
         proj = {"to_k_custom_diffusion.weight": "to_k", "to_v_custom_diffusion.weight": "to_v"}.get(param)
         if proj is None:
