@@ -41,7 +41,7 @@ def test_roles_load_frozen_and_fresh(tiny) -> None:
     with torch.no_grad():
         unet.conv_in.weight.add_(1.0)  # one run's changes never reach another run's copy
     assert not torch.equal(other.student_unet.conv_in.weight, unet.conv_in.weight)
-    assert tiny.latent_size == 16 and tiny.resolution == 64
+    assert tiny.latent_size == 8 and tiny.resolution == 64  # an 8x VAE, as SD's
     feats = tiny.dino1(torch.zeros(1, 3, 32, 32))
     assert feats.shape == (1, 32)
     assert tiny.ip_proj(tiny.clip_vision(pixel_values=torch.zeros(1, 3, 32, 32)).image_embeds).shape == (1, 4, 16)
