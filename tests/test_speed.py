@@ -106,6 +106,6 @@ def test_perf_speed_sweep_measures_each_switch(dreambench_root, tmp_path, monkey
     assert code == 0, err
     rows = json.loads(next(tmp_path.glob("*.json")).read_text())["methods"]
     assert [r["speed_label"] for r in rows] == ["default", "channels_last=on", "channels_last=off",
-                                                "compile=regional", "attention=eager"]
+                                                "compile=regional", "attention=eager", "default, again"]
     assert rows[0]["vs_default"]["train_step_s"] == 1.0
     assert rows[3]["speed"]["compile"] == "regional" and "compile=regional: step x" in out

@@ -90,10 +90,11 @@ def apply(module: Any, role: str, speed: Speed, device: Any) -> Any:
 
 
 def sweep_settings() -> list[tuple[str, Speed]]:
-    """(label, Speed) for `bench perf --speed-sweep`: the defaults, then each switch flipped on its own."""
+    """(label, Speed) for `bench perf --speed-sweep`: the defaults, each switch flipped on its own, and the
+    defaults again last, whose ratio to the first row shows how much of a difference is noise and drift."""
     return [("default", Speed()), ("channels_last=on", Speed(channels_last="on")),
             ("channels_last=off", Speed(channels_last="off")), ("compile=regional", Speed(compile="regional")),
-            ("attention=eager", Speed(attention="eager"))]
+            ("attention=eager", Speed(attention="eager")), ("default, again", Speed())]
 
 
 def autocast(device: Any, setting: str) -> Any:
