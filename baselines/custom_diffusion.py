@@ -21,7 +21,7 @@ from bench.api import Concept, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
-from bench.models.speed import AUTOCAST, autocast
+from bench.models.speed import autocast, check_autocast
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
@@ -66,8 +66,7 @@ class CustomDiffusionConfig:
     Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        if self.autocast_dtype not in AUTOCAST:
-            raise ValueError(f"autocast_dtype must be one of {', '.join(AUTOCAST)}, not '{self.autocast_dtype}'")
+        check_autocast(self.autocast_dtype)
         if self.base not in ("student", "teacher"):
             raise ValueError(f"base must be 'student' or 'teacher', not '{self.base}'")
         if self.timestep_policy not in TIMESTEP_POLICIES:
@@ -182,11 +181,9 @@ class CustomDiffusionModel:
         self.default_steps = config.sample_steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        p = self.parts
-        with autocast(p["unet"].device, self.config.autocast_dtype):
-            return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
-                                     seeds, steps or self.default_steps, self.latent_size, guidance=self.config.guidance,
-                                     batch_size=self.config.sample_batch_size)
+        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps, self.latent_size,
+                                       guidance=self.config.guidance, batch_size=self.config.sample_batch_size,
+                                       precision=self.config.autocast_dtype)
 
     def save(self, out_dir: Path) -> None:
         personalize.save_custom_diffusion(self.parts["unet"], out_dir)

@@ -23,7 +23,7 @@ import torch
 from bench.api import Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import sampling
-from bench.models.speed import AUTOCAST, autocast
+from bench.models.speed import autocast, check_autocast
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
@@ -68,8 +68,7 @@ class LoRAConfig:
     "bf16". Weights, optimiser state and the loss stay float32."""
 
     def __post_init__(self) -> None:
-        if self.autocast_dtype not in AUTOCAST:
-            raise ValueError(f"autocast_dtype must be one of {', '.join(AUTOCAST)}, not '{self.autocast_dtype}'")
+        check_autocast(self.autocast_dtype)
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -188,11 +187,8 @@ class LoRAModel:
             unet.unload_lora()
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        p = self.parts
-        with autocast(p["unet"].device, self.config.autocast_dtype):
-            return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
-                                     seeds, steps or self.default_steps, self.latent_size,
-                                     batch_size=self.config.sample_batch_size)
+        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps, self.latent_size,
+                                       batch_size=self.config.sample_batch_size, precision=self.config.autocast_dtype)
 
     def save(self, out_dir: Path) -> None:
         from diffusers import StableDiffusionPipeline

@@ -22,7 +22,7 @@ import torch
 from bench.api import BenchError, Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
-from bench.models.speed import AUTOCAST, autocast
+from bench.models.speed import autocast, check_autocast
 from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
@@ -62,8 +62,7 @@ class TextualInversionConfig:
     "bf16". Weights, optimiser state and the loss stay float32."""
 
     def __post_init__(self) -> None:
-        if self.autocast_dtype not in AUTOCAST:
-            raise ValueError(f"autocast_dtype must be one of {', '.join(AUTOCAST)}, not '{self.autocast_dtype}'")
+        check_autocast(self.autocast_dtype)
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -177,11 +176,8 @@ class TextualInversionModel:
         self.default_steps = config.sample_steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        p = self.parts
-        with autocast(p["unet"].device, self.config.autocast_dtype):
-            return sampling.generate(p["unet"], p["scheduler"], p["vae"], p["tokenizer"], p["text_encoder"], prompts,
-                                     seeds, steps or self.default_steps, self.latent_size,
-                                     batch_size=self.config.sample_batch_size)
+        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps, self.latent_size,
+                                       batch_size=self.config.sample_batch_size, precision=self.config.autocast_dtype)
 
     def save(self, out_dir: Path) -> None:
         personalize.save_token(self.parts["tokenizer"], self.parts["text_encoder"], self.config.token,

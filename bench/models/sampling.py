@@ -100,3 +100,14 @@ def generate(unet: Any, scheduler: Any, vae: Any, tokenizer: Any, text_encoder: 
             latents = sample_latents(unet, scheduler, cond, batch_seeds, steps, latent_size, uncond, guidance)
             images += to_pil(decode(vae, latents))
     return images
+
+
+def generate_parts(parts: dict[str, Any], prompts: list[str], seeds: list[int], steps: int, latent_size: int,
+                   guidance: float = 0.0, batch_size: int = 16, precision: str = "none") -> list:
+    """`generate` with a baseline's parts (`unet`, `scheduler`, `vae`, `tokenizer`, `text_encoder`) under its
+    `autocast_dtype` precision (`bench.models.speed.autocast`)."""
+    from bench.models.speed import autocast
+
+    with autocast(parts["unet"].device, precision):
+        return generate(parts["unet"], parts["scheduler"], parts["vae"], parts["tokenizer"], parts["text_encoder"],
+                        prompts, seeds, steps, latent_size, guidance=guidance, batch_size=batch_size)

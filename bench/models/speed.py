@@ -97,6 +97,12 @@ def sweep_settings() -> list[tuple[str, Speed]]:
             ("attention=eager", Speed(attention="eager")), ("default, again", Speed())]
 
 
+def check_autocast(setting: str) -> None:
+    """A config's `autocast_dtype` must be one of AUTOCAST (for the configs' `__post_init__`)."""
+    if setting not in AUTOCAST:
+        raise ValueError(f"autocast_dtype must be one of {', '.join(AUTOCAST)}, not '{setting}'")
+
+
 def autocast(device: Any, setting: str) -> Any:
     """The forward-pass precision context of a method's `autocast_dtype` field: "auto" = bf16 on CUDA and none on
     CPU, "bf16", "none". Weights, optimiser states and losses stay float32; this one is a config field (in the
