@@ -439,7 +439,8 @@ def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: d
     return {
         "schema": store.SCHEMA_VERSION, "status": "running", "method": job.method, "variant": job.variant,
         "concept": job.concept, "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
-        "method_version": getattr(cls, "version", 1), "config": to_dict(config), "config_hash": config_hash,
+        "method_version": getattr(cls, "version", 1), "eval_version": EVAL_VERSION, "config": to_dict(config),
+        "config_hash": config_hash,
         "overrides": json.loads(job.overrides), "models": profile.describe(), "metric_suite": suite,
         "versions": versions(), "git_commit": git_commit(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": os.uname().nodename, "pid": os.getpid(),
@@ -497,7 +498,16 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, meth
     """
     from bench.timing import device_name, peak_memory
 
+    from bench.metrics import get_suite
+
     donor_record = store.read_record(donor) or {}
+    # the donor's views can be taken over only if they were sampled and scored exactly as this run would do it
+    def as_stored(value: Any) -> Any:  # what a value reads back as from record.json
+        return json.loads(json.dumps(value, default=str))
+
+    same_evaluation = (donor_record.get("eval_version") == EVAL_VERSION
+                       and donor_record.get("metric_suite") == as_stored(get_suite(ctx.suite).describe())
+                       and donor_record.get("models") == as_stored(profile.describe()))
     store.link_tree(donor / "weights", run_dir / "weights")
     if (donor / "loss_log.jsonl").is_file():
         shutil.copy2(donor / "loss_log.jsonl", run_dir / "loss_log.jsonl")
@@ -506,7 +516,8 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, meth
     views = {}
     for name, view in getattr(trained, "views", {}).items():
         before = (donor_record.get("views") or {}).get(name)
-        if before and before.get("steps") == view.default_steps and (donor / "views" / name).is_dir():
+        if (same_evaluation and before and before.get("steps") == view.default_steps
+                and (donor / "views" / name).is_dir()):
             store.link_tree(donor / "views" / name, run_dir / "views" / name)
             views[name] = before
         else:

@@ -160,3 +160,50 @@ def test_echodistill_nfe_samples_one_student(dreambench_root, tmp_path, monkeypa
     root = tmp_path / "tiny" / "echodistill"
     assert (root / f"nfe2{suffix}/dog/seed0" / teacher).read_bytes() == \
         (root / f"nfe1{suffix}/dog/seed0" / teacher).read_bytes()
+
+
+def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp_path, monkeypatch) -> None:
+    """Shared training never shares scores across evaluations: a donor scored with another suite (or another
+    evaluation version) has its views sampled and scored again."""
+    from bench import runs, store
+
+    calls: list[str] = []
+    monkeypatch.setattr(runs, "evaluate", lambda trained, concept, seeds, image_dir, ctx, device: calls.append(
+        image_dir.name) or {"steps": trained.default_steps, "metrics": {}, "timing": {}})
+
+    class View:
+        default_steps = 1
+
+    class Trained:
+        identifier, default_steps, views = "<x>", 1, {"teacher": View()}
+
+    class Method:
+        def load(self, weights_dir, models):
+            return Trained()
+
+    donor = tmp_path / "tiny" / "m" / "default" / "dog" / "seed0"
+    (donor / "weights").mkdir(parents=True)
+    (donor / "views" / "teacher").mkdir(parents=True)
+    from bench.metrics import get_suite
+    from bench.models.profiles import get_profile
+
+    profile = get_profile("tiny")
+    ctx = runs.Context(data=dreambench_root, results=tmp_path, suite="tiny")
+    record = {"status": "done", "eval_version": runs.EVAL_VERSION, "views": {"teacher": {"steps": 1}},
+              "metric_suite": json.loads(json.dumps(get_suite("tiny").describe(), default=str)),
+              "models": json.loads(json.dumps(profile.describe(), default=str))}
+    store.write_json_atomic(donor / "record.json", record)
+
+    class Models:
+        device, load_seconds, speed = "cpu", 0.0, __import__("bench.models.speed", fromlist=["Speed"]).Speed()
+
+    job = runs.Job("m", "other", "dog", 0, "tiny")
+    out = tmp_path / "out"
+    out.mkdir()
+    runs._sample_trained(job, ctx, None, profile, Method(), Models(), out, donor)
+    assert calls == ["images"], "same evaluation: the teacher view is taken over"
+    record["metric_suite"] = {"name": "dreambooth"}
+    store.write_json_atomic(donor / "record.json", record)
+    calls.clear()
+    runs._sample_trained(job, ctx, None, profile, Method(), Models(), tmp_path / "out2", donor)
+    assert calls == ["images", "teacher"], "another suite: the view is sampled and scored again"
