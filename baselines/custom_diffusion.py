@@ -100,16 +100,10 @@ class CustomDiffusion:
     def __init__(self, config: CustomDiffusionConfig) -> None:
         self.config = config
 
-    def _components(self, models: Any) -> dict[str, Any]:
-        role = self.config.base
-        return {"unet": getattr(models, f"{role}_unet"), "scheduler": getattr(models, f"{role}_scheduler"),
-                "tokenizer": getattr(models, f"{role}_tokenizer"),
-                "text_encoder": getattr(models, f"{role}_text_encoder"), "vae": models.vae}
-
     def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> CustomDiffusionModel:
         cfg = self.config
         torch.manual_seed(seed)
-        parts = self._components(models)
+        parts = models.pipeline_parts(self.config.base)
         unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
         device = models.device
 
@@ -166,7 +160,7 @@ class CustomDiffusion:
         return CustomDiffusionModel(cfg, parts, models.latent_size)
 
     def load(self, weights_dir: Path, models: Any) -> CustomDiffusionModel:
-        parts = self._components(models)
+        parts = models.pipeline_parts(self.config.base)
         personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights_dir / f"{self.config.token}.safetensors")
         personalize.load_custom_diffusion(parts["unet"], weights_dir / personalize.CD_WEIGHTS)
         return CustomDiffusionModel(self.config, parts, models.latent_size)

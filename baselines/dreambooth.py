@@ -137,16 +137,10 @@ class DreamBooth:
     def __init__(self, config: DreamBoothConfig) -> None:
         self.config = config
 
-    @staticmethod
-    def _components(models: Any) -> dict[str, Any]:
-        return {"unet": models.student_unet, "scheduler": models.student_scheduler,
-                "tokenizer": models.student_tokenizer, "text_encoder": models.student_text_encoder,
-                "vae": models.vae}
-
     def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> DreamBoothModel:
         cfg = self.config
         torch.manual_seed(seed)
-        parts = self._components(models)
+        parts = models.pipeline_parts()
         unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
         device = models.device
 
@@ -213,7 +207,7 @@ class DreamBooth:
     def load(self, weights_dir: Path, models: Any) -> DreamBoothModel:
         from diffusers import UNet2DConditionModel
 
-        parts = self._components(models)
+        parts = models.pipeline_parts()
         dtype = next(parts["unet"].parameters()).dtype
         parts["unet"] = UNet2DConditionModel.from_pretrained(weights_dir / "unet").to(models.device, dtype).eval()
         parts["unet"].requires_grad_(False)

@@ -101,18 +101,12 @@ class LoRA:
     def __init__(self, config: LoRAConfig) -> None:
         self.config = config
 
-    @staticmethod
-    def _components(models: Any) -> dict[str, Any]:
-        return {"unet": models.student_unet, "scheduler": models.student_scheduler,
-                "tokenizer": models.student_tokenizer, "text_encoder": models.student_text_encoder,
-                "vae": models.vae}
-
     def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> LoRAModel:
         from peft import LoraConfig
 
         cfg = self.config
         torch.manual_seed(seed)  # also seeds the Gaussian init of the A matrices
-        parts = self._components(models)
+        parts = models.pipeline_parts()
         unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
         device = models.device
 
@@ -159,7 +153,7 @@ class LoRA:
     def load(self, weights_dir: Path, models: Any) -> LoRAModel:
         from diffusers import StableDiffusionPipeline
 
-        parts = self._components(models)
+        parts = models.pipeline_parts()
         # diffusers' own loader (what `pipe.load_lora_weights(dir)` runs), with the saved LoRA config as metadata.
         state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
         StableDiffusionPipeline.load_lora_into_unet(state, alphas, parts["unet"], adapter_name="default",

@@ -101,16 +101,10 @@ class TextualInversion:
     def __init__(self, config: TextualInversionConfig) -> None:
         self.config = config
 
-    @staticmethod
-    def _components(models: Any) -> dict[str, Any]:
-        return {"unet": models.student_unet, "scheduler": models.student_scheduler,
-                "tokenizer": models.student_tokenizer, "text_encoder": models.student_text_encoder,
-                "vae": models.vae}
-
     def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> TextualInversionModel:
         cfg = self.config
         torch.manual_seed(seed)
-        parts = self._components(models)
+        parts = models.pipeline_parts()
         unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
         device = models.device
 
@@ -161,7 +155,7 @@ class TextualInversion:
         return TextualInversionModel(self.config, parts, models.latent_size)
 
     def load(self, weights_dir: Path, models: Any) -> TextualInversionModel:
-        parts = self._components(models)
+        parts = models.pipeline_parts()
         weights = weights_dir / f"{self.config.token}.safetensors"
         personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights)
         return TextualInversionModel(self.config, parts, models.latent_size)

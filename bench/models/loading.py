@@ -86,6 +86,13 @@ class Models:
             _PRISTINE[key] = load_component(self.profile, role, self.device)
         return _PRISTINE[key]
 
+    def pipeline_parts(self, role: str = "student") -> dict[str, Any]:
+        """One model's sampling parts, as `bench.models.sampling.generate_parts` takes them: this run's copies of
+        the `role` ("student" or "teacher") UNet, scheduler, tokenizer and text encoder, and the shared VAE."""
+        return {"unet": getattr(self, f"{role}_unet"), "scheduler": getattr(self, f"{role}_scheduler"),
+                "tokenizer": getattr(self, f"{role}_tokenizer"),
+                "text_encoder": getattr(self, f"{role}_text_encoder"), "vae": self.vae}
+
     @property
     def latent_size(self) -> int:
         """Latent side length: the resolution divided by the VAE's downsampling factor."""
