@@ -25,8 +25,9 @@ conversion, which keeps them finite and differentiable.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,6 +37,7 @@ __all__ = [
     "srgb_to_lab",
     "sample_directions",
     "sliced_wasserstein",
+    "sort_values",
     "ms_swd",
 ]
 
@@ -165,6 +167,45 @@ def sample_directions(
     return d.view(num_projections, channels, patch_size, patch_size).to(device=device, dtype=dtype)
 
 
+class _SortValues(torch.autograd.Function):
+    """`x` sorted along its last dim, differentiable: the gradient goes back through the sorting permutation."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        order = _argsort(x)
+        ctx.save_for_backward(order)
+        return x.gather(-1, order)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (order,) = ctx.saved_tensors
+        return torch.zeros_like(grad).scatter_(-1, order, grad)
+
+
+def _on_numpy(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def _argsort(x: Tensor) -> Tensor:
+    if _on_numpy(x):
+        return torch.from_numpy(np.argsort(x.detach().numpy(), axis=-1)).to(torch.int64)
+    return x.argsort(dim=-1)
+
+
+def sort_values(x: Tensor) -> Tensor:
+    """Sorted values of `x` along the last dim, ascending; differentiable like `x.sort(dim=-1).values`.
+
+    The same numbers as `torch.sort`. On CPU (float32/64) the order comes from numpy, whose vectorised sort is
+    several times faster there than torch's for the (B, 128, H*W) projections of MS-SWD (the largest share of an
+    EchoDistill iteration on the `tiny` profile); on an accelerator torch.sort is used as it is.
+    """
+    if not x.requires_grad:
+        if _on_numpy(x):
+            return torch.from_numpy(np.sort(x.numpy(), axis=-1))
+        return x.sort(dim=-1).values
+    return _SortValues.apply(x)
+
+
 def sliced_wasserstein(x_lab: Tensor, y_lab: Tensor, directions: Tensor) -> Tensor:
     """Sliced Wasserstein-1 distance between the patch distributions of two images.
 
@@ -185,8 +226,8 @@ def sliced_wasserstein(x_lab: Tensor, y_lab: Tensor, directions: Tensor) -> Tens
     b, p = x_lab.shape[0], directions.shape[0]
     proj_x = F.conv2d(F.pad(x_lab, (pad, pad, pad, pad), mode="reflect"), directions)  # (B, P, H, W)
     proj_y = F.conv2d(F.pad(y_lab, (pad, pad, pad, pad), mode="reflect"), directions)
-    proj_x = proj_x.reshape(b, p, -1).sort(dim=-1).values  # (B, P, H*W)
-    proj_y = proj_y.reshape(b, p, -1).sort(dim=-1).values
+    proj_x = sort_values(proj_x.reshape(b, p, -1))  # (B, P, H*W)
+    proj_y = sort_values(proj_y.reshape(b, p, -1))
     return (proj_x - proj_y).abs().mean(dim=(1, 2))
 
 

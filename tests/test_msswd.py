@@ -258,3 +258,19 @@ def test_sliced_wasserstein_shapes():
     out = sliced_wasserstein(a, b, dirs)
     assert out.shape == (2,) and torch.all(out > 0)
     assert torch.all(sliced_wasserstein(a, a, dirs) == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sort_values_matches_torch_sort_in_value_and_gradient(dtype):
+    """The fast CPU sort gives torch.sort's values, and the same gradient through the permutation."""
+    from echodistill.msswd import sort_values
+
+    x = torch.randn(2, 7, 300, generator=_gen(1), dtype=dtype, requires_grad=True)
+    w = torch.randn(2, 7, 300, generator=_gen(2), dtype=dtype)
+    ours, ref = sort_values(x), x.sort(dim=-1).values
+    assert torch.equal(ours, ref)
+    (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.equal(g_ours, g_ref)
+    assert torch.equal(sort_values(x.detach()), ref.detach())  # the no-gradient path
+    assert torch.equal(sort_values(x.detach().to(torch.bfloat16)), x.detach().to(torch.bfloat16).sort(-1).values)
