@@ -4,8 +4,10 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 BENCH_DATA ?= $(if $(wildcard ../shared/dreambench/dataset),../shared/dreambench,data/dreambench)
 export BENCH_DATA
 BENCH = $(VENV)/bin/bench
+RESULTS ?= results
+WORKERS ?= 2
 
-.PHONY: setup data run test test-slow smoke tables report lint clean
+.PHONY: setup data run main-table test test-slow smoke tables report lint clean
 
 setup: $(VENV)/.installed          ## virtual environment with the project and its test tools
 
@@ -18,6 +20,11 @@ data: setup                         ## DreamBench at $(BENCH_DATA), cloned from 
 
 run: setup data                     ## the main job on the offline tiny profile: train, sample, score, table
 	$(BENCH) run --method custom_diffusion --concepts all --profile tiny && $(BENCH) table main --profile tiny
+
+main-table: setup data              ## every method of the main table on all 30 concepts (tiny: about 8 min on 2 CPU cores), then the table
+	$(BENCH) run --method custom_diffusion --variant default,sd21 --concepts all --profile tiny --results $(RESULTS) --executor gpus --workers $(WORKERS)
+	$(BENCH) run --method echodistill,textual_inversion,dreambooth,lora --concepts all --profile tiny --results $(RESULTS) --executor gpus --workers $(WORKERS)
+	$(BENCH) table main --profile tiny --results $(RESULTS)
 
 test: setup                         ## the fast, offline, CPU-only test suite
 	$(VENV)/bin/pytest -q

@@ -22,7 +22,7 @@ from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.speed import autocast, check_autocast
-from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
+from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
 
@@ -121,6 +121,7 @@ class CustomDiffusion:
         batches = TrainingBatches(load_pixels(concept.images, models.resolution), f"{cfg.token} {concept.class_noun}",
                                   cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip)
         generator = torch.Generator().manual_seed(seed)
+        encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
         # 3. Resume: everything the loop changes or draws from, restored from the last checkpoint if there is one.
         ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
@@ -133,9 +134,7 @@ class CustomDiffusion:
         log.begin("train", cfg.iterations)
         for it in range(start, cfg.iterations):
             batch = next(batches)
-            with torch.no_grad():
-                latents = vae.encode(batch.pixels.to(device)).latent_dist.sample(generator=None)
-                latents = latents * vae.config.scaling_factor
+            latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w); encoded anew when augmented
             noise = torch.randn(latents.shape, generator=generator).to(device)
             t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
             noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)

@@ -30,7 +30,7 @@ from bench.api import Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import sampling
 from bench.models.speed import autocast, check_autocast
-from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
+from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
 CLASS_PROMPT = "a {}"
@@ -163,20 +163,22 @@ class DreamBooth:
             prior = TrainingBatches(load_pixels(paths, models.resolution), concept.class_noun, cfg.batch_size,
                                     factor, seed + 1, augment=False, hflip=cfg.hflip, templates=(CLASS_PROMPT,))
         generator = torch.Generator().manual_seed(seed)
+        encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
         # 3. The denoising loop; concept and class images share one forward pass (the DreamBooth script's way).
         unet.train()
         log.begin("train", cfg.iterations)
         for it in range(cfg.iterations):
             batch = next(batches)
-            pixels, masks, prompts = batch.pixels, batch.masks, batch.prompts
+            pixels, masks, prompts, keys = batch.pixels, batch.masks, batch.prompts, batch.keys
             if prior is not None:
                 class_batch = next(prior)
                 pixels = torch.cat([pixels, class_batch.pixels])
                 masks = torch.cat([masks, class_batch.masks])
                 prompts = prompts + class_batch.prompts
+                keys = keys + class_batch.keys if keys is not None and class_batch.keys is not None else None
+            latents = encode(pixels.to(device), keys)  # (B, 4, h, w)
             with torch.no_grad():
-                latents = vae.encode(pixels.to(device)).latent_dist.sample() * vae.config.scaling_factor
                 context = sampling.encode_text(tokenizer, text_encoder, prompts)  # (B, 77, D), frozen
             noise = torch.randn(latents.shape, generator=generator).to(device)
             t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)

@@ -24,7 +24,7 @@ from bench.api import Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import sampling
 from bench.models.speed import autocast, check_autocast
-from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
+from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
 
@@ -123,14 +123,15 @@ class LoRA:
                                   f"{cfg.identifier} {concept.class_noun}", cfg.batch_size, factor, seed,
                                   augment=cfg.augment, hflip=cfg.hflip)
         generator = torch.Generator().manual_seed(seed)
+        encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
         # 3. The denoising loop; the text encoder is frozen, so the context needs no gradient.
         unet.train()
         log.begin("train", cfg.iterations)
         for it in range(cfg.iterations):
             batch = next(batches)
+            latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w)
             with torch.no_grad():
-                latents = vae.encode(batch.pixels.to(device)).latent_dist.sample() * vae.config.scaling_factor
                 context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)  # (B, 77, D)
             noise = torch.randn(latents.shape, generator=generator).to(device)
             t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)

@@ -23,7 +23,7 @@ from bench.api import BenchError, Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
 from bench.models.speed import autocast, check_autocast
-from bench.models.training import (TIMESTEP_POLICIES, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
+from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
                                    sample_timesteps)
 
 
@@ -122,6 +122,7 @@ class TextualInversion:
         batches = TrainingBatches(load_pixels(concept.images, models.resolution), f"{cfg.token} {concept.class_noun}",
                                   cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip)
         generator = torch.Generator().manual_seed(seed)
+        encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
         # 3. The denoising loop; gradients reach the row through the frozen UNet and text encoder.
         text_encoder.train()
@@ -131,9 +132,7 @@ class TextualInversion:
             step_loss, t_sum = 0.0, 0.0
             for _ in range(cfg.grad_accumulation):
                 batch = next(batches)
-                with torch.no_grad():
-                    latents = vae.encode(batch.pixels.to(device)).latent_dist.sample()
-                    latents = latents * vae.config.scaling_factor  # (B, 4, h, w)
+                latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w)
                 noise = torch.randn(latents.shape, generator=generator).to(device)
                 t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
                 noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -187,6 +189,59 @@ def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, 
 
 
 @app.command()
+def score(method: str = typer.Option(..., "--method", help="Method name(s), comma-separated."),
+          variant: str = typer.Option("default", "--variant", help="Named variant(s)."),
+          set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
+          concepts: str = CONCEPTS, seeds: str = SEEDS, profile: str = PROFILE,
+          backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
+          results: Path = RESULTS, suite: Optional[str] = SUITE, device: Optional[str] = DEVICE,
+          batch: Optional[int] = typer.Option(None, "--batch", help="Images per backbone call (default 256 on a "
+                                                                     "GPU, 64 on a CPU)."),
+          force: bool = typer.Option(False, "--force", help="Also rescore runs already scored under --suite.")
+          ) -> None:
+    """Score finished runs again from their saved images under --suite, all in one batched pass per backbone."""
+    from bench.runs import prepare, variants_for
+    from bench.score import rescore
+
+    if batch is not None and batch < 1:
+        raise BenchError(f"--batch must be >= 1, got {batch}")
+    methods = method.split(",")
+    jobs, ctx = prepare(methods, variants_for(methods, variant.split(","), _sets(set_)), concepts,
+                        _ints(seeds, "--seeds"), profile, backbone, data, results, suite, device, force=force,
+                        check_images=False)
+    with _progress_bar() as (progress, task):
+        outcome = rescore(jobs, ctx, _device(device), batch,
+                          on_batch=lambda done, total: progress.update(task, completed=done, total=total))
+    rate = f", {outcome['images'] / outcome['embed_s']:.1f} images/s" if outcome["embed_s"] > 0 else ""
+    typer.echo(f"{len(outcome['rescored'])} rescored under suite {ctx.suite} ({outcome['images']} images embedded "
+               f"in {outcome['embed_s']:.1f} s{rate}); {len(outcome['already'])} already under it")
+    for key, why in (("not_done", "not finished (run `bench run` first)"),
+                     ("outdated", "recorded with another config (run `bench run` to redo them)"),
+                     ("changed", "changed or locked while scoring (left as they were)")):
+        if outcome[key]:
+            typer.echo(f"{len(outcome[key])} {why}: {', '.join(outcome[key][:5])}"
+                       + (" ..." if len(outcome[key]) > 5 else ""))
+
+
+def _device(device: Optional[str]) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextmanager
+def _progress_bar() -> Iterator[tuple[Any, Any]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("embedding images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        yield progress, progress.add_task("embed", total=None)
+
+
+@app.command()
 def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbone|alternatives|shots|all"),
           fmt: str = typer.Option("md", "--format", help="md | csv"),
           compare: Optional[str] = typer.Option(None, "--compare", help="'paper': add the paper's numbers and Δ."),
@@ -236,7 +291,9 @@ def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-se
          out: Path = typer.Option(Path("results/perf"), "--out", help="Where the perf record and table go."),
          speed: Optional[list[str]] = SPEED,
          speed_sweep: bool = typer.Option(False, "--speed-sweep", help="Measure the default speed settings, then "
-                                          "each switch flipped on its own; report each one's effect as a ratio.")
+                                          "each switch flipped on its own; report each one's effect as a ratio."),
+         score_images: int = typer.Option(3000, "--score-images", help="Also time scoring this many images in one "
+                                          "pass (0: skip).")
          ) -> None:
     """Seconds per training iteration, phase shares, FLOPs, peak memory and latency, per method."""
     from bench.models.profiles import parse_weights
@@ -248,7 +305,8 @@ def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-se
     from bench.models.speed import parse_speed
 
     path, text = run_perf(names, profile, resolution, batch, warmup, iterations, sweep_batch, device,
-                          data_root(data), out, parse_weights(weights or []), parse_speed(speed), speed_sweep)
+                          data_root(data), out, parse_weights(weights or []), parse_speed(speed), speed_sweep,
+                          score_images)
     typer.echo(text)
     typer.echo(f"written: {path}", err=True)
 

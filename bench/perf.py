@@ -173,14 +173,47 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     }
 
 
+def measure_scoring(profile: Any, device: str | None, concept: Any, n: int, batch: int | None = None
+                    ) -> dict[str, Any]:
+    """Seconds to score `n` generated images as `bench score` does: every image (and its CLIP-T text) through
+    each backbone of the profile's suite in one batched pass, against the concept's real images.
+
+    `paper-random` uses the paper suite's architectures with random weights (`random_scorer`): the same work, no
+    download. The images are 32 distinct seeded noise images at the profile's resolution, repeated to `n`."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from bench.metrics import load_scorer, score_images
+    from bench.metrics.scoring import random_scorer
+    from bench.runs import default_suite
+    from bench.timing import Stopwatch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    suite = default_suite(profile.name)
+    scorer = load_scorer(suite, device) if profile.name in ("tiny", "paper") else random_scorer(suite, device)
+    rng = np.random.default_rng(0)
+    size = profile.resolution
+    distinct = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(32)]
+    images = [distinct[i % len(distinct)] for i in range(n)]
+    texts = [concept.clip_text(concept.prompts[i % len(concept.prompts)]) for i in range(n)]
+    score_images(scorer, images[:8], texts[:8], list(concept.images))  # warm-up: kernels, allocator
+    with Stopwatch(device) as sw:
+        score_images(scorer, images, texts, list(concept.images))
+    return {"suite": suite, "weights": "random" if profile.name == "paper-random" else "real", "images": n,
+            "seconds": sw.seconds, "images_per_s": n / sw.seconds if sw.seconds > 0 else None,
+            "batch": batch or scorer.batch_size, "device": str(device)}
+
+
 def run_perf(methods: list[str], profile_name: str, resolution: int | None, batch: int, warmup: int, iterations: int,
              sweep_batch: int, device: str | None, data: Path, out_dir: Path, weights: dict[str, str] | None = None,
-             speed: Any = None, speed_sweep: bool = False) -> tuple[Path, str]:
+             speed: Any = None, speed_sweep: bool = False, score_images: int = 0) -> tuple[Path, str]:
     """Measure each method; write `<out_dir>/<profile>-<device>-<time>.{json,md}`; return (json path, table).
 
     With `speed_sweep`, each method is measured under the default speed settings and then with each switch
     flipped on its own (`bench.models.speed.sweep_settings`), in this one process; every row then carries
-    `speed_label` and its ratios to the default row (`vs_default`: step time, latency at batch 1)."""
+    `speed_label` and its ratios to the default row (`vs_default`: step time, latency at batch 1). With
+    `score_images` > 0, also the time to score that many images in one pass (`measure_scoring`)."""
     from bench.models.speed import Speed, sweep_settings
 
     from bench.data import select_concepts
@@ -191,6 +224,8 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
     for name in methods:
         if name not in method_names():
             raise unknown("method", name, method_names())
+    if score_images < 0:
+        raise BenchError(f"--score-images must be >= 0, got {score_images}")
     profile = get_profile(profile_name, weights=weights)
     if resolution:
         if resolution % 8:
@@ -209,9 +244,10 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
                 row["vs_default"] = {k: row[k] / base[k] if row[k] and base[k] else None
                                      for k in ("train_step_s", "infer_s_per_image_b1")}
             rows.append(row)
+    scoring = measure_scoring(profile, device, concept, score_images) if score_images else None
     record = {"schema": 1, "kind": "perf", "profile": profile_name, "resolution": profile.resolution, "batch": batch,
               "warmup": warmup, "iterations": iterations, "versions": versions(), "git_commit": git_commit(),
-              "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": rows}
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": rows, "scoring": scoring}
     table = perf_table(record)
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = rows[0]["device"].split(" (")[0].replace(" ", "-").lower() if rows else "none"
@@ -245,4 +281,9 @@ def perf_table(record: dict[str, Any]) -> str:
             f"{fmt(m['flops_per_iteration'], 1e-9, 1)} | {fmt(m['fraction_of_peak_bf16'], 100, 1)} | "
             f"{fmt(m['peak_memory']['bytes'], 1 / 2**30, 2)} | {fmt(m['infer_s_per_image_b1'], 1, 4)} | "
             f"{fmt(m['infer_unet_s_per_image_b1'], 1, 4)} | {fmt(m['infer_s_per_image_batched'], 1, 4)} | {top} |")
+    sc = record.get("scoring")
+    if sc:
+        lines += ["", f"Scoring {sc['images']} images in one pass (suite {sc['suite']}, {sc['weights']} weights, "
+                      f"batch {sc['batch']}, {sc['device']}): {fmt(sc['seconds'], 1, 1)} s, "
+                      f"{fmt(sc['images_per_s'], 1, 1)} images/s"]
     return "\n".join(lines) + "\n"

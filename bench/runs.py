@@ -108,20 +108,26 @@ def variants_for(methods: list[str], names: list[str], overrides: dict[str, Any]
             for name, base in named_variants(methods, names)]
 
 
-def resolve_config(job: Job, iteration_cap: int | None) -> Any:
-    """The method's config for this job: the named variant's overrides, then the job's, then the profile's cap.
+def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = None) -> Any:
+    """The method's config for this job: the named variant's overrides, then the job's, then the profile's caps.
 
-    The cap applies to schedule lengths, by convention the int fields named `iterations` or ending in `_iters`.
+    `iteration_cap` applies to schedule lengths, by convention the int fields named `iterations` or ending in
+    `_iters`; `step_cap` to sampling step counts, the int fields ending in `_steps`.
     """
     cls = get_method(job.method)
     base = job.variant.split("+")[0]
     overrides = {**cls.variants.get(base, {}), **json.loads(job.overrides)}
     config = build(cls.Config, overrides)
-    if iteration_cap:
-        capped = {f.name: min(getattr(config, f.name), iteration_cap) for f in dataclasses.fields(config)
-                  if (f.name == "iterations" or f.name.endswith("_iters")) and isinstance(getattr(config, f.name), int)}
-        config = dataclasses.replace(config, **capped)
-    return config
+    capped = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        if iteration_cap and (f.name == "iterations" or f.name.endswith("_iters")):
+            capped[f.name] = min(value, iteration_cap)
+        elif step_cap and f.name.endswith("_steps"):
+            capped[f.name] = min(value, step_cap)
+    return dataclasses.replace(config, **capped) if capped else config
 
 
 def plan(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: list[str], seeds: list[int],
@@ -304,7 +310,7 @@ def _resolve(job: Job, ctx: Context) -> tuple[Any, Any, dict[str, Any], str]:
     from bench.models.profiles import get_profile
 
     profile = get_profile(job.profile, job.backbone, ctx.weights)
-    config = resolve_config(job, profile.iteration_cap)
+    config = resolve_config(job, profile.iteration_cap, profile.step_cap)
     suite = get_suite(ctx.suite).describe()
     return profile, config, suite, job_hash(job, config, profile.describe(), suite)
 

@@ -583,8 +583,8 @@ def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], 
             rows.append(Row(variant=variant, kind="measured", stats=stats, **common))
     if not feeding:
         rows = []
-    caption = _caption(profile, suite, concepts, seeds, compare, any(r.source == BEFORE_ECHO for r in rows)) \
-        if rows else ""
+    caption = _caption(profile, suite, concepts, seeds, compare, any(r.source == BEFORE_ECHO for r in rows),
+                       _caps(feeding)) if rows else ""
     notes = []
     for r in rows:
         if r.stats and r.stats.failures:
@@ -600,8 +600,19 @@ def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], 
     return Table(d.name, d.title, profile, suite, caption, rows, d.timings, compare, notes)
 
 
+def _caps(records: list[dict[str, Any]]) -> str:
+    """The profile's schedule caps the records ran under ("at most 10 iterations per stage, 5 sampling steps")."""
+    found = {((r.get("models") or {}).get("iteration_cap"), (r.get("models") or {}).get("step_cap")) for r in records}
+    parts = []
+    for name, unit in ((0, "iterations per training stage"), (1, "sampling steps")):
+        values = sorted({str(f[name]) for f in found if f[name]})
+        if values:
+            parts.append(f"{' or '.join(values)} {unit}")
+    return ", ".join(parts)
+
+
 def _caption(profile: str, suite: str, concepts: list[str], seeds: list[int], compare: bool,
-             before_echo: bool) -> str:
+             before_echo: bool, caps: str = "") -> str:
     text = (f"Profile `{profile}`, metric suite {suite}. Cells: mean over training seeds of the pooled mean over "
             f"all images of all concepts, ± std over seeds (when several), [95% bootstrap interval over concepts "
             f"of the mean of per-concept means]. "
@@ -609,6 +620,8 @@ def _caption(profile: str, suite: str, concepts: list[str], seeds: list[int], co
             f"({', '.join(map(str, seeds))}); failed and missing runs are counted in the cell.")
     if before_echo:
         text += " EchoDistill rows: the student before the echo stage where the run has one (the paper's convention)."
+    if caps:
+        text += f" Capped by the profile: at most {caps}; rows keep the paper's labels."
     if compare:
         text += " Paper: arXiv 2510.20512, one NVIDIA A40; Δ = measured − paper; paper timings with (×ours/paper)."
         if profile != "paper":

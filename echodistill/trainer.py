@@ -17,7 +17,7 @@ from torch.profiler import record_function
 
 from bench.api import Concept, Diverged, Log
 from bench.models import personalize, sampling
-from bench.models.training import TRAIN_TEMPLATES, TrainingBatches, load_pixels
+from bench.models.training import TRAIN_TEMPLATES, Latents, TrainingBatches, load_pixels
 from echodistill import losses as L
 from echodistill.config import VARIANTS, EchoDistillConfig
 from echodistill.discriminators import build_discriminators, real_features
@@ -70,6 +70,7 @@ class Session:
 
         # Trainable: cross-attention K/V of both UNets (Custom Diffusion), the token row(s), the heads.
         self.vae = models.vae
+        self.encode = Latents(self.vae, cache=models.speed.latents == "cache")  # reused only without augmentation
         self.student_unet, self.student_sched = student_unet(models), models.student_scheduler
         self.student_kv = personalize.cross_attention_kv(self.student_unet)
         student_params = self.student_kv + ([self.student_text.embeddings] if self.student_learns_token else [])
@@ -136,17 +137,16 @@ class Session:
         return self.teacher_sched.config.num_train_timesteps
 
     # --- step 2: teacher update -------------------------------------------------------------------------------
-    def teacher_step(self, pixels: torch.Tensor, masks: torch.Tensor, prompts: list[str], eps: torch.Tensor,
-                     i: int, phase: str, out: dict[str, float]) -> torch.Tensor:
+    def teacher_step(self, pixels: torch.Tensor, masks: torch.Tensor, prompts: list[str], keys: tuple | None,
+                     eps: torch.Tensor, i: int, phase: str, out: dict[str, float]) -> torch.Tensor:
         """Custom Diffusion's denoising loss on the (augmented) real images; steps teacher K/V + token row.
 
-        pixels (B, 3, 512, 512) in [-1, 1]; masks (B, 1, 64, 64); eps (B, 4, 64, 64), the iteration's shared
-        noise. Returns the teacher's prompt context (B, 77, D) *detached*: the student and the teacher target
+        pixels (B, 3, 512, 512) in [-1, 1]; masks (B, 1, 64, 64); keys: `Batch.keys` (None when augmented; else
+        each photo's encoding is reused, see `Latents`); eps (B, 4, 64, 64), the iteration's shared noise. Returns the teacher's prompt context (B, 77, D) *detached*: the student and the teacher target
         use it, so the token learns only here (released code: one text-encoder pass per iteration).
         """
-        with torch.no_grad(), self._amp():
-            latents = self.vae.encode(pixels).latent_dist.sample(self.gen) * self.vae.config.scaling_factor
-        latents = latents.float()
+        with self._amp():
+            latents = self.encode(pixels, keys, self.gen).float()
         t = self._randint(pixels.shape[0])  # t ~ U{0..999}, independent of t' below
         noisy = self.teacher_sched.add_noise(latents, eps, t)
         with self._amp():
@@ -222,7 +222,7 @@ class Session:
         # (`record_function` labels: the phase shares `bench perf` reports)
         if self.use_teacher:
             with record_function("bench/teacher_update"):
-                context_T = self.teacher_step(pixels, masks, prompts, eps, i, phase, out)
+                context_T = self.teacher_step(pixels, masks, prompts, batch.keys, eps, i, phase, out)
         else:
             context_T = None
         context_S = context_T if self.shared else self.student_text.encode(prompts)
@@ -356,8 +356,8 @@ class Session:
         def teacher_only(i: int, batch: Any, phase: str) -> dict[str, float]:
             out: dict[str, float] = {}
             eps = self._eps(batch.pixels.shape[0])
-            self.teacher_step(batch.pixels.to(self.device), batch.masks.to(self.device), batch.prompts, eps, i,
-                              phase, out)
+            self.teacher_step(batch.pixels.to(self.device), batch.masks.to(self.device), batch.prompts, batch.keys,
+                              eps, i, phase, out)
             return out
 
         def from_samples(i: int, batch: Any, phase: str) -> dict[str, float]:

@@ -10,7 +10,7 @@ from tests.helpers import bench
 def test_perf_tiny_cpu(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     code, out, err = bench(monkeypatch, capsys, "perf", "--methods", "custom_diffusion", "--profile", "tiny",
                            "--warmup", "1", "--iterations", "2", "--sweep-batch", "4", "--device", "cpu",
-                           "--data", dreambench_root, "--out", tmp_path)
+                           "--data", dreambench_root, "--out", tmp_path, "--score-images", "40")
     assert code == 0, err
     assert "custom_diffusion" in out and "s / iteration" in out
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
@@ -21,8 +21,28 @@ def test_perf_tiny_cpu(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     assert row["infer_s_per_image_b1"] > 0 and 0 < row["infer_unet_s_per_image_b1"] <= row["infer_s_per_image_b1"]
     assert any(k.startswith("Optimizer.step") for k in row["phase_share"])
     assert record["versions"]["torch"]
+    scoring = record["scoring"]
+    assert scoring["images"] == 40 and scoring["seconds"] > 0 and scoring["suite"] == "tiny"
+    assert "Scoring 40 images in one pass (suite tiny" in out
+
+
+def test_random_scorer_builds_the_suite_architecture_without_weights() -> None:
+    """paper-random's scoring figure: the paper suite's backbones at full size, random weights, no download."""
+    import torch
+    from PIL import Image
+
+    from bench.metrics.scoring import random_scorer
+    from bench.metrics.suites import get_suite
+
+    scorer = random_scorer("dreambooth")  # the smaller real suite (ViT-B/32, ViT-S/16): same code path as paper
+    assert scorer.suite == get_suite("dreambooth")
+    assert scorer.clip_model.visual.output_dim == 512 and scorer.dino_model.num_features == 384
+    emb = scorer.image_embeddings([Image.new("RGB", (64, 64), (200, 10, 10))] * 3)
+    assert emb["clip"].shape == (3, 512) and torch.allclose(emb["clip"].norm(dim=-1), torch.ones(3))
 
 
 def test_perf_bad_method(tmp_path, monkeypatch, capsys) -> None:
     code, _, err = bench(monkeypatch, capsys, "perf", "--methods", "lorra", "--out", tmp_path)
     assert code == 2 and "did you mean 'lora'" in err
+    code, _, err = bench(monkeypatch, capsys, "perf", "--methods", "lora", "--score-images", "-1", "--out", tmp_path)
+    assert code == 2 and "--score-images must be >= 0" in err

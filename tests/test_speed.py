@@ -91,11 +91,65 @@ def test_runs_record_their_speed_settings(dreambench_root, tmp_path, monkeypatch
     code, _, err = bench(monkeypatch, capsys, *common, "--speed", "attention=eager")
     assert code == 0, err
     record = json.loads((tmp_path / "tiny/fake/default/dog/seed0/record.json").read_text())
-    assert record["speed"] == {"channels_last": "off", "compile": "off", "attention": "eager"}
+    assert record["speed"] == {"channels_last": "off", "compile": "off", "attention": "eager", "latents": "cache"}
     code, _, err = bench(monkeypatch, capsys, *common)
     assert code == 0 and "1 skipped" in err, "speed switches are not part of the config hash"
     code, _, err = bench(monkeypatch, capsys, *common, "--speed", "compile=yes")
     assert code == 2 and err.startswith("error: ") and "compile must be one of off, regional" in err
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4).eval()
+
+
+def _photos(n: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(3, 16, 16, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def test_cached_latents_equal_encoding_every_batch_and_encode_each_photo_once() -> None:
+    from bench.models.training import Latents, TrainingBatches
+
+    vae = _vae()
+    calls = []
+    encode = vae.encode
+    vae.encode = lambda x: calls.append(x.shape[0]) or encode(x)
+    cached, plain = Latents(vae, cache=True), Latents(vae, cache=False)
+    a = TrainingBatches(_photos(), "<new1> dog", 2, 2, seed=0, augment=False, hflip=True)
+    b = TrainingBatches(_photos(), "<new1> dog", 2, 2, seed=0, augment=False, hflip=True)
+    seen = set()
+    for _ in range(12):
+        batch_a, batch_b = next(a), next(b)
+        assert batch_a.keys is not None and torch.equal(batch_a.pixels, batch_b.pixels)
+        before = len(calls)
+        got = cached(batch_a.pixels, batch_a.keys, torch.Generator().manual_seed(7))
+        new = {k for k in batch_a.keys if k not in seen}
+        assert len(calls) - before == len(new), "each photo (and its mirror) is encoded once, alone"
+        seen |= new
+        want = plain(batch_b.pixels, batch_b.keys, torch.Generator().manual_seed(7))
+        assert torch.allclose(got, want, atol=1e-5), "same posterior, same sample: the latents do not change"
+    assert len(cached.posteriors) == len(seen) <= 6
+
+
+def test_augmented_batches_are_encoded_every_time_and_streams_never_share_a_cache() -> None:
+    from bench.models.training import Latents, TrainingBatches
+
+    vae = _vae()
+    latents = Latents(vae, cache=True)
+    augmented = next(TrainingBatches(_photos(), "<new1> dog", 2, 2, seed=0, augment=True))
+    assert augmented.keys is None
+    latents(augmented.pixels, augmented.keys)
+    assert not latents.posteriors
+    first = next(TrainingBatches(_photos(), "x", 1, 2, seed=0, augment=False, hflip=False))
+    other = next(TrainingBatches([p.flip(0) for p in _photos()], "x", 1, 2, seed=0, augment=False, hflip=False))
+    assert first.keys[0][1:] == other.keys[0][1:] and first.keys != other.keys  # same photo index, another stream
+    one = latents(first.pixels, first.keys, torch.Generator().manual_seed(0))
+    two = latents(other.pixels, other.keys, torch.Generator().manual_seed(0))
+    assert not torch.allclose(one, two)
 
 
 @pytest.mark.slow
@@ -106,6 +160,7 @@ def test_perf_speed_sweep_measures_each_switch(dreambench_root, tmp_path, monkey
     assert code == 0, err
     rows = json.loads(next(tmp_path.glob("*.json")).read_text())["methods"]
     assert [r["speed_label"] for r in rows] == ["default", "channels_last=on", "channels_last=off",
-                                                "compile=regional", "attention=eager", "default, again"]
+                                                "compile=regional", "attention=eager", "latents=encode",
+                                                "default, again"]
     assert rows[0]["vs_default"]["train_step_s"] == 1.0
     assert rows[3]["speed"]["compile"] == "regional" and "compile=regional: step x" in out

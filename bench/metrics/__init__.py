@@ -10,11 +10,13 @@ Importing this package does not import open_clip or timm (seconds); loading a su
 from bench.metrics.scoring import (
     Scorer,
     aggregate,
+    ceiling,
     clip_t,
     load_scorer,
     pairwise_max0,
     real_ceiling,
     real_vs_real,
+    score_embedded,
     score_images,
 )
 from bench.metrics.suites import SUITES, Suite, build_tiny_models, ensure_tiny, get_suite, suite_names
@@ -24,6 +26,7 @@ __all__ = [
     "Scorer",
     "Suite",
     "aggregate",
+    "ceiling",
     "build_tiny_models",
     "clip_t",
     "ensure_tiny",
@@ -32,6 +35,7 @@ __all__ = [
     "pairwise_max0",
     "real_ceiling",
     "real_vs_real",
+    "score_embedded",
     "score_images",
     "suite_names",
 ]

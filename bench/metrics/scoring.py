@@ -7,10 +7,11 @@ embeddings. open_clip and timm are imported inside functions: importing them tak
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,23 +100,58 @@ class Scorer:
     dino_preprocess: Callable[[Image.Image], torch.Tensor]
 
     @torch.inference_mode()
-    def image_embeddings(self, images: list[Image.Image], batch_size: int = 64) -> dict[str, torch.Tensor]:
-        """{"clip": (N, Dc), "dino": (N, Dd)}, L2-normalised float32 on CPU.
+    def image_embeddings(self, images: list[Image.Image | Path], batch_size: int | None = None,
+                         on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+        """{"clip": (N, Dc), "dino": (N, Dd)}, L2-normalised float32 on CPU, for images or image files.
 
-        Every image is first resized to `suite.image_size` square (bicubic), generated and real alike, then
-        goes through each backbone's own preprocessing."""
-        size = self.suite.image_size
-        out: dict[str, list[torch.Tensor]] = {"clip": [], "dino": []}
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            batch = [im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC) for im in chunk]
-            x_clip = torch.stack([self.clip_preprocess(im) for im in batch]).to(self.device)
-            x_dino = torch.stack([self.dino_preprocess(im) for im in batch]).to(self.device)
-            out["clip"].append(self.clip_model.encode_image(x_clip).float().cpu())
-            # timm with num_classes=0: forward == forward_features(x)[:, 0], the normed CLS token (B, Dd)
-            out["dino"].append(self.dino_model(x_dino).float().cpu())
+        Every image is first resized to `suite.image_size` square (bicubic), generated and real alike, then goes
+        through each backbone's own preprocessing. Decoding and preprocessing run in a thread pool one batch
+        ahead of the backbones, so a GPU is not left waiting on PIL; each backbone sees every image once.
+        `on_batch(n)` is called after each batch of n images.
+        """
+        batch_size = batch_size or self.batch_size
         dims = {"clip": self.clip_model.visual.output_dim, "dino": self.dino_model.num_features}
+        out: dict[str, list[torch.Tensor]] = {"clip": [], "dino": []}
+        for x_clip, x_dino in self._batches(images, batch_size):
+            out["clip"].append(self.clip_model.encode_image(self._to_device(x_clip)).float().cpu())
+            # timm with num_classes=0: forward == forward_features(x)[:, 0], the normed CLS token (B, Dd)
+            out["dino"].append(self.dino_model(self._to_device(x_dino)).float().cpu())
+            if on_batch:
+                on_batch(len(x_clip))
         return {k: F.normalize(torch.cat(v), dim=-1) if v else torch.empty(0, dims[k]) for k, v in out.items()}
+
+    @property
+    def batch_size(self) -> int:
+        """Images per backbone call: large on a GPU (3000 images are about a dozen calls), modest on a CPU."""
+        return 256 if self.device.startswith("cuda") else 64
+
+    def _prepare(self, image: Image.Image | Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image (or image file) -> (CLIP input (3, S, S), DINO input (3, s, s)): the suite's whole recipe."""
+        if not isinstance(image, Image.Image):
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        size = self.suite.image_size
+        square = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        return self.clip_preprocess(square), self.dino_preprocess(square)
+
+    def _batches(self, images: list[Image.Image | Path], batch_size: int
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Stacked (CLIP, DINO) inputs per batch, in order; the pool prepares batch k + 1 while k is embedded."""
+        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        if not chunks:
+            return
+        with ThreadPoolExecutor(max_workers=_prep_threads()) as pool:
+            ahead = [pool.submit(self._prepare, im) for im in chunks[0]]
+            for k in range(len(chunks)):
+                current = ahead
+                ahead = [pool.submit(self._prepare, im) for im in chunks[k + 1]] if k + 1 < len(chunks) else []
+                pairs = [f.result() for f in current]
+                yield torch.stack([c for c, _ in pairs]), torch.stack([d for _, d in pairs])
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.startswith("cuda"):
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
 
     @torch.inference_mode()
     def text_embeddings(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -128,32 +164,43 @@ class Scorer:
 
 
 def score_images(
-    scorer: Scorer, generated: list[Image.Image], texts: list[str], reals: list[Image.Image]
+    scorer: Scorer, generated: list[Image.Image | Path], texts: list[str], reals: list[Image.Image | Path]
 ) -> list[dict[str, float]]:
     """Per generated image {clip_t, clip_i, dino, n_real}; `texts[i]` is image i's CLIP-T text. Reals embedded once."""
     if len(generated) != len(texts):
         raise BenchError(f"{len(generated)} generated images but {len(texts)} texts")
     if not reals:
         raise BenchError("no real images to score against")
-    gen, real = scorer.image_embeddings(generated), scorer.image_embeddings(reals)
-    ct = clip_t(gen["clip"], scorer.text_embeddings(texts))
+    return score_embedded(scorer.image_embeddings(generated), scorer.text_embeddings(texts),
+                          scorer.image_embeddings(reals))
+
+
+def score_embedded(gen: dict[str, torch.Tensor], texts: torch.Tensor, real: dict[str, torch.Tensor]
+                   ) -> list[dict[str, float]]:
+    """`score_images` on embeddings: gen {"clip": (N, Dc), "dino": (N, Dd)}, texts (N, Dc), real {..: (M, D)}.
+
+    Lets a caller embed many runs' images in one pass per backbone and score each run from its slice."""
+    ct = clip_t(gen["clip"], texts)
     ci, dn = pairwise_max0(gen["clip"], real["clip"]), pairwise_max0(gen["dino"], real["dino"])
-    return [
-        {"clip_t": float(ct[i]), "clip_i": float(ci[i]), "dino": float(dn[i]), "n_real": len(reals)}
-        for i in range(len(generated))
-    ]
+    n_real = real["clip"].shape[0]
+    return [{"clip_t": float(ct[i]), "clip_i": float(ci[i]), "dino": float(dn[i]), "n_real": n_real}
+            for i in range(len(ct))]
 
 
-def real_vs_real(scorer: Scorer, reals: list[Image.Image]) -> dict[str, float]:
-    """The ceiling row: mean CLIP-I and DINO over real-vs-real pairs (self excluded); n real images, n_pairs."""
-    emb = scorer.image_embeddings(reals)
-    n = len(reals)
+def ceiling(real: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The ceiling row from the real images' embeddings: mean CLIP-I and DINO over real-vs-real pairs."""
+    n = real["clip"].shape[0]
     return {
-        "clip_i": float(real_ceiling(emb["clip"]).mean()) if n > 1 else float("nan"),
-        "dino": float(real_ceiling(emb["dino"]).mean()) if n > 1 else float("nan"),
+        "clip_i": float(real_ceiling(real["clip"]).mean()) if n > 1 else float("nan"),
+        "dino": float(real_ceiling(real["dino"]).mean()) if n > 1 else float("nan"),
         "n": n,
         "n_pairs": n * (n - 1),
     }
+
+
+def real_vs_real(scorer: Scorer, reals: list[Image.Image | Path]) -> dict[str, float]:
+    """The ceiling row: mean CLIP-I and DINO over real-vs-real pairs (self excluded); n real images, n_pairs."""
+    return ceiling(scorer.image_embeddings(reals))
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -173,14 +220,33 @@ def load_scorer(suite: str | Suite, device: str = "cpu") -> Scorer:
     return _SCORERS[key]
 
 
-def _load_clip(suite: Suite, device: str) -> tuple[Any, Any, Any]:
+def random_scorer(suite: str | Suite, device: str = "cpu") -> Scorer:
+    """The suite's backbones at full size with seeded random weights and its exact preprocessing: what `bench perf`
+    times scoring with on a machine without the weights (`paper-random`). Its scores mean nothing."""
+    import torch
+
+    suite = get_suite(suite) if isinstance(suite, str) else suite
+    if suite.builder == "tiny":
+        return load_scorer(suite, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clip, clip_pre, tokenizer = _load_clip(suite, str(device), random=True)
+        dino, dino_pre = _load_dino(suite, str(device), random=True)
+    return Scorer(suite, str(device), clip, clip_pre, tokenizer, dino, dino_pre)
+
+
+def _load_clip(suite: Suite, device: str, random: bool = False) -> tuple[Any, Any, Any]:
     import open_clip
 
     def load() -> tuple[Any, Any, Any]:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            suite.clip_arch, pretrained=suite.clip_pretrained, force_quick_gelu=suite.clip_quick_gelu, device=device
+            suite.clip_arch, pretrained=None if random else suite.clip_pretrained,
+            force_quick_gelu=suite.clip_quick_gelu, device=device
         )
         return model.eval(), preprocess, open_clip.get_tokenizer(suite.clip_arch)
+
+    if random:
+        return load()
 
     source = suite.clip_pretrained or ""
     local = source if (os.sep in source or source.endswith((".safetensors", ".bin", ".pt", ".pth"))) else None
@@ -188,20 +254,23 @@ def _load_clip(suite: Suite, device: str) -> tuple[Any, Any, Any]:
     return _load(suite, what, local, ENV_CLIP, "open_clip_model.safetensors", load)
 
 
-def _load_dino(suite: Suite, device: str) -> tuple[Any, Any]:
+def _load_dino(suite: Suite, device: str, random: bool = False) -> tuple[Any, Any]:
     import timm
     from torchvision import transforms as T
 
     def load() -> tuple[Any, Any]:
-        overlay = {"file": suite.dino_weights} if suite.dino_weights else None
+        overlay = {"file": suite.dino_weights} if suite.dino_weights and not random else None
         model = timm.create_model(
-            suite.dino_arch, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0, **dict(suite.dino_kwargs)
+            suite.dino_arch, pretrained=not random, pretrained_cfg_overlay=overlay, num_classes=0,
+            **dict(suite.dino_kwargs)
         )
         steps = [T.Resize(suite.dino_resize, interpolation=T.InterpolationMode.BICUBIC)]
         steps += [T.CenterCrop(suite.dino_crop)] if suite.dino_crop else []
         steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         return model.to(device).eval(), T.Compose(steps)
 
+    if random:
+        return load()
     what = f"DINO {suite.dino_arch}" + (f" ({suite.dino_weights})" if suite.dino_weights else "")
     return _load(suite, what, suite.dino_weights, ENV_DINO, "model.safetensors", load)
 
@@ -223,6 +292,15 @@ def _load(suite: Suite, what: str, local: str | None, env: str, filename: str, l
     except Exception as e:
         why = "weights are not cached and the hub is unreachable" if offline else f"download failed ({_first_line(e)})"
         raise BenchError(f"{head}: {why}; use --suite tiny, or set {env}=/path/to/{filename}") from e
+
+
+def _prep_threads() -> int:
+    """Threads that decode and preprocess images: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS has no affinity
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def _first_line(e: BaseException) -> str:

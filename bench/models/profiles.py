@@ -63,7 +63,10 @@ class Profile:
     random_init: bool = False
     """True for paper-random: build every component from its config, load no weights."""
     iteration_cap: int | None = None
-    """When set, every method trains at most this many iterations (tiny: a full sweep in CPU minutes)."""
+    """When set, every training stage runs at most this many iterations (tiny: a full sweep in CPU minutes)."""
+    step_cap: int | None = None
+    """When set, every multi-step sampler runs at most this many steps (the config fields ending in `_steps`:
+    the 25-step teacher and SD 2.1 samplers on tiny); one-step and the NFE ablation's 2 and 4 are below it."""
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     """Seeds of the evaluation images; the protocol's 25 prompts x these seeds per concept."""
 
@@ -75,6 +78,7 @@ class Profile:
             "resolution": self.resolution,
             "random_init": self.random_init,
             "iteration_cap": self.iteration_cap,
+            "step_cap": self.step_cap,
             "eval_seeds": list(self.eval_seeds),
             "components": {
                 role: {"source": c.source, "subfolder": c.subfolder, "file": c.file, **c.options}
@@ -137,6 +141,12 @@ TINY_EVAL_SEEDS = (0,)
 models are random stand-ins whose scores only show that the pipeline works, and a CPU sweep stays in minutes."""
 
 
+TINY_ITERATION_CAP = 10
+"""Iterations per training stage on tiny (EchoDistill: 10 distillation + 10 echo)."""
+TINY_STEP_CAP = 5
+"""Sampling steps on tiny: the 25-step teacher views and SD 2.1 sampling take 5 (the code path is the same)."""
+
+
 def _tiny(backbone: str) -> Profile:
     from bench.models.tiny import tiny_root
 
@@ -148,7 +158,8 @@ def _tiny(backbone: str) -> Profile:
     else:
         comps = {**_diffusers_roles("student", "student", str(root / "hyper-sd15"), "", with_vae=False),
                  **_diffusers_roles("teacher", "teacher", str(root / "sd15"), "", with_vae=True)}
-    return Profile("tiny", backbone, 64, {**comps, **images}, iteration_cap=20, eval_seeds=TINY_EVAL_SEEDS)
+    return Profile("tiny", backbone, 64, {**comps, **images}, iteration_cap=TINY_ITERATION_CAP,
+                   step_cap=TINY_STEP_CAP, eval_seeds=TINY_EVAL_SEEDS)
 
 
 def get_profile(name: str, backbone: str = "sd-turbo", weights: dict[str, str] | None = None) -> Profile:

@@ -35,10 +35,14 @@ class Speed:
     attention: str = "sdpa"
     """"sdpa" (default): torch's fused `scaled_dot_product_attention` (diffusers' AttnProcessor2_0); "eager":
     the plain matmul-softmax-matmul processor, to measure what SDPA saves."""
+    latents: str = "cache"
+    """"cache" (default): a training photo's VAE encoding is computed once and only its posterior sample drawn
+    each step, wherever batches repeat photos exactly (no random-scale augmentation: DreamBooth, LoRA, Textual
+    Inversion; see `bench.models.training.Latents`); "encode": every batch goes through the VAE encoder."""
 
     def __post_init__(self) -> None:
         for name, valid in (("channels_last", ("auto", "on", "off")), ("compile", ("off", "regional")),
-                            ("attention", ("sdpa", "eager"))):
+                            ("attention", ("sdpa", "eager")), ("latents", ("cache", "encode"))):
             if getattr(self, name) not in valid:
                 raise ValueError(f"speed {name} must be one of {', '.join(valid)}, not '{getattr(self, name)}'")
 
@@ -94,7 +98,8 @@ def sweep_settings() -> list[tuple[str, Speed]]:
     defaults again last, whose ratio to the first row shows how much of a difference is noise and drift."""
     return [("default", Speed()), ("channels_last=on", Speed(channels_last="on")),
             ("channels_last=off", Speed(channels_last="off")), ("compile=regional", Speed(compile="regional")),
-            ("attention=eager", Speed(attention="eager")), ("default, again", Speed())]
+            ("attention=eager", Speed(attention="eager")), ("latents=encode", Speed(latents="encode")),
+            ("default, again", Speed())]
 
 
 def check_autocast(setting: str) -> None:

@@ -5,9 +5,11 @@ Shared by every trainable method so that they all see the same data pipeline (pr
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,6 +33,9 @@ class Batch:
     masks: torch.Tensor
     """(B, 1, h, w) at latent resolution: 1 where the loss counts."""
     prompts: list[str]
+    keys: tuple[tuple[int, int, bool], ...] | None = None
+    """Per sample (stream, photo index, mirrored) when the pixels are exactly a photo or its mirror (no random-scale
+    augmentation), so its VAE encoding can be reused (`Latents`); None when augmented."""
 
 
 def load_pixels(paths: tuple[Path, ...] | list[Path], size: int) -> list[torch.Tensor]:
@@ -99,16 +104,20 @@ class TrainingBatches:
         self.augment, self.hflip, self.templates = augment, hflip, templates
         self.size = images[0].shape[-1]
         self.rng = random.Random(seed)
+        self.stream = next(_STREAMS)  # tells apart the photos of different streams in a `Latents` cache
 
     def __iter__(self) -> TrainingBatches:
         return self
 
     def __next__(self) -> Batch:
-        pixels, masks, prompts = [], [], []
+        pixels, masks, prompts, keys = [], [], [], []
         for _ in range(self.batch_size):
-            image = self.images[self.rng.randrange(len(self.images))]
-            if self.hflip and self.rng.random() < 0.5:
+            index = self.rng.randrange(len(self.images))
+            image = self.images[index]
+            mirrored = self.hflip and self.rng.random() < 0.5
+            if mirrored:
                 image = image.flip(-1)
+            keys.append((self.stream, index, mirrored))
             if self.augment:
                 image, mask, prefix = custom_diffusion_augment(image, self.size, self.factor, self.rng)
             else:
@@ -116,7 +125,7 @@ class TrainingBatches:
             pixels.append(image)
             masks.append(mask)
             prompts.append(prefix + self.rng.choice(self.templates).format(self.phrase))
-        return Batch(torch.stack(pixels), torch.stack(masks), prompts)
+        return Batch(torch.stack(pixels), torch.stack(masks), prompts, None if self.augment else tuple(keys))
 
     def state(self) -> object:
         """The stream's position (for checkpoints)."""
@@ -124,6 +133,40 @@ class TrainingBatches:
 
     def set_state(self, state: object) -> None:
         self.rng.setstate(state)
+
+
+_STREAMS = itertools.count()
+
+
+class Latents:
+    """Training pixels -> VAE latents, a fresh posterior sample times the scaling factor: (B, 4, h, w).
+
+    With `cache` on, each distinct photo of a batch that carries `keys` (no random-scale augmentation: the pixels
+    are exactly a photo or its mirror) is encoded once, alone, and its posterior (mean, log-variance) kept; every
+    later step only draws the sample, from the same generator as before. The latents are therefore those of
+    encoding every batch, up to float rounding. Batches without keys are encoded as they come. The speed switch
+    `latents` (`bench.models.speed`) turns the cache on ("cache", default) or off ("encode").
+    """
+
+    def __init__(self, vae: Any, cache: bool = True) -> None:
+        self.vae, self.cache = vae, cache
+        self.posteriors: dict[tuple[int, int, bool], torch.Tensor] = {}
+        """key -> (2C, h, w) posterior parameters, as `DiagonalGaussianDistribution` takes them."""
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor, keys: tuple | None, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+        """pixels (B, 3, H, W) in [-1, 1] on the VAE's device -> latents (B, 4, h, w)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        if not (self.cache and keys is not None):
+            posterior = self.vae.encode(pixels).latent_dist
+        else:
+            for i, key in enumerate(keys):
+                if key not in self.posteriors:
+                    self.posteriors[key] = self.vae.encode(pixels[i : i + 1]).latent_dist.parameters[0]
+            posterior = DiagonalGaussianDistribution(torch.stack([self.posteriors[k] for k in keys]))
+        return posterior.sample(generator) * self.vae.config.scaling_factor
 
 
 # --- the denoising loss every fine-tuning baseline uses ---------------------------------------------------

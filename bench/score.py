@@ -1,0 +1,154 @@
+"""`bench score`: score finished runs again from their saved images, every image of the selection in one pass.
+
+A run scores its own images as it finishes (`bench.runs.evaluate`). This module scores many finished runs at
+once: every generated image of the selected runs (all views), every real image of their concepts and every
+CLIP-T text go through each backbone of the suite in large batches, one pass per backbone. Each run then gets
+its scores from its slice of the embeddings, exactly as `evaluate` computes them.
+
+The use: putting finished runs under another metric suite without training or sampling again
+(`bench score --method echodistill --suite dreambooth`). A rescored record is the record `bench run --suite`
+would have written (same images, same config hash), plus `rescored` saying from which suite. Only runs that are
+done and current are touched; each record is replaced atomically under the run's lock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import store
+from bench.api import BenchError, Concept
+from bench.runs import Context, Job, _resolve, job_hash, load_concept
+
+
+@dataclass
+class _Run:
+    """One run to rescore: its record, and the images of each of its evaluations (None = the run's own)."""
+
+    job: Job
+    run_dir: Path
+    record: dict[str, Any]
+    new_hash: str
+    concept: Concept
+    parts: dict[str | None, list[int]] = field(default_factory=dict)
+    """Evaluation (None or a view name) -> indices into the pass's image list, in the record's row order."""
+
+
+def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[str]]]:
+    """The runs of `jobs` that can be rescored under `ctx.suite`, and the others by reason."""
+    todo, skipped = [], {"already": [], "not_done": [], "outdated": []}
+    concepts: dict[str, Concept] = {}
+    for job in jobs:
+        profile, config, _, new_hash = _resolve(job, ctx)
+        run_dir = job.key.path(ctx.results)
+        record = store.read_record(run_dir)
+        label = job.key.label()
+        if record is None or record.get("status") != "done":
+            skipped["not_done"].append(label)
+            continue
+        old_suite = (record.get("metric_suite") or {}).get("name")
+        if old_suite is None or job_hash(job, config, profile.describe(), {"name": old_suite}) != record.get(
+                "config_hash"):
+            skipped["outdated"].append(label)  # trained or evaluated with another config: `bench run` redoes it
+            continue
+        if record.get("config_hash") == new_hash and not ctx.force:  # the hash names the suite
+            skipped["already"].append(label)
+            continue
+        if job.concept not in concepts:
+            concepts[job.concept] = load_concept(job, ctx)
+        todo.append(_Run(job, run_dir, record, new_hash, concepts[job.concept]))
+    return todo, skipped
+
+
+def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None = None,
+            on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Score the selected runs' images under `ctx.suite` in one pass per backbone and rewrite their records.
+
+    Returns {"rescored": [labels], "already" | "not_done" | "outdated" | "changed": [labels], "images": N,
+    "embed_s": seconds for the pass}. `on_batch(done, total)` reports progress in images.
+    """
+    from bench.metrics import aggregate, ceiling, get_suite, load_scorer, score_embedded
+
+    runs, outcome = select(jobs, ctx)
+    outcome = {"rescored": [], **outcome, "changed": [], "images": 0, "embed_s": 0.0}
+    if not runs:
+        return outcome
+    files, texts = [], []
+    for run in runs:
+        for part, rows in _evaluations(run.record):
+            folder = run.run_dir if part is None else run.run_dir / "views"
+            run.parts[part] = list(range(len(files), len(files) + len(rows)))
+            for row in rows:
+                path = folder / row["file"]
+                if not path.is_file():
+                    raise BenchError(f"{run.job.key.label()}: image {path} is missing; run `bench run --force` "
+                                     f"for this run to sample it again")
+                files.append(path)
+                texts.append(run.concept.clip_text(run.concept.prompts[int(row["prompt_index"])]))
+    reals = sorted({p for run in runs for p in run.concept.images})
+    scorer = load_scorer(ctx.suite, device)
+    total = len(files) + len(reals)
+    started = time.perf_counter()
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        if on_batch:
+            on_batch(done[0], total)
+
+    gen = scorer.image_embeddings(files, batch_size, on_batch=progress)
+    real = scorer.image_embeddings(reals, batch_size, on_batch=progress)
+    text = scorer.text_embeddings(texts)
+    outcome["embed_s"], outcome["images"] = time.perf_counter() - started, total
+    real_index = {p: i for i, p in enumerate(reals)}
+    suite = get_suite(ctx.suite).describe()
+    for run in runs:
+        mine = [real_index[p] for p in run.concept.images]
+        real_emb = {k: v[mine] for k, v in real.items()}
+        record = dict(run.record)
+        for part, rows in _evaluations(record):
+            idx = run.parts[part]
+            scores = score_embedded({k: v[idx] for k, v in gen.items()}, text[idx], real_emb)
+            new_rows = [{**row, **sc} for row, sc in zip(rows, scores)]
+            target = record if part is None else record["views"][part]
+            summary = aggregate([{**r, "concept": run.job.concept} for r in new_rows])
+            target.update(images=new_rows, metrics={k: summary[k] for k in ("clip_t", "clip_i", "dino")},
+                          real_vs_real=ceiling(real_emb))
+        record.update(metric_suite=suite, config_hash=run.new_hash,
+                      rescored={"from_suite": run.record["metric_suite"].get("name"),
+                                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pass_images": total,
+                                "pass_s": outcome["embed_s"]})
+        outcome["rescored" if _commit(run, record) else "changed"].append(run.job.key.label())
+    return outcome
+
+
+def _evaluations(record: dict[str, Any]) -> list[tuple[str | None, list[dict[str, Any]]]]:
+    """(None, the run's own image rows), then (view name, its rows) for each view, in the record's order."""
+    out: list[tuple[str | None, list[dict[str, Any]]]] = [(None, record.get("images") or [])]
+    out += [(name, view.get("images") or []) for name, view in (record.get("views") or {}).items()]
+    return out
+
+
+def _commit(run: _Run, record: dict[str, Any]) -> bool:
+    """Replace the run's record under its lock, unless the run changed since it was read (then leave it)."""
+    lock = store.RunLock(run.run_dir)
+    if not lock.acquire():
+        return False
+    try:
+        now = store.read_record(run.run_dir)
+        if not now or now.get("config_hash") != run.record.get("config_hash") or now.get("finished_at") != \
+                run.record.get("finished_at"):
+            return False
+        store.write_json_atomic(run.run_dir / store.RECORD, _stored(record))
+        return True
+    finally:
+        lock.release()
+
+
+def _stored(value: Any) -> Any:
+    """What a value reads back as from record.json."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
