@@ -195,6 +195,9 @@ def score(method: str = typer.Option(..., "--method", help="Method name(s), comm
           concepts: str = CONCEPTS, seeds: str = SEEDS, profile: str = PROFILE,
           backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
           results: Path = RESULTS, suite: Optional[str] = SUITE, device: Optional[str] = DEVICE,
+          weights: Optional[list[str]] = WEIGHTS,
+          concept_dir: Optional[Path] = typer.Option(None, "--concept-dir", help="Runs of your own concept folder."),
+          class_noun: Optional[str] = typer.Option(None, "--class-noun", help="Class noun for --concept-dir."),
           batch: Optional[int] = typer.Option(None, "--batch", help="Images per backbone call (default 256 on a "
                                                                      "GPU, 64 on a CPU)."),
           force: bool = typer.Option(False, "--force", help="Also rescore runs already scored under --suite.")
@@ -207,8 +210,8 @@ def score(method: str = typer.Option(..., "--method", help="Method name(s), comm
         raise BenchError(f"--batch must be >= 1, got {batch}")
     methods = method.split(",")
     jobs, ctx = prepare(methods, variants_for(methods, variant.split(","), _sets(set_)), concepts,
-                        _ints(seeds, "--seeds"), profile, backbone, data, results, suite, device, force=force,
-                        check_images=False)
+                        _ints(seeds, "--seeds"), profile, backbone, data, results, suite, device, weights, force=force,
+                        concept_dir=concept_dir, class_noun=class_noun, check_images=False)
     with _progress_bar() as (progress, task):
         outcome = rescore(jobs, ctx, _device(device), batch,
                           on_batch=lambda done, total: progress.update(task, completed=done, total=total))
@@ -217,6 +220,7 @@ def score(method: str = typer.Option(..., "--method", help="Method name(s), comm
                f"in {outcome['embed_s']:.1f} s{rate}); {len(outcome['already'])} already under it")
     for key, why in (("not_done", "not finished (run `bench run` first)"),
                      ("outdated", "recorded with another config (run `bench run` to redo them)"),
+                     ("missing_images", "with image files missing (`bench run --force` samples them again)"),
                      ("changed", "changed or locked while scoring (left as they were)")):
         if outcome[key]:
             typer.echo(f"{len(outcome[key])} {why}: {', '.join(outcome[key][:5])}"
@@ -292,8 +296,8 @@ def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-se
          speed: Optional[list[str]] = SPEED,
          speed_sweep: bool = typer.Option(False, "--speed-sweep", help="Measure the default speed settings, then "
                                           "each switch flipped on its own; report each one's effect as a ratio."),
-         score_images: int = typer.Option(3000, "--score-images", help="Also time scoring this many images in one "
-                                          "pass (0: skip).")
+         score_images: Optional[int] = typer.Option(None, "--score-images", help="Also time scoring this many "
+                                                    "images in one pass (default: 3000 on a GPU, 0 = skip on a CPU).")
          ) -> None:
     """Seconds per training iteration, phase shares, FLOPs, peak memory and latency, per method."""
     from bench.models.profiles import parse_weights

@@ -173,8 +173,7 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     }
 
 
-def measure_scoring(profile: Any, device: str | None, concept: Any, n: int, batch: int | None = None
-                    ) -> dict[str, Any]:
+def measure_scoring(profile: Any, device: str | None, concept: Any, n: int) -> dict[str, Any]:
     """Seconds to score `n` generated images as `bench score` does: every image (and its CLIP-T text) through
     each backbone of the profile's suite in one batched pass, against the concept's real images.
 
@@ -200,20 +199,25 @@ def measure_scoring(profile: Any, device: str | None, concept: Any, n: int, batc
     score_images(scorer, images[:8], texts[:8], list(concept.images))  # warm-up: kernels, allocator
     with Stopwatch(device) as sw:
         score_images(scorer, images, texts, list(concept.images))
-    return {"suite": suite, "weights": "random" if profile.name == "paper-random" else "real", "images": n,
-            "seconds": sw.seconds, "images_per_s": n / sw.seconds if sw.seconds > 0 else None,
-            "batch": batch or scorer.batch_size, "device": str(device)}
+    out = {"suite": suite, "weights": "random" if profile.name == "paper-random" else "real", "images": n,
+           "seconds": sw.seconds, "images_per_s": n / sw.seconds if sw.seconds > 0 else None,
+           "batch": scorer.batch_size, "device": str(device)}
+    del scorer
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()  # the methods' peak memory is measured next
+    return out
 
 
 def run_perf(methods: list[str], profile_name: str, resolution: int | None, batch: int, warmup: int, iterations: int,
              sweep_batch: int, device: str | None, data: Path, out_dir: Path, weights: dict[str, str] | None = None,
-             speed: Any = None, speed_sweep: bool = False, score_images: int = 0) -> tuple[Path, str]:
+             speed: Any = None, speed_sweep: bool = False, score_images: int | None = 0) -> tuple[Path, str]:
     """Measure each method; write `<out_dir>/<profile>-<device>-<time>.{json,md}`; return (json path, table).
 
     With `speed_sweep`, each method is measured under the default speed settings and then with each switch
     flipped on its own (`bench.models.speed.sweep_settings`), in this one process; every row then carries
     `speed_label` and its ratios to the default row (`vs_default`: step time, latency at batch 1). With
-    `score_images` > 0, also the time to score that many images in one pass (`measure_scoring`)."""
+    `score_images` > 0 (None: 3000 on a GPU, 0 on a CPU), also the time to score that many images in one pass
+    (`measure_scoring`), measured first so that a suite that cannot load fails before any method is timed."""
     from bench.models.speed import Speed, sweep_settings
 
     from bench.data import select_concepts
@@ -224,6 +228,10 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
     for name in methods:
         if name not in method_names():
             raise unknown("method", name, method_names())
+    if score_images is None:
+        import torch
+
+        score_images = 3000 if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else 0
     if score_images < 0:
         raise BenchError(f"--score-images must be >= 0, got {score_images}")
     profile = get_profile(profile_name, weights=weights)
@@ -232,6 +240,7 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
             raise BenchError(f"--resolution must be a multiple of 8, got {resolution}")
         profile = dataclasses.replace(profile, resolution=resolution)
     concept = select_concepts(data, "dog")[0]
+    scoring = measure_scoring(profile, device, concept, score_images) if score_images else None
     settings = sweep_settings() if speed_sweep else [("", speed or Speed())]
     rows = []
     for m in methods:
@@ -244,7 +253,6 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
                 row["vs_default"] = {k: row[k] / base[k] if row[k] and base[k] else None
                                      for k in ("train_step_s", "infer_s_per_image_b1")}
             rows.append(row)
-    scoring = measure_scoring(profile, device, concept, score_images) if score_images else None
     record = {"schema": 1, "kind": "perf", "profile": profile_name, "resolution": profile.resolution, "batch": batch,
               "warmup": warmup, "iterations": iterations, "versions": versions(), "git_commit": git_commit(),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": rows, "scoring": scoring}

@@ -3,23 +3,26 @@
 A run scores its own images as it finishes (`bench.runs.evaluate`). This module scores many finished runs at
 once: every generated image of the selected runs (all views), every real image of their concepts and every
 CLIP-T text go through each backbone of the suite in large batches, one pass per backbone. Each run then gets
-its scores from its slice of the embeddings, exactly as `evaluate` computes them.
+its scores from its slice of the embeddings, computed as `evaluate` computes them (equal up to float rounding:
+on a GPU an embedding can depend on the batch it was computed in).
 
 The use: putting finished runs under another metric suite without training or sampling again
 (`bench score --method echodistill --suite dreambooth`). A rescored record is the record `bench run --suite`
-would have written (same images, same config hash), plus `rescored` saying from which suite. Only runs that are
+would have written (same images, same config hash, scores up to float rounding), plus `rescored` saying from
+which suite. Only runs that are
 done and current are touched; each record is replaced atomically under the run's lock.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from bench import store
-from bench.api import BenchError, Concept
+from bench.api import Concept
 from bench.runs import Context, Job, _resolve, job_hash, load_concept
 
 
@@ -38,7 +41,7 @@ class _Run:
 
 def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[str]]]:
     """The runs of `jobs` that can be rescored under `ctx.suite`, and the others by reason."""
-    todo, skipped = [], {"already": [], "not_done": [], "outdated": []}
+    todo, skipped = [], {"already": [], "not_done": [], "outdated": [], "missing_images": []}
     concepts: dict[str, Concept] = {}
     for job in jobs:
         profile, config, _, new_hash = _resolve(job, ctx)
@@ -56,6 +59,9 @@ def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[st
         if record.get("config_hash") == new_hash and not ctx.force:  # the hash names the suite
             skipped["already"].append(label)
             continue
+        if any(not path.is_file() for _, rows, folder in _evaluations(record, run_dir) for path in _files(rows, folder)):
+            skipped["missing_images"].append(label)  # deleted by hand: `bench run --force` samples them again
+            continue
         if job.concept not in concepts:
             concepts[job.concept] = load_concept(job, ctx)
         todo.append(_Run(job, run_dir, record, new_hash, concepts[job.concept]))
@@ -66,8 +72,8 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
             on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Score the selected runs' images under `ctx.suite` in one pass per backbone and rewrite their records.
 
-    Returns {"rescored": [labels], "already" | "not_done" | "outdated" | "changed": [labels], "images": N,
-    "embed_s": seconds for the pass}. `on_batch(done, total)` reports progress in images.
+    Returns {"rescored": [labels], "already" | "not_done" | "outdated" | "missing_images" | "changed": [labels],
+    "images": N, "embed_s": seconds for the pass}. `on_batch(done, total)` reports progress in images.
     """
     from bench.metrics import aggregate, ceiling, get_suite, load_scorer, score_embedded
 
@@ -77,16 +83,10 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
         return outcome
     files, texts = [], []
     for run in runs:
-        for part, rows in _evaluations(run.record):
-            folder = run.run_dir if part is None else run.run_dir / "views"
+        for part, rows, folder in _evaluations(run.record, run.run_dir):
             run.parts[part] = list(range(len(files), len(files) + len(rows)))
-            for row in rows:
-                path = folder / row["file"]
-                if not path.is_file():
-                    raise BenchError(f"{run.job.key.label()}: image {path} is missing; run `bench run --force` "
-                                     f"for this run to sample it again")
-                files.append(path)
-                texts.append(run.concept.clip_text(run.concept.prompts[int(row["prompt_index"])]))
+            files += _files(rows, folder)
+            texts += [run.concept.clip_text(run.concept.prompts[int(row["prompt_index"])]) for row in rows]
     reals = sorted({p for run in runs for p in run.concept.images})
     scorer = load_scorer(ctx.suite, device)
     total = len(files) + len(reals)
@@ -107,8 +107,8 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
     for run in runs:
         mine = [real_index[p] for p in run.concept.images]
         real_emb = {k: v[mine] for k, v in real.items()}
-        record = dict(run.record)
-        for part, rows in _evaluations(record):
+        record = copy.deepcopy(run.record)
+        for part, rows, _ in _evaluations(record, run.run_dir):
             idx = run.parts[part]
             scores = score_embedded({k: v[idx] for k, v in gen.items()}, text[idx], real_emb)
             new_rows = [{**row, **sc} for row, sc in zip(rows, scores)]
@@ -124,11 +124,16 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
     return outcome
 
 
-def _evaluations(record: dict[str, Any]) -> list[tuple[str | None, list[dict[str, Any]]]]:
-    """(None, the run's own image rows), then (view name, its rows) for each view, in the record's order."""
-    out: list[tuple[str | None, list[dict[str, Any]]]] = [(None, record.get("images") or [])]
-    out += [(name, view.get("images") or []) for name, view in (record.get("views") or {}).items()]
+def _evaluations(record: dict[str, Any], run_dir: Path) -> list[tuple[str | None, list[dict[str, Any]], Path]]:
+    """(None, the run's own image rows, the folder their `file` is relative to), then the same for each view."""
+    out: list[tuple[str | None, list[dict[str, Any]], Path]] = [(None, record.get("images") or [], run_dir)]
+    out += [(name, view.get("images") or [], run_dir / "views") for name, view in (record.get("views") or {}).items()]
     return out
+
+
+def _files(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """The image files of an evaluation's rows (`file` is "images/p00_s0.png", or "<view>/p00_s0.png")."""
+    return [folder / row["file"] for row in rows]
 
 
 def _commit(run: _Run, record: dict[str, Any]) -> bool:
@@ -139,7 +144,7 @@ def _commit(run: _Run, record: dict[str, Any]) -> bool:
     try:
         now = store.read_record(run.run_dir)
         if not now or now.get("config_hash") != run.record.get("config_hash") or now.get("finished_at") != \
-                run.record.get("finished_at"):
+                run.record.get("finished_at") or not lock.still_held():
             return False
         store.write_json_atomic(run.run_dir / store.RECORD, _stored(record))
         return True

@@ -168,7 +168,7 @@ def sample_directions(
 
 
 class _SortValues(torch.autograd.Function):
-    """`x` sorted along its last dim, differentiable: the gradient goes back through the sorting permutation."""
+    """CPU `x` sorted along its last dim, differentiable: the gradient goes back through the sorting permutation."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
@@ -187,22 +187,21 @@ def _on_numpy(x: Tensor) -> bool:
 
 
 def _argsort(x: Tensor) -> Tensor:
-    if _on_numpy(x):
-        return torch.from_numpy(np.argsort(x.detach().numpy(), axis=-1)).to(torch.int64)
-    return x.argsort(dim=-1)
+    return torch.from_numpy(np.argsort(x.detach().numpy(), axis=-1)).to(torch.int64)
 
 
 def sort_values(x: Tensor) -> Tensor:
     """Sorted values of `x` along the last dim, ascending; differentiable like `x.sort(dim=-1).values`.
 
-    The same numbers as `torch.sort`. On CPU (float32/64) the order comes from numpy, whose vectorised sort is
+    The same values as `torch.sort` (and the same gradient, up to which of several equal values gets which
+    position). On CPU (float32/64) the order comes from numpy, whose vectorised sort is
     several times faster there than torch's for the (B, 128, H*W) projections of MS-SWD (the largest share of an
     EchoDistill iteration on the `tiny` profile); on an accelerator torch.sort is used as it is.
     """
-    if not x.requires_grad:
-        if _on_numpy(x):
-            return torch.from_numpy(np.sort(x.numpy(), axis=-1))
+    if not _on_numpy(x):
         return x.sort(dim=-1).values
+    if not x.requires_grad:
+        return torch.from_numpy(np.sort(x.numpy(), axis=-1))
     return _SortValues.apply(x)
 
 

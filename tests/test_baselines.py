@@ -317,12 +317,12 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, dreambench_root, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["textual_inversion", "dreambooth", "lora"])
 def test_cli_run_end_to_end(name: str, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    """The full tiny run (iterations capped at 20 by the profile): train, sample 25 images, score, record."""
+    """The full tiny run (iterations capped at 10 by the profile): train, sample 25 images, score, record."""
     code, _, err = bench(monkeypatch, capsys, "run", "--method", name, "--concepts", "dog", "--data", dreambench_root,
                          "--results", tmp_path)
     assert code == 0, err
     run = tmp_path / "tiny" / name / "default" / "dog" / "seed0"
     record = json.loads((run / "record.json").read_text())
-    assert record["status"] == "done" and record["config"]["iterations"] == 20
+    assert record["status"] == "done" and record["config"]["iterations"] == 10
     assert record["config"]["timestep_policy"] == "t999" and len(record["images"]) == 25
     assert any((run / "weights").iterdir())

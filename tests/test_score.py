@@ -121,15 +121,16 @@ def test_bad_input_is_one_line_and_exit_2(fake, dreambench_root, tmp_path, monke
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_missing_image_names_the_run_and_changes_nothing(fake, other_suite, dreambench_root, tmp_path,
-                                                           monkeypatch, capsys):
-    common = ["--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path]
+def test_a_run_with_missing_images_is_listed_and_left_alone(fake, other_suite, dreambench_root, tmp_path,
+                                                             monkeypatch, capsys):
+    common = ["--method", "fake", "--concepts", CONCEPTS, "--data", dreambench_root, "--results", tmp_path]
     assert bench(monkeypatch, capsys, "run", *common)[0] == 0
     run = tmp_path / "tiny" / "fake" / "default" / "dog" / "seed0"
     before = (run / "record.json").read_text()
     (run / "views" / "dim" / "p03_s0.png").unlink()
-    code, _, err = bench(monkeypatch, capsys, "score", *common, "--suite", other_suite)
-    assert code == 2 and "fake/default/dog/seed0" in err and "p03_s0.png is missing" in err
+    code, out, _ = bench(monkeypatch, capsys, "score", *common, "--suite", other_suite)
+    assert code == 0 and "1 rescored" in out
+    assert "1 with image files missing" in out and "fake/default/dog/seed0" in out
     assert (run / "record.json").read_text() == before
 
 

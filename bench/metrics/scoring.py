@@ -128,8 +128,9 @@ class Scorer:
     def _prepare(self, image: Image.Image | Path) -> tuple[torch.Tensor, torch.Tensor]:
         """One image (or image file) -> (CLIP input (3, S, S), DINO input (3, s, s)): the suite's whole recipe."""
         if not isinstance(image, Image.Image):
-            with Image.open(image) as opened:
-                image = opened.convert("RGB")
+            from bench.data import load_image
+
+            image = load_image(Path(image))  # as `bench run` reads them: EXIF, alpha, one-line errors
         size = self.suite.image_size
         square = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         return self.clip_preprocess(square), self.dino_preprocess(square)

@@ -78,7 +78,7 @@ class Profile:
             "resolution": self.resolution,
             "random_init": self.random_init,
             "iteration_cap": self.iteration_cap,
-            "step_cap": self.step_cap,
+            **({"step_cap": self.step_cap} if self.step_cap else {}),  # absent when unset: older hashes hold
             "eval_seeds": list(self.eval_seeds),
             "components": {
                 role: {"source": c.source, "subfolder": c.subfolder, "file": c.file, **c.options}
