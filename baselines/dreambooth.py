@@ -30,8 +30,8 @@ from bench.api import Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import sampling
 from bench.models.speed import autocast, check_autocast
-from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
-                                   sample_timesteps)
+from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
+                                   noisy_and_target, sample_timesteps)
 
 CLASS_PROMPT = "a {}"
 """Prompt of the generated class images and of the prior-preservation loss."""

@@ -23,8 +23,8 @@ from bench.api import BenchError, Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
 from bench.models.speed import autocast, check_autocast
-from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse, noisy_and_target,
-                                   sample_timesteps)
+from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
+                                   noisy_and_target, sample_timesteps)
 
 
 @dataclass(frozen=True)

@@ -212,8 +212,10 @@ def score(method: str = typer.Option(..., "--method", help="Method name(s), comm
     jobs, ctx = prepare(methods, variants_for(methods, variant.split(","), _sets(set_)), concepts,
                         _ints(seeds, "--seeds"), profile, backbone, data, results, suite, device, weights, force=force,
                         concept_dir=concept_dir, class_noun=class_noun, check_images=False)
+    from bench.models.loading import default_device
+
     with _progress_bar() as (progress, task):
-        outcome = rescore(jobs, ctx, _device(device), batch,
+        outcome = rescore(jobs, ctx, device or default_device(), batch,
                           on_batch=lambda done, total: progress.update(task, completed=done, total=total))
     rate = f", {outcome['images'] / outcome['embed_s']:.1f} images/s" if outcome["embed_s"] > 0 else ""
     typer.echo(f"{len(outcome['rescored'])} rescored under suite {ctx.suite} ({outcome['images']} images embedded "
@@ -225,14 +227,6 @@ def score(method: str = typer.Option(..., "--method", help="Method name(s), comm
         if outcome[key]:
             typer.echo(f"{len(outcome[key])} {why}: {', '.join(outcome[key][:5])}"
                        + (" ..." if len(outcome[key]) > 5 else ""))
-
-
-def _device(device: Optional[str]) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @contextmanager

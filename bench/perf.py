@@ -185,10 +185,11 @@ def measure_scoring(profile: Any, device: str | None, concept: Any, n: int) -> d
 
     from bench.metrics import load_scorer, score_images
     from bench.metrics.scoring import random_scorer
+    from bench.models.loading import default_device
     from bench.runs import default_suite
     from bench.timing import Stopwatch
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     suite = default_suite(profile.name)
     scorer = load_scorer(suite, device) if profile.name in ("tiny", "paper") else random_scorer(suite, device)
     rng = np.random.default_rng(0)
@@ -228,10 +229,10 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
     for name in methods:
         if name not in method_names():
             raise unknown("method", name, method_names())
-    if score_images is None:
-        import torch
+    if score_images is None:  # the 3000 images of a method's evaluation, where it is quick
+        from bench.models.loading import default_device
 
-        score_images = 3000 if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else 0
+        score_images = 3000 if (device or default_device()).startswith("cuda") else 0
     if score_images < 0:
         raise BenchError(f"--score-images must be >= 0, got {score_images}")
     profile = get_profile(profile_name, weights=weights)

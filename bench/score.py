@@ -9,8 +9,8 @@ on a GPU an embedding can depend on the batch it was computed in).
 The use: putting finished runs under another metric suite without training or sampling again
 (`bench score --method echodistill --suite dreambooth`). A rescored record is the record `bench run --suite`
 would have written (same images, same config hash, scores up to float rounding), plus `rescored` saying from
-which suite. Only runs that are
-done and current are touched; each record is replaced atomically under the run's lock.
+which suite. Only runs that are done, current and complete are touched; each record is replaced atomically under
+the run's lock.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[st
         if record.get("config_hash") == new_hash and not ctx.force:  # the hash names the suite
             skipped["already"].append(label)
             continue
-        if any(not path.is_file() for _, rows, folder in _evaluations(record, run_dir) for path in _files(rows, folder)):
+        files = [path for _, rows, folder in _evaluations(record, run_dir) for path in _files(rows, folder)]
+        if not all(path.is_file() for path in files):
             skipped["missing_images"].append(label)  # deleted by hand: `bench run --force` samples them again
             continue
         if job.concept not in concepts:

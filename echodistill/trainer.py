@@ -142,8 +142,9 @@ class Session:
         """Custom Diffusion's denoising loss on the (augmented) real images; steps teacher K/V + token row.
 
         pixels (B, 3, 512, 512) in [-1, 1]; masks (B, 1, 64, 64); keys: `Batch.keys` (None when augmented; else
-        each photo's encoding is reused, see `Latents`); eps (B, 4, 64, 64), the iteration's shared noise. Returns the teacher's prompt context (B, 77, D) *detached*: the student and the teacher target
-        use it, so the token learns only here (released code: one text-encoder pass per iteration).
+        each photo's encoding is reused, see `Latents`); eps (B, 4, 64, 64), the iteration's shared noise.
+        Returns the teacher's prompt context (B, 77, D) *detached*: the student and the teacher target use it, so
+        the token learns only here (released code: one text-encoder pass per iteration).
         """
         with self._amp():
             latents = self.encode(pixels, keys, self.gen).float()
