@@ -191,7 +191,7 @@ def measure_scoring(profile: Any, device: str | None, concept: Any, n: int) -> d
 
     device = device or default_device()
     suite = default_suite(profile.name)
-    scorer = load_scorer(suite, device) if profile.name in ("tiny", "paper") else random_scorer(suite, device)
+    scorer = random_scorer(suite, device) if profile.random_init else load_scorer(suite, device)
     rng = np.random.default_rng(0)
     size = profile.resolution
     distinct = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(32)]
@@ -200,7 +200,7 @@ def measure_scoring(profile: Any, device: str | None, concept: Any, n: int) -> d
     score_images(scorer, images[:8], texts[:8], list(concept.images))  # warm-up: kernels, allocator
     with Stopwatch(device) as sw:
         score_images(scorer, images, texts, list(concept.images))
-    out = {"suite": suite, "weights": "random" if profile.name == "paper-random" else "real", "images": n,
+    out = {"suite": suite, "weights": "random" if profile.random_init else "real", "images": n,
            "seconds": sw.seconds, "images_per_s": n / sw.seconds if sw.seconds > 0 else None,
            "batch": scorer.batch_size, "device": str(device)}
     del scorer

@@ -147,14 +147,7 @@ def _commit(run: _Run, record: dict[str, Any]) -> bool:
         if not now or now.get("config_hash") != run.record.get("config_hash") or now.get("finished_at") != \
                 run.record.get("finished_at") or not lock.still_held():
             return False
-        store.write_json_atomic(run.run_dir / store.RECORD, _stored(record))
+        store.write_json_atomic(run.run_dir / store.RECORD, record)
         return True
     finally:
         lock.release()
-
-
-def _stored(value: Any) -> Any:
-    """What a value reads back as from record.json."""
-    import json
-
-    return json.loads(json.dumps(value, default=str))

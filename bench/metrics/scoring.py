@@ -224,11 +224,7 @@ def load_scorer(suite: str | Suite, device: str = "cpu") -> Scorer:
 def random_scorer(suite: str | Suite, device: str = "cpu") -> Scorer:
     """The suite's backbones at full size with seeded random weights and its exact preprocessing: what `bench perf`
     times scoring with on a machine without the weights (`paper-random`). Its scores mean nothing."""
-    import torch
-
     suite = get_suite(suite) if isinstance(suite, str) else suite
-    if suite.builder == "tiny":
-        return load_scorer(suite, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         clip, clip_pre, tokenizer = _load_clip(suite, str(device), random=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 # Photo templates for training prompts (method.md: "<new1> {class}" inside 25 photo templates), after the
 # textual-inversion "imagenet_templates_small" list.
@@ -157,8 +158,6 @@ class Latents:
     def __call__(self, pixels: torch.Tensor, keys: tuple | None, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1] on the VAE's device -> latents (B, 4, h, w)."""
-        from torch.profiler import record_function
-
         with record_function("bench/vae_encode"):  # the phase `bench perf` reports
             return self._posterior(pixels, keys).sample(generator) * self.vae.config.scaling_factor
 
