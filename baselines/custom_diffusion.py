@@ -20,10 +20,11 @@ import torch
 from bench.api import Concept, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
+from bench.models.sampling import SAMPLERS
 from bench.models.checkpoint import Checkpointer
 from bench.models.speed import autocast, check_autocast
-from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
-                                   noisy_and_target, sample_timesteps)
+from bench.models.training import (LOSS_NORMALISATIONS, TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels,
+                                   masked_mse, noisy_and_target, sample_timesteps, templates_for)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,16 @@ class CustomDiffusionConfig:
     """Gradient norm clip."""
     token: str = "<new1>"
     """The new token that stands for the concept."""
+    init: str = "released"
+    """How the token is initialised: "released" (default): the released code's per-instance word looked up raw in
+    the vocabulary (one row; unknown -> `<|endoftext|>`); "class": a descriptive word per class, BPE-tokenised,
+    mean of its pieces (`bench.models.personalize`)."""
+    kv_detach_first_token: bool = True
+    """Block the gradient through the key and value of cross-attention token 0, as diffusers'
+    `CustomDiffusionAttnProcessor2_0(train_kv=True)` does (default); False lets it through."""
+    loss_normalisation: str = "mask_sum"
+    """Masked loss: "mask_sum" = sum over channels and masked pixels / one-channel mask sum (diffusers' Custom
+    Diffusion example and the released code, 4x the mean; default); "mean" = a true mean."""
     augment: bool = True
     """Custom Diffusion's random-scale augmentation with its loss mask and prompt prefixes."""
     hflip: bool = True
@@ -57,16 +68,29 @@ class CustomDiffusionConfig:
     """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference. Sampling-only."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    autocast_dtype: str = "auto"
-    """Forward-pass precision (`bench.models.speed.autocast`): "auto" = bf16 on CUDA and none on CPU, "none",
-    "bf16". Weights, optimiser state and the loss stay float32."""
+    autocast_dtype: str = "none"
+    """Training forward-pass precision (`bench.models.speed.autocast`): "none" = float32, as the released code and
+    diffusers' examples train (default), or "bf16" (faster; changes results at bf16 rounding). Weights, optimiser
+    state and the loss stay float32."""
+    sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
+    """Sampling precision: "auto" = fp16 on CUDA and float32 on CPU (the released evaluation samples fp16
+    pipelines; default), "none", "fp16" or "bf16". Sampling-only."""
+    sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
+    """What an Euler-scheduled model (SD-Turbo) samples with: "euler_ancestral" (the released evaluation, default;
+    identical to "euler" at one step) or "euler". DDIM (SD 2.1) keeps its own. Sampling-only."""
     checkpoint_every: int = field(default=100, metadata={"hash": False})
     """Save a resumable checkpoint (K/V, token row, AdamW moments, RNG states) every this many iterations and at the
     end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically. 0 = off.
     Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_autocast(self.autocast_dtype)
+        check_autocast(self.autocast_dtype, self.sample_dtype)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not '{self.sampler}'")
+        for name, value, valid in (("init", self.init, personalize.INIT_SOURCES),
+                                   ("loss_normalisation", self.loss_normalisation, LOSS_NORMALISATIONS)):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(valid)}, not '{value}'")
         if self.base not in ("student", "teacher"):
             raise ValueError(f"base must be 'student' or 'teacher', not '{self.base}'")
         if self.timestep_policy not in TIMESTEP_POLICIES:
@@ -90,6 +114,9 @@ def _grid() -> dict[str, dict[str, Any]]:
 
 class CustomDiffusion:
     name: ClassVar[str] = "custom_diffusion"
+    version: ClassVar[int] = 2
+    """2: first-token K/V detach, released init token, templates and augmentation, mask-sum loss, fp32 training,
+    Euler ancestral / native-size / fp16 sampling (README, "Fidelity")."""
     Config: ClassVar[type] = CustomDiffusionConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -107,19 +134,21 @@ class CustomDiffusion:
         unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
         device = models.device
 
-        # 1. The new token, initialised from a descriptive word; only its embedding row learns.
-        token_id = personalize.add_token(tokenizer, text_encoder, cfg.token, personalize.init_word(concept.class_noun))
+        # 1. The new token, initialised as the released code does (or per class); only its embedding row learns.
+        word, lookup = personalize.init_for(concept.name, concept.class_noun, cfg.init)
+        token_id = personalize.add_token(tokenizer, text_encoder, cfg.token, word, lookup=lookup)
         original_rows = text_encoder.get_input_embeddings().weight.detach().clone()
         token_weight = personalize.train_token_row(text_encoder, [token_id])
-        kv = personalize.cross_attention_kv(unet)
+        kv = personalize.cross_attention_kv(unet, cfg.kv_detach_first_token)
         lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
         optimizer = torch.optim.AdamW([{"params": kv}, {"params": [token_weight], "weight_decay": 0.0}], lr=lr,
                                       weight_decay=cfg.weight_decay)
 
         # 2. Data: the concept's photos with Custom Diffusion's augmentation; prompts "... <new1> dog".
         factor = models.resolution // models.latent_size
-        batches = TrainingBatches(load_pixels(concept.images, models.resolution), f"{cfg.token} {concept.class_noun}",
-                                  cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip)
+        batches = TrainingBatches(load_pixels(concept.images), f"{cfg.token} {concept.class_noun}", cfg.batch_size,
+                                  factor, seed, augment=cfg.augment, hflip=cfg.hflip, templates=templates_for(cfg.augment),
+                                  size=models.resolution)
         generator = torch.Generator().manual_seed(seed)
         encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
@@ -141,7 +170,7 @@ class CustomDiffusion:
             context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)
             with autocast(device, cfg.autocast_dtype):
                 pred = unet(noisy, t, context).sample.float()
-            loss = masked_mse(pred, target, batch.masks.to(device))
+            loss = masked_mse(pred, target, batch.masks.to(device), cfg.loss_normalisation)
             if not torch.isfinite(loss):
                 from bench.api import Diverged
 
@@ -156,27 +185,28 @@ class CustomDiffusion:
         text_encoder.eval()
         for p in kv + [token_weight]:
             p.requires_grad_(False)
-        return CustomDiffusionModel(cfg, parts, models.latent_size)
+        return CustomDiffusionModel(cfg, parts)
 
     def load(self, weights_dir: Path, models: Any) -> CustomDiffusionModel:
         parts = models.pipeline_parts(self.config.base)
         personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights_dir / f"{self.config.token}.safetensors")
         personalize.load_custom_diffusion(parts["unet"], weights_dir / personalize.CD_WEIGHTS)
-        return CustomDiffusionModel(self.config, parts, models.latent_size)
+        return CustomDiffusionModel(self.config, parts)
 
 
 class CustomDiffusionModel:
     """The personalised model: sample with the config's steps and guidance; save in diffusers' formats."""
 
-    def __init__(self, config: CustomDiffusionConfig, parts: dict[str, Any], latent_size: int) -> None:
-        self.config, self.parts, self.latent_size = config, parts, latent_size
+    def __init__(self, config: CustomDiffusionConfig, parts: dict[str, Any]) -> None:
+        self.config, self.parts = config, parts
         self.identifier = config.token
         self.default_steps = config.sample_steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps, self.latent_size,
+        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
                                        guidance=self.config.guidance, batch_size=self.config.sample_batch_size,
-                                       precision=self.config.autocast_dtype)
+                                       precision=self.config.sample_dtype,
+                                       sampler=self.config.sampler)
 
     def save(self, out_dir: Path) -> None:
         personalize.save_custom_diffusion(self.parts["unet"], out_dir)

@@ -29,6 +29,7 @@ import torch
 from bench.api import Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import sampling
+from bench.models.sampling import SAMPLERS
 from bench.models.speed import autocast, check_autocast
 from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
                                    noisy_and_target, sample_timesteps)
@@ -69,12 +70,21 @@ class DreamBoothConfig:
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch (also for generating class images)."""
-    autocast_dtype: str = "auto"
-    """Forward-pass precision (`bench.models.speed.autocast`): "auto" = bf16 on CUDA and none on CPU, "none",
-    "bf16". Weights, optimiser state and the loss stay float32."""
+    autocast_dtype: str = "none"
+    """Training forward-pass precision (`bench.models.speed.autocast`): "none" = float32, as the released code and
+    diffusers' examples train (default), or "bf16" (faster; changes results at bf16 rounding). Weights, optimiser
+    state and the loss stay float32."""
+    sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
+    """Sampling precision: "auto" = fp16 on CUDA and float32 on CPU (the released evaluation samples fp16
+    pipelines; default), "none", "fp16" or "bf16". Sampling-only."""
+    sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
+    """What an Euler-scheduled model (SD-Turbo) samples with: "euler_ancestral" (the released evaluation, default;
+    identical to "euler" at one step) or "euler". DDIM (SD 2.1) keeps its own. Sampling-only."""
 
     def __post_init__(self) -> None:
-        check_autocast(self.autocast_dtype)
+        check_autocast(self.autocast_dtype, self.sample_dtype)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not '{self.sampler}'")
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -126,6 +136,9 @@ def class_images(models: Any, class_noun: str, count: int, batch_size: int = 25)
 
 class DreamBooth:
     name: ClassVar[str] = "dreambooth"
+    version: ClassVar[int] = 2
+    """2: the released 25 templates, photos resized once (bilinear), fp32 training, Euler ancestral / fp16
+    sampling (README, "Fidelity")."""
     Config: ClassVar[type] = DreamBoothConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -154,9 +167,9 @@ class DreamBooth:
         # 2. Data: the concept's photos with "a photo of a sks dog"; under prior preservation also generated
         #    class images with "a dog".
         factor = models.resolution // models.latent_size
-        batches = TrainingBatches(load_pixels(concept.images, models.resolution),
-                                  f"{cfg.identifier} {concept.class_noun}", cfg.batch_size, factor, seed,
-                                  augment=cfg.augment, hflip=cfg.hflip)
+        batches = TrainingBatches(load_pixels(concept.images), f"{cfg.identifier} {concept.class_noun}",
+                                  cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip,
+                                  size=models.resolution)
         prior = None
         if cfg.prior_preservation:
             paths = class_images(models, concept.class_noun, cfg.num_class_images, cfg.sample_batch_size)
@@ -204,7 +217,7 @@ class DreamBooth:
         for p in params:
             p.requires_grad_(False)
         del optimizer  # free the Adam moments (2 x UNet) before sampling
-        return DreamBoothModel(cfg, parts, models.latent_size)
+        return DreamBoothModel(cfg, parts)
 
     def load(self, weights_dir: Path, models: Any) -> DreamBoothModel:
         from diffusers import UNet2DConditionModel
@@ -213,20 +226,21 @@ class DreamBooth:
         dtype = next(parts["unet"].parameters()).dtype
         parts["unet"] = UNet2DConditionModel.from_pretrained(weights_dir / "unet").to(models.device, dtype).eval()
         parts["unet"].requires_grad_(False)
-        return DreamBoothModel(self.config, parts, models.latent_size)
+        return DreamBoothModel(self.config, parts)
 
 
 class DreamBoothModel:
     """The personalised model: SD-Turbo with its fine-tuned UNet; saved as a diffusers UNet folder."""
 
-    def __init__(self, config: DreamBoothConfig, parts: dict[str, Any], latent_size: int) -> None:
-        self.config, self.parts, self.latent_size = config, parts, latent_size
+    def __init__(self, config: DreamBoothConfig, parts: dict[str, Any]) -> None:
+        self.config, self.parts = config, parts
         self.identifier = config.identifier
         self.default_steps = config.sample_steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps, self.latent_size,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.autocast_dtype)
+        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
+                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
+                                       sampler=self.config.sampler)
 
     def save(self, out_dir: Path) -> None:
         self.parts["unet"].save_pretrained(out_dir / "unet", safe_serialization=True)

@@ -23,6 +23,7 @@ import torch
 from bench.api import Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import sampling
+from bench.models.sampling import SAMPLERS
 from bench.models.speed import autocast, check_autocast
 from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
                                    noisy_and_target, sample_timesteps)
@@ -63,12 +64,21 @@ class LoRAConfig:
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    autocast_dtype: str = "auto"
-    """Forward-pass precision (`bench.models.speed.autocast`): "auto" = bf16 on CUDA and none on CPU, "none",
-    "bf16". Weights, optimiser state and the loss stay float32."""
+    autocast_dtype: str = "none"
+    """Training forward-pass precision (`bench.models.speed.autocast`): "none" = float32, as the released code and
+    diffusers' examples train (default), or "bf16" (faster; changes results at bf16 rounding). Weights, optimiser
+    state and the loss stay float32."""
+    sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
+    """Sampling precision: "auto" = fp16 on CUDA and float32 on CPU (the released evaluation samples fp16
+    pipelines; default), "none", "fp16" or "bf16". Sampling-only."""
+    sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
+    """What an Euler-scheduled model (SD-Turbo) samples with: "euler_ancestral" (the released evaluation, default;
+    identical to "euler" at one step) or "euler". DDIM (SD 2.1) keeps its own. Sampling-only."""
 
     def __post_init__(self) -> None:
-        check_autocast(self.autocast_dtype)
+        check_autocast(self.autocast_dtype, self.sample_dtype)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not '{self.sampler}'")
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -91,6 +101,9 @@ class LoRAConfig:
 
 class LoRA:
     name: ClassVar[str] = "lora"
+    version: ClassVar[int] = 2
+    """2: the released 25 templates, photos resized once (bilinear), fp32 training, Euler ancestral / fp16
+    sampling (README, "Fidelity")."""
     Config: ClassVar[type] = LoRAConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -119,9 +132,9 @@ class LoRA:
 
         # 2. Data: the concept's photos with "a photo of a sks dog".
         factor = models.resolution // models.latent_size
-        batches = TrainingBatches(load_pixels(concept.images, models.resolution),
-                                  f"{cfg.identifier} {concept.class_noun}", cfg.batch_size, factor, seed,
-                                  augment=cfg.augment, hflip=cfg.hflip)
+        batches = TrainingBatches(load_pixels(concept.images), f"{cfg.identifier} {concept.class_noun}",
+                                  cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip,
+                                  size=models.resolution)
         generator = torch.Generator().manual_seed(seed)
         encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
@@ -149,7 +162,7 @@ class LoRA:
         unet.eval()
         for p in params:
             p.requires_grad_(False)
-        return LoRAModel(cfg, parts, models.latent_size)
+        return LoRAModel(cfg, parts)
 
     def load(self, weights_dir: Path, models: Any) -> LoRAModel:
         from diffusers import StableDiffusionPipeline
@@ -160,17 +173,17 @@ class LoRA:
         StableDiffusionPipeline.load_lora_into_unet(state, alphas, parts["unet"], adapter_name="default",
                                                     metadata=metadata)
         parts["unet"].requires_grad_(False)
-        return LoRAModel(self.config, parts, models.latent_size)
+        return LoRAModel(self.config, parts)
 
 
 class LoRAModel:
     """The personalised model: SD-Turbo with the adapter fused in; saves the adapter in diffusers' LoRA format."""
 
-    def __init__(self, config: LoRAConfig, parts: dict[str, Any], latent_size: int) -> None:
+    def __init__(self, config: LoRAConfig, parts: dict[str, Any]) -> None:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        self.config, self.parts, self.latent_size = config, parts, latent_size
+        self.config, self.parts = config, parts
         self.identifier = config.identifier
         self.default_steps = config.sample_steps
         unet = parts["unet"]
@@ -182,8 +195,9 @@ class LoRAModel:
             unet.unload_lora()
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps, self.latent_size,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.autocast_dtype)
+        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
+                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
+                                       sampler=self.config.sampler)
 
     def save(self, out_dir: Path) -> None:
         from diffusers import StableDiffusionPipeline

@@ -22,9 +22,13 @@ import torch
 from bench.api import BenchError, Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
+from bench.models.sampling import SAMPLERS
 from bench.models.speed import autocast, check_autocast
-from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
-                                   noisy_and_target, sample_timesteps)
+from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels,
+                                   masked_mse, noisy_and_target, sample_timesteps)
+
+PHRASES = {"token": "{identifier}", "token_class": "{identifier} {class_noun}"}
+"""What stands for the concept in training and evaluation prompts (`phrase`)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class TextualInversionConfig:
     """The new token that stands for the concept; it must not already be a word of the tokenizer."""
     init_word: str = ""
     """Word whose embedding initialises the token; empty -> `personalize.init_word(class noun)`."""
+    phrase: str = "token"
+    """What stands for the concept in prompts: "token" = the placeholder alone, trained on "a photo of a <new1>"
+    and evaluated on "a <new1> in the jungle" (the textual-inversion recipe, and the authors' evaluation format
+    for it; default), or "token_class" = "<new1> dog" in both (inflates CLIP-T with the class noun)."""
     augment: bool = False
     """Custom Diffusion's random-scale augmentation; off, as in the textual-inversion recipe (plain photos)."""
     hflip: bool = True
@@ -57,12 +65,21 @@ class TextualInversionConfig:
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    autocast_dtype: str = "auto"
-    """Forward-pass precision (`bench.models.speed.autocast`): "auto" = bf16 on CUDA and none on CPU, "none",
-    "bf16". Weights, optimiser state and the loss stay float32."""
+    autocast_dtype: str = "none"
+    """Training forward-pass precision (`bench.models.speed.autocast`): "none" = float32, as the released code and
+    diffusers' examples train (default), or "bf16" (faster; changes results at bf16 rounding). Weights, optimiser
+    state and the loss stay float32."""
+    sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
+    """Sampling precision: "auto" = fp16 on CUDA and float32 on CPU (the released evaluation samples fp16
+    pipelines; default), "none", "fp16" or "bf16". Sampling-only."""
+    sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
+    """What an Euler-scheduled model (SD-Turbo) samples with: "euler_ancestral" (the released evaluation, default;
+    identical to "euler" at one step) or "euler". DDIM (SD 2.1) keeps its own. Sampling-only."""
 
     def __post_init__(self) -> None:
-        check_autocast(self.autocast_dtype)
+        check_autocast(self.autocast_dtype, self.sample_dtype)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not '{self.sampler}'")
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -73,6 +90,8 @@ class TextualInversionConfig:
             raise ValueError(f"lr must be > 0, not {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
+        if self.phrase not in PHRASES:
+            raise ValueError(f"phrase must be one of {', '.join(PHRASES)}, not '{self.phrase}'")
         if not self.token.strip() or any(c.isspace() for c in self.token):
             raise ValueError(f"token must be one word without spaces, not '{self.token}'")
 
@@ -91,6 +110,9 @@ def check_new_token(tokenizer: Any, token: str) -> None:
 
 class TextualInversion:
     name: ClassVar[str] = "textual_inversion"
+    version: ClassVar[int] = 2
+    """2: the placeholder alone in prompts, the 27 templates, photos resized once (bilinear), fp32 training,
+    Euler ancestral / fp16 sampling (README, "Fidelity")."""
     Config: ClassVar[type] = TextualInversionConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -117,10 +139,13 @@ class TextualInversion:
         lr = cfg.lr * cfg.batch_size * cfg.grad_accumulation if cfg.scale_lr else cfg.lr
         optimizer = torch.optim.AdamW([token_weight], lr=lr, weight_decay=cfg.weight_decay)
 
-        # 2. Data: the concept's photos (no random-scale augmentation), prompts "a photo of a <new1> dog".
+        # 2. Data: the concept's photos (no random-scale augmentation), the recipe's 27 templates with the
+        #    placeholder alone: "a photo of a <new1>".
         factor = models.resolution // models.latent_size
-        batches = TrainingBatches(load_pixels(concept.images, models.resolution), f"{cfg.token} {concept.class_noun}",
-                                  cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip)
+        phrase = PHRASES[cfg.phrase].format(identifier=cfg.token, class_noun=concept.class_noun)
+        batches = TrainingBatches(load_pixels(concept.images), phrase, cfg.batch_size, factor, seed,
+                                  augment=cfg.augment, hflip=cfg.hflip, templates=IMAGENET_TEMPLATES,
+                                  size=models.resolution)
         generator = torch.Generator().manual_seed(seed)
         encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
@@ -151,26 +176,28 @@ class TextualInversion:
             log(it, loss=step_loss, grad_norm=float(grad_norm), t_mean=t_sum)
         text_encoder.eval()
         token_weight.requires_grad_(False)
-        return TextualInversionModel(self.config, parts, models.latent_size)
+        return TextualInversionModel(self.config, parts)
 
     def load(self, weights_dir: Path, models: Any) -> TextualInversionModel:
         parts = models.pipeline_parts()
         weights = weights_dir / f"{self.config.token}.safetensors"
         personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights)
-        return TextualInversionModel(self.config, parts, models.latent_size)
+        return TextualInversionModel(self.config, parts)
 
 
 class TextualInversionModel:
     """The personalised model: SD-Turbo with one new word; saved as a textual-inversion embedding."""
 
-    def __init__(self, config: TextualInversionConfig, parts: dict[str, Any], latent_size: int) -> None:
-        self.config, self.parts, self.latent_size = config, parts, latent_size
+    def __init__(self, config: TextualInversionConfig, parts: dict[str, Any]) -> None:
+        self.config, self.parts = config, parts
         self.identifier = config.token
+        self.eval_phrase = PHRASES[config.phrase]
         self.default_steps = config.sample_steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps, self.latent_size,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.autocast_dtype)
+        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
+                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
+                                       sampler=self.config.sampler)
 
     def save(self, out_dir: Path) -> None:
         personalize.save_token(self.parts["tokenizer"], self.parts["text_encoder"], self.config.token,

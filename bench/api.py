@@ -25,6 +25,15 @@ class Diverged(RuntimeError):
     """Training produced a non-finite loss; the run is recorded as failed with this message as the reason."""
 
 
+DEFAULT_PHRASE = "{identifier} {class_noun}"
+"""What stands for the concept in an evaluation prompt unless a trained model declares its own `eval_phrase`."""
+
+
+def eval_phrase(trained: Any) -> str:
+    """The evaluation phrase a trained model declares (`Trained.eval_phrase`), else `DEFAULT_PHRASE`."""
+    return getattr(trained, "eval_phrase", DEFAULT_PHRASE)
+
+
 @dataclass(frozen=True)
 class Concept:
     """One subject to personalise: its reference photos and its evaluation prompts.
@@ -39,9 +48,12 @@ class Concept:
     prompts: tuple[str, ...]
     live: bool = False
 
-    def prompt(self, template: str, identifier: str) -> str:
-        """The prompt given to the model: `"a <new1> dog in the jungle"`."""
-        return _squash(template.format(identifier, self.class_noun))
+    def prompt(self, template: str, identifier: str, phrase: str = DEFAULT_PHRASE) -> str:
+        """The prompt given to the model: the template with the method's evaluation `phrase` in the identifier's
+        place and no separate class noun: `"a <new1> dog in the jungle"` (phrase "{identifier} {class_noun}", the
+        default), `"a <new1> in the jungle"` (phrase "{identifier}": textual inversion)."""
+        text = phrase.format(identifier=identifier, class_noun=self.class_noun)
+        return _squash(template.format(text, ""))
 
     def clip_text(self, template: str) -> str:
         """The CLIP-T text: the prompt with the identifier removed, `"a dog in the jungle"`."""
@@ -84,6 +96,9 @@ class Trained(Protocol):
 
     # Optional: `views: dict[str, Trained]`, further models of the same run that the harness also samples
     # and scores (e.g. EchoDistill's teacher, and both models before the echo stage), each recorded by name.
+    # Optional: `eval_phrase: str`, what stands for the concept in evaluation prompts, a format of `identifier`
+    # and `class_noun`; default DEFAULT_PHRASE ("<new1> dog"); textual inversion declares "{identifier}"
+    # ("<new1>"), the authors' evaluation format for it. CLIP-T always scores the class prompt.
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.api import BenchError
+from bench.api import BenchError, eval_phrase
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for the achieved fraction.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A40": 149.7e12, "L40S": 362e12, "A6000": 154.8e12}
@@ -137,7 +137,7 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     step_s = statistics.median(log.iteration_seconds()) if log.iteration_seconds() else float("nan")
     memory = peak_memory(models.device)
 
-    prompt = concept.prompt(concept.prompts[0], trained.identifier)
+    prompt = concept.prompt(concept.prompts[0], trained.identifier, eval_phrase(trained))
     trained.generate([prompt], [0])  # warm-up
     singles = []
     for k in range(latency_repeats):

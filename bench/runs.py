@@ -41,7 +41,9 @@ from bench.registry import get_method, unknown
 ATTEMPT = "attempt.json"
 """In a `.partial` folder: which config hash the attempt is for and how many attempts there were."""
 
-EVAL_VERSION = 1
+EVAL_VERSION = 2
+"""2: each (prompt, evaluation seed) has its own noise (`sampling.eval_noise_seed`); methods declare their evaluation
+phrase; multi-step SD-Turbo samples with Euler ancestral; SD 2.1 at its native size; metric fidelity."""
 """Bump when image generation or scoring changes in a way that invalidates finished runs."""
 
 
@@ -548,9 +550,12 @@ def evaluate(trained: Any, concept: Concept, eval_seeds: tuple[int, ...], image_
     from bench.metrics import aggregate, load_scorer, real_vs_real, score_images
     from bench.timing import Stopwatch
 
+    from bench.api import eval_phrase
+    from bench.models.sampling import eval_noise_seed
+
     pairs = [(i, t, s) for i, t in enumerate(concept.prompts) for s in eval_seeds]
-    prompts = [concept.prompt(t, trained.identifier) for _, t, _ in pairs]
-    seeds = [s for *_, s in pairs]
+    prompts = [concept.prompt(t, trained.identifier, eval_phrase(trained)) for _, t, _ in pairs]
+    seeds = [eval_noise_seed(i, s) for i, _, s in pairs]  # each (prompt, eval seed) its own noise, paired
     steps = trained.default_steps
     trained.generate(prompts[:1], seeds[:1], steps)  # warm-up, not timed
     with Stopwatch(device) as single:
@@ -567,9 +572,9 @@ def evaluate(trained: Any, concept: Concept, eval_seeds: tuple[int, ...], image_
     reals = [load_image(p) for p in concept.images]
     scorer = load_scorer(ctx.suite, "cuda" if str(device).startswith("cuda") else "cpu")
     scores = score_images(scorer, images, [concept.clip_text(t) for _, t, _ in pairs], reals)
-    rows = [{"file": f"{image_dir.name}/{name}", "prompt_index": i, "eval_seed": s, "prompt": p, **sc,
-             "concept": concept.name}
-            for (i, _, s), name, p, sc in zip(pairs, names, prompts, scores)]
+    rows = [{"file": f"{image_dir.name}/{name}", "prompt_index": i, "eval_seed": s, "noise_seed": n, "prompt": p,
+             **sc, "concept": concept.name}
+            for (i, _, s), name, p, n, sc in zip(pairs, names, prompts, seeds, scores)]
     summary = aggregate(rows)
     return {
         "steps": steps,

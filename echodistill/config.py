@@ -10,7 +10,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bench.config import SAMPLING_ONLY
-from bench.models.speed import AUTOCAST
+from bench.models.personalize import INIT_SOURCES
+from bench.models.sampling import SAMPLERS
+from bench.models.speed import AUTOCAST, SAMPLE_DTYPES
+from bench.models.training import LOSS_NORMALISATIONS
 
 # What an ablation may switch off (method.md, "Variants the harness must run"). Each name removes exactly that
 # part of the computation (no forward pass, no parameters, no optimiser entry), nothing else.
@@ -18,7 +21,7 @@ DROPPABLE = ("teacher", "discriminators", "disc_dino1", "disc_dino2", "disc_clip
              "msswd_loss", "ste", "echo")
 DISCRIMINATORS = ("disc_dino1", "disc_dino2", "disc_clip")
 TIMESTEP_WEIGHTINGS = ("alphas_cumprod", "sqrt_alphas_cumprod")
-MSSWD_INPUTS = ("unit", "released")
+MSSWD_INPUTS = ("released", "unit")
 
 
 @dataclass
@@ -74,9 +77,13 @@ class EchoDistillConfig:
     timestep_weighting: str = "alphas_cumprod"
     """w(t') of the alignment losses: "alphas_cumprod" (the released code, default) or "sqrt_alphas_cumprod"
     (ADD's "exponential" weighting)."""
-    msswd_input: str = "unit"
-    """"unit": map decoder output [-1, 1] to [0, 1] before MS-SWD (the reference's convention, default);
-    "released": feed [-1, 1] as the released training code does."""
+    msswd_input: str = "released"
+    """"released": feed the decoder output in [-1, 1] to MS-SWD as the released training code does (default; about
+    twice the term of the reference's convention); "unit": map it to [0, 1] first (MS-SWD's own convention)."""
+    loss_normalisation: str = "mask_sum"
+    """The teacher's masked denoising loss: "mask_sum" divides the sum over channels and masked pixels by the
+    one-channel mask sum (the released code and diffusers' Custom Diffusion: 4x the mean; default), "mean" by the
+    element count (a true mean)."""
 
     # --- variants (spec "Variants the harness must run") -------------------------------------------------
     drop: tuple[str, ...] = ()
@@ -95,8 +102,16 @@ class EchoDistillConfig:
     """Custom Diffusion's random-scale augmentation with its loss mask and prompt prefixes (spec: on)."""
     token: str = "<new1>"
     """The new token; the prompt is "<new1> {class}" inside the 25 training templates."""
+    init: str = "released"
+    """How `<new1>` is initialised: "released" (default): the released per-instance word (`run_dreambooth.py`'s
+    table) looked up raw in the vocabulary (one row; unknown -> `<|endoftext|>`), as the released code does;
+    "class": a descriptive word per class, BPE-tokenised, mean of its pieces (bench.models.personalize)."""
     init_word: str | None = None
-    """Word that initialises the token's embedding; None = per-class default (bench.models.personalize)."""
+    """A word that overrides the table of `init` (looked up the way `init` says); None = the table's."""
+    kv_detach_first_token: bool = True
+    """Block the gradient through the cross-attention key and value of token 0 (start of text), as diffusers'
+    `CustomDiffusionAttnProcessor2_0(train_kv=True)`, which the released code trains through, does (default);
+    False lets it through."""
 
     # --- sampling and numerics ---------------------------------------------------------------------------------
     eval_steps: int = field(default=1, metadata=SAMPLING_ONLY)
@@ -104,9 +119,15 @@ class EchoDistillConfig:
     Sampling-only: runs that differ only here share one training (the others sample its weights)."""
     sample_batch_size: int = 16
     """Images per batch when generating (evaluation and echo samples)."""
-    autocast_dtype: str = "auto"
-    """Mixed precision of forward passes: "auto" (bf16 on CUDA, none on CPU), "none", "bf16". Weights, optimiser
-    states and losses stay float32."""
+    autocast_dtype: str = "none"
+    """Training precision of forward passes: "none" = float32, as the released code trains (default), or "bf16"
+    (faster; changes results at bf16 rounding). Weights, optimiser states and losses stay float32."""
+    sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
+    """Sampling precision (evaluation views; echo samples are drawn in training precision): "auto" = fp16 on CUDA,
+    float32 on CPU (the released evaluation's fp16 pipelines; default), "none", "fp16", "bf16". Sampling-only."""
+    sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
+    """What the student samples with at 2+ steps: "euler_ancestral" (the released evaluation, default; identical
+    to "euler" at one step) or "euler". The teacher keeps DDIM. Sampling-only."""
 
     def __post_init__(self) -> None:
         if isinstance(self.drop, str):  # "--drop disc_clip,ste" from a command line
@@ -125,6 +146,10 @@ class EchoDistillConfig:
         _choice("timestep_weighting", self.timestep_weighting, TIMESTEP_WEIGHTINGS)
         _choice("msswd_input", self.msswd_input, MSSWD_INPUTS)
         _choice("autocast_dtype", self.autocast_dtype, AUTOCAST)
+        _choice("sample_dtype", self.sample_dtype, SAMPLE_DTYPES)
+        _choice("sampler", self.sampler, SAMPLERS)
+        _choice("loss_normalisation", self.loss_normalisation, LOSS_NORMALISATIONS)
+        _choice("init", self.init, INIT_SOURCES)
         for name in ("iterations", "echo_samples", "echo_iters"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

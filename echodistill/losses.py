@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.models.training import masked_mse
 from echodistill.msswd import ms_swd
 
 REAL, FAKE = 1, 0
@@ -21,16 +22,14 @@ REAL, FAKE = 1, 0
 # --- step 2: teacher -------------------------------------------------------------------------------------------
 
 
-def teacher_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Masked MSE of the teacher's prediction, averaged over the masked latent elements, then over the batch.
+def teacher_loss(pred: Tensor, target: Tensor, mask: Tensor, normalise: str = "mask_sum") -> Tensor:
+    """Masked MSE of the teacher's prediction per sample, then the batch mean.
 
     pred, target: (B, C, h, w); mask: (B, 1, h, w) from the random-scale augmentation (1 where the image is).
-    The released code divides the sum over C channels by the mask's 1-channel sum (C times this value); here
-    the mask is counted per channel, a true mean (see README, "Deviations").
+    "mask_sum" (released code, default): the sum over C channels and masked pixels divided by the mask's
+    one-channel sum, C times the mean; "mean": a true mean (`bench.models.training.masked_mse`).
     """
-    mask = mask.to(pred.dtype).expand_as(pred)
-    err = (pred.float() - target.float()) ** 2 * mask
-    return (err.sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp(min=1.0)).mean()
+    return masked_mse(pred, target, mask.to(pred.dtype), normalise)
 
 
 # --- step 6: alignment losses, per sample ----------------------------------------------------------------------
@@ -74,10 +73,12 @@ def identity_loss(feat_s: Tensor, feat_T: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(feat_s.float(), feat_T.float(), dim=-1).mean(dim=-1)
 
 
-def msswd_loss(img_s: Tensor, img_T: Tensor, mode: str = "unit", generator: torch.Generator | None = None) -> Tensor:
+def msswd_loss(img_s: Tensor, img_T: Tensor, mode: str = "released", generator: torch.Generator | None = None
+               ) -> Tensor:
     """MS-SWD between decoded images in [-1, 1], (B, 3, H, W) x 2 -> (B,) (method.md, "MS-SWD").
 
-    mode "unit": mapped to [0, 1] first (the reference's convention, default); "released": [-1, 1] fed as is.
+    mode "released" (default): [-1, 1] fed as is, as the released training code does; "unit": mapped to [0, 1]
+    first (the reference's convention).
     Computed in float32 outside autocast: sorting projections in bf16 would blur the distances.
     """
     if mode not in ("unit", "released"):

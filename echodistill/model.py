@@ -115,9 +115,12 @@ def _write(state: State) -> None:
 class Sampler:
     """One samplable model of a run (follows `bench.api.Trained`): a UNet with its scheduler and text path."""
 
-    def __init__(self, unet: Any, scheduler: Any, vae: Any, text: Text, latent_size: int, default_steps: int,
-                 guidance: float, batch_size: int, precision: str, state: State | None = None) -> None:
-        self.unet, self.scheduler, self.vae, self.text = unet, scheduler, vae, text
+    def __init__(self, unet: Any, scheduler: Any, vae: Any, text: Text, latent_size: int | None, default_steps: int,
+                 guidance: float, batch_size: int, precision: str, state: State | None = None,
+                 sampler: str = "euler_ancestral") -> None:
+        """latent_size None = the UNet's native size (SD 2.1 768-v: 768 px); `sampler`, `precision`: see
+        `bench.models.sampling.sampling_scheduler` and `bench.models.speed.autocast`."""
+        self.unet, self.scheduler, self.vae, self.text, self.sampler = unet, scheduler, vae, text, sampler
         self.latent_size, self.guidance, self.batch_size, self.precision = latent_size, guidance, batch_size, precision
         self.identifier, self.default_steps = text.token, default_steps
         self.state = state or []
@@ -127,7 +130,7 @@ class Sampler:
         with swapped(self.state), autocast(device, self.precision):
             return sampling.generate(self.unet, self.scheduler, self.vae, self.text.tokenizer, self.text.encoder,
                                      list(prompts), list(seeds), steps or self.default_steps, self.latent_size,
-                                     guidance=self.guidance, batch_size=self.batch_size)
+                                     guidance=self.guidance, batch_size=self.batch_size, sampler=self.sampler)
 
     def save(self, kv_dir: Path, token_file: Path | None) -> None:
         """K/V in the Custom Diffusion format under `kv_dir`; the token row as a textual-inversion file."""
@@ -169,7 +172,7 @@ class EchoDistillModel:
 
 
 def load_model(weights_dir: Path, models: Any, batch_size: int, precision: str,
-               student_steps: int | None = None) -> EchoDistillModel:
+               student_steps: int | None = None, sampler: str = "euler_ancestral") -> EchoDistillModel:
     """Rebuild what `EchoDistillModel.save` wrote onto `models`' own copies (for `bench generate`, and for a run
     that samples another run's training with other steps). `student_steps` overrides the saved step count of the
     student and its before-echo view."""
@@ -195,23 +198,23 @@ def load_model(weights_dir: Path, models: Any, batch_size: int, precision: str,
     if has_teacher:
         personalize.load_custom_diffusion(models.teacher_unet, weights_dir / "teacher" / meta["weights"])
 
-    def sampler(role: str, text: Text, state: State | None = None) -> Sampler:
+    def view(role: str, text: Text, state: State | None = None) -> Sampler:
         steps = student_steps if role == "student" and student_steps else meta[f"{role}_steps"]
         guidance = meta["teacher_guidance"] if role == "teacher" else 0.0
         return Sampler(getattr(models, f"{role}_unet"), getattr(models, f"{role}_scheduler"), models.vae, text,
-                       models.latent_size, steps, guidance, batch_size, precision, state)
+                       None, steps, guidance, batch_size, precision, state, sampler)
 
-    student = sampler("student", student_text)
-    teacher = sampler("teacher", teacher_text) if has_teacher else None
+    student = view("student", student_text)
+    teacher = view("teacher", teacher_text) if has_teacher else None
     before: dict[str, Sampler] = {}
     if meta["before_echo"]:
         root = weights_dir / "before_echo"
-        before["student_before_echo"] = sampler(
+        before["student_before_echo"] = view(
             "student", student_text, _state_from_files(models.student_unet, root / "student" / meta["weights"],
                                                        student_text, root / token_file.name))
         if has_teacher:
             teacher_token = root / token_file.name if shared else root / "teacher" / token_file.name
-            before["teacher_before_echo"] = sampler(
+            before["teacher_before_echo"] = view(
                 "teacher", teacher_text, _state_from_files(models.teacher_unet, root / "teacher" / meta["weights"],
                                                            teacher_text, teacher_token))
     return EchoDistillModel(student, teacher, before, shared)

@@ -17,7 +17,7 @@ from torch.profiler import record_function
 
 from bench.api import Concept, Diverged, Log
 from bench.models import personalize, sampling
-from bench.models.training import TRAIN_TEMPLATES, Latents, TrainingBatches, load_pixels
+from bench.models.training import Latents, TrainingBatches, load_pixels, templates_for
 from echodistill import losses as L
 from echodistill.config import VARIANTS, EchoDistillConfig
 from echodistill.discriminators import build_discriminators, real_features
@@ -60,8 +60,9 @@ class Session:
 
         # Text: the new token in the teacher's tokenizer/encoder, which the student shares (spec "Models", STE).
         # Without the teacher or without STE, the student has its own encoder copy and its own token.
-        word = cfg.init_word or personalize.init_word(concept.class_noun)
-        self.init_word = word
+        self.init_word, self.init_lookup = personalize.init_for(concept.name, concept.class_noun, cfg.init,
+                                                                cfg.init_word)
+        word = self.init_word
         self.teacher_text = self._new_token("teacher", word) if self.use_teacher else None
         self.shared = self.use_teacher and cfg.uses("ste")
         self.student_text = self.teacher_text if self.shared else self._new_token("student", word)
@@ -72,12 +73,12 @@ class Session:
         self.vae = models.vae
         self.encode = Latents(self.vae, cache=models.speed.latents == "cache")  # reused only without augmentation
         self.student_unet, self.student_sched = student_unet(models), models.student_scheduler
-        self.student_kv = personalize.cross_attention_kv(self.student_unet)
+        self.student_kv = personalize.cross_attention_kv(self.student_unet, cfg.kv_detach_first_token)
         student_params = self.student_kv + ([self.student_text.embeddings] if self.student_learns_token else [])
         self.opt_student = self._adamw(student_params, cfg.lr_student)
         if self.use_teacher:
             self.teacher_unet, self.teacher_sched = models.teacher_unet, models.teacher_scheduler
-            self.teacher_kv = personalize.cross_attention_kv(self.teacher_unet)
+            self.teacher_kv = personalize.cross_attention_kv(self.teacher_unet, cfg.kv_detach_first_token)
             self.opt_teacher = self._adamw(self.teacher_kv + [self.teacher_text.embeddings], cfg.lr_teacher)
             with torch.no_grad():  # the unconditional context of CFG: the empty prompt, computed once (step 5)
                 self.uncond = self.teacher_text.encode([""])  # (1, 77, D); has no <new1>, so it never changes
@@ -92,12 +93,12 @@ class Session:
         self.phrase = f"{cfg.token} {concept.class_noun}"
         self.factor = models.resolution // models.latent_size  # VAE downsampling (8 at paper scale)
         images = concept.images[: cfg.shots] if cfg.shots else concept.images
-        self.batches = self._batches(load_pixels(images, models.resolution), seed)
+        self.batches = self._batches(load_pixels(images), seed)  # each photo resized once, from its own size
 
     # --- setup helpers ------------------------------------------------------------------------------------------
     def _new_token(self, role: str, word: str) -> Text:
         tokenizer, encoder = getattr(self.models, f"{role}_tokenizer"), getattr(self.models, f"{role}_text_encoder")
-        token_id = personalize.add_token(tokenizer, encoder, self.cfg.token, word)
+        token_id = personalize.add_token(tokenizer, encoder, self.cfg.token, word, lookup=self.init_lookup)
         text = Text(tokenizer, encoder, self.cfg.token)
         text.original = text.embeddings.detach().clone()  # (V, D): every other row is restored to this
         personalize.train_token_row(encoder, [token_id])  # a hook zeroes every other row's gradient
@@ -108,7 +109,8 @@ class Session:
 
     def _batches(self, images: list[torch.Tensor], seed: int) -> TrainingBatches:
         return TrainingBatches(images, self.phrase, self.cfg.batch_size, self.factor, seed, augment=self.cfg.augment,
-                               hflip=self.cfg.hflip)
+                               hflip=self.cfg.hflip, templates=templates_for(self.cfg.augment),
+                               size=self.models.resolution)
 
     def _amp(self) -> Any:
         return autocast(self.device, self.cfg.autocast_dtype)
@@ -159,7 +161,7 @@ class Session:
             target = eps
         else:
             raise ValueError(f"unsupported teacher prediction_type {self.teacher_sched.config.prediction_type!r}")
-        loss = L.teacher_loss(pred, target, masks)
+        loss = L.teacher_loss(pred, target, masks, self.cfg.loss_normalisation)
         out["loss_teacher"] = self._check("loss_teacher", loss, i, phase)
         self.opt_teacher.zero_grad(set_to_none=True)
         loss.backward()
@@ -332,12 +334,13 @@ class Session:
     def echo_samples(self) -> list[torch.Tensor]:
         """`echo_samples` one-step images of the concept from the trained student, (3, 512, 512) in [-1, 1] each.
 
-        Image k uses training template k % 25 and seed 10000 * (run seed + 1) + k // 25: the 25 templates x 4
-        seeds by default, seeds apart from the evaluation seeds 0-3. Clamped to [-1, 1] as a saved image is.
+        Image k uses training template k % 25 and its own noise, seed 10000 * (run seed + 1) + k: the 25 templates
+        x 4 noises by default, seeds apart from the evaluation noise seeds (`sampling.eval_noise_seed`, below 10000
+        for evaluation seeds 0-9). Clamped to [-1, 1] as a saved image is.
         """
-        n, templates = self.cfg.echo_samples, TRAIN_TEMPLATES
+        n, templates = self.cfg.echo_samples, templates_for(self.cfg.augment)
         prompts = [templates[k % len(templates)].format(self.phrase) for k in range(n)]
-        seeds = [10_000 * (self.seed + 1) + k // len(templates) for k in range(n)]
+        seeds = [10_000 * (self.seed + 1) + k for k in range(n)]
         images = []
         step = self.cfg.sample_batch_size
         for start in range(0, n, step):
@@ -345,7 +348,7 @@ class Session:
             with self._amp():
                 context = self.student_text.encode(chunk_p)
                 latents = sampling.sample_latents(self.student_unet, self.student_sched, context, chunk_s, 1,
-                                                  self.models.latent_size)
+                                                  self.models.latent_size, sampler=self.cfg.sampler)
             images += list(self.decode(latents.float()).clamp(-1, 1).cpu())
         return images
 
@@ -404,10 +407,11 @@ class Session:
 
         def sampler(role: str, state: Any = None) -> Sampler:
             if role == "student":
-                return Sampler(self.student_unet, self.student_sched, self.vae, self.student_text, models.latent_size,
-                               cfg.eval_steps, 0.0, cfg.sample_batch_size, cfg.autocast_dtype, state)
-            return Sampler(self.teacher_unet, self.teacher_sched, self.vae, self.teacher_text, models.latent_size,
-                           cfg.teacher_steps, cfg.teacher_guidance, cfg.sample_batch_size, cfg.autocast_dtype, state)
+                return Sampler(self.student_unet, self.student_sched, self.vae, self.student_text, None,
+                               cfg.eval_steps, 0.0, cfg.sample_batch_size, cfg.sample_dtype, state, cfg.sampler)
+            return Sampler(self.teacher_unet, self.teacher_sched, self.vae, self.teacher_text, None,  # native size
+                           cfg.teacher_steps, cfg.teacher_guidance, cfg.sample_batch_size, cfg.sample_dtype, state,
+                           cfg.sampler)
 
         views = {}
         if before is not None:
@@ -422,7 +426,9 @@ class EchoDistill:
     """The method as the harness sees it (`bench.api.Method`)."""
 
     name: ClassVar[str] = "echodistill"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
+    """2: first-token K/V detach, released init token, templates and augmentation, mask-sum loss, [-1, 1] MS-SWD,
+    fp32 training, per-sample echo noise (README, "Fidelity")."""
     Config: ClassVar[type] = EchoDistillConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = VARIANTS
 
@@ -433,5 +439,5 @@ class EchoDistill:
         return Session(self.config, concept, models, seed, log).run()
 
     def load(self, weights_dir: Path, models: Any) -> EchoDistillModel:
-        return load_model(Path(weights_dir), models, self.config.sample_batch_size, self.config.autocast_dtype,
-                          student_steps=self.config.eval_steps)
+        return load_model(Path(weights_dir), models, self.config.sample_batch_size, self.config.sample_dtype,
+                          student_steps=self.config.eval_steps, sampler=self.config.sampler)

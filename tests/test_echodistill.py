@@ -87,7 +87,10 @@ def test_config_defaults_are_the_spec():
     assert (c.betas, c.weight_decay, c.grad_clip, c.teacher_guidance) == ((0.9, 0.999), 1e-2, 1.0, 7.5)
     assert (c.weight_mse, c.weight_id, c.weight_msswd) == (1.0, 1.0, 0.1)
     assert (c.weight_adv_dino1, c.weight_adv_dino2, c.weight_adv_clip) == (1.0, 1.0, 1.0)
-    assert (c.timestep_weighting, c.msswd_input, c.echo_samples, c.echo_iters) == ("alphas_cumprod", "unit", 100, 250)
+    assert (c.timestep_weighting, c.msswd_input, c.echo_samples, c.echo_iters) == ("alphas_cumprod", "released", 100,
+                                                                                   250)
+    assert (c.loss_normalisation, c.init, c.kv_detach_first_token) == ("mask_sum", "released", True)
+    assert (c.autocast_dtype, c.sample_dtype, c.sampler) == ("none", "auto", "euler_ancestral")
     assert (c.drop, c.teacher_first, c.shots, c.hflip, c.augment, c.token, c.eval_steps) == (
         (), False, None, True, True, "<new1>", 1)
     assert c.student_losses() == ("mse_loss", "id_loss", "msswd_loss", "disc_dino1", "disc_dino2", "disc_clip")
@@ -153,7 +156,9 @@ def test_teacher_loss_counts_only_the_mask():
     target[..., 2:, :] = 100.0  # outside the mask: must not count
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2, :] = 1.0
-    assert L.teacher_loss(pred, target, mask).item() == pytest.approx(1.0)
+    # released: the 4-channel sum over the mask divided by the 1-channel mask sum (4x the masked mean)
+    assert L.teacher_loss(pred, target, mask).item() == pytest.approx(4.0)
+    assert L.teacher_loss(pred, target, mask, "mean").item() == pytest.approx(1.0)
 
 
 def test_identity_loss_zero_for_identical_images():

@@ -1,8 +1,12 @@
 """Small tested helpers for Custom-Diffusion-style personalisation, shared by the methods that need them.
 
-- a new token (`<new1>`) in a tokenizer/text encoder, initialised from a descriptive word, whose embedding row
-  is the only row that learns (the other rows' gradients are zeroed by a hook);
-- the cross-attention key/value projections (`attn2.to_k`, `attn2.to_v`) of a UNet as the trainable set;
+- a new token (`<new1>`) in a tokenizer/text encoder, initialised from a word, whose embedding row is the only
+  row that learns (the other rows' gradients are zeroed by a hook). Two initialisations: "released" (the released
+  code's per-instance word, looked up raw in the vocabulary, one row) and "class" (a descriptive word per class,
+  BPE-tokenised, mean of its pieces); see `resolve_init` and `init_embedding_ids`;
+- the cross-attention key/value projections (`attn2.to_k`, `attn2.to_v`) of a UNet as the trainable set, with the
+  gradient through the key and value of token 0 blocked as diffusers' `CustomDiffusionAttnProcessor2_0(train_kv=
+  True)` blocks it (`cross_attention_kv`, `remove_kv_detach`);
 - saving those in diffusers' Custom Diffusion format (`load_attn_procs`) and the token in the textual-inversion
   format (`load_textual_inversion`), and loading them back.
 """
@@ -23,23 +27,102 @@ INIT_WORDS = {
     "glasses": "sunglasses", "cartoon": "character", "teapot": "porcelain", "vase": "ceramic",
 }
 
+# The released code's initialisation word per DreamBench instance (OPAD-code, `run_dreambooth.py`, INSTANCES).
+# It is looked up raw in the vocabulary (`init_embedding_ids(..., lookup="raw")`): with the CLIP vocabulary,
+# "plushie", "corgi", "curly", "retriever", "stuffed" and "border collie" are no vocabulary entry and give the
+# unknown token `<|endoftext|>`; the others give their non-word-final piece ("red", not "red</w>").
+RELEASED_INIT_WORDS = {
+    "backpack": "red", "backpack_dog": "color", "bear_plushie": "plushie", "berry_bowl": "white", "can": "color",
+    "candle": "jar", "cat": "ginger", "cat2": "gray", "clock": "yellow", "colorful_sneaker": "color",
+    "dog": "corgi", "dog2": "fluffy", "dog3": "curly", "dog5": "fluffy", "dog6": "corgi", "dog7": "retriever",
+    "dog8": "border collie", "duck_toy": "duck", "fancy_boot": "white", "grey_sloth_plushie": "brown",
+    "monster_toy": "stuffed", "pink_sunglasses": "pink", "poop_emoji": "ktn", "rc_car": "car",
+    "red_cartoon": "sketch", "robot_toy": "robot", "shiny_sneaker": "rainbow", "teapot": "brown", "vase": "red",
+    "wolf_plushie": "plushie",
+}
+
+INIT_SOURCES = ("released", "class")
+"""Where the initialisation word comes from (`resolve_init`): "released" = `RELEASED_INIT_WORDS` per instance,
+"class" = `INIT_WORDS` per class."""
+INIT_LOOKUPS = ("raw", "bpe")
+"""How a word becomes embedding rows (`init_embedding_ids`): "raw" = one vocabulary entry (the released code),
+"bpe" = the BPE pieces of the word, averaged."""
+INIT_LOOKUP_FOR_SOURCE = {"released": "raw", "class": "bpe"}
+"""The lookup that goes with each source when both follow one choice."""
+
 
 def init_word(class_noun: str) -> str:
     """The initialisation word for a class; the class noun's last word when the class is not DreamBench's."""
     return INIT_WORDS.get(class_noun, class_noun.split()[-1])
 
 
-def add_token(tokenizer: Any, text_encoder: Any, token: str, init: str) -> int:
-    """Add `token` to the vocabulary and set its embedding to that of `init` (mean over its sub-tokens)."""
+def resolve_init(concept_name: str, class_noun: str, source: str = "class") -> str:
+    """The word that initialises `<new1>` for a concept.
+
+    source "released": the released code's word for the DreamBench instance (`RELEASED_INIT_WORDS`, keyed by the
+    instance folder name, e.g. "dog6"); a concept that is not in that table falls back to the per-class word
+    (`init_word(class_noun)`), since the released code has no word for it. source "class": the per-class word
+    (`init_word`), whatever the concept. The lookup (raw or BPE) is chosen separately (`init_embedding_ids`).
+    """
+    if source == "released":
+        return RELEASED_INIT_WORDS.get(concept_name, init_word(class_noun))
+    if source == "class":
+        return init_word(class_noun)
+    raise ValueError(f"init source must be one of {', '.join(INIT_SOURCES)}, not '{source}'")
+
+
+
+def init_for(concept_name: str, class_noun: str, source: str, word: str | None = None) -> tuple[str, str]:
+    """(word, lookup) that initialise `<new1>` for a concept under `source` (a method's `init` field).
+
+    "released": the released table's word looked up raw, as the released code does; a concept outside the table
+    (a user's own folder) has no released word, so it gets the per-class word through BPE, the sensible reading.
+    "class": the per-class word through BPE. `word` overrides the table's word, looked up the source's way.
+    """
+    released = source == "released" and (word is not None or concept_name in RELEASED_INIT_WORDS)
+    return (word or resolve_init(concept_name, class_noun, source)), ("raw" if released else "bpe")
+
+def init_embedding_ids(tokenizer: Any, word: str, lookup: str = "bpe") -> list[int]:
+    """The embedding rows whose mean initialises a new token from `word`.
+
+    lookup "raw": the released code's `tokenizer.encode([word], add_special_tokens=False)` under the slow
+    `CLIPTokenizer` of transformers 4.x, where a list of strings (without `is_split_into_words`) goes straight to
+    `convert_tokens_to_ids`: `word` itself is looked up as one vocabulary entry (no lower-casing, no BPE, no `</w>`
+    suffix, so an entry is a non-word-final piece), and a string that is not an entry gives the unknown token
+    (`<|endoftext|>` for CLIP). Always one id. Done from the vocabulary here, so the slow and the fast tokenizer
+    agree (transformers 5's `encode([word])` treats the list as a batch and BPE-tokenises instead).
+    lookup "bpe": the word's BPE pieces (`tokenizer(word, add_special_tokens=False)`), one id or more.
+    """
+    if lookup == "raw":
+        token_id = tokenizer.get_vocab().get(word)  # added tokens included, as `convert_tokens_to_ids` has them
+        if token_id is None:
+            token_id = tokenizer.unk_token_id
+            if token_id is None:
+                raise ValueError(f"'{word}' is not in the vocabulary and the tokenizer has no unknown token")
+        return [int(token_id)]
+    if lookup == "bpe":
+        ids = list(tokenizer(word, add_special_tokens=False).input_ids)
+        if not ids:
+            raise ValueError(f"'{word}' tokenises to nothing")
+        return ids
+    raise ValueError(f"init lookup must be one of {', '.join(INIT_LOOKUPS)}, not '{lookup}'")
+
+
+def add_token(tokenizer: Any, text_encoder: Any, token: str, init: str, lookup: str = "bpe") -> int:
+    """Add `token` to the vocabulary and set its embedding from the word `init`; returns the token's id.
+
+    lookup "bpe" (default): the mean of the rows of `init`'s BPE pieces; "raw": a copy of the one row of `init`
+    looked up raw in the vocabulary, as the released code does (`init_embedding_ids`).
+    """
     if token in tokenizer.get_vocab():
         raise ValueError(f"token '{token}' is already in the vocabulary")
-    init_ids = tokenizer(init, add_special_tokens=False).input_ids
+    init_ids = init_embedding_ids(tokenizer, init, lookup)  # looked up before the new token exists
     tokenizer.add_tokens([token])
     token_id = tokenizer.convert_tokens_to_ids(token)
     text_encoder.resize_token_embeddings(len(tokenizer))
     emb = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
-        emb[token_id] = emb[init_ids].mean(0)
+        emb[token_id] = emb[init_ids[0]] if lookup == "raw" else emb[init_ids].mean(0)
     return token_id
 
 
@@ -66,18 +149,77 @@ def restore_rows(text_encoder: Any, original: torch.Tensor, keep: list[int]) -> 
         weight[mask] = original.to(weight.device)[mask]
 
 
-def cross_attention_kv(unet: Any) -> list[torch.nn.Parameter]:
-    """The key and value projection weights of every cross-attention layer (`attn2`), set trainable."""
-    params = []
-    for name, module in unet.named_modules():
-        if name.endswith("attn2"):
-            for proj in (module.to_k, module.to_v):
-                proj.weight.requires_grad_(True)
-                params.append(proj.weight)
-                if proj.bias is not None:
-                    raise ValueError("cross-attention K/V with bias are not in the Custom Diffusion format")
-    if not params:
+def _detach_first_token(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+    """Forward hook on an attn2 `to_k`/`to_v`: token 0's projection without gradient, values unchanged."""
+    if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad
+            and output.dim() == 3):
+        return None  # inference, or nothing to block: the output stays as it is
+    return torch.cat([output[:, :1].detach(), output[:, 1:]], dim=1)
+
+
+def _kv_projections(unet: Any) -> list[torch.nn.Module]:
+    projs = [proj for name, module in unet.named_modules() if name.endswith("attn2")
+             for proj in (module.to_k, module.to_v)]
+    if not projs:
         raise ValueError("the UNet has no cross-attention (attn2) layers")
+    return projs
+
+
+def _has_kv_detach(proj: torch.nn.Module) -> bool:
+    return any(hook is _detach_first_token for hook in proj._forward_hooks.values())
+
+
+def install_kv_detach(unet: Any) -> int:
+    """Block the gradient through the key and value of cross-attention token 0 (the start-of-text token).
+
+    A forward hook on every attn2 `to_k`/`to_v` returns the projection with row 0 detached, which is what
+    diffusers' `CustomDiffusionAttnProcessor2_0(train_kv=True)` does to its key and value
+    (`detach * key + (1 - detach) * key.detach()`, detach = 0 on token 0): the outputs are unchanged, only the
+    K/V weights' gradients lose token 0's part. Idempotent (a projection already hooked is left alone); a no-op
+    without gradients (inference). Returns the number of hooks added.
+    """
+    added = 0
+    for proj in _kv_projections(unet):
+        if not _has_kv_detach(proj):
+            proj.register_forward_hook(_detach_first_token)
+            added += 1
+    return added
+
+
+def remove_kv_detach(unet: Any) -> int:
+    """Remove the hooks of `install_kv_detach` (also from a deep copy of a hooked UNet); returns how many."""
+    removed = 0
+    for proj in _kv_projections(unet):
+        for key in [k for k, hook in proj._forward_hooks.items() if hook is _detach_first_token]:
+            del proj._forward_hooks[key]
+            for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+                getattr(proj, extra, {}).pop(key, None)
+            removed += 1
+    return removed
+
+
+def has_kv_detach(unet: Any) -> bool:
+    """Whether every attn2 `to_k`/`to_v` of the UNet carries the token-0 detach hook."""
+    return all(_has_kv_detach(proj) for proj in _kv_projections(unet))
+
+
+def cross_attention_kv(unet: Any, detach_first_token: bool = True) -> list[torch.nn.Parameter]:
+    """The key and value projection weights of every cross-attention layer (`attn2`), set trainable.
+
+    detach_first_token (default True): no gradient through token 0's key and value, as diffusers'
+    `CustomDiffusionAttnProcessor2_0(train_kv=True)` trains them (`install_kv_detach`; idempotent). False removes
+    any such hook, so the gradient of token 0 flows (the behaviour before the option existed).
+    """
+    params = []
+    for proj in _kv_projections(unet):
+        if proj.bias is not None:
+            raise ValueError("cross-attention K/V with bias are not in the Custom Diffusion format")
+        proj.weight.requires_grad_(True)
+        params.append(proj.weight)
+    if detach_first_token:
+        install_kv_detach(unet)
+    else:
+        remove_kv_detach(unet)
     return params
 
 

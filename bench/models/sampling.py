@@ -1,8 +1,17 @@
 """Text encoding, seeded noise, few-step student and CFG teacher sampling, VAE decode.
 
-Determinism: the initial noise of each image is drawn from its own CPU generator seeded with the image's seed,
-so the same (prompt, seed) gives the same image whatever else is in the batch and on whatever device: bit-identical
-for the same call, and within float rounding (at most 1/255 per pixel) when the batch around it changes.
+Determinism: the initial noise of each image is drawn from its own CPU generator seeded with the image's seed, and
+an ancestral sampler's per-step noise continues that same generator, so the same (prompt, seed) gives the same
+image whatever else is in the batch and on whatever device: bit-identical for the same call, and within float
+rounding (at most 1/255 per pixel) when the batch around it changes.
+
+Evaluation noise (protocol): image (prompt index p, evaluation seed s) starts from `eval_noise_seed(p, s)`, so every
+prompt of a seed has its own noise and the same (p, s) has the same noise for every method and run (paired).
+
+Samplers as the released evaluation: a model whose scheduler is Euler (SD-Turbo) samples with
+`EulerAncestralDiscreteScheduler` built from that scheduler's config (identical at one step); DDIM (SD 2.1) and
+TCD (Hyper-SD) models keep their own. Every model samples at its native size, `unet.config.sample_size` latents
+(SD-Turbo 64 -> 512 px, SD 2.1 768-v 96 -> 768 px); training stays at the profile's resolution.
 """
 
 from __future__ import annotations
@@ -16,6 +25,36 @@ from torch.profiler import record_function
 STUDENT_TIMESTEPS = {1: (999,), 2: (999, 499), 4: (999, 749, 499, 249)}
 TEACHER_STEPS = 25
 TEACHER_GUIDANCE = 7.5
+SAMPLERS = ("euler_ancestral", "euler")
+"""Values of the methods' `sampler` field: what an Euler-scheduled model (SD-Turbo) samples with. "euler_ancestral"
+(the released evaluation) or "euler" (the scheduler as loaded). Other schedulers are always kept."""
+EVAL_NOISE_STRIDE = 1000
+"""Evaluation seed s, prompt index p -> noise seed s * 1000 + p (DreamBench has 25 prompts per concept)."""
+
+
+def eval_noise_seed(prompt_index: int, eval_seed: int) -> int:
+    """The noise seed of evaluation image (prompt index, evaluation seed): its own per prompt, the same for every
+    method (a paired comparison). `eval_seed * 1000 + prompt_index`."""
+    if not 0 <= prompt_index < EVAL_NOISE_STRIDE:
+        raise ValueError(f"prompt index must be in [0, {EVAL_NOISE_STRIDE}), got {prompt_index}")
+    return int(eval_seed) * EVAL_NOISE_STRIDE + int(prompt_index)
+
+
+def native_latent_size(unet: Any) -> int:
+    """The latent side a UNet samples at by default (`unet.config.sample_size`), as diffusers' pipelines do."""
+    return int(unet.config.sample_size)
+
+
+def sampling_scheduler(scheduler: Any, sampler: str = "euler_ancestral") -> Any:
+    """A fresh scheduler to sample with: Euler -> Euler ancestral from the same config (released evaluation) unless
+    `sampler == "euler"`; any other scheduler (DDIM, TCD) is kept as it is."""
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    if sampler == "euler_ancestral" and type(scheduler) is EulerDiscreteScheduler:
+        return EulerAncestralDiscreteScheduler.from_config(scheduler.config)
+    return type(scheduler).from_config(scheduler.config)
 
 
 def tokenize(tokenizer: Any, prompts: list[str], device: Any) -> torch.Tensor:
@@ -31,9 +70,12 @@ def encode_text(tokenizer: Any, text_encoder: Any, prompts: list[str]) -> torch.
     return text_encoder(tokenize(tokenizer, prompts, device))[0]
 
 
-def seeded_noise(seeds: list[int], shape: tuple[int, ...], device: Any, dtype: Any = torch.float32) -> torch.Tensor:
-    """(B, *shape) standard normal noise, image i drawn from a CPU generator seeded with seeds[i]."""
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+def seeded_noise(seeds: list[int], shape: tuple[int, ...], device: Any, dtype: Any = torch.float32,
+                 generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """(B, *shape) standard normal noise, image i drawn from a CPU generator seeded with seeds[i] (or from
+    `generators[i]`, which then continues where this draw ends)."""
+    generators = generators or [torch.Generator().manual_seed(int(s)) for s in seeds]
+    noise = [torch.randn(shape, generator=g) for g in generators]
     return torch.stack(noise).to(device=device, dtype=dtype)
 
 
@@ -45,16 +87,20 @@ def timesteps_for(scheduler: Any, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[int], steps: int, latent_size: int,
-                   uncond: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
-    """Run `scheduler` for `steps` steps from seeded noise; classifier-free guidance when `guidance > 1`.
+def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[int], steps: int,
+                   latent_size: int | None = None, uncond: torch.Tensor | None = None, guidance: float = 0.0,
+                   sampler: str = "euler_ancestral") -> torch.Tensor:
+    """Run `scheduler` (see `sampling_scheduler`) for `steps` steps from seeded noise; classifier-free guidance when
+    `guidance > 1`. Each image's generator draws its initial noise and then an ancestral sampler's step noise.
 
-    cond, uncond: (B, 77, D) and (1 or B, 77, D). Returns (B, 4, h, w) clean latents (VAE-scaled).
+    cond, uncond: (B, 77, D) and (1 or B, 77, D); latent_size None = the UNet's native size. Returns (B, 4, h, w)
+    clean latents (VAE-scaled).
     """
-    scheduler = type(scheduler).from_config(scheduler.config)  # schedulers keep step state: use a fresh one
+    scheduler = sampling_scheduler(scheduler, sampler)  # schedulers keep step state: always a fresh one
     scheduler.set_timesteps(steps, device=cond.device)
-    channels = unet.config.in_channels
-    latents = seeded_noise(seeds, (channels, latent_size, latent_size), cond.device, cond.dtype)
+    channels, size = unet.config.in_channels, latent_size or native_latent_size(unet)
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    latents = seeded_noise(seeds, (channels, size, size), cond.device, cond.dtype, generators)
     latents = latents * scheduler.init_noise_sigma
     use_cfg = guidance > 1.0 and uncond is not None
     if use_cfg:
@@ -67,8 +113,15 @@ def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[in
                 pred = pred_uncond + guidance * (pred_cond - pred_uncond)
             else:
                 pred = unet(model_in, t, cond).sample
-        latents = scheduler.step(pred, t, latents).prev_sample
+        latents = scheduler.step(pred, t, latents, **_step_noise(scheduler, generators)).prev_sample
     return latents
+
+
+def _step_noise(scheduler: Any, generators: list[torch.Generator]) -> dict[str, Any]:
+    """`generator=` for schedulers whose step draws noise (ancestral Euler, TCD, DDPM): one per image."""
+    import inspect
+
+    return {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -87,8 +140,10 @@ def to_pil(images: torch.Tensor) -> list:
 
 @torch.no_grad()
 def generate(unet: Any, scheduler: Any, vae: Any, tokenizer: Any, text_encoder: Any, prompts: list[str],
-             seeds: list[int], steps: int, latent_size: int, guidance: float = 0.0, batch_size: int = 16) -> list:
-    """PIL images for (prompt, seed) pairs, batched. guidance > 1 adds the empty-prompt branch (CFG)."""
+             seeds: list[int], steps: int, latent_size: int | None = None, guidance: float = 0.0,
+             batch_size: int = 16, sampler: str = "euler_ancestral") -> list:
+    """PIL images for (prompt, seed) pairs, batched. guidance > 1 adds the empty-prompt branch (CFG).
+    latent_size None = the UNet's native size; `sampler`: see `sampling_scheduler`."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     images: list = []
@@ -97,17 +152,18 @@ def generate(unet: Any, scheduler: Any, vae: Any, tokenizer: Any, text_encoder: 
         for start in range(0, len(prompts), batch_size):
             batch_prompts, batch_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
             cond = encode_text(tokenizer, text_encoder, batch_prompts)
-            latents = sample_latents(unet, scheduler, cond, batch_seeds, steps, latent_size, uncond, guidance)
+            latents = sample_latents(unet, scheduler, cond, batch_seeds, steps, latent_size, uncond, guidance, sampler)
             images += to_pil(decode(vae, latents))
     return images
 
 
-def generate_parts(parts: dict[str, Any], prompts: list[str], seeds: list[int], steps: int, latent_size: int,
-                   guidance: float = 0.0, batch_size: int = 16, precision: str = "none") -> list:
+def generate_parts(parts: dict[str, Any], prompts: list[str], seeds: list[int], steps: int,
+                   latent_size: int | None = None, guidance: float = 0.0, batch_size: int = 16,
+                   precision: str = "none", sampler: str = "euler_ancestral") -> list:
     """`generate` with a baseline's parts (`unet`, `scheduler`, `vae`, `tokenizer`, `text_encoder`) under its
-    `autocast_dtype` precision (`bench.models.speed.autocast`)."""
+    `sample_dtype` precision (`bench.models.speed.autocast`), at the UNet's native size unless told otherwise."""
     from bench.models.speed import autocast
 
     with autocast(parts["unet"].device, precision):
         return generate(parts["unet"], parts["scheduler"], parts["vae"], parts["tokenizer"], parts["text_encoder"],
-                        prompts, seeds, steps, latent_size, guidance=guidance, batch_size=batch_size)
+                        prompts, seeds, steps, latent_size, guidance=guidance, batch_size=batch_size, sampler=sampler)

@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-AUTOCAST = ("auto", "none", "bf16")
-"""Values of the methods' `autocast_dtype` config field (see `autocast`)."""
+AUTOCAST = ("none", "bf16")
+"""Values of the methods' `autocast_dtype` field, the training precision (see `autocast`): "none" = float32, as the
+released code and diffusers' examples train (default); "bf16" a speed switch that changes results at bf16 rounding."""
+SAMPLE_DTYPES = ("auto", "none", "fp16", "bf16")
+"""Values of the methods' `sample_dtype` field, the sampling precision: "auto" = fp16 on CUDA and float32 on CPU (the
+released evaluation samples fp16 pipelines on CUDA; default), or forced "none" / "fp16" / "bf16"."""
 
 SPEED_ROLES = ("student_unet", "teacher_unet", "vae")
 """The roles the switches touch: the denoisers and the autoencoder (the text and image encoders run once per
@@ -102,19 +106,25 @@ def sweep_settings() -> list[tuple[str, Speed]]:
             ("default, again", Speed())]
 
 
-def check_autocast(setting: str) -> None:
-    """A config's `autocast_dtype` must be one of AUTOCAST (for the configs' `__post_init__`)."""
+def check_autocast(setting: str, sample_dtype: str = "auto") -> None:
+    """A config's `autocast_dtype` must be one of AUTOCAST and its `sample_dtype` one of SAMPLE_DTYPES (for the
+    configs' `__post_init__`)."""
     if setting not in AUTOCAST:
         raise ValueError(f"autocast_dtype must be one of {', '.join(AUTOCAST)}, not '{setting}'")
+    if sample_dtype not in SAMPLE_DTYPES:
+        raise ValueError(f"sample_dtype must be one of {', '.join(SAMPLE_DTYPES)}, not '{sample_dtype}'")
 
 
 def autocast(device: Any, setting: str) -> Any:
-    """The forward-pass precision context of a method's `autocast_dtype` field: "auto" = bf16 on CUDA and none on
-    CPU, "bf16", "none". Weights, optimiser states and losses stay float32; this one is a config field (in the
-    config hash), not a speed switch, since bf16 changes results at bf16 rounding."""
+    """The forward-pass precision context of an `autocast_dtype` (training) or `sample_dtype` (sampling) field:
+    "none" (float32), "bf16", "fp16", or "auto" = fp16 on CUDA and float32 elsewhere. Weights, optimiser states and
+    losses stay float32. These are config fields (in the config hash), not speed switches: they change results at
+    their rounding."""
     import torch
     from contextlib import nullcontext
 
     device = torch.device(device)
-    use_bf16 = setting == "bf16" or (setting == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setting)
+    if setting == "auto" and device.type == "cuda":
+        dtype = torch.float16
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

@@ -14,17 +14,33 @@ from typing import Any
 import torch
 from torch.profiler import record_function
 
-# Photo templates for training prompts (method.md: "<new1> {class}" inside 25 photo templates), after the
-# textual-inversion "imagenet_templates_small" list.
-TRAIN_TEMPLATES = (
+# The 27 "imagenet_templates_small" photo templates of textual inversion (diffusers' `textual_inversion.py`).
+IMAGENET_TEMPLATES = (
     "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
     "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
     "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
     "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
     "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
     "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
-    "a photo of the large {}",
+    "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
 )
+TRAIN_TEMPLATES = tuple(t for t in IMAGENET_TEMPLATES if "close" not in t)
+"""The released training templates (method.md, "Prompt for a concept"): the 27 minus the two containing "close",
+which would clash with the augmentation's "close up"; 25 templates. The released dataset uses all 27 when the
+random-scale augmentation is off (`templates_for`)."""
+
+
+def templates_for(augment: bool) -> tuple[str, ...]:
+    """The released dataset's templates: 25 (no "close") with the random-scale augmentation, all 27 without it."""
+    return TRAIN_TEMPLATES if augment else IMAGENET_TEMPLATES
+
+
+def insert_after_first_word(prompt: str, words: str) -> str:
+    """The released augmentation's prompt edit: `words` inserted after the prompt's first word, e.g.
+    ("a photo of a <new1> dog", "a far away") -> "a a far away photo of a <new1> dog" (sic: the released lists hold
+    "a far away", so the article doubles; reproduced as released)."""
+    head, *rest = prompt.split()
+    return " ".join([head, words, *rest])
 
 
 @dataclass
@@ -39,8 +55,9 @@ class Batch:
     augmentation), so its VAE encoding can be reused (`Latents`); None when augmented."""
 
 
-def load_pixels(paths: tuple[Path, ...] | list[Path], size: int) -> list[torch.Tensor]:
-    """Each image as a (3, size, size) tensor in [-1, 1] (RGB, EXIF honoured, centre-cropped square)."""
+def load_pixels(paths: tuple[Path, ...] | list[Path], size: int | None = None) -> list[torch.Tensor]:
+    """Each image as a (3, S, S) tensor in [-1, 1] (RGB, EXIF honoured, centre-cropped square); S = `size`, or the
+    photo's own side when `size` is None (what `TrainingBatches` takes, so it resizes each photo once)."""
     import numpy as np
 
     from bench.data import load_image
@@ -52,24 +69,33 @@ def load_pixels(paths: tuple[Path, ...] | list[Path], size: int) -> list[torch.T
     return out
 
 
-def custom_diffusion_augment(image: torch.Tensor, size: int, factor: int, rng: random.Random
-                             ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Custom Diffusion's random-scale augmentation (method.md, "Data augmentation").
-
-    With p = 0.66 the image is scaled to U[size/3, size] and placed on a mid-grey canvas; the mask is the
-    placed region at latent resolution shrunk by one latent pixel, and "a far away"/"very small" is prefixed
-    when the scale is under 0.6 * size. Otherwise it is scaled to U[1.2, 1.4] * size and randomly cropped,
-    mask all ones, with "zoomed in"/"close up" prefixed. image: (3, S, S) in [-1, 1]. Returns
-    (image (3, size, size), mask (1, size/factor, size/factor), prefix).
-    """
+def resize(image: torch.Tensor, side: int) -> torch.Tensor:
+    """(3, S, S) -> (3, side, side), bilinear with antialiasing (PIL's `Image.resize(..., BILINEAR)`, which the
+    released dataset uses); the same tensor when it already has that side."""
     import torch.nn.functional as F
 
+    if image.shape[-1] == side and image.shape[-2] == side:
+        return image
+    return F.interpolate(image[None], size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def custom_diffusion_augment(image: torch.Tensor, size: int, factor: int, rng: random.Random
+                             ) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """Custom Diffusion's random-scale augmentation as the released dataset does it (method.md, "Data
+    augmentation").
+
+    With p = 0.66 the photo is resized to scale ~ U{size/3 .. size} and placed on a mid-grey canvas at a random
+    position; the mask is the placed region at latent resolution shrunk by one latent pixel. Otherwise it is
+    resized to U{1.2 size .. 1.4 size - 1} and randomly cropped, mask all ones. image: (3, S, S) in [-1, 1], the
+    photo at its own size (resized once, from the original). Returns (image (3, size, size), mask (1, size/factor,
+    size/factor), the words to insert into the prompt: "a far away" / "very small" under 0.6 * size, "zoomed in" /
+    "close up" above size, else None).
+    """
     if rng.random() < 0.66:
         scale = rng.randint(size // 3, size)
     else:
-        scale = rng.randint(int(1.2 * size), int(1.4 * size))
-    resized = F.interpolate(image[None], size=(scale, scale), mode="bilinear", antialias=True,
-                            align_corners=False)[0]
+        scale = rng.randrange(int(1.2 * size), int(1.4 * size))
+    resized = resize(image, scale)
     m = size // factor
     mask = torch.zeros(1, m, m)
     if scale > size:
@@ -82,28 +108,33 @@ def custom_diffusion_augment(image: torch.Tensor, size: int, factor: int, rng: r
         out[:, top:top + scale, left:left + scale] = resized
         mask[:, top // factor + 1:(top + scale) // factor - 1, left // factor + 1:(left + scale) // factor - 1] = 1.0
     if scale < 0.6 * size:
-        prefix = rng.choice(["a far away ", "very small "])
+        words = rng.choice(["a far away", "very small"])
     elif scale > size:
-        prefix = rng.choice(["zoomed in ", "close up "])
+        words = rng.choice(["zoomed in", "close up"])
     else:
-        prefix = ""
-    return out, mask, prefix
+        words = None
+    return out, mask, words
 
 
 class TrainingBatches:
     """An endless, seeded stream of augmented batches of one concept's photos.
 
-    `phrase` is what stands for the concept in the prompt (`"<new1> dog"`, `"sks dog"`). With `augment=False`
-    the photos are used as they are (mask all ones, no prompt prefix); hflip is applied with p = 0.5 if on.
+    `phrase` is what stands for the concept in the prompt (`"<new1> dog"`, `"sks dog"`). `images` are the photos at
+    any square size (`load_pixels(paths)`: their own); `size` is the training side (default: the first photo's).
+    With `augment=True` each sample resizes its photo once, from that size, to the augmentation's scale; with
+    `augment=False` the photos are resized to `size` once, here, and used as they are (mask all ones, no prompt
+    edit). hflip is applied with p = 0.5 if on.
     """
 
     def __init__(self, images: list[torch.Tensor], phrase: str, batch_size: int, factor: int, seed: int,
-                 augment: bool = True, hflip: bool = True, templates: tuple[str, ...] = TRAIN_TEMPLATES) -> None:
+                 augment: bool = True, hflip: bool = True, templates: tuple[str, ...] = TRAIN_TEMPLATES,
+                 size: int | None = None) -> None:
         if not images:
             raise ValueError("no training images")
-        self.images, self.phrase, self.batch_size, self.factor = images, phrase, batch_size, factor
+        self.size = size or images[0].shape[-1]
+        self.phrase, self.batch_size, self.factor = phrase, batch_size, factor
+        self.images = images if augment else [resize(image, self.size) for image in images]
         self.augment, self.hflip, self.templates = augment, hflip, templates
-        self.size = images[0].shape[-1]
         self.rng = random.Random(seed)
         self.stream = next(_STREAMS)  # tells apart the photos of different streams in a `Latents` cache
 
@@ -119,13 +150,15 @@ class TrainingBatches:
             if mirrored:
                 image = image.flip(-1)
             keys.append((self.stream, index, mirrored))
+            words = None
             if self.augment:
-                image, mask, prefix = custom_diffusion_augment(image, self.size, self.factor, self.rng)
+                image, mask, words = custom_diffusion_augment(image, self.size, self.factor, self.rng)
             else:
-                mask, prefix = torch.ones(1, self.size // self.factor, self.size // self.factor), ""
+                mask = torch.ones(1, self.size // self.factor, self.size // self.factor)
+            prompt = self.rng.choice(self.templates).format(self.phrase)
             pixels.append(image)
             masks.append(mask)
-            prompts.append(prefix + self.rng.choice(self.templates).format(self.phrase))
+            prompts.append(insert_after_first_word(prompt, words) if words else prompt)
         return Batch(torch.stack(pixels), torch.stack(masks), prompts, None if self.augment else tuple(keys))
 
     def state(self) -> object:
@@ -210,8 +243,20 @@ def noisy_and_target(scheduler: object, latents: torch.Tensor, noise: torch.Tens
     raise ValueError(f"unsupported prediction_type '{kind}'")
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the MSE inside each sample's mask (Custom Diffusion's masked loss)."""
+LOSS_NORMALISATIONS = ("mask_sum", "mean")
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, normalise: str = "mean"
+               ) -> torch.Tensor:
+    """Batch mean of each sample's squared error inside its mask. pred, target (B, C, h, w); mask (B, 1, h, w).
+
+    normalise="mask_sum": the sum over the C channels and the masked pixels divided by the one-channel mask sum (the
+    released code and diffusers' Custom Diffusion example; C = 4 times the mean, which changes how a gradient clip
+    at 1.0 bites). "mean": divided by the masked element count over all channels, a true mean (with an all-ones
+    mask, `F.mse_loss`, as diffusers' DreamBooth, LoRA and textual-inversion examples train).
+    """
+    if normalise not in LOSS_NORMALISATIONS:
+        raise ValueError(f"loss normalisation must be one of {', '.join(LOSS_NORMALISATIONS)}, not {normalise!r}")
     err = ((pred.float() - target.float()) ** 2 * mask).sum(dim=(1, 2, 3))
-    count = (mask.expand_as(pred).sum(dim=(1, 2, 3))).clamp_min(1.0)
-    return (err / count).mean()
+    count = mask.sum(dim=(1, 2, 3)) if normalise == "mask_sum" else mask.expand_as(pred).sum(dim=(1, 2, 3))
+    return (err / count.clamp_min(1.0)).mean()
