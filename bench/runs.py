@@ -148,7 +148,32 @@ def plan(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concept
 def job_hash(job: Job, config: Any, profile_desc: dict[str, Any], suite: dict[str, Any]) -> str:
     """Everything that changes a run's output; a finished record with the same hash is not recomputed."""
     return stable_hash({"job": dataclasses.asdict(job), "config": hashed_config(config), "models": profile_desc,
-                        "suite": suite["name"], "eval_version": EVAL_VERSION, "schema": store.SCHEMA_VERSION})
+                        "suite": suite["name"], "eval_version": EVAL_VERSION, "schema": store.SCHEMA_VERSION,
+                        "method_version": getattr(get_method(job.method), "version", 1)})
+
+
+def outdated_reason(record: dict[str, Any], job: Job, config: Any, profile_desc: dict[str, Any],
+                    suite: dict[str, Any]) -> str:
+    """Why a record no longer matches its job, and what brings it up to date: a re-run (training changed), a
+    re-sample (the evaluation changed; `bench run` samples the run's own weights when its training still matches),
+    or a re-score (only the metric suite changed: `bench score`)."""
+    version = getattr(get_method(job.method), "version", 1)
+    recorded = record.get("config") or {}
+
+    def differs(wanted: dict[str, Any]) -> bool:
+        return {k: recorded.get(k) for k in wanted} != wanted
+
+    if record.get("method_version", 1) != version:
+        return f"re-run: method version {record.get('method_version', 1)} -> {version} (training changed)"
+    if record.get("models") != profile_desc or differs(training_fields(config)):
+        return "re-run: other models or training config"
+    if record.get("eval_version") != EVAL_VERSION or differs(hashed_config(config)):
+        return (f"re-sample: evaluation version {record.get('eval_version')} -> {EVAL_VERSION} or sampling config "
+                "changed (`bench run` samples and scores again, reusing the training where it still matches)")
+    old_suite = (record.get("metric_suite") or {}).get("name")
+    if old_suite != suite["name"]:
+        return f"re-score: metric suite {old_suite} -> {suite['name']} (`bench score --suite {suite['name']}`)"
+    return "recorded with another config hash; `bench run` recomputes it"
 
 
 def training_hash(job: Job, config: Any, profile_desc: dict[str, Any]) -> str:
@@ -621,7 +646,8 @@ def plan_status(jobs: list[Job], ctx: Context) -> tuple[dict[str, int], list[str
         elif store.partial_dir(run_dir).exists():
             entries.append(("interrupted", key, store.interrupted_note(store.partial_dir(run_dir))))
         elif state.state == "outdated":
-            entries.append(("outdated", key, "recorded with another config hash; `bench run` recomputes it"))
+            profile, config, suite, _ = _resolve(job, ctx)
+            entries.append(("outdated", key, outdated_reason(state.record, job, config, profile.describe(), suite)))
         else:
             entries.append(("missing", key, ""))
     order = {"done": 0, "running": 1, "interrupted": 2, "outdated": 3, "failed": 4, "missing": 5}

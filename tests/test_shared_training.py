@@ -207,3 +207,19 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
     calls.clear()
     runs._sample_trained(job, ctx, None, profile, Method(), Models(), tmp_path / "out2", donor)
     assert calls == ["images", "teacher"], "another suite: the view is sampled and scored again"
+
+
+@pytest.mark.parametrize("edit, says", [
+    ({"method_version": 0}, "re-run: method version 0 -> 1"),
+    ({"eval_version": 1}, "re-sample: evaluation version 1 -> "),
+    ({"metric_suite": {"name": "paper"}}, "re-score: metric suite paper -> tiny"),
+])
+def test_status_says_how_an_outdated_record_is_brought_up_to_date(edit, says, fake, dreambench_root, tmp_path,
+                                                                 monkeypatch, capsys) -> None:
+    common = ["--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path]
+    assert bench(monkeypatch, capsys, "run", *common)[0] == 0
+    path = tmp_path / "tiny" / "fake" / "default" / "dog" / "seed0" / "record.json"
+    rec = json.loads(path.read_text())
+    path.write_text(json.dumps({**rec, **edit, "config_hash": "0" * 16}))  # as if recorded by an older harness
+    code, out, _ = bench(monkeypatch, capsys, "status", *common)
+    assert code == 0 and "outdated" in out and says in out, out
