@@ -4,7 +4,8 @@ Trains the key/value projections of every cross-attention layer plus a new token
 Diffusion's random-scale augmentation and masked denoising loss. Read top to bottom: config, train, sample, save.
 
 Paper Table 5 grid: the train NFE is the timestep policy (1 -> t = 999 only, 4 -> the four-step set, 1000 ->
-uniform), the infer NFE is the number of sampling steps; `sd21` is the SD 2.1 reference (25 DDIM steps, CFG 7.5).
+uniform), the infer NFE is the number of sampling steps; `sd21` is the SD 2.1 reference (25 DDIM steps, CFG 7.5,
+sampled at SD 2.1's native size: 768 px for the 768-v model; trained at 512).
 Weights are saved in diffusers' formats: `unet.load_attn_procs(dir, weight_name=CD_WEIGHTS)` and
 `pipe.load_textual_inversion(dir / "<new1>.safetensors")`.
 """

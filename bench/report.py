@@ -110,7 +110,8 @@ def bar_chart(t: Table) -> Figure | None:
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"{t.title} ({t.profile}, {t.suite.split(' ')[0]})", fontsize=10)
-    caption = (f"{t.title}, profile {t.profile}: bars are the cells (pooled means, mean over seeds); lines their "
+    caption = (f"{t.title}, profile {t.profile}: bars are the cells (mean over concepts of per-concept means); "
+               f"lines their "
                f"95% bootstrap interval over concepts (of the mean of per-concept means); x the paper's number"
                + (" (different hardware and weights)" if t.profile != "paper" else "") + ".")
     return Figure(_slug(t.profile, t.suite.split(" ")[0], t.name, "bars") + ".png", caption, _png(fig))
@@ -142,7 +143,8 @@ def scatter(records: list[dict[str, Any]], profile: str, suite: str) -> Figure |
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     caption = (f"CLIP-I vs CLIP-T per method (profile {profile}, suite {suite}): one point per run (a concept and "
-               f"training seed), the run's pooled means; crosses mark each variant's mean over its runs.")
+               f"training seed), the run's scores (mean over evaluation seeds of the per-seed mean over its images "
+               f"or image-real pairs); crosses mark each variant's mean over its runs.")
     return Figure(_slug(profile, suite, "scatter") + ".png", caption, _png(fig))
 
 

@@ -148,7 +148,8 @@ def plan(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concept
 def job_hash(job: Job, config: Any, profile_desc: dict[str, Any], suite: dict[str, Any]) -> str:
     """Everything that changes a run's output; a finished record with the same hash is not recomputed."""
     return stable_hash({"job": dataclasses.asdict(job), "config": hashed_config(config), "models": profile_desc,
-                        "suite": suite["name"], "eval_version": EVAL_VERSION, "schema": store.SCHEMA_VERSION,
+                        "suite": suite["name"], "suite_version": suite.get("version", 1),
+                        "eval_version": EVAL_VERSION, "schema": store.SCHEMA_VERSION,
                         "method_version": getattr(get_method(job.method), "version", 1)})
 
 
@@ -170,9 +171,10 @@ def outdated_reason(record: dict[str, Any], job: Job, config: Any, profile_desc:
     if record.get("eval_version") != EVAL_VERSION or differs(hashed_config(config)):
         return (f"re-sample: evaluation version {record.get('eval_version')} -> {EVAL_VERSION} or sampling config "
                 "changed (`bench run` samples and scores again, reusing the training where it still matches)")
-    old_suite = (record.get("metric_suite") or {}).get("name")
-    if old_suite != suite["name"]:
-        return f"re-score: metric suite {old_suite} -> {suite['name']} (`bench score --suite {suite['name']}`)"
+    old = record.get("metric_suite") or {}
+    if (old.get("name"), old.get("version", 1)) != (suite["name"], suite.get("version", 1)):
+        return (f"re-score: metric suite {old.get('name')} v{old.get('version', 1)} -> {suite['name']} "
+                f"v{suite.get('version', 1)} (`bench score --suite {suite['name']}`)")
     return "recorded with another config hash; `bench run` recomputes it"
 
 

@@ -51,8 +51,8 @@ def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[st
         if record is None or record.get("status") != "done":
             skipped["not_done"].append(label)
             continue
-        old_suite = (record.get("metric_suite") or {}).get("name")
-        if old_suite is None or job_hash(job, config, profile.describe(), {"name": old_suite}) != record.get(
+        old_suite = record.get("metric_suite") or {}
+        if not old_suite.get("name") or job_hash(job, config, profile.describe(), old_suite) != record.get(
                 "config_hash"):
             skipped["outdated"].append(label)  # trained or evaluated with another config: `bench run` redoes it
             continue
@@ -111,12 +111,13 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
         record = copy.deepcopy(run.record)
         for part, rows, _ in _evaluations(record, run.run_dir):
             idx = run.parts[part]
-            scores = score_embedded({k: v[idx] for k, v in gen.items()}, text[idx], real_emb)
+            scores = score_embedded({k: v[idx] for k, v in gen.items()}, text[idx], real_emb,
+                                    max0=scorer.suite.cos_max0)
             new_rows = [{**row, **sc} for row, sc in zip(rows, scores)]
             target = record if part is None else record["views"][part]
             summary = aggregate([{**r, "concept": run.job.concept} for r in new_rows])
             target.update(images=new_rows, metrics={k: summary[k] for k in ("clip_t", "clip_i", "dino")},
-                          real_vs_real=ceiling(real_emb))
+                          real_vs_real=ceiling(real_emb, max0=scorer.suite.cos_max0))
         record.update(metric_suite=suite, config_hash=run.new_hash,
                       rescored={"from_suite": run.record["metric_suite"].get("name"),
                                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pass_images": total,

@@ -5,16 +5,23 @@ and which evaluation of the record: the final student, a view, or the real-vs-re
 paper's `reference/paper_tables.csv` they correspond to. Records are grouped by (profile, metric suite): one
 rendered table per group, since numbers from different suites or models are not comparable.
 
-Aggregation of one cell (one row, one metric), as the authors' released evaluation does it and then honestly:
-  1. per training seed: the pooled mean over every scored image (CLIP-T) or image-real pair (CLIP-I, DINO) of
-     all concepts, per evaluation seed, then the mean over evaluation seeds (`bench.metrics.aggregate`);
-  2. the mean over training seeds, ± their sample std when there are several;
-  3. a 95% bootstrap interval over concepts: concepts resampled with replacement (1000 resamples, fixed RNG
+Aggregation of one cell (one row, one metric), as the authors' released evaluation writes its result ("Average
+over Instances") and then honestly:
+  1. per run (one concept, one training seed): per evaluation seed, the mean over the run's images (CLIP-T) or
+     over all its (image, real) pairs (CLIP-I, DINO); then the mean over evaluation seeds (the run's `metrics`,
+     `bench.metrics.aggregate` on its images);
+  2. per concept: the mean over its training-seed runs;
+  3. the cell: the mean over concepts of the per-concept means, each concept weighing the same; ± the sample
+     std over training seeds (of each seed's mean over its concepts) when there are several;
+  4. a 95% bootstrap interval over concepts: concepts resampled with replacement (1000 resamples, fixed RNG
      seed) of the mean of per-concept means;
-  4. runs behind the cell: done / expected (expected = the concepts present for the profile x the training
+  5. runs behind the cell: done / expected (expected = the concepts present for the profile x the training
      seeds present in the table), failed and missing runs written into the cell, never dropped.
-Step 1 is computed here from per-record sums (vectorised), because calling `aggregate` per cell takes seconds
-for a full sweep and importing it imports torch; `tests/test_tables.py` holds the two to the same numbers.
+Beside it, `Stats.pooled` (CSV `*_pooled`): per training seed, the pooled mean over every image / pair of all
+concepts per evaluation seed, then the mean over evaluation seeds (what the released script prints per seed),
+then the mean over training seeds. Both are computed here from per-record sums, because calling `aggregate` per
+cell takes seconds for a full sweep and importing it imports torch; `tests/test_tables.py` holds them to
+`aggregate`'s numbers.
 """
 
 from __future__ import annotations
@@ -269,11 +276,12 @@ _COLUMNS = itemgetter("eval_seed", "clip_t", "clip_i", "dino", "n_real")
 
 @dataclass
 class RunSummary:
-    """One run's evaluation reduced to what pooling needs: per eval seed [n images, sum CLIP-T,
-    sum CLIP-I x n_real, sum DINO x n_real, sum n_real], and the run's plain per-image means."""
+    """One run's evaluation reduced to what aggregation needs: per eval seed [n images, sum CLIP-T,
+    sum CLIP-I x n_real, sum DINO x n_real, sum n_real], and the run's scores (`values`: per eval seed the mean
+    over images / pairs, then the mean over eval seeds)."""
 
     by_eval_seed: dict[Any, list[float]]
-    means: dict[str, float]
+    values: dict[str, float]
     infer_s: float | None
 
 
@@ -297,7 +305,6 @@ def summarize_run(record: dict[str, Any], source: str = "metrics") -> RunSummary
     if not rows:
         return None
     by_seed: dict[Any, list[float]] = {}
-    t_ct = t_ci = t_dn = 0.0
     for seed, ct, ci, dn, n in map(_COLUMNS, rows):  # tuples, not dict lookups: this loop dominates a full render
         acc = by_seed.get(seed)
         if acc is None:
@@ -307,26 +314,38 @@ def summarize_run(record: dict[str, Any], source: str = "metrics") -> RunSummary
         acc[2] += ci * n
         acc[3] += dn * n
         acc[4] += n
-        t_ct += ct
-        t_ci += ci
-        t_dn += dn
-    means = {"clip_t": t_ct / len(rows), "clip_i": t_ci / len(rows), "dino": t_dn / len(rows)}
-    return RunSummary(by_seed, means, (evaluation.get("timing") or {}).get("infer_s_per_image"))
+    return RunSummary(by_seed, _seed_mean(by_seed), (evaluation.get("timing") or {}).get("infer_s_per_image"))
+
+
+def _seed_mean(by_seed: dict[Any, list[float]]) -> dict[str, float]:
+    """Per eval seed the mean over images (CLIP-T) or pairs (CLIP-I, DINO) of the sums, then the mean over seeds."""
+    k = len(by_seed)
+    return {"clip_t": sum(t[1] / t[0] for t in by_seed.values()) / k,
+            "clip_i": sum(t[2] / t[4] for t in by_seed.values()) / k,
+            "dino": sum(t[3] / t[4] for t in by_seed.values()) / k}
 
 
 def pooled(summaries: list[RunSummary]) -> dict[str, float]:
-    """`bench.metrics.aggregate`'s headline numbers for the union of these runs' images (one training seed):
-    per eval seed the pooled mean over images (CLIP-T) or pairs (CLIP-I, DINO), then the mean over eval seeds."""
+    """`bench.metrics.aggregate`'s `*_pooled` numbers for the union of these runs' images (one training seed):
+    per eval seed the pooled mean over images (CLIP-T) or pairs (CLIP-I, DINO) of all of them, then the mean over
+    eval seeds. Not the headline (that is the mean over concepts: `concept_mean`)."""
     totals: dict[Any, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0])
     for s in summaries:
         for seed, acc in s.by_eval_seed.items():
             t = totals[seed]
             for i in range(5):
                 t[i] += acc[i]
-    k = len(totals)
-    return {"clip_t": sum(t[1] / t[0] for t in totals.values()) / k,
-            "clip_i": sum(t[2] / t[4] for t in totals.values()) / k,
-            "dino": sum(t[3] / t[4] for t in totals.values()) / k}
+    return _seed_mean(totals)
+
+
+def concept_mean(runs: list[tuple[str, RunSummary]]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The headline of (concept, run) pairs: per concept the mean of its runs' `values` (over training seeds),
+    then the mean over concepts (`bench.metrics.aggregate`'s "Average over Instances"); and the per-concept means."""
+    by_concept: dict[str, list[RunSummary]] = defaultdict(list)
+    for concept, s in runs:
+        by_concept[concept].append(s)
+    per_concept = {c: {m: _mean([s.values[m] for s in ss]) for m in METRICS} for c, ss in sorted(by_concept.items())}
+    return {m: _mean([v[m] for v in per_concept.values()]) for m in METRICS}, per_concept
 
 
 def bootstrap_interval(values: list[float]) -> tuple[float, float]:
@@ -347,7 +366,9 @@ class Stats:
     """One row's numbers. `mean`/`std`/`lo`/`hi` per metric; NaN where not defined."""
 
     mean: dict[str, float]
+    """The headline: mean over concepts of per-concept means (each the mean over its training-seed runs)."""
     std: dict[str, float]
+    """Sample std over training seeds of each seed's mean over its concepts (NaN with one seed)."""
     lo: dict[str, float]
     hi: dict[str, float]
     per_concept: dict[str, dict[str, float]]
@@ -363,6 +384,9 @@ class Stats:
     """(min, max) over runs."""
     failures: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
+    pooled: dict[str, float] = field(default_factory=lambda: {m: math.nan for m in METRICS})
+    """The second figure: per training seed the pooled mean over all images / pairs of all concepts (per eval
+    seed, then the mean over eval seeds), then the mean over training seeds."""
 
     @property
     def complete(self) -> bool:
@@ -405,17 +429,13 @@ def cell_stats(records: list[dict[str, Any]], source: str, concepts: list[str], 
                                 + (f" ({r['reason']})" if r.get("reason") else ""))
             else:
                 absent.append(f"{concept}/seed{seed} (no '{source}' evaluation)")
-    per_seed = [pooled([s for _, s, _ in runs]) for _, runs in sorted(used.items())]
-    concept_vals: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for runs in used.values():
-        for concept, s, _ in runs:
-            for m in METRICS:
-                concept_vals[concept][m].append(s.means[m])
-    per_concept = {c: {m: _mean(v[m]) for m in METRICS} for c, v in sorted(concept_vals.items())}
-    mean, std, lo, hi = {}, {}, {}, {}
+    mean, per_concept = concept_mean([(c, s) for runs in used.values() for c, s, _ in runs])
+    per_seed = [concept_mean([(c, s) for c, s, _ in runs])[0] for _, runs in sorted(used.items())]
+    pooled_per_seed = [pooled([s for _, s, _ in runs]) for _, runs in sorted(used.items())]
+    std, lo, hi, pool = {}, {}, {}, {}
     for m in METRICS:
-        xs = [p[m] for p in per_seed]
-        mean[m], std[m] = _mean(xs), _std(xs)
+        std[m] = _std([p[m] for p in per_seed])
+        pool[m] = _mean([p[m] for p in pooled_per_seed])
         lo[m], hi[m] = bootstrap_interval([v[m] for v in per_concept.values()])
     runs = [(s, r) for group in used.values() for _, s, r in group]
     iters = [float((r.get("timing") or {}).get("iterations")) for _, r in runs
@@ -426,12 +446,13 @@ def cell_stats(records: list[dict[str, Any]], source: str, concepts: list[str], 
                  train_s=_mean([(r.get("timing") or {}).get("train_s") for _, r in runs]),
                  infer_s=_mean([s.infer_s for s, _ in runs]),
                  iterations=(min(iters), max(iters)) if iters else (math.nan, math.nan),
-                 failures=failures, absent=absent)
+                 failures=failures, absent=absent, pooled=pool)
 
 
 def ceiling_stats(records: list[dict[str, Any]]) -> Stats | None:
     """The real-vs-real row: per concept, its real images against each other (the same for every run of the
-    concept under one suite, so the first done record is used); pooled over pairs, interval over concepts."""
+    concept under one suite, so the first done record is used); the mean over concepts like every other row, the
+    pooled mean over all pairs beside it, interval over concepts."""
     per: dict[str, dict[str, float]] = {}
     for r in records:
         rvr = r.get("real_vs_real")
@@ -440,16 +461,17 @@ def ceiling_stats(records: list[dict[str, Any]]) -> Stats | None:
     if not per:
         return None
     nan = math.nan
-    mean, lo, hi, per_concept = {"clip_t": nan}, {"clip_t": nan}, {"clip_t": nan}, {}
+    mean, lo, hi, pool, per_concept = {"clip_t": nan}, {"clip_t": nan}, {"clip_t": nan}, {"clip_t": nan}, {}
     for m in ("clip_i", "dino"):
         pairs = [(v[m], v.get("n_pairs", 1)) for v in per.values() if v.get(m) is not None and v[m] == v[m]]
         weight = sum(n for _, n in pairs)
-        mean[m] = sum(x * n for x, n in pairs) / weight if weight else nan
+        mean[m] = _mean([x for x, _ in pairs])
+        pool[m] = sum(x * n for x, n in pairs) / weight if weight else nan
         lo[m], hi[m] = bootstrap_interval([x for x, _ in pairs])
     for c, v in sorted(per.items()):
         per_concept[c] = {"clip_t": nan, "clip_i": v.get("clip_i", nan), "dino": v.get("dino", nan)}
     n = len(per)
-    return Stats(mean, {m: nan for m in METRICS}, lo, hi, per_concept, n, n, 0, 0, 0, n)
+    return Stats(mean, {m: nan for m in METRICS}, lo, hi, per_concept, n, n, 0, 0, 0, n, pooled=pool)
 
 
 # --- building tables ---------------------------------------------------------------------------------------
@@ -613,9 +635,11 @@ def _caps(records: list[dict[str, Any]]) -> str:
 
 def _caption(profile: str, suite: str, concepts: list[str], seeds: list[int], compare: bool,
              before_echo: bool, caps: str = "") -> str:
-    text = (f"Profile `{profile}`, metric suite {suite}. Cells: mean over training seeds of the pooled mean over "
-            f"all images of all concepts, ± std over seeds (when several), [95% bootstrap interval over concepts "
-            f"of the mean of per-concept means]. "
+    text = (f"Profile `{profile}`, metric suite {suite}. Cells: mean over concepts of per-concept means (per "
+            f"concept: the mean over training seeds of the run's mean over evaluation seeds of its per-seed mean "
+            f"over images or image-real pairs; the released evaluation's \"Average over Instances\"), ± std over "
+            f"training seeds (when several), [95% bootstrap interval over concepts of the mean of per-concept "
+            f"means]; the pooled mean over all images or pairs is in the CSV (`*_pooled`). "
             f"Runs: done/expected, expected = {len(concepts)} concept(s) x {len(seeds)} training seed(s) "
             f"({', '.join(map(str, seeds))}); failed and missing runs are counted in the cell.")
     if before_echo:
@@ -748,7 +772,8 @@ def to_markdown(t: Table) -> str:
 
 
 CSV_COLUMNS = ["table", "profile", "metric_suite", "row", "kind", "method", "variant", "model", "train_nfe",
-               "infer_nfe", "source", *[f"{m}{s}" for m in METRICS for s in ("", "_std", "_ci_low", "_ci_high")],
+               "infer_nfe", "source",
+               *[f"{m}{s}" for m in METRICS for s in ("", "_std", "_ci_low", "_ci_high", "_pooled")],
                "runs_done", "runs_expected", "runs_failed", "runs_missing", "seeds", "concepts", "train_time_s",
                "infer_time_s", "iterations_min", "iterations_max", "note"]
 PAPER_COLUMNS = ["paper_ref", *[f"{p}{m}" for m in METRICS for p in ("paper_", "diff_")], "paper_train_time_s",
@@ -771,7 +796,8 @@ def csv_rows(t: Table) -> list[dict[str, str]]:
                "kind": r.kind, "method": r.method or "", "variant": r.variant, "model": r.model,
                "train_nfe": _c(r.train_nfe), "infer_nfe": _c(r.infer_nfe), "source": r.source, "note": r.note}
         for m in METRICS:
-            for suffix, part in (("", "mean"), ("_std", "std"), ("_ci_low", "lo"), ("_ci_high", "hi")):
+            for suffix, part in (("", "mean"), ("_std", "std"), ("_ci_low", "lo"), ("_ci_high", "hi"),
+                                 ("_pooled", "pooled")):
                 row[f"{m}{suffix}"] = _c(getattr(s, part)[m]) if s else ""
         if s:
             row.update(runs_done=s.done, runs_expected=s.expected, runs_failed=s.failed, runs_missing=s.missing,

@@ -73,8 +73,8 @@ def _row(concept: str, seed: int, clip_t: float, clip_i: float, dino: float, n_r
     return {"concept": concept, "eval_seed": seed, "clip_t": clip_t, "clip_i": clip_i, "dino": dino, "n_real": n_real}
 
 
-def test_aggregate_pooled_per_seed_vs_subject_mean() -> None:
-    rows = [  # subject a has 4 real images, b has 6
+def test_aggregate_average_over_instances_and_pooled() -> None:
+    rows = [  # subject a has 4 real images, b has 6; a has 2 images at seed 0 and 1 at seed 1, b the reverse
         _row("a", 0, 0.30, 0.8, 0.6, 4),
         _row("a", 0, 0.20, 0.6, 0.4, 4),
         _row("b", 0, 0.25, 0.5, 0.3, 6),
@@ -83,15 +83,59 @@ def test_aggregate_pooled_per_seed_vs_subject_mean() -> None:
         _row("b", 1, 0.15, 0.2, 0.0, 6),
     ]
     out = aggregate(rows)
-    # seed 0: (.8*4 + .6*4 + .5*6) / 14 = 8.6/14; seed 1: (.7*4 + .4*6 + .2*6) / 16 = 0.4
-    assert out["clip_i"] == pytest.approx((8.6 / 14 + 0.4) / 2)
-    assert out["dino"] == pytest.approx((5.8 / 14 + 3.2 / 16) / 2)
-    assert out["clip_t"] == pytest.approx((0.75 / 3 + 0.60 / 3) / 2)  # plain mean over images per seed
-    assert out["clip_i_subject_mean"] == pytest.approx((2.1 / 3 + 1.1 / 3) / 2)  # 0.5333 vs pooled 0.5071
-    assert out["dino_subject_mean"] == pytest.approx((1.5 / 3 + 0.5 / 3) / 2)
-    assert out["clip_t_subject_mean"] == pytest.approx((0.6 / 3 + 0.75 / 3) / 2)
-    assert out["per_concept"]["b"] == pytest.approx({"clip_t": 0.25, "clip_i": 1.1 / 3, "dino": 0.5 / 3})
+    # headline ("Average over Instances"): per seed and subject the mean, then over seeds, then over subjects.
+    # CLIP-I: a = (0.7 + 0.7) / 2 = 0.7, b = (0.5 + 0.3) / 2 = 0.4 -> 0.55 (old pooled headline: 0.5071; old
+    # per-subject plain image mean: (2.1/3 + 1.1/3) / 2 = 0.5333)
+    assert out["clip_i"] == pytest.approx(0.55)
+    assert out["dino"] == pytest.approx(((0.5 + 0.5) / 2 + (0.3 + 0.1) / 2) / 2)  # 0.35
+    assert out["clip_t"] == pytest.approx(((0.25 + 0.10) / 2 + (0.25 + 0.25) / 2) / 2)  # 0.2125
+    assert out["per_concept"]["b"] == pytest.approx({"clip_t": 0.25, "clip_i": 0.4, "dino": 0.2})
+    assert out["per_concept"]["a"] == pytest.approx({"clip_t": 0.175, "clip_i": 0.7, "dino": 0.5})
+    # pooled, the second figure: seed 0: (.8*4 + .6*4 + .5*6) / 14 = 8.6/14; seed 1: (.7*4 + .4*6 + .2*6) / 16
+    assert out["clip_i_pooled"] == pytest.approx((8.6 / 14 + 0.4) / 2)
+    assert out["dino_pooled"] == pytest.approx((5.8 / 14 + 3.2 / 16) / 2)
+    assert out["clip_t_pooled"] == pytest.approx((0.75 / 3 + 0.60 / 3) / 2)  # plain mean over images per seed
     assert out["n_images"] == 6
+    assert not any(k.endswith("_subject_mean") for k in out)  # now the headline itself
+
+
+def test_aggregate_of_one_run_is_the_mean_over_eval_seeds_of_seed_means() -> None:
+    """A run is one concept: its metric is the mean over eval seeds of each seed's mean, not the image mean."""
+    rows = [_row("dog", 0, 0.2, 0.2, 0.2, 3), _row("dog", 0, 0.4, 0.4, 0.4, 3), _row("dog", 1, 0.9, 0.9, 0.9, 3)]
+    out = aggregate(rows)
+    for k in ("clip_t", "clip_i", "dino"):
+        assert out[k] == pytest.approx((0.3 + 0.9) / 2)  # not 1.5 / 3
+        assert out[f"{k}_pooled"] == pytest.approx(out[k])  # one concept: the two figures agree
+
+
+def test_aggregate_reproduces_the_released_script_on_embeddings() -> None:
+    """The released eval_dreambooth.py on hand-made embeddings: per seed and instance the mean of max(cos, 0)
+    over every (generated, real) pair (CLIP-T: over its images), a seeds x instances table, its mean over seeds,
+    then the mean over instances. Instances with 2 and 5 real images, so pooling over pairs would differ."""
+    from bench.metrics import score_embedded
+
+    gen_state = torch.Generator().manual_seed(0)
+    n_real = {"a": 2, "b": 5}
+    reals = {c: torch.randn(n, 6, generator=gen_state) for c, n in n_real.items()}
+    rows, table = [], {}
+    for seed in (0, 1, 2):
+        for concept in ("a", "b"):
+            gen = torch.randn(4, 6, generator=gen_state) + reals[concept][0]  # mostly positive cosines
+            txt = torch.randn(4, 6, generator=gen_state)
+            scored = score_embedded({"clip": gen, "dino": gen * 2}, txt, {"clip": reals[concept],
+                                                                          "dino": reals[concept] * 3})
+            rows += [{**r, "concept": concept, "eval_seed": seed} for r in scored]
+            cos = torch.nn.functional.cosine_similarity(gen[:, None], reals[concept][None], dim=-1)
+            table[seed, concept] = (clip_t(gen, txt).mean().item(), torch.maximum(cos, torch.zeros_like(cos))
+                                    .flatten().mean().item())
+    out = aggregate(rows)
+    for k, i in (("clip_t", 0), ("clip_i", 1), ("dino", 1)):
+        per_instance = [sum(table[s, c][i] for s in (0, 1, 2)) / 3 for c in ("a", "b")]
+        assert out[k] == pytest.approx(sum(per_instance) / 2, abs=1e-6)
+    pooled_clip_i = sum(
+        sum(table[s, c][1] * 4 * n_real[c] for c in ("a", "b")) / (4 * sum(n_real.values())) for s in (0, 1, 2)) / 3
+    assert out["clip_i_pooled"] == pytest.approx(pooled_clip_i, abs=1e-6)
+    assert abs(out["clip_i"] - out["clip_i_pooled"]) > 1e-4  # the example tells the two apart
 
 
 def test_aggregate_rejects_bad_rows() -> None:
@@ -116,6 +160,7 @@ def test_env_overrides_and_describe(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (suite.clip_pretrained, suite.dino_weights) == ("openai", "/w/dinov2.safetensors")
     info = get_suite("dreambooth").describe()
     assert info["clip_arch"] == "ViT-B-32" and info["dino_crop"] == 224 and info["timm_version"]
+    assert info["version"] == 2 and info["cos_max0"] is False and info["image_size"] is None
     assert get_suite("tiny").dino_weights is None  # tiny is built, never overridden
 
 

@@ -27,12 +27,13 @@ def fake(monkeypatch):
 
 @pytest.fixture
 def other_suite(monkeypatch):
-    """A second offline suite: the tiny backbones from local files, with a different resize, so scores differ."""
+    """A second offline suite: the tiny backbones from local files, with a different resize and plain cosines (the
+    `dreambooth` suite's rule), so scores differ and rescoring must follow the suite's cosine rule."""
     from bench.metrics import suites
 
     tiny = suites.ensure_tiny()
     monkeypatch.setitem(suites.SUITES, "tiny48", dataclasses.replace(tiny, name="tiny48", image_size=48,
-                                                                     builder=None))
+                                                                     builder=None, cos_max0=False))
     return "tiny48"
 
 

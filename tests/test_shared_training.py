@@ -212,7 +212,7 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
 @pytest.mark.parametrize("edit, says", [
     ({"method_version": 0}, "re-run: method version 0 -> 1"),
     ({"eval_version": 1}, "re-sample: evaluation version 1 -> "),
-    ({"metric_suite": {"name": "paper"}}, "re-score: metric suite paper -> tiny"),
+    ({"metric_suite": {"name": "paper"}}, "re-score: metric suite paper v1 -> tiny v2"),
 ])
 def test_status_says_how_an_outdated_record_is_brought_up_to_date(edit, says, fake, dreambench_root, tmp_path,
                                                                  monkeypatch, capsys) -> None:

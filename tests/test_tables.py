@@ -67,24 +67,36 @@ def test_failed_and_missing_runs_are_shown_in_the_cell(records: list[dict]) -> N
 
 
 def test_cells_match_the_released_aggregation(records: list[dict]) -> None:
-    """Per training seed, `pooled` over all runs is `bench.metrics.aggregate` over their images; then seeds' mean."""
+    """The cell is `bench.metrics.aggregate`'s headline: per run the mean over eval seeds of per-seed means, per
+    concept the mean over its training seeds, then the mean over concepts; `pooled` is aggregate's `*_pooled`."""
     from bench.metrics import aggregate
 
     main = T.build_tables("main", records)
-    row = _row(main, "tiny", "Custom Diffusion", "sd21")
+    row = _row(main, "tiny", "Custom Diffusion", "sd21")  # teapot seed 1 failed: dog has 2 runs, teapot 1
     runs = [r for r in records if r["profile"] == "tiny" and r["method"] == "custom_diffusion"
             and r["variant"] == "sd21" and r["status"] == "done"]
+    per_run = {(r["concept"], r["seed"]): aggregate([{**img, "concept": r["concept"]} for img in r["images"]])
+               for r in runs}
+    for r in runs:  # the run's own metric, as `bench run` records it
+        assert T.summarize_run(r).values == pytest.approx({m: r["metrics"][m] for m in T.METRICS}, abs=1e-12)
+    seeds = sorted({r["seed"] for r in runs})
     per_seed = []
-    for seed in sorted({r["seed"] for r in runs}):
+    for seed in seeds:
         images = [{**img, "concept": r["concept"]} for r in runs if r["seed"] == seed for img in r["images"]]
         per_seed.append(aggregate(images))
         assert T.pooled([T.summarize_run(r) for r in runs if r["seed"] == seed]) == pytest.approx(
-            {m: per_seed[-1][m] for m in T.METRICS}, abs=1e-12)
+            {m: per_seed[-1][f"{m}_pooled"] for m in T.METRICS}, abs=1e-12)
     for m in T.METRICS:
-        values = [s[m] for s in per_seed]
-        assert row.stats.mean[m] == pytest.approx(sum(values) / len(values), abs=1e-12)
+        concept = {c: [v[m] for (cc, _), v in per_run.items() if cc == c] for c in ("dog", "teapot")}
+        per_concept = {c: sum(v) / len(v) for c, v in concept.items()}
+        assert row.stats.per_concept["dog"][m] == pytest.approx(per_concept["dog"], abs=1e-12)
+        assert row.stats.mean[m] == pytest.approx(sum(per_concept.values()) / 2, abs=1e-12)
+        values = [s[m] for s in per_seed]  # each training seed's mean over its concepts
         mean = sum(values) / 2
         assert row.stats.std[m] == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values)), abs=1e-12)
+        pooled_values = [s[f"{m}_pooled"] for s in per_seed]
+        assert row.stats.pooled[m] == pytest.approx(sum(pooled_values) / 2, abs=1e-12)
+        assert row.stats.mean[m] != pytest.approx(row.stats.pooled[m], abs=1e-6)  # the fixture tells them apart
     # the interval is over concepts, of the mean of per-concept means
     assert set(row.stats.per_concept) == {"dog", "teapot"}
     for m in T.METRICS:
@@ -92,13 +104,53 @@ def test_cells_match_the_released_aggregation(records: list[dict]) -> None:
         assert min(concept_means) - 1e-12 <= row.stats.lo[m] <= row.stats.hi[m] <= max(concept_means) + 1e-12
 
 
+def _run(concept: str, seed: int, images: list[tuple[int, float, int]]) -> dict:
+    """A done record with images (eval seed, score for all three metrics, n_real)."""
+    rows = [{"eval_seed": e, "clip_t": v, "clip_i": v, "dino": v, "n_real": n} for e, v, n in images]
+    return {"status": "done", "concept": concept, "seed": seed, "images": rows}
+
+
 def test_pooling_weighs_pairs_not_concepts() -> None:
-    """CLIP-I pools over (image, real) pairs: a concept with more real images weighs more, as released."""
-    def run(concept: str, value: float, n_real: int) -> dict:
-        images = [{"eval_seed": 0, "clip_t": 0.0, "clip_i": value, "dino": value, "n_real": n_real}]
-        return {"status": "done", "concept": concept, "seed": 0, "images": images}
-    pooled = T.pooled([T.summarize_run(run("a", 1.0, 3)), T.summarize_run(run("b", 0.0, 1))])
+    """The pooled figure pools over (image, real) pairs: a concept with more real images weighs more, as the
+    released script prints per seed."""
+    pooled = T.pooled([T.summarize_run(_run("a", 0, [(0, 1.0, 3)])), T.summarize_run(_run("b", 0, [(0, 0.0, 1)]))])
     assert pooled["clip_i"] == pytest.approx(0.75)
+
+
+def test_headline_weighs_concepts_equally() -> None:
+    """The headline is the mean over concepts ("Average over Instances"), whatever their real-image counts."""
+    stats = T.cell_stats([_run("a", 0, [(0, 1.0, 3)]), _run("b", 0, [(0, 0.0, 1)])], "metrics", ["a", "b"], [0])
+    for m in T.METRICS:
+        assert stats.mean[m] == pytest.approx(0.5)  # pooled over pairs: 0.75
+        assert stats.pooled[m] == pytest.approx(0.75 if m != "clip_t" else 0.5)
+
+
+def test_headline_is_mean_over_concepts_of_their_training_seed_means() -> None:
+    """Concept a has runs on training seeds 0 (1.0) and 1 (0.0); b only on seed 0 (1.0): a = 0.5, b = 1.0, so the
+    headline is 0.75 (a mean over seeds of each seed's pooled value would be (1.0 + 0.0) / 2)."""
+    records = [_run("a", 0, [(0, 1.0, 2)]), _run("a", 1, [(0, 0.0, 2)]), _run("b", 0, [(0, 1.0, 2)])]
+    stats = T.cell_stats(records, "metrics", ["a", "b"], [0, 1])
+    assert stats.per_concept == {"a": pytest.approx(dict.fromkeys(T.METRICS, 0.5)),
+                                 "b": pytest.approx(dict.fromkeys(T.METRICS, 1.0))}
+    assert stats.mean["clip_i"] == pytest.approx(0.75) and stats.pooled["clip_i"] == pytest.approx(0.5)
+    assert stats.std["clip_i"] == pytest.approx(math.sqrt(0.5))  # seed 0: 1.0, seed 1: 0.0
+    assert (stats.done, stats.missing) == (3, 1)
+
+
+def test_run_value_is_mean_over_eval_seeds_of_seed_means() -> None:
+    """Eval seed 0 has two images (0.2, 0.4), seed 1 one (0.9): the run scores (0.3 + 0.9) / 2 = 0.6, not the
+    image mean 0.5."""
+    record = _run("a", 0, [(0, 0.2, 3), (0, 0.4, 3), (1, 0.9, 3)])
+    assert T.summarize_run(record).values == pytest.approx(dict.fromkeys(T.METRICS, 0.6))
+    stats = T.cell_stats([record], "metrics", ["a"], [0])
+    assert stats.per_concept["a"]["clip_t"] == pytest.approx(0.6) and stats.mean["dino"] == pytest.approx(0.6)
+
+
+def test_csv_carries_the_pooled_figure(records: list[dict]) -> None:
+    text = T.render(T.build_tables("main", records), "csv")
+    head = text.splitlines()[0].split(",")
+    assert {"clip_t_pooled", "clip_i_pooled", "dino_pooled"} <= set(head)
+    assert "mean over concepts of per-concept means" in T.render(T.build_tables("main", records), "md")
 
 
 def test_bootstrap_is_deterministic_and_brackets_the_mean() -> None:
@@ -113,8 +165,10 @@ def test_bootstrap_is_deterministic_and_brackets_the_mean() -> None:
 
 def test_real_vs_real_ceiling_row(records: list[dict]) -> None:
     row = _row(T.build_tables("main", records), "tiny", "Real vs real (ceiling)")
-    # dog: 5 real images (20 pairs, clip_i 0.95), teapot: 3 (6 pairs, 0.93): pooled over pairs
-    assert row.stats.mean["clip_i"] == pytest.approx((0.95 * 20 + 0.93 * 6) / 26)
+    # dog: 5 real images (20 pairs, clip_i 0.95), teapot: 3 (6 pairs, 0.93): the mean over concepts, like every
+    # other row; pooled over pairs beside it
+    assert row.stats.mean["clip_i"] == pytest.approx((0.95 + 0.93) / 2)
+    assert row.stats.pooled["clip_i"] == pytest.approx((0.95 * 20 + 0.93 * 6) / 26)
     assert math.isnan(row.stats.mean["clip_t"])
 
 

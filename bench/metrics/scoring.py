@@ -1,12 +1,14 @@
 """CLIP-T, CLIP-I and DINO: loading a suite's backbones, embedding images and texts, and the scores.
 
-The protocol (spec "Evaluation protocol") lives in the pure functions on embeddings (`clip_t`,
-`pairwise_max0`, `real_ceiling`, `aggregate`); the rest only turns images and texts into L2-normalised
-embeddings. open_clip and timm are imported inside functions: importing them takes seconds.
+The protocol (spec "Evaluation protocol") lives in the pure functions on embeddings (`clip_t`, `pairwise`,
+`real_ceiling`, `aggregate`) and in the preprocessing (`pre_resize`, `dino_transform`, `dinov2_pos_embed`); the
+rest only turns images and texts into L2-normalised embeddings. open_clip and timm are imported inside
+functions: importing them takes seconds.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,58 +32,144 @@ def clip_t(img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
     return (F.normalize(img_emb.float(), dim=-1) * F.normalize(txt_emb.float(), dim=-1)).sum(-1)
 
 
-def _cos_max0(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, D), (M, D) -> (N, M) cosines, negatives clipped to 0 before any mean (the released evaluation)."""
-    return (F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T).clamp(min=0)
+def _cos(a: torch.Tensor, b: torch.Tensor, max0: bool = True) -> torch.Tensor:
+    """(N, D), (M, D) -> (N, M) cosines; with `max0`, negatives clipped to 0 before any mean (the released
+    evaluation); without, plain cosines (the original DreamBooth protocol)."""
+    sim = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+    return sim.clamp(min=0) if max0 else sim
+
+
+def pairwise(gen_emb: torch.Tensor, real_emb: torch.Tensor, max0: bool = True) -> torch.Tensor:
+    """(N, D), (M, D) -> (N,): per generated image, the mean over all M real images of max(cos, 0) (or of cos)."""
+    return _cos(gen_emb, real_emb, max0).mean(dim=1)
 
 
 def pairwise_max0(gen_emb: torch.Tensor, real_emb: torch.Tensor) -> torch.Tensor:
     """(N, D), (M, D) -> (N,): per generated image, the mean over all M real images of max(cos, 0)."""
-    return _cos_max0(gen_emb, real_emb).mean(dim=1)
+    return pairwise(gen_emb, real_emb, max0=True)
 
 
-def real_ceiling(real_emb: torch.Tensor) -> torch.Tensor:
-    """(M, D) -> (M,): per real image, the mean of max(cos, 0) over the OTHER real images (self-pairs excluded).
-
-    The ceiling a generator could reach by copying the references; NaN when M < 2 (no other image)."""
+def real_ceiling(real_emb: torch.Tensor, max0: bool = True) -> torch.Tensor:
+    """(M, D) -> (M,): per real image, the mean of max(cos, 0) (or cos) over the OTHER real images (self-pairs
+    excluded). The ceiling a generator could reach by copying the references; NaN when M < 2 (no other image)."""
     m = real_emb.shape[0]
     if m < 2:
         return torch.full((m,), float("nan"))
-    sim = _cos_max0(real_emb, real_emb)
+    sim = _cos(real_emb, real_emb, max0)
     return (sim.sum(dim=1) - sim.diagonal()) / (m - 1)
+
+
+METRIC_KEYS = ("clip_t", "clip_i", "dino")
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Summary scores from per-image rows (keys: concept, eval_seed, clip_t, clip_i, dino, n_real).
 
-    Headline numbers as the released evaluation computes them: per eval seed, the pooled mean over every scored
-    pair of all subjects (an image's CLIP-I/DINO is a mean over its n_real pairs, so it weighs n_real; CLIP-T
-    is one score per image), then the mean over seeds. Beside them, `*_subject_mean`: the mean over subjects of
-    each subject's plain mean over its images (all seeds), and `per_concept`.
-    """
-    import pandas as pd
+    Headline `clip_t`, `clip_i`, `dino`: as the released evaluation writes its result ("Average over Instances"):
+    per eval seed and concept, the mean over the concept's images (CLIP-T) or over all its (generated, real) pairs
+    (CLIP-I, DINO: an image's score is already the mean over its n_real pairs, so it weighs n_real); per concept,
+    the mean over eval seeds (`per_concept`); then the mean over concepts, each concept weighing the same. For one
+    run (one concept) that is the mean over eval seeds of the seed's mean.
 
-    need = {"concept", "eval_seed", "clip_t", "clip_i", "dino", "n_real"}
+    Beside them, `*_pooled`: per eval seed, the pooled mean over every image / pair of all concepts (what the
+    released script prints per seed; a concept with more real images weighs more), then the mean over seeds.
+    """
     if not rows:
         raise BenchError("no scored images to aggregate")
-    missing = need - set(rows[0])
+    missing = {"concept", "eval_seed", *METRIC_KEYS, "n_real"} - set(rows[0])
     if missing:
         raise BenchError(f"score rows lack {', '.join(sorted(missing))}")
-    df = pd.DataFrame(rows)
-    # An image's CLIP-I/DINO weighs its n_real pairs: the pooled pair mean is sum(mean_i * n_i) / sum(n_i).
-    df["clip_i_w"], df["dino_w"] = df.clip_i * df.n_real, df.dino * df.n_real
-    seeds = df.groupby("eval_seed")
-    per_seed = {
-        "clip_t": seeds.clip_t.mean(),
-        "clip_i": seeds.clip_i_w.sum() / seeds.n_real.sum(),
-        "dino": seeds.dino_w.sum() / seeds.n_real.sum(),
-    }
-    per_concept = df.groupby("concept")[["clip_t", "clip_i", "dino"]].mean()
-    out: dict[str, Any] = {k: float(per_seed[k].mean()) for k in ("clip_t", "clip_i", "dino")}
-    out.update({f"{k}_subject_mean": float(per_concept[k].mean()) for k in ("clip_t", "clip_i", "dino")})
-    out["per_concept"] = {c: {k: float(v) for k, v in r.items()} for c, r in per_concept.iterrows()}
-    out["n_images"] = len(df)
+    # per (concept, eval seed) and per eval seed: [images, sum CLIP-T, sum CLIP-I x n, sum DINO x n, sum n]
+    cells: dict[tuple[Any, Any], list[float]] = {}
+    seeds: dict[Any, list[float]] = {}
+    for r in rows:
+        n = r["n_real"]
+        add = (1, r["clip_t"], r["clip_i"] * n, r["dino"] * n, n)
+        for acc in (cells.setdefault((r["concept"], r["eval_seed"]), [0, 0.0, 0.0, 0.0, 0]),
+                    seeds.setdefault(r["eval_seed"], [0, 0.0, 0.0, 0.0, 0])):
+            for i, x in enumerate(add):
+                acc[i] += x
+    per_cell = {key: _means(acc) for key, acc in cells.items()}
+    by_concept: dict[Any, list[dict[str, float]]] = {}
+    for (concept, _), values in per_cell.items():
+        by_concept.setdefault(concept, []).append(values)
+    per_concept = {c: {k: _mean([v[k] for v in vs]) for k in METRIC_KEYS} for c, vs in sorted(by_concept.items())}
+    per_seed = [_means(acc) for acc in seeds.values()]
+    out: dict[str, Any] = {k: _mean([v[k] for v in per_concept.values()]) for k in METRIC_KEYS}
+    out.update({f"{k}_pooled": _mean([v[k] for v in per_seed]) for k in METRIC_KEYS})
+    out["per_concept"] = per_concept
+    out["n_images"] = len(rows)
     return out
+
+
+def _means(acc: list[float]) -> dict[str, float]:
+    """[images, sum CLIP-T, sum CLIP-I x n, sum DINO x n, sum n] -> the mean CLIP-T per image, CLIP-I/DINO per pair."""
+    return {"clip_t": acc[1] / acc[0], "clip_i": acc[2] / acc[4], "dino": acc[3] / acc[4]}
+
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs))
+
+
+# --- preprocessing and the DINOv2 position embedding --------------------------------------------------------
+
+
+def pre_resize(image: Image.Image, size: int | None) -> Image.Image:
+    """The square resize every image gets before each backbone's own preprocessing: PIL bilinear (antialiased when
+    shrinking), which is what torchvision's `Resize((size, size))` does to a PIL image. None: RGB, unresized."""
+    image = image.convert("RGB")
+    return image if size is None else image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def dino_transform(suite: Suite) -> Callable[[Image.Image], torch.Tensor]:
+    """The suite's DINO preprocessing of a (pre-resized) PIL image: resize, optional centre crop, ImageNet norm."""
+    from torchvision import transforms as T
+
+    modes = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+    steps = [T.Resize(suite.dino_resize, interpolation=modes[suite.dino_interpolation])]
+    steps += [T.CenterCrop(suite.dino_crop)] if suite.dino_crop else []
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)
+
+
+def dinov2_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, 1 + M*M, D) position embedding (class + M x M patches) -> (1, 1 + grid*grid, D), as DINOv2's own
+    `interpolate_pos_encoding` computes it at forward time for a grid x grid input: the patch part bicubic with
+    scale factor (grid + 0.1) / M (the +0.1 against float error; no antialias; float32), the class part kept.
+    timm's load-time resample (`size=`, antialiased) gives other values."""
+    n = pos_embed.shape[1] - 1
+    m = math.isqrt(n)
+    if m * m != n:
+        raise ValueError(f"position embedding of {n} patches is not a square grid")
+    if grid == m:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    patch = pos_embed[:, 1:].float().reshape(1, m, m, dim).permute(0, 3, 1, 2)
+    scale = (grid + 0.1) / m
+    patch = F.interpolate(patch, scale_factor=(scale, scale), mode="bicubic")
+    if tuple(patch.shape[-2:]) != (grid, grid):  # pragma: no cover - the +0.1 is there to prevent this
+        raise ValueError(f"interpolated grid {tuple(patch.shape[-2:])} != ({grid}, {grid})")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(pos_embed.dtype)
+    return torch.cat((pos_embed[:, :1], patch), dim=1)
+
+
+def use_dinov2_pos_embed(model: Any, size: int) -> Any:
+    """Make a timm ViT built at its native size take `size` px inputs, its position embedding interpolated by
+    `dinov2_pos_embed` once (the same values DINOv2 computes at every forward pass for that size)."""
+    patch = model.patch_embed.patch_size[0]
+    if size % patch:
+        raise ValueError(f"DINO input {size} px is not a multiple of the patch size {patch}")
+    if getattr(model, "num_prefix_tokens", 1) != 1 or getattr(model, "no_embed_class", False):
+        raise ValueError("DINOv2's position-embedding rule needs one class token that has a position embedding")
+    grid = size // patch
+    new = dinov2_pos_embed(model.pos_embed.detach(), grid)
+    pe = model.patch_embed
+    if hasattr(pe, "set_input_size"):
+        pe.set_input_size(img_size=(size, size))
+    else:  # pragma: no cover - older timm
+        pe.img_size, pe.grid_size, pe.num_patches = (size, size), (grid, grid), grid * grid
+    model.pos_embed = torch.nn.Parameter(new, requires_grad=False)
+    return model
 
 
 # --- the scorer: images and texts -> embeddings ----------------------------------------------------------
@@ -104,7 +192,8 @@ class Scorer:
                          on_batch: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
         """{"clip": (N, Dc), "dino": (N, Dd)}, L2-normalised float32 on CPU, for images or image files.
 
-        Every image is first resized to `suite.image_size` square (bicubic), generated and real alike, then goes
+        Every image is first resized to `suite.image_size` square (`pre_resize`: bilinear, as torchvision's
+        `Resize` on a PIL image; none when the suite has no pre-resize), generated and real alike, then goes
         through each backbone's own preprocessing. Decoding and preprocessing run in a thread pool one batch
         ahead of the backbones, so a GPU is not left waiting on PIL; each backbone sees every image once.
         `on_batch(n)` is called after each batch of n images.
@@ -131,8 +220,7 @@ class Scorer:
             from bench.data import load_image
 
             image = load_image(Path(image))  # as `bench run` reads them: EXIF, alpha, one-line errors
-        size = self.suite.image_size
-        square = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        square = pre_resize(image, self.suite.image_size)
         return self.clip_preprocess(square), self.dino_preprocess(square)
 
     def _batches(self, images: list[Image.Image | Path], batch_size: int
@@ -173,27 +261,29 @@ def score_images(
     if not reals:
         raise BenchError("no real images to score against")
     return score_embedded(scorer.image_embeddings(generated), scorer.text_embeddings(texts),
-                          scorer.image_embeddings(reals))
+                          scorer.image_embeddings(reals), max0=scorer.suite.cos_max0)
 
 
-def score_embedded(gen: dict[str, torch.Tensor], texts: torch.Tensor, real: dict[str, torch.Tensor]
-                   ) -> list[dict[str, float]]:
+def score_embedded(gen: dict[str, torch.Tensor], texts: torch.Tensor, real: dict[str, torch.Tensor],
+                   max0: bool = True) -> list[dict[str, float]]:
     """`score_images` on embeddings: gen {"clip": (N, Dc), "dino": (N, Dd)}, texts (N, Dc), real {..: (M, D)}.
 
-    Lets a caller embed many runs' images in one pass per backbone and score each run from its slice."""
+    Lets a caller embed many runs' images in one pass per backbone and score each run from its slice. `max0`:
+    the suite's `cos_max0` (False for `dreambooth`: plain cosines)."""
     ct = clip_t(gen["clip"], texts)
-    ci, dn = pairwise_max0(gen["clip"], real["clip"]), pairwise_max0(gen["dino"], real["dino"])
+    ci, dn = pairwise(gen["clip"], real["clip"], max0), pairwise(gen["dino"], real["dino"], max0)
     n_real = real["clip"].shape[0]
     return [{"clip_t": float(ct[i]), "clip_i": float(ci[i]), "dino": float(dn[i]), "n_real": n_real}
             for i in range(len(ct))]
 
 
-def ceiling(real: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The ceiling row from the real images' embeddings: mean CLIP-I and DINO over real-vs-real pairs."""
+def ceiling(real: dict[str, torch.Tensor], max0: bool = True) -> dict[str, float]:
+    """The ceiling row from the real images' embeddings: mean CLIP-I and DINO over real-vs-real pairs (`max0`: the
+    suite's `cos_max0`)."""
     n = real["clip"].shape[0]
     return {
-        "clip_i": float(real_ceiling(real["clip"]).mean()) if n > 1 else float("nan"),
-        "dino": float(real_ceiling(real["dino"]).mean()) if n > 1 else float("nan"),
+        "clip_i": float(real_ceiling(real["clip"], max0).mean()) if n > 1 else float("nan"),
+        "dino": float(real_ceiling(real["dino"], max0).mean()) if n > 1 else float("nan"),
         "n": n,
         "n_pairs": n * (n - 1),
     }
@@ -201,7 +291,7 @@ def ceiling(real: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def real_vs_real(scorer: Scorer, reals: list[Image.Image | Path]) -> dict[str, float]:
     """The ceiling row: mean CLIP-I and DINO over real-vs-real pairs (self excluded); n real images, n_pairs."""
-    return ceiling(scorer.image_embeddings(reals))
+    return ceiling(scorer.image_embeddings(reals), max0=scorer.suite.cos_max0)
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -253,7 +343,6 @@ def _load_clip(suite: Suite, device: str, random: bool = False) -> tuple[Any, An
 
 def _load_dino(suite: Suite, device: str, random: bool = False) -> tuple[Any, Any]:
     import timm
-    from torchvision import transforms as T
 
     def load() -> tuple[Any, Any]:
         overlay = {"file": suite.dino_weights} if suite.dino_weights and not random else None
@@ -261,10 +350,11 @@ def _load_dino(suite: Suite, device: str, random: bool = False) -> tuple[Any, An
             suite.dino_arch, pretrained=not random, pretrained_cfg_overlay=overlay, num_classes=0,
             **dict(suite.dino_kwargs)
         )
-        steps = [T.Resize(suite.dino_resize, interpolation=T.InterpolationMode.BICUBIC)]
-        steps += [T.CenterCrop(suite.dino_crop)] if suite.dino_crop else []
-        steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-        return model.to(device).eval(), T.Compose(steps)
+        if suite.dino_pos_embed == "dinov2":  # built at its native size; DINOv2's rule for the input's grid
+            use_dinov2_pos_embed(model, suite.dino_input)
+        elif suite.dino_pos_embed != "timm":
+            raise ValueError(f"unknown dino_pos_embed {suite.dino_pos_embed!r}")
+        return model.to(device).eval(), dino_transform(suite)
 
     if random:
         return load()

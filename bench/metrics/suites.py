@@ -26,6 +26,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ENV_CLIP = "BENCH_WEIGHTS_METRIC_CLIP"
 ENV_DINO = "BENCH_WEIGHTS_METRIC_DINO"
 
+SUITE_VERSION = 2
+"""Version of every suite's recipe (`Suite.version`, in `describe()` and so in every run record). v1: bicubic
+pre-resize and DINO resize, timm's load-time position-embedding resample, max(cos, 0) in every suite."""
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -44,22 +48,43 @@ class Suite:
     dino_weights: str | None
     """None: timm's hub weights for `dino_arch`; else a local timm state dict (`model.safetensors`)."""
     dino_kwargs: tuple[tuple[str, Any], ...] = ()
-    """Extra `timm.create_model` kwargs, as pairs so the suite stays hashable (`(("img_size", 224),)`)."""
+    """Extra `timm.create_model` kwargs, as pairs so the suite stays hashable (`(("img_size", 32),)`)."""
     dino_resize: int = 224
-    """DINO input: shorter side resized to this (bicubic) ..."""
+    """DINO input: shorter side resized to this (with `dino_interpolation`) ..."""
     dino_crop: int | None = None
     """... then centre-cropped to this (None: no crop), then ImageNet mean/std normalisation."""
-    image_size: int = 512
-    """Every image (generated and real) is first resized to this square (bicubic), before each backbone's own
-    preprocessing: the protocol resizes generated images; doing it to real ones too keeps both on one path."""
+    dino_interpolation: str = "bilinear"
+    """`"bilinear"` (torchvision `Resize` on a PIL image: PIL bilinear, antialiased; the released evaluation) or
+    `"bicubic"` (DINO's own evaluation transform, `Resize(256, interpolation=3)`)."""
+    dino_pos_embed: str = "timm"
+    """`"timm"`: the model is built at `dino_kwargs`' size and timm resamples the checkpoint's position embedding
+    when it loads it (bicubic, antialiased); `"dinov2"`: built at its native size, then the patch position
+    embedding is interpolated to the DINO input's grid as DINOv2's own `interpolate_pos_encoding` does at forward
+    time (bicubic, no antialias, scale factor (grid + 0.1) / native grid; the class embedding kept)."""
+    image_size: int | None = 512
+    """Every image (generated and real) is first resized to this square (bilinear, as torchvision `Resize` on a
+    PIL image), before each backbone's own preprocessing: the released evaluation's `Resize((512, 512))`, done to
+    real images too (as released). None: no pre-resize (the original DreamBooth protocol)."""
+    cos_max0: bool = True
+    """CLIP-I and DINO (and the real-vs-real ceiling) average max(cos, 0): negative cosines clipped to 0 before any
+    mean (the released evaluation). False: plain cosines (the original DreamBooth protocol)."""
+    version: int = SUITE_VERSION
+    """The recipe's version, recorded with every result: bumped when the code changes what a suite computes
+    (v2: bilinear pre-resize, DINOv2's position-embedding rule, plain cosines and no pre-resize for `dreambooth`)."""
     builder: str | None = None
     """`"tiny"`: weights are built in code into the cache at load time, and the fields above point there."""
+
+    @property
+    def dino_input(self) -> int:
+        """Side of the (square) DINO input in pixels: the crop, else the resize (of a square pre-resized image)."""
+        return self.dino_crop or self.dino_resize
 
     def describe(self) -> dict[str, Any]:
         """Everything that defines the scores, for run records (all fields, plus library versions)."""
         out = asdict(self)
         out["dino_kwargs"] = dict(self.dino_kwargs)
         out["dino_embedding"] = "CLS token after the final norm (timm num_classes=0 forward)"
+        out["dino_input"] = self.dino_input
         for package in ("open_clip_torch", "timm", "torch"):
             try:
                 out[f"{package}_version"] = metadata.version(package)
@@ -69,8 +94,9 @@ class Suite:
 
 
 SUITES: dict[str, Suite] = {
-    # What the authors' evaluation used. DINOv2 runs at 224 px: timm resamples its 37x37 position embedding
-    # (518 px) to 16x16 when it loads the weights, as DINOv2's own interpolation does at forward time.
+    # What the authors' evaluation used (eval_dreambooth.py): everything resized to 512 x 512 (bilinear) first;
+    # CLIP ViT-L/14 at 336 px; DINOv2 ViT-L/14 (native 518 px, 37 x 37 patches) fed 224 px (16 x 16 patches), its
+    # position embedding interpolated as DINOv2's own code does at forward time; max(cos, 0).
     "paper": Suite(
         name="paper",
         clip_arch="ViT-L-14-336",
@@ -78,10 +104,11 @@ SUITES: dict[str, Suite] = {
         clip_quick_gelu=True,
         dino_arch="vit_large_patch14_dinov2.lvd142m",
         dino_weights=None,
-        dino_kwargs=(("img_size", 224),),
         dino_resize=224,
+        dino_pos_embed="dinov2",
     ),
-    # The original DreamBooth protocol, which most of the literature reports.
+    # The original DreamBooth protocol, which most of the literature reports: no pre-resize, each backbone's own
+    # preprocessing (DINO's evaluation transform: Resize 256 bicubic, CenterCrop 224), plain cosines.
     "dreambooth": Suite(
         name="dreambooth",
         clip_arch="ViT-B-32",
@@ -91,6 +118,9 @@ SUITES: dict[str, Suite] = {
         dino_weights=None,
         dino_resize=256,
         dino_crop=224,
+        dino_interpolation="bicubic",
+        image_size=None,
+        cos_max0=False,
     ),
     # Seeded random backbones built in code: offline tests and smoke runs; its numbers mean nothing.
     "tiny": Suite(
