@@ -21,15 +21,15 @@ import torch
 from bench.api import Concept, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
-from bench.models.sampling import SAMPLERS
+from bench.models.sampling import Numerics, check_numerics
 from bench.models.checkpoint import Checkpointer
-from bench.models.speed import autocast, check_autocast
+from bench.models.speed import autocast
 from bench.models.training import (LOSS_NORMALISATIONS, TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels,
                                    masked_mse, noisy_and_target, sample_timesteps, templates_for)
 
 
 @dataclass(frozen=True)
-class CustomDiffusionConfig:
+class CustomDiffusionConfig(Numerics):
     base: str = "student"
     """Which model is personalised: "student" (SD-Turbo, one step) or "teacher" (SD 2.1, multi-step)."""
     timestep_policy: str = "t999"
@@ -69,25 +69,13 @@ class CustomDiffusionConfig:
     """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference. Sampling-only."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    autocast_dtype: str = "none"
-    """Training forward-pass precision (`bench.models.speed.autocast`): "none" = float32, as the released code and
-    diffusers' examples train (default), or "bf16" (faster; changes results at bf16 rounding). Weights, optimiser
-    state and the loss stay float32."""
-    sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
-    """Sampling precision: "auto" = fp16 on CUDA and float32 on CPU (the released evaluation samples fp16
-    pipelines; default), "none", "fp16" or "bf16". Sampling-only."""
-    sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
-    """What an Euler-scheduled model (SD-Turbo) samples with: "euler_ancestral" (the released evaluation, default;
-    identical to "euler" at one step) or "euler". DDIM (SD 2.1) keeps its own. Sampling-only."""
     checkpoint_every: int = field(default=100, metadata={"hash": False})
     """Save a resumable checkpoint (K/V, token row, AdamW moments, RNG states) every this many iterations and at the
     end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically. 0 = off.
     Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_autocast(self.autocast_dtype, self.sample_dtype)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not '{self.sampler}'")
+        check_numerics(self)
         for name, value, valid in (("init", self.init, personalize.INIT_SOURCES),
                                    ("loss_normalisation", self.loss_normalisation, LOSS_NORMALISATIONS)):
             if value not in valid:

@@ -29,8 +29,8 @@ import torch
 from bench.api import Concept, Diverged, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import sampling
-from bench.models.sampling import SAMPLERS
-from bench.models.speed import autocast, check_autocast
+from bench.models.sampling import Numerics, check_numerics
+from bench.models.speed import autocast
 from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
                                    noisy_and_target, sample_timesteps)
 
@@ -39,7 +39,7 @@ CLASS_PROMPT = "a {}"
 
 
 @dataclass(frozen=True)
-class DreamBoothConfig:
+class DreamBoothConfig(Numerics):
     timestep_policy: str = "t999"
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
     iterations: int = 1000
@@ -70,21 +70,9 @@ class DreamBoothConfig:
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch (also for generating class images)."""
-    autocast_dtype: str = "none"
-    """Training forward-pass precision (`bench.models.speed.autocast`): "none" = float32, as the released code and
-    diffusers' examples train (default), or "bf16" (faster; changes results at bf16 rounding). Weights, optimiser
-    state and the loss stay float32."""
-    sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
-    """Sampling precision: "auto" = fp16 on CUDA and float32 on CPU (the released evaluation samples fp16
-    pipelines; default), "none", "fp16" or "bf16". Sampling-only."""
-    sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
-    """What an Euler-scheduled model (SD-Turbo) samples with: "euler_ancestral" (the released evaluation, default;
-    identical to "euler" at one step) or "euler". DDIM (SD 2.1) keeps its own. Sampling-only."""
 
     def __post_init__(self) -> None:
-        check_autocast(self.autocast_dtype, self.sample_dtype)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not '{self.sampler}'")
+        check_numerics(self)
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")

@@ -16,10 +16,13 @@ TCD (Hyper-SD) models keep their own. Every model samples at its native size, `u
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.profiler import record_function
+
+from bench.config import SAMPLING_ONLY
 
 # protocol: the student in 1, 2 or 4 steps; trailing spacing gives exactly these timesteps.
 STUDENT_TIMESTEPS = {1: (999,), 2: (999, 499), 4: (999, 749, 499, 249)}
@@ -31,6 +34,32 @@ SAMPLERS = ("euler_ancestral", "euler")
 EVAL_NOISE_STRIDE = 1000
 """Evaluation seed s, prompt index p -> noise seed s * 1000 + p (DreamBench has 25 prompts per concept)."""
 
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """The precision and sampler fields every baseline config has (a baseline's config inherits them and calls
+    `check_numerics` in its `__post_init__`). EchoDistill's config has the same fields with its own notes."""
+
+    autocast_dtype: str = "none"
+    """Training forward-pass precision (`bench.models.speed.autocast`): "none" = float32, as the released code and
+    diffusers' examples train (default), or "bf16" (faster; changes results at bf16 rounding). Weights, optimiser
+    state and the loss stay float32."""
+    sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
+    """Sampling precision: "auto" = fp16 on CUDA and float32 on CPU (the released evaluation samples fp16
+    pipelines; default), "none", "fp16" or "bf16". Sampling-only."""
+    sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
+    """What an Euler-scheduled model (SD-Turbo) samples with: "euler_ancestral" (the released evaluation, default;
+    identical to "euler" at one step) or "euler". DDIM (SD 2.1) keeps its own. Sampling-only."""
+
+
+def check_numerics(config: Numerics) -> None:
+    """ValueError for an unknown precision or sampler (for the configs' `__post_init__`)."""
+    from bench.models.speed import check_autocast
+
+    check_autocast(config.autocast_dtype, config.sample_dtype)
+    if config.sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not '{config.sampler}'")
 
 def eval_noise_seed(prompt_index: int, eval_seed: int) -> int:
     """The noise seed of evaluation image (prompt index, evaluation seed): its own per prompt, the same for every
