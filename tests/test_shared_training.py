@@ -209,16 +209,34 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
     assert calls == ["images", "teacher"], "another suite: the view is sampled and scored again"
 
 
+def mini_dreambench(root: Path) -> Path:
+    """A one-concept DreamBench copy in DreamBench's own layout (`dog`, two photos, two prompts per list)."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "dataset" / "dog").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((48, 48, 3), 60 * i + 40, dtype=np.uint8)).save(root / "dataset" / "dog" / f"0{i}.jpg")
+    fmt = ".format(unique_token, class_token)"
+    (root / "dataset" / "prompts_and_classes.txt").write_text(
+        "Classes\n\nsubject_name,class\ndog,dog\n\nPrompts\n\nObject Prompts\n\nprompt_list = [\n"
+        f"'a {{0}} {{1}} in the jungle'{fmt},\n'a red {{0}} {{1}}'{fmt}\n]\n\nLive Subject Prompts\n\n"
+        f"prompt_list = [\n'a {{0}} {{1}} in the snow'{fmt},\n'a wet {{0}} {{1}}'{fmt}\n]\n")
+    return root
+
+
 @pytest.mark.parametrize("edit, says", [
     ({"method_version": 0}, "re-run: method version 0 -> 1"),
     ({"eval_version": 1}, "re-sample: evaluation version 1 -> "),
     ({"metric_suite": {"name": "paper"}}, "re-score: metric suite paper v1 -> tiny v2"),
 ])
-def test_status_says_how_an_outdated_record_is_brought_up_to_date(edit, says, fake, dreambench_root, tmp_path,
-                                                                 monkeypatch, capsys) -> None:
-    common = ["--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path]
-    assert bench(monkeypatch, capsys, "run", *common)[0] == 0
-    path = tmp_path / "tiny" / "fake" / "default" / "dog" / "seed0" / "record.json"
+def test_status_says_how_an_outdated_record_is_brought_up_to_date(edit, says, fake, tmp_path, monkeypatch,
+                                                                 capsys) -> None:
+    data = mini_dreambench(tmp_path / "data")
+    common = ["--method", "fake", "--concepts", "dog", "--data", data, "--results", tmp_path / "results"]
+    code, _, err = bench(monkeypatch, capsys, "run", *common)
+    assert code == 0, err
+    path = tmp_path / "results" / "tiny" / "fake" / "default" / "dog" / "seed0" / "record.json"
     rec = json.loads(path.read_text())
     path.write_text(json.dumps({**rec, **edit, "config_hash": "0" * 16}))  # as if recorded by an older harness
     code, out, _ = bench(monkeypatch, capsys, "status", *common)
