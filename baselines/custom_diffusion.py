@@ -124,7 +124,7 @@ class CustomDiffusion:
         device = models.device
 
         # 1. The new token, initialised as the released code does (or per class); only its embedding row learns.
-        word, lookup = personalize.init_for(concept.name, concept.class_noun, cfg.init)
+        word, lookup = personalize.init_for(concept.name, concept.class_noun, cfg.init, in_dataset=concept.dataset)
         token_id = personalize.add_token(tokenizer, text_encoder, cfg.token, word, lookup=lookup)
         original_rows = text_encoder.get_input_embeddings().weight.detach().clone()
         token_weight = personalize.train_token_row(text_encoder, [token_id])

@@ -24,8 +24,8 @@ from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
-from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels,
-                                   masked_mse, noisy_and_target, sample_timesteps)
+from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
+                                   noisy_and_target, sample_timesteps, templates_for)
 
 PHRASES = {"token": "{identifier}", "token_class": "{identifier} {class_noun}"}
 """What stands for the concept in training and evaluation prompts (`phrase`)."""
@@ -127,12 +127,12 @@ class TextualInversion:
         lr = cfg.lr * cfg.batch_size * cfg.grad_accumulation if cfg.scale_lr else cfg.lr
         optimizer = torch.optim.AdamW([token_weight], lr=lr, weight_decay=cfg.weight_decay)
 
-        # 2. Data: the concept's photos (no random-scale augmentation), the recipe's 27 templates with the
-        #    placeholder alone: "a photo of a <new1>".
+        # 2. Data: the concept's photos (no random-scale augmentation), the recipe's 27 templates (25 without
+        #    "close" if augmenting) with the placeholder alone: "a photo of a <new1>".
         factor = models.resolution // models.latent_size
         phrase = PHRASES[cfg.phrase].format(identifier=cfg.token, class_noun=concept.class_noun)
         batches = TrainingBatches(load_pixels(concept.images), phrase, cfg.batch_size, factor, seed,
-                                  augment=cfg.augment, hflip=cfg.hflip, templates=IMAGENET_TEMPLATES,
+                                  augment=cfg.augment, hflip=cfg.hflip, templates=templates_for(cfg.augment),
                                   size=models.resolution)
         generator = torch.Generator().manual_seed(seed)
         encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid

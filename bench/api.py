@@ -47,13 +47,20 @@ class Concept:
     images: tuple[Path, ...]
     prompts: tuple[str, ...]
     live: bool = False
+    dataset: bool = True
+    """True for a dataset's concept (DreamBench), False for a user's own folder (`--concept-dir`), whatever its
+    name: dataset-specific choices (the released init words) never apply to a user's folder."""
 
     def prompt(self, template: str, identifier: str, phrase: str = DEFAULT_PHRASE) -> str:
-        """The prompt given to the model: the template with the method's evaluation `phrase` in the identifier's
-        place and no separate class noun: `"a <new1> dog in the jungle"` (phrase "{identifier} {class_noun}", the
-        default), `"a <new1> in the jungle"` (phrase "{identifier}": textual inversion)."""
-        text = phrase.format(identifier=identifier, class_noun=self.class_noun)
-        return _squash(template.format(text, ""))
+        """The prompt given to the model. Where the template names the concept as `{0} {1}` (identifier, class
+        noun), the method's evaluation `phrase` stands there: `"a <new1> dog in the jungle"` (the default phrase),
+        `"a <new1> in the jungle"` (phrase "{identifier}": textual inversion). Any other `{0}` is the identifier
+        and any other `{1}` the class noun ("a {0} in a {1} costume" -> "a <new1> in a dog costume")."""
+        if "{0} {1}" in template:
+            text = phrase.format(identifier=identifier, class_noun=self.class_noun)
+            return _squash(template.replace("{0} {1}", text.replace("{", "{{").replace("}", "}}"))
+                           .format(identifier, self.class_noun))
+        return _squash(template.format(identifier, self.class_noun))
 
     def clip_text(self, template: str) -> str:
         """The CLIP-T text: the prompt with the identifier removed, `"a dog in the jungle"`."""
@@ -61,7 +68,7 @@ class Concept:
 
     def with_images(self, images: tuple[Path, ...]) -> Concept:
         """The same concept with another set of reference photos (the one-shot ablation)."""
-        return Concept(self.name, self.class_noun, images, self.prompts, self.live)
+        return Concept(self.name, self.class_noun, images, self.prompts, self.live, self.dataset)
 
 
 def _squash(text: str) -> str:

@@ -226,7 +226,7 @@ def load_folder_concept(
             f"no prompts for concept {folder}: add {prompt_file} (one template per line, e.g. "
             "'a {0} {1} on the beach') or give the DreamBench data (`--data DIR` or BENCH_DATA)"
         )
-    return Concept(name or folder.resolve().name, class_noun, images, tuple(prompts), is_live)
+    return Concept(name or folder.resolve().name, class_noun, images, tuple(prompts), is_live, dataset=False)
 
 
 # --- images ------------------------------------------------------------------------------------------------

@@ -42,9 +42,9 @@ ATTEMPT = "attempt.json"
 """In a `.partial` folder: which config hash the attempt is for and how many attempts there were."""
 
 EVAL_VERSION = 2
-"""2: each (prompt, evaluation seed) has its own noise (`sampling.eval_noise_seed`); methods declare their evaluation
-phrase; multi-step SD-Turbo samples with Euler ancestral; SD 2.1 at its native size; metric fidelity."""
-"""Bump when image generation or scoring changes in a way that invalidates finished runs."""
+"""Bump when image generation or scoring changes in a way that invalidates finished runs. 2: each (prompt,
+evaluation seed) has its own noise (`sampling.eval_noise_seed`); methods declare their evaluation phrase;
+multi-step SD-Turbo samples with Euler ancestral; SD 2.1 at its native size; metric fidelity."""
 
 
 @dataclass(frozen=True)
@@ -501,7 +501,7 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
     method = get_method(job.method)(config)
     reset_peak_memory(models.device)
     if donor is not None:
-        return _sample_trained(job, ctx, concept, profile, method, models, run_dir, donor)
+        return _sample_trained(job, ctx, concept, profile, config, method, models, run_dir, donor)
     log = JsonlLog(run_dir / "loss_log.jsonl", on_step)
     try:
         with Stopwatch(models.device) as sw:
@@ -523,7 +523,7 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
     }
 
 
-def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, method: Any, models: Any,
+def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, method: Any, models: Any,
                     run_dir: Path, donor: Path) -> dict[str, Any]:
     """Evaluate another run's training with this job's sampling settings (same training hash, see `find_trained`).
 
@@ -541,6 +541,7 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, meth
         return json.loads(json.dumps(value, default=str))
 
     same_evaluation = (donor_record.get("eval_version") == EVAL_VERSION
+                       and same_view_sampling(config, donor_record.get("config") or {})
                        and donor_record.get("metric_suite") == as_stored(get_suite(ctx.suite).describe())
                        and donor_record.get("models") == as_stored(profile.describe()))
     store.link_tree(donor / "weights", run_dir / "weights")
@@ -569,6 +570,14 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, meth
                    "peak_memory": peak_memory(models.device), **evaluation.pop("timing")},
     }
 
+
+
+def same_view_sampling(config: Any, donor_config: dict[str, Any]) -> bool:
+    """Whether a donor run sampled its views as `config` would: every sampling-only field other than the step
+    counts (precision, sampler, guidance) equal; the views' own step counts are compared one by one."""
+    mine = to_dict(config)
+    return all(donor_config.get(f.name) == mine[f.name] for f in dataclasses.fields(config)
+               if f.metadata.get("sampling") and not f.name.endswith("steps"))
 
 def evaluate(trained: Any, concept: Concept, eval_seeds: tuple[int, ...], image_dir: Path, ctx: Context,
              device: Any) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class Session:
         # Text: the new token in the teacher's tokenizer/encoder, which the student shares (spec "Models", STE).
         # Without the teacher or without STE, the student has its own encoder copy and its own token.
         self.init_word, self.init_lookup = personalize.init_for(concept.name, concept.class_noun, cfg.init,
-                                                                cfg.init_word)
+                                                                cfg.init_word, concept.dataset)
         word = self.init_word
         self.teacher_text = self._new_token("teacher", word) if self.use_teacher else None
         self.shared = self.use_teacher and cfg.uses("ste")
@@ -347,8 +347,9 @@ class Session:
             chunk_p, chunk_s = prompts[start:start + step], seeds[start:start + step]
             with self._amp():
                 context = self.student_text.encode(chunk_p)
+                # one step: every sampler gives the same image, so the sampling-only `sampler` never touches training
                 latents = sampling.sample_latents(self.student_unet, self.student_sched, context, chunk_s, 1,
-                                                  self.models.latent_size, sampler=self.cfg.sampler)
+                                                  self.models.latent_size)
             images += list(self.decode(latents.float()).clamp(-1, 1).cpu())
         return images
 

@@ -343,3 +343,43 @@ def test_echodistill_teacher_view_samples_at_sd21_native_size(concept, models) -
     teacher = trained.views["teacher"].generate(["a <new1> dog"], [0])[0]
     assert student.size == (models.student_unet.config.sample_size * factor,) * 2 == (models.resolution,) * 2
     assert teacher.size == (models.teacher_unet.config.sample_size * factor,) * 2 != student.size
+
+
+# --- review fixes: views of another precision, non-square photos, user templates, user folders -----------------
+
+def test_views_are_taken_over_only_when_sampled_the_same_way() -> None:
+    from bench.config import to_dict
+    from bench.runs import same_view_sampling
+    from echodistill.config import EchoDistillConfig
+
+    donor = to_dict(EchoDistillConfig())
+    assert same_view_sampling(EchoDistillConfig(eval_steps=4), donor)  # the student's steps: compared per view
+    assert not same_view_sampling(EchoDistillConfig(sample_dtype="none"), donor)
+    assert not same_view_sampling(EchoDistillConfig(sampler="euler"), donor)
+
+
+def test_non_square_photos_are_centre_cropped_not_squashed(tmp_path) -> None:
+    from PIL import Image
+
+    from bench.models.training import load_pixels
+
+    arr = np.zeros((60, 40, 3), dtype=np.uint8)
+    arr[10:50] = 255  # the centre 40 x 40 square is white, the top and bottom 10 rows black
+    Image.fromarray(arr).save(tmp_path / "tall.png")
+    (pixels,) = load_pixels([tmp_path / "tall.png"])
+    assert pixels.shape == (3, 40, 40) and torch.all(pixels == 1.0)
+
+
+def test_phrase_replaces_only_the_identifier_class_pair() -> None:
+    c = Concept("mypet", "dog", (), ())
+    assert c.prompt("a {0} on the beach", "<new1>") == "a <new1> on the beach"
+    assert c.prompt("a {0} in a {1} costume", "<new1>", "{identifier}") == "a <new1> in a dog costume"
+    assert c.prompt("a red {0} {1}", "<new1>", "{identifier}") == "a red <new1>"
+
+
+def test_a_user_folder_named_like_a_dreambench_concept_gets_the_class_word() -> None:
+    from bench.models import personalize
+
+    assert personalize.init_for("dog", "dog", "released") == ("corgi", "raw")
+    assert personalize.init_for("dog", "dog", "released", in_dataset=False) == (personalize.init_word("dog"), "bpe")
+    assert personalize.init_for("mymug", "mug", "released") == ("mug", "bpe")

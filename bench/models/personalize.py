@@ -47,8 +47,7 @@ INIT_SOURCES = ("released", "class")
 INIT_LOOKUPS = ("raw", "bpe")
 """How a word becomes embedding rows (`init_embedding_ids`): "raw" = one vocabulary entry (the released code),
 "bpe" = the BPE pieces of the word, averaged."""
-INIT_LOOKUP_FOR_SOURCE = {"released": "raw", "class": "bpe"}
-"""The lookup that goes with each source when both follow one choice."""
+
 
 
 def init_word(class_noun: str) -> str:
@@ -72,15 +71,19 @@ def resolve_init(concept_name: str, class_noun: str, source: str = "class") -> s
 
 
 
-def init_for(concept_name: str, class_noun: str, source: str, word: str | None = None) -> tuple[str, str]:
+def init_for(concept_name: str, class_noun: str, source: str, word: str | None = None, in_dataset: bool = True
+             ) -> tuple[str, str]:
     """(word, lookup) that initialise `<new1>` for a concept under `source` (a method's `init` field).
 
     "released": the released table's word looked up raw, as the released code does; a concept outside the table
-    (a user's own folder) has no released word, so it gets the per-class word through BPE, the sensible reading.
+    (a user's own folder, `in_dataset=False`, whatever its name) has no released word, so it gets the per-class word
+    through BPE, the sensible reading.
     "class": the per-class word through BPE. `word` overrides the table's word, looked up the source's way.
     """
-    released = source == "released" and (word is not None or concept_name in RELEASED_INIT_WORDS)
-    return (word or resolve_init(concept_name, class_noun, source)), ("raw" if released else "bpe")
+    released = source == "released" and (word is not None or (in_dataset and concept_name in RELEASED_INIT_WORDS))
+    if not released:
+        return word or init_word(class_noun), "bpe"
+    return word or resolve_init(concept_name, class_noun, source), "raw"
 
 def init_embedding_ids(tokenizer: Any, word: str, lookup: str = "bpe") -> list[int]:
     """The embedding rows whose mean initialises a new token from `word`.

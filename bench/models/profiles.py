@@ -58,7 +58,8 @@ class Profile:
     name: str
     backbone: str
     resolution: int
-    """Training and sampling resolution in pixels."""
+    """Training resolution in pixels. Sampling runs at each UNet's native size (`unet.config.sample_size` x the VAE
+    factor: 512 for SD-Turbo, 768 for the 768-v SD 2.1), as the released evaluation does."""
     components: dict[str, Component]
     random_init: bool = False
     """True for paper-random: build every component from its config, load no weights."""

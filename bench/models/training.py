@@ -57,14 +57,18 @@ class Batch:
 
 def load_pixels(paths: tuple[Path, ...] | list[Path], size: int | None = None) -> list[torch.Tensor]:
     """Each image as a (3, S, S) tensor in [-1, 1] (RGB, EXIF honoured, centre-cropped square); S = `size`, or the
-    photo's own side when `size` is None (what `TrainingBatches` takes, so it resizes each photo once)."""
+    photo's own shorter side when `size` is None (what `TrainingBatches` takes, so it resizes each photo once)."""
     import numpy as np
+    from PIL import ImageOps
 
     from bench.data import load_image
 
     out = []
     for path in paths:
-        arr = np.asarray(load_image(Path(path), size), dtype=np.float32)
+        image = load_image(Path(path), size)
+        if size is None and image.width != image.height:  # the centre square, not resized
+            image = ImageOps.fit(image, (min(image.size),) * 2, centering=(0.5, 0.5))
+        arr = np.asarray(image, dtype=np.float32)
         out.append(torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0)
     return out
 
