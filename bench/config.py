@@ -30,7 +30,10 @@ def build(cls: type, overrides: dict[str, Any] | None = None) -> Any:
             )
     hints = typing.get_type_hints(cls)
     for key, value in list(overrides.items()):
-        overrides[key] = _coerce(value, hints.get(key))
+        try:
+            overrides[key] = _coerce(value, hints.get(key))
+        except BenchError as err:
+            raise BenchError(f"invalid {cls.__name__} field '{key}': {err}") from None
     try:
         return cls(**overrides)
     except (ValueError, TypeError) as err:
@@ -38,7 +41,14 @@ def build(cls: type, overrides: dict[str, Any] | None = None) -> Any:
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    """Values from the command line arrive as strings; JSON lists arrive as lists. Make them the field's type."""
+    """Values from the command line arrive as strings or JSON (numbers, lists). Make them the field's type; a number
+    that does not fit an int or float field (2.5 for an int, true for a number) is a BenchError."""
+    if hint in (int, float) and not isinstance(value, str):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BenchError(f"expected {'an integer' if hint is int else 'a number'}, got {value!r}")
+        if hint is int and not float(value).is_integer():
+            raise BenchError(f"expected an integer, got {value!r}")
+        return hint(value)
     if hint is None or not isinstance(value, (str, list)):
         return value
     origin = typing.get_origin(hint)
@@ -56,7 +66,7 @@ def _coerce(value: Any, hint: Any) -> Any:
         try:
             return hint(value)
         except ValueError:
-            raise BenchError(f"expected a {hint.__name__}, got '{value}'") from None
+            raise BenchError(f"expected {'an integer' if hint is int else 'a number'}, got '{value}'") from None
     return value
 
 

@@ -64,14 +64,15 @@ def parse_prompts_and_classes(text: str) -> tuple[dict[str, str], list[str], lis
         start = lowered.index("subject_name,class") + 1
     except ValueError:
         raise BenchError(f"malformed {PROMPTS_FILE}: no 'subject_name,class' header") from None
-    for line in lines[start:]:
+    for number, line in enumerate(lines[start:], start + 1):  # 1-based line numbers in the file
         if not line:
             if classes:
-                break
+                break  # a blank line ends the block
             continue
         subject, sep, noun = line.partition(",")
         if not sep or not subject.strip() or not noun.strip():
-            break
+            raise BenchError(f"malformed {PROMPTS_FILE}: line {number} '{line}' is not 'subject_name,class' (a "
+                             f"blank line ends the block)")
         classes[subject.strip()] = noun.strip()
     if not classes:
         raise BenchError(f"malformed {PROMPTS_FILE}: empty 'subject_name,class' block")

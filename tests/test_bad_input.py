@@ -47,6 +47,8 @@ RUN = ["run", "--method", "custom_diffusion", "--concepts", "dog"]
     ([*RUN, "--backbone", "sdxl"], ["unknown backbone 'sdxl'", "valid: "]),
     ([*RUN, "--set", "nope=1"], ["unknown config field 'nope'", "valid: "]),
     ([*RUN, "--set", "checkpoint_every=-1"], ["checkpoint_every must be >= 0"]),
+    ([*RUN, "--set", "iterations=2.5"], ["field 'iterations'", "expected an integer, got 2.5"]),
+    ([*RUN, "--set", "lr=true"], ["field 'lr'", "expected a number, got True"]),
     ([*RUN, "--seeds", ","], ["no seeds given"]),
     ([*RUN, "--executor", "slurmm"], ["unknown executor 'slurmm'", "valid: local, gpus, slurm"]),
     ([*RUN, "--executor", "slurm", "--cluster", "pbs"], ["unknown cluster 'pbs'", "valid: slurm, local, debug"]),

@@ -142,6 +142,18 @@ def test_parse_malformed(broken: str, message: str) -> None:
         data.parse_prompts_and_classes(broken)
 
 
+def test_a_malformed_class_line_is_an_error_with_its_line_number(tmp_path: Path) -> None:
+    """`teapot teapot` (comma missing) used to end the block there, silently dropping the concepts after it."""
+    root = _tiny_dataset(tmp_path / "db")
+    path = root / "dataset" / "prompts_and_classes.txt"
+    lines = path.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines, 1) if line.strip() == "teapot,teapot")
+    lines[number - 1] = "teapot teapot"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BenchError, match=f"prompts_and_classes.txt: malformed .* line {number} 'teapot teapot'"):
+        data.load_dreambench(root)
+
+
 def test_missing_subject_folder_or_images(tmp_path: Path) -> None:
     root = _tiny_dataset(tmp_path / "db")
     (root / "dataset" / "teapot" / "00.jpg").unlink()
