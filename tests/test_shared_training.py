@@ -164,8 +164,16 @@ def test_echodistill_nfe_samples_one_student(dreambench_root, tmp_path, monkeypa
 
 def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp_path, monkeypatch) -> None:
     """Shared training never shares scores across evaluations: a donor scored with another suite (or another
-    evaluation version) has its views sampled and scored again."""
+    evaluation version, or sampled with another precision) has its views sampled and scored again."""
+    import dataclasses
+
     from bench import runs, store
+    from bench.config import SAMPLING_ONLY
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        steps: int = dataclasses.field(default=1, metadata=SAMPLING_ONLY)
+        sample_dtype: str = dataclasses.field(default="auto", metadata=SAMPLING_ONLY)
 
     calls: list[str] = []
     monkeypatch.setattr(runs, "evaluate", lambda trained, concept, seeds, image_dir, ctx, device: calls.append(
@@ -190,6 +198,7 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
     profile = get_profile("tiny")
     ctx = runs.Context(data=dreambench_root, results=tmp_path, suite="tiny")
     record = {"status": "done", "eval_version": runs.EVAL_VERSION, "views": {"teacher": {"steps": 1}},
+              "config": {"steps": 4, "sample_dtype": "auto"},  # another step count of the main model: shared
               "metric_suite": json.loads(json.dumps(get_suite("tiny").describe(), default=str)),
               "models": json.loads(json.dumps(profile.describe(), default=str))}
     store.write_json_atomic(donor / "record.json", record)
@@ -200,12 +209,16 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
     job = runs.Job("m", "other", "dog", 0, "tiny")
     out = tmp_path / "out"
     out.mkdir()
-    runs._sample_trained(job, ctx, None, profile, Method(), Models(), out, donor)
+    runs._sample_trained(job, ctx, None, profile, Config(), Method(), Models(), out, donor)
     assert calls == ["images"], "same evaluation: the teacher view is taken over"
+    calls.clear()
+    runs._sample_trained(job, ctx, None, profile, Config(sample_dtype="none"), Method(), Models(), tmp_path / "o1",
+                         donor)
+    assert calls == ["images", "teacher"], "another sampling precision: the view is sampled and scored again"
     record["metric_suite"] = {"name": "dreambooth"}
     store.write_json_atomic(donor / "record.json", record)
     calls.clear()
-    runs._sample_trained(job, ctx, None, profile, Method(), Models(), tmp_path / "out2", donor)
+    runs._sample_trained(job, ctx, None, profile, Config(), Method(), Models(), tmp_path / "out2", donor)
     assert calls == ["images", "teacher"], "another suite: the view is sampled and scored again"
 
 
