@@ -136,7 +136,8 @@ class CustomDiffusion:
         # 2. Data: the concept's photos with Custom Diffusion's augmentation; prompts "... <new1> dog".
         factor = models.resolution // models.latent_size
         batches = TrainingBatches(load_pixels(concept.images), f"{cfg.token} {concept.class_noun}", cfg.batch_size,
-                                  factor, seed, augment=cfg.augment, hflip=cfg.hflip, templates=templates_for(cfg.augment),
+                                  factor, seed, augment=cfg.augment, hflip=cfg.hflip,
+                                  templates=templates_for(cfg.augment),
                                   size=models.resolution)
         generator = torch.Generator().manual_seed(seed)
         encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid

@@ -227,7 +227,8 @@ def test_evaluation_draws_noise_per_prompt_and_uses_the_declared_phrase(concept,
     evaluate(ti, concept, (0, 1), tmp_path / "b", ctx, "cpu")
     timed = default.calls[2:]  # after the warm-up and the single-image timing
     assert sorted({s for _, s in timed}) == sorted(sampling.eval_noise_seed(p, s) for p in range(3) for s in (0, 1))
-    assert [r["noise_seed"] for r in out["images"]] == [sampling.eval_noise_seed(p, s) for p in range(3) for s in (0, 1)]
+    expected = [sampling.eval_noise_seed(p, s) for p in range(3) for s in (0, 1)]
+    assert [r["noise_seed"] for r in out["images"]] == expected
     assert timed[0][0] == "a <new1> dog in the jungle"
     assert ti.calls[2][0] == "a <new1> in the jungle"
     assert [s for _, s in ti.calls] == [s for _, s in default.calls]  # paired across methods
