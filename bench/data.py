@@ -230,6 +230,24 @@ def load_folder_concept(
     return Concept(name or folder.resolve().name, class_noun, images, tuple(prompts), is_live, dataset=False)
 
 
+
+def user_concept_name(concept: Concept) -> str:
+    """The name a user's folder concept runs under: `<folder>@<content hash>`, e.g. `mug@3fa29c1b0e`.
+
+    The hash covers the photos' bytes (in name order), the class noun, the prompts and the live flag, so a folder
+    whose photos, class noun or prompts change is a new concept (never skipped as done), and the `@` keeps it apart
+    from every dataset concept (a folder named `dog` is never DreamBench's dog)."""
+    import hashlib
+    import json
+    import re
+
+    digest = hashlib.sha256(json.dumps({"class_noun": concept.class_noun, "prompts": list(concept.prompts),
+                                        "live": concept.live}, sort_keys=True).encode())
+    for path in sorted(concept.images, key=lambda p: p.name):
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", concept.name).strip("._") or "concept"
+    return f"{folder}@{digest.hexdigest()[:10]}"
+
 # --- images ------------------------------------------------------------------------------------------------
 
 

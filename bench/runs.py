@@ -300,7 +300,8 @@ def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], conc
     if concept_dir is not None:
         if not class_noun:
             raise BenchError("--concept-dir needs --class-noun (e.g. --class-noun dog)")
-        chosen = [dataset.load_folder_concept(concept_dir, class_noun, prompts_root=root)]
+        concept = dataset.load_folder_concept(concept_dir, class_noun, prompts_root=root)
+        chosen = [dataclasses.replace(concept, name=dataset.user_concept_name(concept))]  # keyed by its content
         ctx.concept_dirs[chosen[0].name] = (str(concept_dir), class_noun)
     else:
         chosen = dataset.select_concepts(root, concepts)

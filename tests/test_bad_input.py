@@ -171,7 +171,8 @@ def test_cmyk_16bit_grayscale_and_alpha_images_are_converted(fake, dreambench_ro
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concept-dir", folder, "--class-noun",
                          "mug", "--data", dreambench_root, "--results", tmp_path / "results")
     assert code == 0 and "1 done" in err, err
-    record = store.read_record(tmp_path / "results" / "tiny" / "fake" / "default" / "mug" / "seed0")
+    (run_dir,) = (tmp_path / "results" / "tiny" / "fake" / "default").glob("mug@*/seed0")
+    record = store.read_record(run_dir)
     assert record["status"] == "done" and record["real_vs_real"]
 
 

@@ -254,3 +254,32 @@ def test_status_says_how_an_outdated_record_is_brought_up_to_date(edit, says, fa
     path.write_text(json.dumps({**rec, **edit, "config_hash": "0" * 16}))  # as if recorded by an older harness
     code, out, _ = bench(monkeypatch, capsys, "status", *common)
     assert code == 0 and "outdated" in out and says in out, out
+
+
+def test_a_user_concept_is_keyed_by_its_content(fake, tmp_path, monkeypatch, capsys) -> None:
+    """A `--concept-dir` folder named `dog` is not DreamBench's dog, and another class noun or other photos make
+    another run (never `skipped` as done)."""
+    import numpy as np
+    from PIL import Image
+
+    data = mini_dreambench(tmp_path / "data")
+    folder = tmp_path / "dog"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 30 * i + 100, dtype=np.uint8)).save(folder / f"{i}.png")
+    results = tmp_path / "results"
+    common = ["run", "--method", "fake", "--data", data, "--results", results]
+    assert bench(monkeypatch, capsys, *common, "--concepts", "dog")[0] == 0  # DreamBench's dog
+
+    def run_folder(noun: str) -> str:
+        code, _, err = bench(monkeypatch, capsys, *common, "--concept-dir", folder, "--class-noun", noun)
+        assert code == 0, err
+        return err
+
+    assert "1 done" in run_folder("dog"), "a folder named dog is not DreamBench's dog"
+    assert "1 skipped" in run_folder("dog"), "the same photos, noun and prompts: done already"
+    assert "1 done" in run_folder("cat"), "another class noun is another concept"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(folder / "1.png")
+    assert "1 done" in run_folder("dog"), "other photos are another concept"
+    names = sorted(p.name for p in (results / "tiny" / "fake" / "default").iterdir())
+    assert len(names) == 4 and "dog" in names and all(n.startswith("dog@") for n in names if n != "dog")
