@@ -347,7 +347,8 @@ def build_sections(records: list[dict[str, Any]], data: Path | None = None) -> l
     dataset, why = _dataset_folder(data)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        groups[(r["profile"], suite_name(r))].append(r)
+        if r.get("status") != "corrupt":  # unreadable records count in the tables only (expected, missing)
+            groups[(r["profile"], suite_name(r))].append(r)
     sections = []
     for (profile, suite), group in sorted(groups.items()):
         mine = [t for t in tables if t.profile == profile and t.suite.split(" ")[0] == suite and t.rows]

@@ -657,12 +657,14 @@ def plan_status(jobs: list[Job], ctx: Context) -> tuple[dict[str, int], list[str
             entries.append(("failed", key, store.failure_note({**state.record, "run_dir": str(run_dir)})))
         elif store.partial_dir(run_dir).exists():
             entries.append(("interrupted", key, store.interrupted_note(store.partial_dir(run_dir))))
+        elif state.record is None and (problem := store.record_problem(run_dir)):
+            entries.append(("corrupt", key, f"{problem}; `bench run` recomputes it"))
         elif state.state == "outdated":
             profile, config, suite, _ = _resolve(job, ctx)
             entries.append(("outdated", key, outdated_reason(state.record, job, config, profile.describe(), suite)))
         else:
             entries.append(("missing", key, ""))
-    order = {"done": 0, "running": 1, "interrupted": 2, "outdated": 3, "failed": 4, "missing": 5}
+    order = {"done": 0, "running": 1, "interrupted": 2, "outdated": 3, "failed": 4, "corrupt": 5, "missing": 6}
     entries.sort(key=lambda e: (order[e[0]], e[1]))
     counts: dict[str, int] = {}
     for state_name, _, _ in entries:

@@ -103,13 +103,39 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
     return record
 
 
+def record_problem(run_dir: Path) -> str | None:
+    """Why the run's `record.json` cannot be read (truncated, not JSON, not an object), or None when it is fine
+    or absent. `read_record` treats such a record as absent; status and tables list it as corrupt."""
+    path = Path(run_dir) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return f"{path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+    return None if isinstance(record, dict) else f"{path}: not a JSON object"
+
+
+def corrupt_stub(path: Path, results: Path, problem: str) -> dict[str, Any] | None:
+    """A stand-in for an unreadable record at `<results>/<profile>/<method>/<variant>/<concept>/seed<k>/record.json`:
+    its identity from the path, `status: corrupt` and the parse error as `reason` (so tables count it as expected
+    but missing, and status lists it). None when the path does not have that shape."""
+    parts = path.parent.relative_to(results).parts
+    if len(parts) != 5 or not RUN_DIR.match(parts[4]):
+        return None
+    profile, method, variant, concept, seed = parts
+    return {"status": "corrupt", "reason": problem, "profile": profile, "method": method, "variant": variant,
+            "concept": concept, "seed": int(seed.removeprefix("seed")), "run_dir": str(path.parent)}
+
+
 def is_done(run_dir: Path, config_hash: str) -> bool:
     record = read_record(run_dir)
     return bool(record and record.get("status") == "done" and record.get("config_hash") == config_hash)
 
 
-def iter_records(results: Path, profile: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every record under `results` (optionally one profile), with `run_dir` added; never a staged copy."""
+def iter_records(results: Path, profile: str | None = None, corrupt: bool = False) -> Iterator[dict[str, Any]]:
+    """Every record under `results` (optionally one profile), with `run_dir` added; never a staged copy. With
+    `corrupt`, an unreadable record also comes back, as a `corrupt_stub` (`status: corrupt`)."""
     root = Path(results) / profile if profile else Path(results)
     if not root.exists():
         return
@@ -120,6 +146,10 @@ def iter_records(results: Path, profile: str | None = None) -> Iterator[dict[str
         if record is not None:
             record["run_dir"] = str(path.parent)
             yield record
+        elif corrupt and (problem := record_problem(path.parent)):
+            stub = corrupt_stub(path, Path(results), problem)
+            if stub is not None:
+                yield stub
 
 
 # --- staging, commit and recovery ---------------------------------------------------------------------------
@@ -460,10 +490,10 @@ def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int
     counts: dict[str, int] = {}
     entries: list[tuple[str, str, str]] = []
     root = Path(results) / profile if profile else Path(results)
-    for record in iter_records(results, profile):
+    for record in iter_records(results, profile, corrupt=True):
         state = record.get("status", "unknown")
         key = f"{record['profile']}/{record['method']}/{record['variant']}/{record['concept']}/seed{record['seed']}"
-        entries.append((state, key, failure_note(record)))
+        entries.append((state, key, record["reason"] if state == "corrupt" else failure_note(record)))
     if root.exists():
         for lock_path in sorted(root.rglob("seed*.lock")):
             run_dir = lock_path.with_name(lock_path.name.removesuffix(".lock"))
@@ -477,7 +507,7 @@ def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int
             key = str(run_dir.relative_to(results))
             if key not in running:
                 entries.append(("interrupted", key, interrupted_note(partial)))
-    order = {"done": 0, "running": 1, "interrupted": 2, "failed": 3}
+    order = {"done": 0, "running": 1, "interrupted": 2, "failed": 3, "corrupt": 4}
     entries.sort(key=lambda e: (order.get(e[0], 4), e[1]))
     lines = [f"{state:11} {key}{': ' + note if note else ''}" for state, key, note in entries]
     for state, _, _ in entries:

@@ -415,8 +415,8 @@ def cell_stats(records: list[dict[str, Any]], source: str, concepts: list[str], 
     for concept in concepts:
         for seed in seeds:
             r = by_key.get((concept, seed))
-            if r is None:
-                absent.append(f"{concept}/seed{seed}")
+            if r is None or r.get("status") == "corrupt":
+                absent.append(f"{concept}/seed{seed}" + (f" (corrupt record: {r['reason']})" if r else ""))
                 continue
             ck = (id(r), source)
             if ck not in cache:
@@ -540,9 +540,15 @@ def build_tables(name: str, records: list[dict[str, Any]], compare: str | None =
     names = TABLES if name == "all" else (name,)
     concepts_by_profile: dict[str, set[str]] = defaultdict(set)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    corrupt: dict[str, list[dict[str, Any]]] = defaultdict(list)  # unreadable records: no suite is known
     for r in records:
         concepts_by_profile[r["profile"]].add(r["concept"])
-        groups[(r["profile"], suite_name(r))].append(r)
+        if r.get("status") == "corrupt":
+            corrupt[r["profile"]].append(r)
+        else:
+            groups[(r["profile"], suite_name(r))].append(r)
+    for (profile, _), group in groups.items():
+        group += corrupt[profile]  # expected in every table of their profile, and never done
     cache: dict = {}
     out = []
     for (profile, suite), group in sorted(groups.items()):
@@ -835,7 +841,7 @@ def render(tables: list[Table], fmt: str) -> str:
 def load_records(results: Path, profile: str | None = None) -> list[dict[str, Any]]:
     from bench.store import iter_records
 
-    records = list(iter_records(results, profile))
+    records = list(iter_records(results, profile, corrupt=True))  # unreadable ones count as expected but missing
     if not records:
         where = f"{results}" + (f" for profile '{profile}'" if profile else "")
         raise BenchError(f"no run records found under {where}; run `bench run ...` first, or pass --results DIR")

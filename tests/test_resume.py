@@ -138,6 +138,57 @@ def test_checkpointer_survives_torn_and_damaged_checkpoints(tmp_path) -> None:
     assert not Checkpointer(tmp_path / "off", every=0).maybe_save(5, tensors={"w": w2})
 
 
+def _embedding_training(ckpt: Checkpointer | None, stop: int | None = None, total: int = 6, row: int = 7,
+                        mask_grad: bool = True):
+    """A 50-row table of which only `row` trains (its gradient masked, as a new token's is); (parameters, losses)."""
+    torch.manual_seed(0)
+    table, head = torch.nn.Embedding(50, 4), torch.nn.Linear(4, 2)
+    if mask_grad:
+        mask = torch.zeros(50, 1)
+        mask[row] = 1.0
+        table.weight.register_hook(lambda grad: grad * mask)
+    opt = torch.optim.AdamW([{"params": list(head.parameters())}, {"params": [table.weight], "weight_decay": 0.0}],
+                            lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    state = dict(tensors={"head": list(head.parameters()), "table": table.weight}, stateful={"opt": opt},
+                 generators={"g": gen})
+    start = ckpt.restore(**state) if ckpt else 0
+    losses = []
+    for it in range(start, total):
+        ids = torch.randint(0, 50, (8,), generator=gen)
+        ids[0] = row
+        loss = head(table(ids)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if ckpt:
+            ckpt.maybe_save(it + 1, **state)
+        if stop is not None and it + 1 == stop:
+            break
+    return [t.detach().clone() for t in [*head.parameters(), table.weight]], losses
+
+
+def test_checkpointer_saves_only_the_trained_rows(tmp_path) -> None:
+    """`rows=`: the table's trained row and that row of its AdamW moments are saved, and resume stays bit-exact."""
+    from safetensors.torch import load_file
+
+    reference, ref_losses = _embedding_training(None)
+    folder = tmp_path / "train"
+    _, losses_a = _embedding_training(Checkpointer(folder, every=2, total=6, rows={"table": [7]}), stop=5)
+    shapes = {k: tuple(v.shape) for k, v in load_file(folder / "step-00000004" / "tensors.safetensors").items()}
+    assert shapes["t/table"] == (1, 4) and (50, 4) not in shapes.values()
+    assert sorted(k for k, s in shapes.items() if s == (1, 4)) == [
+        "s/opt.state.2.exp_avg", "s/opt.state.2.exp_avg_sq", "t/table"], "the row and its two moments"
+    resumed, losses_b = _embedding_training(Checkpointer(folder, every=2, total=6, rows={"table": [7]}))
+    assert losses_a[:4] + losses_b == ref_losses
+    assert all(torch.equal(a, b) for a, b in zip(reference, resumed))
+    with pytest.raises(ValueError, match="non-zero outside rows"):  # every row trains: saving one would lose state
+        _embedding_training(Checkpointer(tmp_path / "unmasked", every=1, rows={"table": [7]}), mask_grad=False)
+    with pytest.raises(ValueError, match="not one of the tensors"):
+        _embedding_training(Checkpointer(tmp_path / "typo", every=1, rows={"tabel": [7]}))
+
+
 def test_checkpoint_every_does_not_change_the_config_hash() -> None:
     from bench.runs import Job, hashed_config, resolve_config
 
@@ -148,30 +199,68 @@ def test_checkpoint_every_does_not_change_the_config_hash() -> None:
     assert a.checkpoint_every != b.checkpoint_every and hashed_config(a) == hashed_config(b)
 
 
+def test_tiny_checkpoints_mid_run() -> None:
+    """The tiny profile caps `checkpoint_every` below its iteration cap, so tiny runs exercise resume too."""
+    from bench.models.profiles import get_profile
+    from bench.runs import Job, resolve_config
+
+    cap = get_profile("tiny").iteration_cap
+
+    def every(overrides: str = "{}", iteration_cap: int | None = cap) -> int:
+        job = Job("custom_diffusion", "default", "dog", 0, "tiny", overrides=overrides)
+        return resolve_config(job, iteration_cap).checkpoint_every
+
+    assert 0 < every() < cap and every(iteration_cap=None) == 100, "paper scale keeps the default"
+    assert every('{"checkpoint_every": 2}') == 2 and every('{"checkpoint_every": 0}') == 0, "0 stays off"
+
+
 # --- resume through the CLI -------------------------------------------------------------------------------------
 
 CD_RESUME = ["--set", "iterations=6", "--set", "checkpoint_every=2"]
 
 
-def test_custom_diffusion_resumes_bit_identically(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    """Kill a CD run after its checkpoint at 4 of 6 iterations; `--resume` gives the uninterrupted run's bits."""
-    common = ["run", "--method", "custom_diffusion", "--concepts", "dog", "--data", dreambench_root, *CD_RESUME]
+def assert_token_row_checkpoint(step: Path) -> None:
+    """A Custom Diffusion checkpoint holds the token's embedding row and its AdamW moments, not the whole table."""
+    from safetensors import safe_open
+
+    with safe_open(step / "tensors.safetensors", "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    row = shapes["t/token_embedding"]
+    assert len(row) == 2 and row[0] == 1, row
+    moments = sorted(k.rsplit(".", 1)[1] for k, s in shapes.items() if s == row and k.startswith("s/optimizer."))
+    assert moments == ["exp_avg", "exp_avg_sq"], shapes
+    assert not any(s and s[0] > 1000 for s in shapes.values()), "no tensor of the table's 49,409 rows"
+    spec = json.loads((step / "state.json").read_text())["rows"]["t/token_embedding"]
+    assert spec["shape"][0] > 1000 and spec["shape"][1] == row[1] and len(spec["rows"]) == 1
+    assert (step / "tensors.safetensors").stat().st_size < 1 << 20, "tiny: the whole table was ~19 MiB"
+
+
+@pytest.mark.parametrize("overrides, kill, saved", [
+    (CD_RESUME, 4, 4),
+    ([], 7, 5),  # the default config on tiny: 10 iterations (the cap), a checkpoint at 5 (the cap halved)
+], ids=["checkpoint_every=2", "default"])
+def test_custom_diffusion_resumes_bit_identically(overrides, kill, saved, dreambench_root, tmp_path, monkeypatch,
+                                                  capsys) -> None:
+    """Kill a CD run after a mid-run checkpoint; `--resume` gives the uninterrupted run's bits."""
+    common = ["run", "--method", "custom_diffusion", "--concepts", "dog", "--data", dreambench_root, *overrides]
     code, _, err = bench(monkeypatch, capsys, *common, "--results", tmp_path / "a")
     assert code == 0, err
     with monkeypatch.context() as m:
-        kill_at(m, 4)
+        kill_at(m, kill)
         with pytest.raises(Killed):
             bench(m, capsys, *common, "--results", tmp_path / "b")
-    variant = "default+checkpoint_every=2+iterations=6"
+    variant = "default+checkpoint_every=2+iterations=6" if overrides else "default"
     run_b = tmp_path / "b" / "tiny" / "custom_diffusion" / variant / "dog" / "seed0"
     assert not run_b.exists() and not run_b.with_name("seed0.lock").exists(), "no record, lock released"
-    assert find_checkpoints(run_b.with_name("seed0.partial") / "work") == {"train": 4}
+    work = run_b.with_name("seed0.partial") / "work"
+    assert find_checkpoints(work) == {"train": saved}
+    assert_token_row_checkpoint(work / "train" / f"step-{saved:08d}")
     code, out, _ = bench(monkeypatch, capsys, "status", "--results", tmp_path / "b")
-    assert code == 0 and "interrupted" in out and "iteration 4" in out
+    assert code == 0 and "interrupted" in out and f"iteration {saved}" in out
     code, _, err = bench(monkeypatch, capsys, *common, "--results", tmp_path / "b", "--resume")
     assert code == 0 and "1 done" in err, err
     record = store.read_record(run_b)
-    assert record["attempts"] == 2 and record["resumed_from"] == {"train": 4} and record["timing"]["resumed"]
+    assert record["attempts"] == 2 and record["resumed_from"] == {"train": saved} and record["timing"]["resumed"]
     assert_same_run(tmp_path / "a" / "tiny" / "custom_diffusion" / variant / "dog" / "seed0", run_b)
     assert sorted(p.name for p in run_b.parent.iterdir()) == ["seed0"]
     assert not (run_b / "work").exists() and not (run_b / "attempt.json").exists()

@@ -283,3 +283,25 @@ def test_a_user_concept_is_keyed_by_its_content(fake, tmp_path, monkeypatch, cap
     assert "1 done" in run_folder("dog"), "other photos are another concept"
     names = sorted(p.name for p in (results / "tiny" / "fake" / "default").iterdir())
     assert len(names) == 4 and "dog" in names and all(n.startswith("dog@") for n in names if n != "dog")
+
+
+def test_a_damaged_record_is_listed_as_corrupt_and_counted_missing(fake, tmp_path, monkeypatch, capsys) -> None:
+    """A truncated record.json used to vanish: no status line, and the table showed the remaining runs as all."""
+    data = mini_dreambench(tmp_path / "data")
+    results = tmp_path / "results"
+    common = ["--method", "fake", "--concepts", "dog", "--data", data, "--results", results]
+    assert bench(monkeypatch, capsys, "run", *common, "--seeds", "0,1")[0] == 0
+    path = results / "tiny" / "fake" / "default" / "dog" / "seed1" / "record.json"
+    path.write_text(path.read_text()[:40])  # truncated mid-write by hand
+    code, out, _ = bench(monkeypatch, capsys, "status", "--results", results)
+    assert code == 0 and "corrupt     tiny/fake/default/dog/seed1" in out and "JSONDecodeError" in out, out
+    assert "1 corrupt" in out and "1 done" in out
+    code, out, _ = bench(monkeypatch, capsys, "status", *common, "--seeds", "0,1")
+    assert code == 0 and "corrupt" in out and str(path) in out, out
+    from bench.tables import cell_stats, load_records
+
+    records = load_records(results, "tiny")  # what every table reads: the corrupt run comes back as a stub
+    assert [r["status"] for r in records if r["seed"] == 1] == ["corrupt"]
+    stats = cell_stats([r for r in records if r["method"] == "fake"], "metrics", ["dog"], [0, 1])
+    assert (stats.done, stats.expected, stats.missing) == (1, 2, 1)
+    assert any("corrupt record" in a for a in stats.absent)

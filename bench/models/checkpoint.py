@@ -8,8 +8,9 @@ Adopting it in a method (baselines/custom_diffusion.py is the reference example)
     from bench.models.checkpoint import Checkpointer
 
     # 1. Build everything exactly as a fresh run does: models, new tokens, optimiser, data stream, generators.
-    ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
-    state = dict(tensors={"kv": kv, "token": [token_weight]},       # what training changes (in place)
+    ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations,
+                        rows={"token_embedding": [token_id]})      # optional: save only these rows of a matrix
+    state = dict(tensors={"kv": kv, "token_embedding": token_weight},  # what training changes (in place)
                  stateful={"optimizer": optimizer},                # anything with state_dict()/load_state_dict()
                  generators={"noise": generator},                  # torch.Generator objects
                  randoms={"batches": batches.rng})                 # random.Random objects (TrainingBatches.rng)
@@ -33,10 +34,18 @@ Rules that make a resumed run bit-identical to an uninterrupted one:
   read back from `ckpt.extra` after `restore`;
 - add a documented `checkpoint_every: int` field to the method's config (0 = off) and pass it as `every`.
 
+Rows (`rows={name: [row, ...]}`): when a large matrix trains only a few rows (a new token's row of the 49,409-row
+token-embedding table), only those rows are saved, of the tensor and of its optimiser moments (every state tensor
+of the same shape, e.g. AdamW's exp_avg and exp_avg_sq). Restoring copies them back into those rows and leaves the
+tensor's other rows as the fresh build made them; the moments' other rows are restored as zeros. So the other
+rows must never change: their gradient is masked (their moments stay exactly zero, which `save` checks) and any
+drift is undone after every step (weight decay; `personalize.train_token_row` and `restore_rows`).
+
 Format (never pickle): `<dir>/step-<iteration:08d>/tensors.safetensors` holds every tensor (parameters, optimiser
 moments, RNG states as uint8), `state.json` everything else (iteration, optimiser hyper-parameters, Python RNG
-states, the SHA-256 of the tensors file). A checkpoint is written in a temporary folder, fsynced and renamed into
-place, then older ones are deleted, so a kill at any moment leaves the previous checkpoint or the new one.
+states, which tensors hold only some rows, the SHA-256 of the tensors file). A checkpoint is written in a temporary
+folder, fsynced and renamed into place, then older ones are deleted, so a kill at any moment leaves the previous
+checkpoint or the new one.
 """
 
 from __future__ import annotations
@@ -79,13 +88,16 @@ class Checkpointer:
     """Save a training loop's state every `every` iterations (and at `total`) under `directory`; restore it.
 
     `every=0` (or `directory=None`) turns saving off; `restore` then finds nothing and returns 0.
+    `rows={tensor name: [row, ...]}` saves only those rows of a tensor and of its optimiser moments (module doc).
     """
 
-    def __init__(self, directory: Path | None, every: int, total: int | None = None, keep: int = 1) -> None:
+    def __init__(self, directory: Path | None, every: int, total: int | None = None, keep: int = 1,
+                 rows: dict[str, list[int]] | None = None) -> None:
         if every < 0:
             raise ValueError(f"checkpoint every must be >= 0, got {every}")
         self.directory = Path(directory) if directory is not None else None
         self.every, self.total, self.keep = every, total, max(1, keep)
+        self.rows = {name: sorted({int(r) for r in keep_rows}) for name, keep_rows in (rows or {}).items()}
         self.extra: dict[str, Any] = {}
         self.restored_from: int | None = None
 
@@ -122,6 +134,10 @@ class Checkpointer:
         import torch
 
         flat = _flatten_tensors(tensors)
+        sliced = meta.get("rows", {})  # store key -> {"rows", "shape"}: saved as those rows only
+        for key, spec in sliced.items():
+            if key.startswith("s/"):  # optimiser moments: zero outside the saved rows
+                saved[key] = _expand(saved[key], spec)
         expected = {"tensors": sorted(flat), "stateful": sorted(stateful), "generators": sorted(generators),
                     "randoms": sorted(randoms)}
         found = {k: sorted(meta.get("names", {}).get(k, [])) for k in expected}
@@ -130,11 +146,16 @@ class Checkpointer:
                              f"expected {expected}); run without --resume to start over")
         with torch.no_grad():
             for name, target in flat.items():
-                value = saved[f"t/{name}"]
-                if tuple(value.shape) != tuple(target.shape):
-                    raise ValueError(f"checkpoint tensor '{name}' has shape {tuple(value.shape)}, the model has "
+                value, spec = saved[f"t/{name}"], sliced.get(f"t/{name}")
+                shape = tuple(spec["shape"]) if spec else tuple(value.shape)
+                if shape != tuple(target.shape):
+                    raise ValueError(f"checkpoint tensor '{name}' has shape {shape}, the model has "
                                      f"{tuple(target.shape)}; run without --resume to start over")
-                target.copy_(value.to(device=target.device, dtype=target.dtype))
+                value = value.to(device=target.device, dtype=target.dtype)
+                if spec:  # only the trained rows were saved; the others are as built
+                    target[spec["rows"]] = value
+                else:
+                    target.copy_(value)
         for name, obj in stateful.items():
             obj.load_state_dict(_decode(meta["stateful"][name], saved))
         for name, gen in generators.items():
@@ -170,6 +191,7 @@ class Checkpointer:
         flat = _flatten_tensors(tensors)
         for name, t in flat.items():
             store[f"t/{name}"] = t
+        row_specs = self._row_specs(flat, stateful)
         meta: dict[str, Any] = {
             "format": FORMAT, "iteration": int(iteration), "total": self.total,
             "names": {"tensors": sorted(flat), "stateful": sorted(stateful), "generators": sorted(generators),
@@ -181,6 +203,12 @@ class Checkpointer:
         }
         for name, gen in generators.items():
             store[f"g/{name}"] = gen.get_state()
+        meta["rows"] = {}
+        for key, value in store.items():  # a row-saved tensor or one of its moments: keep only its rows
+            spec = row_specs.get(id(value))
+            if spec is not None:
+                store[key] = _take_rows(key, value, spec)
+                meta["rows"][key] = spec
         store = {k: v.detach().to("cpu").contiguous().clone() for k, v in store.items()}
 
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -205,6 +233,26 @@ class Checkpointer:
         for old in self._complete()[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def _row_specs(self, flat: dict[str, Any], stateful: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        """{id(tensor): {"rows", "shape"}} for each `rows` tensor and each optimiser state tensor of its shape."""
+        import torch
+
+        specs: dict[int, dict[str, Any]] = {}
+        for name, keep_rows in self.rows.items():
+            if name not in flat:
+                raise ValueError(f"checkpoint rows name '{name}' is not one of the tensors {sorted(flat)}")
+            param = flat[name]
+            if param.dim() == 0 or not all(0 <= r < param.shape[0] for r in keep_rows):
+                raise ValueError(f"checkpoint rows {keep_rows} out of range for '{name}' {tuple(param.shape)}")
+            spec = {"rows": keep_rows, "shape": list(param.shape)}
+            specs[id(param)] = spec
+            for obj in stateful.values():
+                if isinstance(obj, torch.optim.Optimizer):
+                    for value in obj.state.get(param, {}).values():
+                        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                            specs[id(value)] = spec
+        return specs
 
     # --- housekeeping ----------------------------------------------------------------------------------------
 
@@ -232,6 +280,26 @@ def _flatten_tensors(tensors: dict[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _take_rows(key: str, value: Any, spec: dict[str, Any]) -> Any:
+    """`value[rows]`; for optimiser state (`s/` keys) also checks that every other row is zero, as restored."""
+    import torch
+
+    part = value.detach()[spec["rows"]]
+    if key.startswith("s/") and int(torch.count_nonzero(value)) != int(torch.count_nonzero(part)):
+        raise ValueError(f"checkpoint rows: optimiser state '{key}' is non-zero outside rows {spec['rows']}; "
+                         "mask the other rows' gradient (personalize.train_token_row) or save the whole tensor")
+    return part
+
+
+def _expand(part: Any, spec: dict[str, Any]) -> Any:
+    """The full-shape tensor of a row-saved optimiser state: the saved rows, zeros elsewhere."""
+    import torch
+
+    full = torch.zeros(spec["shape"], dtype=part.dtype)
+    full[spec["rows"]] = part
+    return full
 
 
 def _encode(value: Any, path: str, store: dict[str, Any]) -> Any:
