@@ -88,8 +88,11 @@ def _sweep(methods: list[str], variants: list[tuple[str, dict]], concepts: str, 
            speed: Optional[list[str]] = None) -> None:
     from bench.executors import sweep
 
-    typer.echo(sweep(methods, variants, concepts, _ints(seeds, "--seeds"), profile, backbone, data, results, suite,
-                     device, weights, force, resume, retry_failed, options, concept_dir, class_noun, speed), err=True)
+    summary, code = sweep(methods, variants, concepts, _ints(seeds, "--seeds"), profile, backbone, data, results, suite,
+                          device, weights, force, resume, retry_failed, options, concept_dir, class_noun, speed)
+    typer.echo(summary, err=True)
+    if code:  # a run failed or is kept failed (EXIT_RUNS_FAILED), so that scripts and CI can tell
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -269,11 +272,14 @@ def generate(run_dir: Path = typer.Option(..., "--run", help="A finished run fol
              prompt: str = typer.Option(..., "--prompt", help='e.g. "a <new1> dog on the moon"'),
              steps: Optional[int] = typer.Option(None, "--steps"), seed: int = typer.Option(0, "--seed"),
              out: Path = typer.Option(Path("generated.png"), "--out"), device: Optional[str] = DEVICE,
-             weights: Optional[list[str]] = WEIGHTS) -> None:
-    """Load a trained run and write one image."""
+             weights: Optional[list[str]] = typer.Option(None, "--weights", help="Local weights, GROUP=PATH "
+                                                         "(repeatable); default: those the run was trained with."),
+             data: Optional[Path] = typer.Option(None, "--data", help="Dataset root, for the class noun in hints "
+                                                 "(else $BENCH_DATA, else ./data/dreambench).")) -> None:
+    """Load a trained run (with the weights it was trained with) and write one image."""
     from bench.generate import generate_image
 
-    generate_image(run_dir, prompt, steps, seed, out, device, weights or [])
+    generate_image(run_dir, prompt, steps, seed, out, device, weights or [], data)
     typer.echo(str(out))
 
 

@@ -114,13 +114,16 @@ def sbatch_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
 def sweep(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
           profile: str, backbone: str, data: Path | None, results: Path, suite: str | None, device: str | None,
           weights: list[str] | None, force: bool, resume: bool, retry_failed: bool, options: ExecOptions,
-          concept_dir: Path | None = None, class_noun: str | None = None, speed: list[str] | None = None) -> str:
-    """Validate everything, run the plan on the chosen executor, and return the summary lines."""
+          concept_dir: Path | None = None, class_noun: str | None = None, speed: list[str] | None = None
+          ) -> tuple[str, int]:
+    """Validate everything, run the plan on the chosen executor; (the summary lines, the exit code: 0, or
+    EXIT_RUNS_FAILED when a run of the plan failed or is kept failed)."""
     options.validate()
     jobs, ctx = prepare(methods, variants, concepts, seeds, profile, backbone, data, results, suite, device, weights,
                         force, resume, retry_failed, concept_dir, class_noun, speed=speed)
     with _sigterm_exits():
-        return summarize(run_jobs(jobs, ctx, options), ctx.results)
+        outcome = run_jobs(jobs, ctx, options)
+    return summarize(outcome, ctx.results), exit_code(outcome)
 
 
 @contextmanager
@@ -618,6 +621,14 @@ def _result(job: Job, sj: Any, ctx: Context) -> dict[str, Any]:
 # --- the summary ---------------------------------------------------------------------------------------------------
 
 LABELS = {"kept_failed": "kept failed", "lost_lock": "lost lock"}
+EXIT_RUNS_FAILED = 3
+"""`bench run` / `bench ablate` exit code when a run of the plan failed, crashed or is kept failed (2 is a user
+mistake found before any work, 0 every run done or skipped as done)."""
+
+
+def exit_code(results: list[dict[str, Any]]) -> int:
+    """EXIT_RUNS_FAILED when any run failed, crashed or was kept failed, else 0."""
+    return EXIT_RUNS_FAILED if any(r["status"] in ("failed", "crashed", "kept_failed") for r in results) else 0
 ORDER = ("done", "skipped", "submitted", "locked", "kept_failed", "failed", "crashed", "lost_lock")
 
 

@@ -11,8 +11,14 @@ import functools
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from urllib.parse import urlparse
+
+QUIET_LOGGERS = ("huggingface_hub", "timm", "open_clip")
+"""Libraries whose log records below ERROR are muted while a component loads (huggingface_hub's "Could not reach
+the Hub ... Using cached commit hash", timm's download notes); diffusers and transformers are muted for good by
+`bench.models.loading.quiet_libraries`."""
 
 
 def hub_offline() -> bool:
@@ -37,22 +43,46 @@ def _hub_reachable(endpoint: str) -> bool:
 
 
 @contextlib.contextmanager
-def offline_mode(on: bool) -> Iterator[None]:
-    """Flip huggingface_hub's offline constant (read once at its import) for the duration of a load.
+def quiet_loading() -> Iterator[None]:
+    """Mute the libraries' advisory output while weights load; the harness reports a failure in its own line.
 
-    Cached weights still load; missing ones fail at once. Libraries that log a multi-line ERROR before raising
-    (open_clip) are muted meanwhile: the caller's one-line error says the same.
+    Inside: every Python warning is ignored (huggingface_hub's `local_dir_use_symlinks` deprecation, which
+    diffusers triggers on each download attempt, and the like), the `QUIET_LOGGERS` drop records below ERROR,
+    and open_clip's multi-line ERROR on the root logger is dropped. Everything is restored on exit.
     """
-    from huggingface_hub import constants
-
     def drop_library_errors(record: logging.LogRecord) -> bool:
         return "open_clip" not in record.pathname
 
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    root = logging.getLogger()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            if logger.getEffectiveLevel() < logging.ERROR:
+                logger.setLevel(logging.ERROR)
+        root.addFilter(drop_library_errors)
+        try:
+            yield
+        finally:
+            root.removeFilter(drop_library_errors)
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def offline_mode(on: bool) -> Iterator[None]:
+    """Flip huggingface_hub's offline constant (read once at its import) for the duration of a load.
+
+    Cached weights still load; missing ones fail at once. The libraries' warnings and log lines are muted
+    meanwhile (`quiet_loading`): the caller's one-line error says what they would.
+    """
+    from huggingface_hub import constants
+
     saved = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = saved or on
-    logging.getLogger().addFilter(drop_library_errors)
     try:
-        yield
+        with quiet_loading():
+            yield
     finally:
         constants.HF_HUB_OFFLINE = saved
-        logging.getLogger().removeFilter(drop_library_errors)

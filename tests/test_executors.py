@@ -104,7 +104,9 @@ def test_concurrent_sweeps_run_each_job_once(dreambench_root, tmp_path) -> None:
 def test_failed_run_is_recorded_and_the_sweep_goes_on(fake, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     common = ["run", "--method", "fake", "--data", dreambench_root, "--results", tmp_path, "--set", "fail_on=dog"]
     code, _, err = bench(monkeypatch, capsys, *common, "--concepts", "dog,teapot")
-    assert code == 0 and "1 done, 1 failed" in err and "bench status" in err
+    from bench.executors import EXIT_RUNS_FAILED
+
+    assert code == EXIT_RUNS_FAILED == 3 and "1 done, 1 failed" in err and "bench status" in err
     dog = tmp_path / "tiny" / "fake" / "default+fail_on=dog" / "dog" / "seed0"
     record = store.read_record(dog)
     assert record["status"] == "failed" and record["reason"] == "RuntimeError: fake failure on dog"
@@ -120,17 +122,20 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(fake, dreambench_root, tmp
 
     finished = record["finished_at"], (dog / "record.json").stat().st_mtime_ns
     code, _, err = bench(monkeypatch, capsys, *common, "--concepts", "dog,teapot")
-    assert code == 0 and "1 skipped, 1 kept failed" in err and "--retry-failed" in err
+    assert code == EXIT_RUNS_FAILED and "1 skipped, 1 kept failed" in err and "--retry-failed" in err
     assert (dog / "record.json").stat().st_mtime_ns == finished[1], "a failed run is not retried by default"
     code, _, err = bench(monkeypatch, capsys, *common, "--concepts", "dog,teapot", "--retry-failed")
-    assert code == 0 and "1 skipped, 1 failed" in err
+    assert code == EXIT_RUNS_FAILED and "1 skipped, 1 failed" in err
     assert (dog / "record.json").stat().st_mtime_ns != finished[1]
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--data", dreambench_root, "--results",
+                         tmp_path, "--concepts", "teapot")
+    assert code == 0 and "1 done" in err, "every run of the plan done: exit 0"
 
 
 def test_diverged_run_is_recorded_as_failed(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "custom_diffusion", "--concepts", "dog,teapot",
                          "--data", dreambench_root, "--results", tmp_path, "--set", "lr=1e30", "--set", "iterations=3")
-    assert code == 0 and "2 failed" in err
+    assert code == 3 and "2 failed" in err
     for record in records(tmp_path).values():
         assert record["status"] == "failed" and record["diverged"] is True
         assert record["reason"].startswith("Diverged: non-finite loss")

@@ -46,3 +46,37 @@ def test_perf_bad_method(tmp_path, monkeypatch, capsys) -> None:
     assert code == 2 and "did you mean 'lora'" in err
     code, _, err = bench(monkeypatch, capsys, "perf", "--methods", "lora", "--score-images", "-1", "--out", tmp_path)
     assert code == 2 and "--score-images must be >= 0" in err
+
+
+def _photo_concept(folder, n: int):
+    """A self-contained concept: `n` distinct seeded noise photos (64 px) of a 'teapot'."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.api import Concept
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    return Concept("teapot", "teapot", tuple(paths), ("a {0} {1} on a table",))
+
+
+def test_perf_flops_are_those_of_a_steady_state_iteration(tmp_path) -> None:
+    """With cached latents (LoRA: no random-scale augmentation), a photo seen for the first time in the counted
+    iteration is encoded once, never again: its encode is counted apart, and the FLOP figure is that of a later
+    iteration, when every photo is cached (no first-time encode at all)."""
+    from bench.models.profiles import get_profile
+    from bench.perf import measure_method
+
+    concept = _photo_concept(tmp_path / "photos", 8)  # 16 (photo, mirror) keys: the cache fills slowly
+    profile = get_profile("tiny")
+    early = measure_method("lora", profile, "cpu", concept, warmup=1, iterations=1, batch=2, sweep_batch=1,
+                           latency_repeats=1)
+    assert early["flops_cache_fill"] > 0, "the counted iteration encodes photos it sees for the first time"
+    late = measure_method("lora", profile, "cpu", concept, warmup=60, iterations=1, batch=2, sweep_batch=1,
+                          latency_repeats=1)
+    assert late["flops_cache_fill"] == 0, "after 60 warm-up iterations every photo is cached"
+    assert early["flops_per_iteration"] == late["flops_per_iteration"] > 0

@@ -110,7 +110,7 @@ def test_a_failed_training_is_never_reused(train_calls, dreambench_root, tmp_pat
     common = ["run", "--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path,
               "--set", "fail_on=dog"]
     code, _, err = bench(monkeypatch, capsys, *common, "--variant", "default,steps2")
-    assert code == 0 and "2 failed" in err, err
+    assert code == 3 and "2 failed" in err, err  # EXIT_RUNS_FAILED
     assert train_calls == ["dog", "dog"]
 
 

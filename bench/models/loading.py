@@ -9,13 +9,14 @@ Every module comes back frozen (`requires_grad=False`) and in eval mode; a metho
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
-from bench.hub import hub_offline, offline_mode
+from bench.hub import hub_offline, offline_mode, quiet_loading
 from bench.models.profiles import Component, Profile
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -113,8 +114,11 @@ def load_component(profile: Profile, role: str, device: Any) -> Any:
     """Load one role's component, turning any 'not found' into one line that says what to do."""
     quiet_libraries()
     comp = profile.components[role]
+    if comp.kind == "timm" and not profile.random_init and _is_local(comp):
+        check_timm_snapshot(profile, role)
     try:
-        obj = _LOADERS[comp.kind](comp, profile.random_init)
+        with quiet_loading():  # library warnings and log lines: a failure is this function's one line
+            obj = _LOADERS[comp.kind](comp, profile.random_init)
     except BenchError:
         raise
     except Exception as err:  # hub errors, missing files, bad configs: all become one actionable line
@@ -129,6 +133,54 @@ def load_component(profile: Profile, role: str, device: Any) -> Any:
     if hasattr(obj, "to") and hasattr(obj, "requires_grad_"):
         obj = obj.to(device).requires_grad_(False).eval()
     return obj
+
+
+def check_timm_snapshot(profile: Profile, role: str) -> None:
+    """A local dino1/dinov2 source must be a timm snapshot; a transformers-format repository is one clear line.
+
+    The timm loader reads `model.safetensors` with timm's key names (`patch_embed.proj.weight`, `blocks.0...`).
+    A transformers checkpoint of the same network (facebook/dino-vits16, facebook/dinov2-large: `config.json`
+    with a `model_type`, keys such as `embeddings.patch_embeddings...`) cannot be read by it, and timm's own
+    error would be a list of missing keys; this names the timm repository to download instead.
+    """
+    comp = profile.components[role]
+    path = Path(comp.source).expanduser()
+    folder = path if path.is_dir() else path.parent
+    weights = path / "model.safetensors" if path.is_dir() else path
+    keys = _safetensors_keys(weights) if weights.is_file() and weights.suffix == ".safetensors" else None
+    if keys is not None and any(k.endswith("patch_embed.proj.weight") for k in keys):
+        return  # timm's layout: whatever config.json says, timm reads it
+    model_type = None
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        if isinstance(config, dict) and "architecture" not in config:  # timm's config.json names `architecture`
+            model_type = config.get("model_type")
+    except (OSError, ValueError):
+        pass
+    hf_keys = keys is not None and any(k.startswith(("embeddings.", "encoder.layer.", "vit.", "dinov2."))
+                                       for k in keys)
+    if model_type is None and not hf_keys:
+        return  # not recognisably transformers: timm's own error (if any) is reported by `load_component`
+    repo = f"timm/{comp.options['arch']}"
+    what = f'"model_type": "{model_type}" in config.json' if model_type else "transformers key names"
+    raise BenchError(
+        f"profile '{profile.name}': cannot load {role} from '{comp.source}': it is a transformers-format "
+        f"repository ({what}), which the timm loader cannot read; point --weights {comp.group}= at a local "
+        f"snapshot of the timm repository {repo} (`hf download {repo} --local-dir /models/{comp.options['arch']}`)"
+    )
+
+
+def _safetensors_keys(path: Path) -> list[str] | None:
+    """The tensor names of a safetensors file, read from its header only; None when it is not readable."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 100_000_000:
+                return None
+            header = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return None
+    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
 
 
 def _is_local(comp: Component) -> bool:
@@ -194,7 +246,10 @@ def _tokenizer(comp: Component, random_init: bool) -> Any:
         if not (out / "merges.txt").exists():
             write_clip_tokenizer(out, pad)
         return CLIPTokenizer.from_pretrained(out)
-    return _from_pretrained(CLIPTokenizer, comp)
+    tokenizer = _from_pretrained(CLIPTokenizer, comp)
+    if len(tokenizer) < 1000:  # transformers builds an empty tokenizer (2 tokens) when it finds no vocabulary
+        raise OSError(f"no CLIP vocabulary (vocab.json, merges.txt) found in {comp.source}/{comp.subfolder or ''}")
+    return tokenizer
 
 
 def _scheduler(comp: Component, random_init: bool) -> Any:
