@@ -398,6 +398,8 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
             return _outcome(job, run_dir, "skipped" if state.state == "done" else "kept_failed", state.record)
         concept = load_concept(job, ctx)
         partial, attempts, resumed_from = _stage(run_dir, config_hash, ctx.resume)
+        if state.record and state.record.get("status") == "failed" and state.record.get("config_hash") == config_hash:
+            attempts += int(state.record.get("attempts", 1))  # --retry-failed: the failed tries count too
         record = _base_record(job, config, config_hash, profile, suite)
         record.update(attempts=attempts, resumed_from=resumed_from or None, training_hash=train_hash)
         donor = find_trained(job, ctx, train_hash)
@@ -651,7 +653,7 @@ def plan_status(jobs: list[Job], ctx: Context) -> tuple[dict[str, int], list[str
         if lock.path.exists() and not lock.is_stale():
             entries.append(("running", key, lock.describe()))
         elif state.state == "done":
-            entries.append(("done", key, ""))
+            entries.append(("done", key, store.failed_rerun_note({**state.record, "run_dir": str(run_dir)})))
         elif state.record and state.record.get("config_hash") == state.config_hash \
                 and state.record.get("status") == "failed":
             entries.append(("failed", key, store.failure_note({**state.record, "run_dir": str(run_dir)})))

@@ -493,7 +493,8 @@ def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int
     for record in iter_records(results, profile, corrupt=True):
         state = record.get("status", "unknown")
         key = f"{record['profile']}/{record['method']}/{record['variant']}/{record['concept']}/seed{record['seed']}"
-        entries.append((state, key, record["reason"] if state == "corrupt" else failure_note(record)))
+        note = record["reason"] if state == "corrupt" else failure_note(record) or failed_rerun_note(record)
+        entries.append((state, key, note))
     if root.exists():
         for lock_path in sorted(root.rglob("seed*.lock")):
             run_dir = lock_path.with_name(lock_path.name.removesuffix(".lock"))
@@ -513,6 +514,20 @@ def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int
     for state, _, _ in entries:
         counts[state] = counts.get(state, 0) + 1
     return counts, lines
+
+
+def failed_rerun_note(record: dict[str, Any]) -> str:
+    """For a done run whose forced re-run failed (the failure is kept beside the result, never over it): what
+    failed and where it is; else ""."""
+    sidecar = Path(record.get("run_dir", "")).with_name(f"{Path(record.get('run_dir', '')).name}.failed.json")
+    if record.get("status") != "done" or not record.get("run_dir") or not sidecar.is_file():
+        return ""
+    try:
+        failed = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        failed = {}
+    return (f"a forced re-run failed at {failed.get('finished_at', '?')} ({failed.get('reason', 'unreadable')}); "
+            f"this result is kept; details in {sidecar}")
 
 
 def failure_note(record: dict[str, Any]) -> str:

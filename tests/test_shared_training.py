@@ -305,3 +305,33 @@ def test_a_damaged_record_is_listed_as_corrupt_and_counted_missing(fake, tmp_pat
     stats = cell_stats([r for r in records if r["method"] == "fake"], "metrics", ["dog"], [0, 1])
     assert (stats.done, stats.expected, stats.missing) == (1, 2, 1)
     assert any("corrupt record" in a for a in stats.absent)
+
+
+def test_a_failed_forced_rerun_shows_in_status_and_retries_count_attempts(fake, tmp_path, monkeypatch,
+                                                                        capsys) -> None:
+    from tests.fake_method import FakeMethod
+
+    data = mini_dreambench(tmp_path / "data")
+    results = tmp_path / "results"
+    common = ["run", "--method", "fake", "--concepts", "dog", "--data", data, "--results", results]
+    assert bench(monkeypatch, capsys, *common)[0] == 0
+    original = FakeMethod.train
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(FakeMethod, "train", broken)
+    assert bench(monkeypatch, capsys, *common, "--force")[0] == 3
+    code, out, _ = bench(monkeypatch, capsys, "status", "--results", results)
+    assert "done" in out and "a forced re-run failed" in out and "disk on fire" in out and ".failed.json" in out, out
+
+    failing = ["run", "--method", "fake", "--concepts", "dog", "--data", data, "--results", results, "--set",
+               "iterations=3"]
+    assert bench(monkeypatch, capsys, *failing)[0] == 3
+    assert bench(monkeypatch, capsys, *failing, "--retry-failed")[0] == 3
+    record = json.loads(next((results / "tiny" / "fake").glob("default+*/dog/seed0/record.json")).read_text())
+    assert record["status"] == "failed" and record["attempts"] == 2
+    monkeypatch.setattr(FakeMethod, "train", original)
+    assert bench(monkeypatch, capsys, *failing, "--retry-failed")[0] == 0
+    record = json.loads(next((results / "tiny" / "fake").glob("default+*/dog/seed0/record.json")).read_text())
+    assert record["status"] == "done" and record["attempts"] == 3
