@@ -21,6 +21,42 @@ class BenchError(Exception):
     """A mistake the user can fix. The CLI prints it as one line and exits with code 2."""
 
 
+class InfraError(Exception):
+    """The environment failed, not the method: disk full, read-only filesystem, quota, I/O error, a device or
+    driver error, a broken pipe to the parent process. It stops the sweep with one line and exit code 4; the run is
+    left unfinished (resumable) and is never recorded as a result. See `infra_cause`."""
+
+
+INFRA_ERRNOS = {"ENOSPC": "no space left on device", "EROFS": "read-only file system", "EDQUOT": "disk quota "
+                "exceeded", "EIO": "input/output error"}
+"""OSError numbers that are the environment's fault (by name: `errno` lacks some on some systems)."""
+DEVICE_ERRORS = ("CUDA error", "CUDA driver", "cudaError", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
+                 "NCCL error", "no CUDA GPUs are available", "Found no NVIDIA driver", "NVML")
+"""Text of a device or driver error (raised by torch as RuntimeError)."""
+
+
+def infra_cause(err: BaseException) -> str | None:
+    """One line naming the environment failure behind `err` (or its causes), or None when the fault is the
+    method's own (an exception in its code, divergence)."""
+    import errno as errno_codes
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, InfraError):
+            return str(err)
+        if isinstance(err, (BrokenPipeError, ConnectionError)):
+            return f"lost the connection to the parent process ({type(err).__name__})"
+        if isinstance(err, OSError):
+            for name, text in INFRA_ERRNOS.items():
+                if err.errno is not None and err.errno == getattr(errno_codes, name, None):
+                    return f"{text}" + (f": {err.filename}" if err.filename else "")
+        if isinstance(err, RuntimeError) and any(marker in str(err) for marker in DEVICE_ERRORS):
+            return f"device error: {str(err).strip().splitlines()[0][:200]}"
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class Diverged(RuntimeError):
     """Training produced a non-finite loss; the run is recorded as failed with this message as the reason."""
 

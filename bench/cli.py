@@ -15,7 +15,11 @@ from typing import Any, Optional
 
 import typer
 
-from bench.api import BenchError
+from bench.api import BenchError, InfraError, infra_cause
+
+EXIT_INFRA = 4
+"""Exit code when the environment failed (disk full, device error, ...): the sweep stopped, nothing was recorded as
+failed, unfinished runs are resumable."""
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark harness for one-step diffusion personalization (EchoDistill and baselines).")
@@ -347,6 +351,13 @@ def main() -> None:
     except BenchError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except (InfraError, OSError, RuntimeError) as err:  # the environment failed (disk, device): stop, keep the rest
+        cause = infra_cause(err)
+        if cause is None:
+            raise
+        hint = "" if "--resume" in cause else "; unfinished runs are kept and resumable (`bench run ... --resume`)"
+        typer.echo(f"stopped: {cause}{hint}", err=True)
+        sys.exit(EXIT_INFRA)
     except KeyboardInterrupt:
         typer.echo("interrupted; finished runs are kept, unfinished ones will be redone", err=True)
         sys.exit(130)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.api import BenchError
+from bench.api import BenchError, InfraError, infra_cause
 from bench.runs import Context, Job, execute_job, prepare, training_key, triage
 
 EXECUTORS = ("local", "gpus", "slurm")
@@ -230,12 +230,13 @@ def run_local(jobs: list[Job], ctx: Context) -> list[dict[str, Any]]:
 
 @contextmanager
 def _erased_on_error(progress: Any) -> Iterator[None]:
-    """A user mistake found mid-sweep (BenchError) leaves only its one `error:` line: the progress display is
-    erased instead of left above it."""
+    """A user mistake found mid-sweep (BenchError) or an environment failure (`infra_cause`) leaves only its one line:
+    the progress display is erased instead of left above it."""
     try:
         yield
-    except BenchError:
-        _erase(progress)
+    except Exception as err:
+        if isinstance(err, BenchError) or infra_cause(err) is not None:  # one line, like a user mistake
+            _erase(progress)
         raise
 
 
@@ -356,7 +357,7 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
         os.environ.update(env)  # inherited by the spawned child before it imports torch
         try:
             slot.proc = mp.Process(target=_worker, args=(child, slot.gpu is not None, slot.threads, slot.cores, ctx,
-                                                         dict(registry.METHODS)),
+                                                         dict(registry.METHODS), os.getpid()),
                                    name=f"bench-{slot.name}", daemon=True)
             slot.proc.start()
         finally:
@@ -416,6 +417,9 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
                     elif kind == "error":  # a user mistake: only its one line is left on screen
                         _erase(progress)
                         raise BenchError(message[1])
+                    elif kind == "infra":  # the environment failed: stop every worker, record nothing
+                        _erase(progress)
+                        raise InfraError(message[1])
             for job in pending:  # every worker died for good
                 outcomes.append({"job": job, "status": "crashed", "run_dir": job.key.path(ctx.results),
                                  "reason": "not run: every worker process died"})
@@ -429,8 +433,32 @@ def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[
     return outcomes
 
 
-def _worker(conn: Any, gpu: bool, threads: int, cores: list[int], ctx: Context, methods: dict[str, str]) -> None:
-    """A worker process: ask for a job, run it, report; until told to stop (None)."""
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the sweep's process dies (even by SIGKILL), so no worker runs on unattended: on Linux
+    the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG); everywhere, a watchdog thread exits when the parent is gone."""
+    import ctypes
+    import signal
+    import threading
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog below does it
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
+
+
+def _worker(conn: Any, gpu: bool, threads: int, cores: list[int], ctx: Context, methods: dict[str, str],
+            parent: int) -> None:
+    """A worker process: ask for a job, run it, report; until told to stop (None). Dies with its parent."""
+    _die_with_parent(parent)
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     import torch
@@ -460,6 +488,10 @@ def _worker(conn: Any, gpu: bool, threads: int, cores: list[int], ctx: Context, 
             conn.send(("error", str(err)))
             return
         except Exception as err:  # noqa: BLE001 - a harness failure on one run must not stop the others
+            cause = infra_cause(err)
+            if cause is not None:  # the environment failed: the parent stops the sweep (if it is still there)
+                conn.send(("infra", cause))
+                return
             outcome = {"job": job, "status": "crashed", "run_dir": job.key.path(ctx.results),
                        "reason": f"{type(err).__name__}: {err}"[:500]}
         conn.send(("done", outcome))
