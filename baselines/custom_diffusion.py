@@ -143,7 +143,9 @@ class CustomDiffusion:
         encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
         # 3. Resume: everything the loop changes or draws from, restored from the last checkpoint if there is one.
-        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
+        # Of the embedding table only the token's row (and its AdamW moments) changes: the checkpoint keeps that row.
+        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations,
+                            rows={"token_embedding": [token_id]})
         state = dict(tensors={"kv": kv, "token_embedding": token_weight}, stateful={"optimizer": optimizer},
                      generators={"noise": generator}, randoms={"batches": batches.rng})
         start = ckpt.restore(**state)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import store
-from bench.api import BenchError, Concept, Diverged
+from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
 from bench.config import build, stable_hash, to_dict, training_fields
 from bench.registry import get_method, unknown
 
@@ -114,7 +114,8 @@ def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = N
     """The method's config for this job: the named variant's overrides, then the job's, then the profile's caps.
 
     `iteration_cap` applies to schedule lengths, by convention the int fields named `iterations` or ending in
-    `_iters`; `step_cap` to sampling step counts, the int fields ending in `_steps`.
+    `_iters` (and `checkpoint_every` to half of it, so capped runs resume mid-run); `step_cap` to sampling step
+    counts, the int fields ending in `_steps`.
     """
     cls = get_method(job.method)
     base = job.variant.split("+")[0]
@@ -127,6 +128,8 @@ def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = N
             continue
         if iteration_cap and (f.name == "iterations" or f.name.endswith("_iters")):
             capped[f.name] = min(value, iteration_cap)
+        elif iteration_cap and f.name == "checkpoint_every" and value:  # a capped run checkpoints mid-run too
+            capped[f.name] = min(value, max(1, iteration_cap // 2))
         elif step_cap and f.name.endswith("_steps"):
             capped[f.name] = min(value, step_cap)
     return dataclasses.replace(config, **capped) if capped else config
@@ -270,6 +273,25 @@ def load_concept(job: Job, ctx: Context) -> Concept:
 # --- a sweep, validated before any work -----------------------------------------------------------------------
 
 
+def check_device(device: str | None) -> None:
+    """A `--device` that torch does not know, or a CUDA device this machine does not have, is one line (exit 2)
+    before any work, not a failed run per job."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise BenchError(f"unknown --device '{device}'; valid: cpu, cuda, cuda:N, mps")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count() or (
+            parsed.type == "cuda" and not torch.cuda.is_available()):
+        raise BenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"use --device cpu or another index")
+
+
 def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
             profile: str, backbone: str, data: Path | None, results: Path, suite: str | None = None,
             device: str | None = None, weights: list[str] | None = None, force: bool = False, resume: bool = False,
@@ -285,6 +307,7 @@ def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], conc
     from bench.models.profiles import get_profile, parse_weights
     from bench.paths import data_root
 
+    check_device(device)
     weight_map = parse_weights(weights or [])
     get_profile(profile, backbone, weight_map)  # validates profile, backbone and weight groups up front
     check_weight_paths(weight_map)
@@ -414,6 +437,10 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
                 shutil.rmtree(partial, ignore_errors=True)  # nothing worth keeping: leave nothing behind
             raise
         except Exception as err:  # noqa: BLE001 - a failed run is a result, recorded with its reason
+            cause = infra_cause(err)
+            if cause is not None:  # the environment failed, not the method: stop, keep the attempt resumable
+                raise InfraError(f"{job.key.label()}: {cause}; the run is left unfinished (`bench run ... --resume` "
+                                 f"continues it from its last checkpoint)") from err
             record.update(status="failed", reason=f"{type(err).__name__}: {err}".strip()[:500],
                           diverged=isinstance(err, Diverged))
             (partial / "traceback.txt").write_text(traceback.format_exc())

@@ -38,8 +38,9 @@ Rows (`rows={name: [row, ...]}`): when a large matrix trains only a few rows (a 
 token-embedding table), only those rows are saved, of the tensor and of its optimiser moments (every state tensor
 of the same shape, e.g. AdamW's exp_avg and exp_avg_sq). Restoring copies them back into those rows and leaves the
 tensor's other rows as the fresh build made them; the moments' other rows are restored as zeros. So the other
-rows must never change: their gradient is masked (their moments stay exactly zero, which `save` checks) and any
-drift is undone after every step (weight decay; `personalize.train_token_row` and `restore_rows`).
+rows must never change: their gradient is masked (`personalize.train_token_row`: their moments then stay exactly
+zero, which `save` checks) and any drift, such as weight decay, is undone after every step
+(`personalize.restore_rows`). A checkpoint records which of its tensors hold only some rows.
 
 Format (never pickle): `<dir>/step-<iteration:08d>/tensors.safetensors` holds every tensor (parameters, optimiser
 moments, RNG states as uint8), `state.json` everything else (iteration, optimiser hyper-parameters, Python RNG
