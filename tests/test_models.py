@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +17,8 @@ from bench.api import BenchError
 from bench.models import sampling
 from bench.models.loading import Models
 from bench.models.profiles import get_profile, parse_weights
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +119,116 @@ def test_paper_profile_local_path_override(tmp_path) -> None:
     assert parse_weights(["student=/a,teacher=/b", "dino1=/c"]) == {"student": "/a", "teacher": "/b", "dino1": "/c"}
     with pytest.raises(BenchError, match="GROUP=PATH"):
         parse_weights("student")
+
+
+# --- dino1 / dinov2 from a local folder: timm snapshots only -------------------------------------------------------
+
+
+def _transformers_folder(folder, model_type: str, weights: bool):
+    """A hand-made transformers-format ViT repository: config.json with a model_type, transformers' key names."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": ["Dinov2Model"],
+                                                    "hidden_size": 32}))
+    if weights:
+        save_file({"embeddings.cls_token": torch.zeros(1, 1, 32),
+                   "embeddings.patch_embeddings.projection.weight": torch.zeros(32, 3, 8, 8),
+                   "encoder.layer.0.norm1.weight": torch.ones(32)}, folder / "model.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("group, model_type, repo, weights", [
+    ("dinov2", "dinov2", "timm/vit_large_patch14_dinov2.lvd142m", True),
+    ("dino1", "vit", "timm/vit_small_patch16_224.dino", False),
+])
+def test_transformers_format_dino_folder_is_one_line_naming_the_timm_repo(group, model_type, repo, weights,
+                                                                          tmp_path) -> None:
+    folder = _transformers_folder(tmp_path / f"hf-{group}", model_type, weights)
+    for name in ("paper", "tiny"):
+        with pytest.raises(BenchError) as err:
+            getattr(Models(get_profile(name, weights={group: str(folder)}), "cpu"), group)
+        message = str(err.value)
+        assert "\n" not in message
+        assert f'"model_type": "{model_type}"' in message and "transformers-format" in message
+        assert repo in message and f"--weights {group}=" in message and str(folder) in message
+
+
+def test_timm_snapshot_with_a_config_still_loads(tmp_path) -> None:
+    """A timm snapshot (model.safetensors with timm's key names, timm's config.json) is read as before."""
+    from bench.models.tiny import ensure_built
+
+    folder = tmp_path / "vit_small_patch16_224.dino"
+    shutil.copytree(ensure_built() / "dino1", folder)
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_small_patch16_224", "num_classes": 0}))
+    dino = Models(get_profile("tiny", weights={"dino1": str(folder)}), "cpu").dino1
+    assert dino(torch.zeros(1, 3, 32, 32)).shape == (1, 32)
+
+
+def test_transformers_format_dino_via_the_cli_exits_2(tmp_path, monkeypatch, capsys) -> None:
+    from tests.helpers import bench
+    from tests.test_generate_weights import mini_dreambench
+
+    folder = _transformers_folder(tmp_path / "dinov2-large", "dinov2", weights=True)
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "echodistill", "--concepts", "dog", "--data",
+                         mini_dreambench(tmp_path / "data"), "--results", tmp_path / "results",
+                         "--weights", f"dinov2={folder}")
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "timm/vit_large_patch14_dinov2.lvd142m" in err
+
+
+# --- offline with an empty (or half-filled) hub cache: the harness's one line, nothing else -----------------------
+
+
+def _offline_env(tmp_path, cache: str) -> dict:
+    home = tmp_path / "hf-home"
+    hub = home / "hub"
+    hub.mkdir(parents=True)
+    if cache == "refs-only":  # a download that never finished: huggingface_hub then logs "Could not reach the Hub"
+        for repo in ("models--stabilityai--sd-turbo", "models--h94--IP-Adapter",
+                     "models--timm--vit_small_patch16_224.dino"):
+            (hub / repo / "refs").mkdir(parents=True)
+            (hub / repo / "refs" / "main").write_text("0123456789abcdef0123456789abcdef01234567")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    return {**env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home), "HF_HUB_CACHE": str(hub),
+            "PYTHONWARNINGS": "default"}
+
+
+@pytest.mark.parametrize("cache", ["empty", "refs-only"])
+def test_paper_run_offline_prints_only_the_harness_line(cache, tmp_path) -> None:
+    """`bench run --profile paper` with nothing cached: exit 2 and exactly one stderr line (no library
+    UserWarning, no "Could not reach the Hub")."""
+    from tests.test_generate_weights import mini_dreambench
+
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--method", "custom_diffusion", "--concepts",
+                           "dog", "--profile", "paper", "--data", str(mini_dreambench(tmp_path / "data")),
+                           "--results", str(tmp_path / "results")],
+                          cwd=REPO, env=_offline_env(tmp_path, cache), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "student_unet" in lines[0] and "stabilityai/sd-turbo" in lines[0]
+
+
+@pytest.mark.parametrize("cache", ["empty", "refs-only"])
+def test_every_paper_loader_fails_quietly_offline(cache, tmp_path) -> None:
+    """Each loading path (diffusers, transformers, a single hub file, timm) fails with the harness's one-line
+    BenchError and writes nothing to stderr; the tokenizer is refused rather than built empty."""
+    roles = ["student_unet", "student_scheduler", "student_tokenizer", "student_text_encoder", "clip_vision",
+             "ip_proj", "dino1"]
+    script = (
+        "from bench.api import BenchError\n"
+        "from bench.models.loading import Models\n"
+        "from bench.models.profiles import get_profile\n"
+        "models = Models(get_profile('paper'), 'cpu')\n"
+        f"for role in {roles!r}:\n"
+        "    try:\n"
+        "        getattr(models, role)\n"
+        "        print('loaded', role)\n"
+        "    except BenchError as err:\n"
+        "        print('error', role, len(str(err).splitlines()))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_offline_env(tmp_path, cache),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.splitlines() == [f"error {role} 1" for role in roles]
