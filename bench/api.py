@@ -33,6 +33,9 @@ INFRA_ERRNOS = {"ENOSPC": "no space left on device", "EROFS": "read-only file sy
 DEVICE_ERRORS = ("CUDA error", "CUDA driver", "cudaError", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
                  "NCCL error", "no CUDA GPUs are available", "Found no NVIDIA driver", "NVML")
 """Text of a device or driver error (raised by torch as RuntimeError)."""
+OS_MESSAGES = ("no space left on device", "read-only file system", "disk quota exceeded", "input/output error")
+"""The same OS errors as text, for libraries that wrap them in their own exception type (safetensors writes
+"I/O error: No space left on device (os error 28)" as a `SafetensorError`)."""
 
 
 def infra_cause(err: BaseException) -> str | None:
@@ -53,6 +56,10 @@ def infra_cause(err: BaseException) -> str | None:
                     return f"{text}" + (f": {err.filename}" if err.filename else "")
         if isinstance(err, RuntimeError) and any(marker in str(err) for marker in DEVICE_ERRORS):
             return f"device error: {str(err).strip().splitlines()[0][:200]}"
+        text = str(err).lower()  # libraries that wrap the OS error in their own type (safetensors, PIL, ...)
+        for message in OS_MESSAGES:
+            if message in text:
+                return f"{message} ({type(err).__name__}: {str(err).strip().splitlines()[0][:160]})"
         err = err.__cause__ or err.__context__
     return None
 

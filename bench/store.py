@@ -546,5 +546,5 @@ def interrupted_note(partial: Path) -> str:
     found = find_checkpoints(partial / "work")
     if found:
         where = ", ".join(f"{name} iteration {it}" for name, it in sorted(found.items()))
-        return f"killed; checkpoint at {where}; `bench run ... --resume` continues it"
-    return "killed before any checkpoint; `bench run` redoes it"
+        return f"unfinished (killed or stopped); checkpoint at {where}; `bench run ... --resume` continues it"
+    return "unfinished (killed or stopped) before any checkpoint; `bench run` redoes it"

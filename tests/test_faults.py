@@ -45,6 +45,8 @@ def _two_concepts(root: Path) -> Path:
     (OSError(errno.EROFS, "Read-only file system"), "read-only file system"),
     (BrokenPipeError(errno.EPIPE, "Broken pipe"), "lost the connection to the parent process"),
     (RuntimeError("CUDA error: an illegal memory access was encountered"), "device error: CUDA error"),
+    (type("SafetensorError", (Exception,), {})("Error while serializing: I/O error: No space left on device (os "
+                                                "error 28)"), "no space left on device (SafetensorError"),
 ])
 def test_an_environment_failure_stops_the_sweep_and_is_never_a_result(error, says, fake, tmp_path, monkeypatch,
                                                                      capsys) -> None:
