@@ -59,7 +59,7 @@ class CustomDiffusionConfig(Numerics):
     """Masked loss: "mask_sum" = sum over channels and masked pixels / one-channel mask sum (diffusers' Custom
     Diffusion example and the released code, 4x the mean; default); "mean" = a true mean."""
     augment: bool = True
-    """Custom Diffusion's random-scale augmentation with its loss mask and prompt prefixes."""
+    """Custom Diffusion's random-scale augmentation with its loss mask and prompt words (after the first word)."""
     hflip: bool = True
     """Random horizontal flip of training images."""
     sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)

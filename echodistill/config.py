@@ -99,7 +99,7 @@ class EchoDistillConfig:
     hflip: bool = True
     """Random horizontal flip, p = 0.5 (spec: on)."""
     augment: bool = True
-    """Custom Diffusion's random-scale augmentation with its loss mask and prompt prefixes (spec: on)."""
+    """Custom Diffusion's random-scale augmentation with its loss mask and prompt words (spec: on)."""
     token: str = "<new1>"
     """The new token; the prompt is "<new1> {class}" inside the 25 training templates."""
     init: str = "released"
