@@ -286,9 +286,9 @@ def check_device(device: str | None) -> None:
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
         raise BenchError(f"unknown --device '{device}'; valid: cpu, cuda, cuda:N, mps")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count() or (
-            parsed.type == "cuda" and not torch.cuda.is_available()):
-        raise BenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and (count == 0 or (parsed.index or 0) >= count):
+        raise BenchError(f"--device {device}: this machine has {count} CUDA device(s); "
                          f"use --device cpu or another index")
 
 
@@ -455,7 +455,7 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         if record["status"] == "failed" and previous and previous.get("status") == "done":
             # never replace a finished result with a failure: keep the failure beside it
             record["traceback_text"] = (partial / "traceback.txt").read_text()
-            store.write_json_atomic(run_dir.with_name(run_dir.name + ".failed.json"), record)
+            store.write_json_atomic(store.failed_rerun_path(run_dir), record)
             shutil.rmtree(partial, ignore_errors=True)
         else:
             store.commit_run(partial, run_dir, record)

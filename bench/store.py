@@ -516,11 +516,18 @@ def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int
     return counts, lines
 
 
+def failed_rerun_path(run_dir: Path) -> Path:
+    """`seed<k>.failed.json` beside a run: the record of a forced re-run that failed after the run was done."""
+    return Path(run_dir).with_name(Path(run_dir).name + ".failed.json")
+
+
 def failed_rerun_note(record: dict[str, Any]) -> str:
     """For a done run whose forced re-run failed (the failure is kept beside the result, never over it): what
     failed and where it is; else ""."""
-    sidecar = Path(record.get("run_dir", "")).with_name(f"{Path(record.get('run_dir', '')).name}.failed.json")
-    if record.get("status") != "done" or not record.get("run_dir") or not sidecar.is_file():
+    if record.get("status") != "done" or not record.get("run_dir"):
+        return ""
+    sidecar = failed_rerun_path(record["run_dir"])
+    if not sidecar.is_file():
         return ""
     try:
         failed = json.loads(sidecar.read_text())

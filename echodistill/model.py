@@ -77,7 +77,7 @@ def student_unet(models: Any) -> Any:
 
 def kv_params(unet: Any) -> list[torch.Tensor]:
     """The K and V projection weights of every cross-attention layer (`attn2`), in module order."""
-    return [p for name, m in unet.named_modules() if name.endswith("attn2") for p in (m.to_k.weight, m.to_v.weight)]
+    return [proj.weight for proj in personalize.kv_projections(unet)]
 
 
 def capture(unet: Any | None, text: Text | None) -> State:

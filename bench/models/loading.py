@@ -171,16 +171,14 @@ def check_timm_snapshot(profile: Profile, role: str) -> None:
 
 
 def _safetensors_keys(path: Path) -> list[str] | None:
-    """The tensor names of a safetensors file, read from its header only; None when it is not readable."""
+    """The tensor names of a safetensors file (its header only); None when it is not a readable one."""
+    from safetensors import safe_open
+
     try:
-        with path.open("rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 0 < size < 100_000_000:
-                return None
-            header = json.loads(f.read(size))
-    except (OSError, ValueError):
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception:  # noqa: BLE001 - a damaged or foreign file: not recognisably timm or transformers
         return None
-    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
 
 
 def _is_local(comp: Component) -> bool:

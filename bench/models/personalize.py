@@ -70,7 +70,6 @@ def resolve_init(concept_name: str, class_noun: str, source: str = "class") -> s
     raise ValueError(f"init source must be one of {', '.join(INIT_SOURCES)}, not '{source}'")
 
 
-
 def init_for(concept_name: str, class_noun: str, source: str, word: str | None = None, in_dataset: bool = True
              ) -> tuple[str, str]:
     """(word, lookup) that initialise `<new1>` for a concept under `source` (a method's `init` field).
@@ -84,6 +83,7 @@ def init_for(concept_name: str, class_noun: str, source: str, word: str | None =
     if not released:
         return word or init_word(class_noun), "bpe"
     return word or resolve_init(concept_name, class_noun, source), "raw"
+
 
 def init_embedding_ids(tokenizer: Any, word: str, lookup: str = "bpe") -> list[int]:
     """The embedding rows whose mean initialises a new token from `word`.
@@ -160,7 +160,8 @@ def _detach_first_token(module: torch.nn.Module, inputs: Any, output: torch.Tens
     return torch.cat([output[:, :1].detach(), output[:, 1:]], dim=1)
 
 
-def _kv_projections(unet: Any) -> list[torch.nn.Module]:
+def kv_projections(unet: Any) -> list[torch.nn.Module]:
+    """The key and value projections (`to_k`, `to_v`) of every cross-attention layer (`attn2`), in module order."""
     projs = [proj for name, module in unet.named_modules() if name.endswith("attn2")
              for proj in (module.to_k, module.to_v)]
     if not projs:
@@ -182,7 +183,7 @@ def install_kv_detach(unet: Any) -> int:
     without gradients (inference). Returns the number of hooks added.
     """
     added = 0
-    for proj in _kv_projections(unet):
+    for proj in kv_projections(unet):
         if not _has_kv_detach(proj):
             proj.register_forward_hook(_detach_first_token)
             added += 1
@@ -192,7 +193,7 @@ def install_kv_detach(unet: Any) -> int:
 def remove_kv_detach(unet: Any) -> int:
     """Remove the hooks of `install_kv_detach` (also from a deep copy of a hooked UNet); returns how many."""
     removed = 0
-    for proj in _kv_projections(unet):
+    for proj in kv_projections(unet):
         for key in [k for k, hook in proj._forward_hooks.items() if hook is _detach_first_token]:
             del proj._forward_hooks[key]
             for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
@@ -203,7 +204,7 @@ def remove_kv_detach(unet: Any) -> int:
 
 def has_kv_detach(unet: Any) -> bool:
     """Whether every attn2 `to_k`/`to_v` of the UNet carries the token-0 detach hook."""
-    return all(_has_kv_detach(proj) for proj in _kv_projections(unet))
+    return all(_has_kv_detach(proj) for proj in kv_projections(unet))
 
 
 def cross_attention_kv(unet: Any, detach_first_token: bool = True) -> list[torch.nn.Parameter]:
@@ -214,7 +215,7 @@ def cross_attention_kv(unet: Any, detach_first_token: bool = True) -> list[torch
     any such hook, so the gradient of token 0 flows (the behaviour before the option existed).
     """
     params = []
-    for proj in _kv_projections(unet):
+    for proj in kv_projections(unet):
         if proj.bias is not None:
             raise ValueError("cross-attention K/V with bias are not in the Custom Diffusion format")
         proj.weight.requires_grad_(True)

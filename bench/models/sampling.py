@@ -35,7 +35,6 @@ EVAL_NOISE_STRIDE = 1000
 """Evaluation seed s, prompt index p -> noise seed s * 1000 + p (DreamBench has 25 prompts per concept)."""
 
 
-
 @dataclass(frozen=True)
 class Numerics:
     """The precision and sampler fields every baseline config has (a baseline's config inherits them and calls
@@ -60,6 +59,7 @@ def check_numerics(config: Numerics) -> None:
     check_autocast(config.autocast_dtype, config.sample_dtype)
     if config.sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not '{config.sampler}'")
+
 
 def eval_noise_seed(prompt_index: int, eval_seed: int) -> int:
     """The noise seed of evaluation image (prompt index, evaluation seed): its own per prompt, the same for every
@@ -131,6 +131,7 @@ def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[in
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     latents = seeded_noise(seeds, (channels, size, size), cond.device, cond.dtype, generators)
     latents = latents * scheduler.init_noise_sigma
+    step_kwargs = _step_noise(scheduler, generators)
     use_cfg = guidance > 1.0 and uncond is not None
     if use_cfg:
         context = torch.cat([uncond.expand_as(cond), cond])
@@ -142,7 +143,7 @@ def sample_latents(unet: Any, scheduler: Any, cond: torch.Tensor, seeds: list[in
                 pred = pred_uncond + guidance * (pred_cond - pred_uncond)
             else:
                 pred = unet(model_in, t, cond).sample
-        latents = scheduler.step(pred, t, latents, **_step_noise(scheduler, generators)).prev_sample
+        latents = scheduler.step(pred, t, latents, **step_kwargs).prev_sample
     return latents
 
 
