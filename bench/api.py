@@ -171,3 +171,8 @@ class Method(Protocol):
 
     def load(self, weights_dir: Path, models: Models) -> Trained:
         """Rebuild a trained model from what `Trained.save` wrote (for `bench generate`)."""
+
+    # Optional: `trains: ClassVar[bool] = False` for a method with no training stage (an encoder-based method
+    # such as IP-Adapter). The harness then calls `prepare(concept, models, out_dir, seed) -> Trained` instead of
+    # `train` (no log, no checkpoints): it builds the conditioned model from the concept's photos. Such a run
+    # records no `timing.train_s`, and `--resume` or an iteration override is refused for it.

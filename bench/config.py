@@ -17,6 +17,16 @@ SAMPLING_ONLY = {"sampling": True}
 Runs whose configs differ only in such fields share one training: `bench run` trains the first and samples the
 others from its weights (`bench.runs`), e.g. `bench ablate --nfe 1,2,4`."""
 
+SAMPLING_STEPS = {"sampling": True, "steps": True}
+"""Field metadata for a sampling step count: sampling-only, and capped on a capped profile (`tiny`: 5 steps)."""
+
+SCHEDULE = {"schedule": True}
+"""Field metadata for a schedule length (optimiser iterations of a training stage): capped on a capped profile
+(`tiny`: 10 iterations), and rewritten by `bench perf` to time a few iterations."""
+
+NOT_HASHED = {"hash": False}
+"""Field metadata for a setting that never changes a result (`checkpoint_every`): left out of every hash."""
+
 
 def build(cls: type, overrides: dict[str, Any] | None = None) -> Any:
     """`cls(**overrides)` with a clear error for an unknown key or a value `__post_init__` rejects."""
