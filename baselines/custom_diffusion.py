@@ -21,11 +21,9 @@ import torch
 from bench.api import Concept, Log
 from bench.config import SAMPLING_ONLY
 from bench.models import personalize, sampling
+from bench.models.loop import DenoisingLoop, mse_loss
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.checkpoint import Checkpointer
-from bench.models.speed import autocast
-from bench.models.training import (LOSS_NORMALISATIONS, TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels,
-                                   masked_mse, noisy_and_target, sample_timesteps, templates_for)
+from bench.models.training import LOSS_NORMALISATIONS, TIMESTEP_POLICIES, TrainingBatches, load_pixels, templates_for
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ class CustomDiffusion:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts(self.config.base)
-        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        unet, tokenizer, text_encoder = parts["unet"], parts["tokenizer"], parts["text_encoder"]
         device = models.device
 
         # 1. The new token, initialised as the released code does (or per class); only its embedding row learns.
@@ -139,41 +137,16 @@ class CustomDiffusion:
                                   factor, seed, augment=cfg.augment, hflip=cfg.hflip,
                                   templates=templates_for(cfg.augment),
                                   size=models.resolution)
-        generator = torch.Generator().manual_seed(seed)
-        encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
 
-        # 3. Resume: everything the loop changes or draws from, restored from the last checkpoint if there is one.
-        # Of the embedding table only the token's row (and its AdamW moments) changes: the checkpoint keeps that row.
-        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations,
-                            rows={"token_embedding": [token_id]})
-        state = dict(tensors={"kv": kv, "token_embedding": token_weight}, stateful={"optimizer": optimizer},
-                     generators={"noise": generator}, randoms={"batches": batches.rng})
-        start = ckpt.restore(**state)
-
-        # 4. The denoising loop: masked MSE against the scheduler's own target (epsilon or velocity).
+        # 3. The shared denoising loop (`bench.models.loop`): masked MSE against the scheduler's own target, the
+        #    token's other rows put back after every step; checkpoints keep only the token's row of the table.
+        loop = DenoisingLoop(parts, {"kv": kv, "token_embedding": token_weight}, optimizer, batches,
+                             cfg.timestep_policy, seed, device, cfg.autocast_dtype, cfg.grad_clip, text_grad=True,
+                             loss_fn=mse_loss(cfg.loss_normalisation),
+                             after_step=lambda: personalize.restore_rows(text_encoder, original_rows, keep=[token_id]),
+                             cache_latents=models.speed.latents == "cache", rows={"token_embedding": [token_id]})
         text_encoder.train()
-        log.begin("train", cfg.iterations)
-        for it in range(start, cfg.iterations):
-            batch = next(batches)
-            latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w); encoded anew when augmented
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-            context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)
-            with autocast(device, cfg.autocast_dtype):
-                pred = unet(noisy, t, context).sample.float()
-            loss = masked_mse(pred, target, batch.masks.to(device), cfg.loss_normalisation)
-            if not torch.isfinite(loss):
-                from bench.api import Diverged
-
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(kv + [token_weight], cfg.grad_clip)
-            optimizer.step()
-            personalize.restore_rows(text_encoder, original_rows, keep=[token_id])
-            log(it, loss=loss.item(), grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
-            ckpt.maybe_save(it + 1, **state)
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         text_encoder.eval()
         for p in kv + [token_weight]:
             p.requires_grad_(False)

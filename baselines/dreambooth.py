@@ -26,13 +26,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Diverged, Log
-from bench.config import SAMPLING_ONLY
+from bench.api import Concept, Log
+from bench.config import NOT_HASHED, SAMPLING_ONLY
 from bench.models import sampling
+from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
-                                   noisy_and_target, sample_timesteps)
+from bench.models.training import TIMESTEP_POLICIES, Batch, TrainingBatches, load_pixels, masked_mse
 
 CLASS_PROMPT = "a {}"
 """Prompt of the generated class images and of the prior-preservation loss."""
@@ -70,6 +69,10 @@ class DreamBoothConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch (also for generating class images)."""
+    checkpoint_every: int = field(default=250, metadata=NOT_HASHED)
+    """Save a resumable checkpoint (every UNet weight, its AdamW moments, RNG states: about 10 GB at paper scale)
+    every this many iterations and at the end, in the run's work folder; `bench run --resume` continues a killed
+    run from it, bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
         check_numerics(self)
@@ -79,6 +82,8 @@ class DreamBoothConfig(Numerics):
         for name in ("iterations", "batch_size", "num_class_images", "sample_steps", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, not {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.prior_weight < 0:
@@ -122,6 +127,30 @@ def class_images(models: Any, class_noun: str, count: int, batch_size: int = 25)
     return paths
 
 
+class WithPrior:
+    """The concept's batches with as many class images appended (prior preservation); `rng` is the concept stream's."""
+
+    def __init__(self, batches: TrainingBatches, prior: TrainingBatches) -> None:
+        self.batches, self.prior, self.rng = batches, prior, batches.rng
+
+    def __next__(self) -> Batch:
+        own, cls = next(self.batches), next(self.prior)
+        keys = own.keys + cls.keys if own.keys is not None and cls.keys is not None else None
+        return Batch(torch.cat([own.pixels, cls.pixels]), torch.cat([own.masks, cls.masks]), own.prompts + cls.prompts,
+                     keys)
+
+
+def prior_loss(n: int, weight: float):
+    """Loss on the first `n` (concept) samples plus `weight` x the loss on the class samples after them."""
+
+    def loss(pred: torch.Tensor, target: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict]:
+        instance = masked_mse(pred[:n], target[:n], batch.masks[:n])
+        prior = masked_mse(pred[n:], target[n:], batch.masks[n:])
+        return instance + weight * prior, {"instance_loss": instance.detach(), "prior_loss": prior.detach()}
+
+    return loss
+
+
 class DreamBooth:
     name: ClassVar[str] = "dreambooth"
     version: ClassVar[int] = 2
@@ -142,11 +171,11 @@ class DreamBooth:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
-        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
-        device = models.device
+        unet = parts["unet"]
 
         # 1. Every UNet weight learns; the text encoder and VAE stay frozen.
-        params = list(unet.parameters())
+        trainable = dict(unet.named_parameters())
+        params = list(trainable.values())
         for p in params:
             p.requires_grad_(True)
         lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
@@ -163,48 +192,20 @@ class DreamBooth:
             paths = class_images(models, concept.class_noun, cfg.num_class_images, cfg.sample_batch_size)
             prior = TrainingBatches(load_pixels(paths, models.resolution), concept.class_noun, cfg.batch_size,
                                     factor, seed + 1, augment=False, hflip=cfg.hflip, templates=(CLASS_PROMPT,))
-        generator = torch.Generator().manual_seed(seed)
-        encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
-
-        # 3. The denoising loop; concept and class images share one forward pass (the DreamBooth script's way).
+        # 3. The shared denoising loop (`bench.models.loop`); concept and class images share one forward pass (the
+        #    DreamBooth script's way), the text encoder is frozen.
+        loop = DenoisingLoop(parts, trainable, optimizer, batches, cfg.timestep_policy, seed, models.device,
+                             cfg.autocast_dtype, cfg.grad_clip, cache_latents=models.speed.latents == "cache")
+        if prior is not None:
+            loop.batches = WithPrior(batches, prior)
+            loop.loss_fn = prior_loss(cfg.batch_size, cfg.prior_weight)
+            loop.extra_randoms = {"prior": prior.rng}
         unet.train()
-        log.begin("train", cfg.iterations)
-        for it in range(cfg.iterations):
-            batch = next(batches)
-            pixels, masks, prompts, keys = batch.pixels, batch.masks, batch.prompts, batch.keys
-            if prior is not None:
-                class_batch = next(prior)
-                pixels = torch.cat([pixels, class_batch.pixels])
-                masks = torch.cat([masks, class_batch.masks])
-                prompts = prompts + class_batch.prompts
-                keys = keys + class_batch.keys if keys is not None and class_batch.keys is not None else None
-            latents = encode(pixels.to(device), keys)  # (B, 4, h, w)
-            with torch.no_grad():
-                context = sampling.encode_text(tokenizer, text_encoder, prompts)  # (B, 77, D), frozen
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-            with autocast(device, cfg.autocast_dtype):
-                pred = unet(noisy, t, context).sample.float()
-            masks = masks.to(device)
-            n = cfg.batch_size
-            loss = masked_mse(pred[:n], target[:n], masks[:n])
-            scalars = {}
-            if prior is not None:
-                prior_loss = masked_mse(pred[n:], target[n:], masks[n:])
-                scalars = {"instance_loss": loss.item(), "prior_loss": prior_loss.item()}
-                loss = loss + cfg.prior_weight * prior_loss
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-            optimizer.step()
-            log(it, loss=loss.item(), grad_norm=float(grad_norm), t_mean=float(t.float().mean()), **scalars)
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         unet.eval()
         for p in params:
             p.requires_grad_(False)
-        del optimizer  # free the Adam moments (2 x UNet) before sampling
+        del optimizer, loop  # free the Adam moments (2 x UNet) before sampling
         return DreamBoothModel(cfg, parts)
 
     def load(self, weights_dir: Path, models: Any) -> DreamBoothModel:

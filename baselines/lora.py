@@ -20,13 +20,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Diverged, Log
-from bench.config import SAMPLING_ONLY
+from bench.api import Concept, Log
+from bench.config import NOT_HASHED, SAMPLING_ONLY
 from bench.models import sampling
+from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
-                                   noisy_and_target, sample_timesteps)
+from bench.models.training import TIMESTEP_POLICIES, TrainingBatches, load_pixels
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,10 @@ class LoRAConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
+    checkpoint_every: int = field(default=200, metadata=NOT_HASHED)
+    """Save a resumable checkpoint (the LoRA matrices, their AdamW moments, RNG states) every this many iterations
+    and at the end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically.
+    0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
         check_numerics(self)
@@ -77,6 +80,8 @@ class LoRAConfig(Numerics):
         for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, not {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -108,13 +113,13 @@ class LoRA:
         cfg = self.config
         torch.manual_seed(seed)  # also seeds the Gaussian init of the A matrices
         parts = models.pipeline_parts()
-        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
-        device = models.device
+        unet = parts["unet"]
 
         # 1. The adapters: W x + (alpha / r) B A x on every target projection; only A and B learn.
         unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
                                     init_lora_weights="gaussian", target_modules=list(cfg.target_modules)))
-        params = [p for p in unet.parameters() if p.requires_grad]  # exactly the lora_A / lora_B weights
+        trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}  # the lora_A / lora_B weights
+        params = list(trainable.values())
         lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
@@ -123,30 +128,11 @@ class LoRA:
         batches = TrainingBatches(load_pixels(concept.images), f"{cfg.identifier} {concept.class_noun}",
                                   cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip,
                                   size=models.resolution)
-        generator = torch.Generator().manual_seed(seed)
-        encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
-
-        # 3. The denoising loop; the text encoder is frozen, so the context needs no gradient.
+        # 3. The shared denoising loop (`bench.models.loop`); the text encoder is frozen (no gradient to the prompt).
+        loop = DenoisingLoop(parts, trainable, optimizer, batches, cfg.timestep_policy, seed, models.device,
+                             cfg.autocast_dtype, cfg.grad_clip, cache_latents=models.speed.latents == "cache")
         unet.train()
-        log.begin("train", cfg.iterations)
-        for it in range(cfg.iterations):
-            batch = next(batches)
-            latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w)
-            with torch.no_grad():
-                context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)  # (B, 77, D)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-            with autocast(device, cfg.autocast_dtype):
-                pred = unet(noisy, t, context).sample.float()
-            loss = masked_mse(pred, target, batch.masks.to(device))
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-            optimizer.step()
-            log(it, loss=loss.item(), grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         unet.eval()
         for p in params:
             p.requires_grad_(False)

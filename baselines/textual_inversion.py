@@ -19,13 +19,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Diverged, Log
-from bench.config import SAMPLING_ONLY
+from bench.api import BenchError, Concept, Log
+from bench.config import NOT_HASHED, SAMPLING_ONLY
 from bench.models import personalize, sampling
+from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
-                                   noisy_and_target, sample_timesteps, templates_for)
+from bench.models.training import TIMESTEP_POLICIES, TrainingBatches, load_pixels, templates_for
 
 PHRASES = {"token": "{identifier}", "token_class": "{identifier} {class_noun}"}
 """What stands for the concept in training and evaluation prompts (`phrase`)."""
@@ -65,6 +64,10 @@ class TextualInversionConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
+    checkpoint_every: int = field(default=500, metadata=NOT_HASHED)
+    """Save a resumable checkpoint (the token's row, its AdamW moments, RNG states) every this many iterations and
+    at the end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically.
+    0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
         check_numerics(self)
@@ -74,6 +77,8 @@ class TextualInversionConfig(Numerics):
         for name in ("iterations", "batch_size", "grad_accumulation", "sample_steps", "sample_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, not {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -115,7 +120,7 @@ class TextualInversion:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
-        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
         device = models.device
 
         # 1. The new token, initialised from a descriptive word; the only row of the embedding matrix that learns.
@@ -134,34 +139,14 @@ class TextualInversion:
         batches = TrainingBatches(load_pixels(concept.images), phrase, cfg.batch_size, factor, seed,
                                   augment=cfg.augment, hflip=cfg.hflip, templates=templates_for(cfg.augment),
                                   size=models.resolution)
-        generator = torch.Generator().manual_seed(seed)
-        encode = Latents(vae, cache=models.speed.latents == "cache")  # each photo encoded once where valid
-
-        # 3. The denoising loop; gradients reach the row through the frozen UNet and text encoder.
+        # 3. The shared denoising loop (`bench.models.loop`), `grad_accumulation` batches per step; gradients reach
+        #    the row through the frozen UNet and text encoder, and every other row is put back after each step.
+        loop = DenoisingLoop(parts, {"token_embedding": token_weight}, optimizer, batches, cfg.timestep_policy, seed,
+                             device, cfg.autocast_dtype, cfg.grad_clip, cfg.grad_accumulation, text_grad=True,
+                             after_step=lambda: personalize.restore_rows(text_encoder, original_rows, keep=[token_id]),
+                             cache_latents=models.speed.latents == "cache", rows={"token_embedding": [token_id]})
         text_encoder.train()
-        log.begin("train", cfg.iterations)
-        for it in range(cfg.iterations):
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, t_sum = 0.0, 0.0
-            for _ in range(cfg.grad_accumulation):
-                batch = next(batches)
-                latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w)
-                noise = torch.randn(latents.shape, generator=generator).to(device)
-                t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-                noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-                context = sampling.encode_text(tokenizer, text_encoder, batch.prompts)  # (B, 77, D)
-                with autocast(device, cfg.autocast_dtype):
-                    pred = unet(noisy, t, context).sample.float()
-                loss = masked_mse(pred, target, batch.masks.to(device))
-                if not torch.isfinite(loss):
-                    raise Diverged(f"non-finite loss at iteration {it}")
-                (loss / cfg.grad_accumulation).backward()
-                step_loss += loss.item() / cfg.grad_accumulation
-                t_sum += float(t.float().mean()) / cfg.grad_accumulation
-            grad_norm = torch.nn.utils.clip_grad_norm_([token_weight], cfg.grad_clip or float("inf"))
-            optimizer.step()
-            personalize.restore_rows(text_encoder, original_rows, keep=[token_id])
-            log(it, loss=step_loss, grad_norm=float(grad_norm), t_mean=t_sum)
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         text_encoder.eval()
         token_weight.requires_grad_(False)
         return TextualInversionModel(self.config, parts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from bench.config import SAMPLING_ONLY
+from bench.config import NOT_HASHED, SAMPLING_ONLY
 from bench.models.personalize import INIT_SOURCES
 from bench.models.sampling import SAMPLERS
 from bench.models.speed import AUTOCAST, SAMPLE_DTYPES
@@ -128,6 +128,12 @@ class EchoDistillConfig:
     sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
     """What the student samples with at 2+ steps: "euler_ancestral" (the released evaluation, default; identical
     to "euler" at one step) or "euler". The teacher keeps DDIM. Sampling-only."""
+    checkpoint_every: int = field(default=100, metadata=NOT_HASHED)
+    """Save a resumable checkpoint every this many iterations of each stage (distillation, echo; teacher-first's two)
+    and at its end, in the run's work folder: both UNets' K/V, the token row(s), the discriminator heads, the three
+    AdamW states and every RNG. `bench run --resume` continues a killed run from it, bit-identically; a kill in
+    the echo stage resumes there (the finished distillation is restored from its last checkpoint). 0 = off. Not part
+    of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
         if isinstance(self.drop, str):  # "--drop disc_clip,ste" from a command line
@@ -159,6 +165,8 @@ class EchoDistillConfig:
         for f in fields(self):
             if f.name.startswith(("lr_", "weight_")) and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name} must be >= 0, got {getattr(self, f.name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), got {self.checkpoint_every}")
         if self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.shots is not None and self.shots < 1:

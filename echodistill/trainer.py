@@ -17,6 +17,7 @@ from torch.profiler import record_function
 
 from bench.api import Concept, Diverged, Log
 from bench.models import personalize, sampling
+from bench.models.checkpoint import Checkpointer
 from bench.models.training import Latents, TrainingBatches, load_pixels, templates_for
 from echodistill import losses as L
 from echodistill.config import VARIANTS, EchoDistillConfig
@@ -47,9 +48,11 @@ def predicted_x0(scheduler: Any, x_t: torch.Tensor, t: torch.Tensor, pred: torch
 class Session:
     """One training run: every model, parameter, optimiser and data stream of EchoDistill for one concept."""
 
-    def __init__(self, config: EchoDistillConfig, concept: Concept, models: Any, seed: int, log: Log) -> None:
+    def __init__(self, config: EchoDistillConfig, concept: Concept, models: Any, seed: int, log: Log,
+                 out_dir: Path | None = None) -> None:
         cfg = self.cfg = config
         self.concept, self.models, self.seed, self.log = concept, models, seed, log
+        self.out_dir = out_dir  # checkpoints: one folder per stage under it (None: no checkpoints)
         self.device = models.device
         # Seeding (reproducible on CPU): `seed` initialises the heads; one CPU generator draws every random
         # number of the loop (eps, t, t', VAE posterior samples, MS-SWD directions) on any device.
@@ -326,9 +329,37 @@ class Session:
         return self._result(before)
 
     def _loop(self, phase: str, n: int, step: Any) -> None:
+        """`n` iterations of `step`, checkpointed every `checkpoint_every` (and at `n`) in `out_dir/phase`, resumed
+        from there. A finished stage restores its final state and runs nothing."""
+        ckpt = Checkpointer(self.out_dir / phase if self.out_dir is not None else None, self.cfg.checkpoint_every,
+                            total=n, rows={name: [text.token_id] for name, text in self._texts().items()})
+        state = self._checkpoint_state()
+        start = ckpt.restore(**state)
         self.log.begin(phase, n)
-        for i in range(n):
+        for i in range(start, n):
             self.log(i, **step(i, next(self.batches), phase))
+            ckpt.maybe_save(i + 1, **state)
+
+    def _texts(self) -> dict[str, Text]:
+        """The token rows that learn, by checkpoint name (one with STE: the teacher's, which the student shares)."""
+        texts = {"teacher_token": self.teacher_text} if self.use_teacher else {}
+        if self.student_learns_token:
+            texts["student_token"] = self.student_text
+        return texts
+
+    def _checkpoint_state(self) -> dict[str, dict[str, Any]]:
+        """Everything the loop changes or draws from (`bench.models.checkpoint`); frozen weights are not saved."""
+        tensors: dict[str, Any] = {"student_kv": self.student_kv}
+        stateful: dict[str, Any] = {"opt_student": self.opt_student}
+        if self.use_teacher:
+            tensors["teacher_kv"] = self.teacher_kv
+            stateful["opt_teacher"] = self.opt_teacher
+        tensors.update({name: text.embeddings for name, text in self._texts().items()})
+        if self.opt_disc is not None:
+            stateful["opt_disc"] = self.opt_disc
+            stateful.update({f"head_{name}": disc.head for name, disc in self.discs.items()})
+        return dict(tensors=tensors, stateful=stateful, generators={"loop": self.gen},
+                    randoms={"batches": self.batches.rng})
 
     @torch.no_grad()
     def echo_samples(self) -> list[torch.Tensor]:
@@ -404,7 +435,7 @@ class Session:
         for module in [self.student_unet, self.student_text.encoder] + (
                 [self.teacher_unet, self.teacher_text.encoder] if self.use_teacher else []):
             module.requires_grad_(False)
-        cfg, models = self.cfg, self.models
+        cfg = self.cfg
 
         def sampler(role: str, state: Any = None) -> Sampler:
             if role == "student":
@@ -437,7 +468,7 @@ class EchoDistill:
         self.config = config or EchoDistillConfig()
 
     def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> EchoDistillModel:
-        return Session(self.config, concept, models, seed, log).run()
+        return Session(self.config, concept, models, seed, log, out_dir).run()
 
     def load(self, weights_dir: Path, models: Any) -> EchoDistillModel:
         return load_model(Path(weights_dir), models, self.config.sample_batch_size, self.config.sample_dtype,

@@ -3,7 +3,8 @@
 The harness gives `Method.train` an `out_dir` inside the run's `.partial` folder. It keeps that folder across
 attempts only with `--resume` (and only for the same config hash), and removes it once the run is recorded.
 
-Adopting it in a method (baselines/custom_diffusion.py is the reference example):
+Adopting it in a method (the baselines get it from their shared loop, `bench/models/loop.py`; EchoDistill's
+`Session._loop` checkpoints each stage in its own folder):
 
     from bench.models.checkpoint import Checkpointer
 
