@@ -413,10 +413,11 @@ def study_create(name: str = typer.Option(..., "--name", help="Study name, e.g. 
     picked = () if concepts.strip() == "all" else tuple(c.strip() for c in concepts.split(",") if c.strip())
     if trials.strip() != "all" and not trials.strip().isdigit():
         raise BenchError(f"--trials must be a positive number or 'all', got '{trials}'")
-    from bench.registry import get_method
+    from bench.registry import method_names, unknown
 
     for m in names:
-        get_method(m)  # a typo is one line naming the valid methods
+        if m not in method_names():
+            raise unknown("method", m, method_names())  # one line naming the valid methods
     cfg = StudyConfig(name, profile, tuple(names), tuple(variants), picked, tuple(_ints(seeds, "--seeds")),
                       None if trials.strip() == "all" else int(trials), draw_seed, per_trial, references)
     typer.echo(commands.create(results, cfg, dataset_root(data, dataset)), nl=False)

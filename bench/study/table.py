@@ -114,7 +114,7 @@ def render_study(name: str, profile: str, votes: list[dict[str, Any]], pairs: li
                              "annotations": len(votes), "participants": people, "trials": trials})
         return buf.getvalue()
     lines = [f"### Table 7: user preference study `{name}` (profile `{profile}`)", "",
-             f"{len(votes)} annotations from {people} participants on {trials} trials; preference = share of votes; "
+             f"{len(votes)} annotations from {people} participant{'s' if people != 1 else ''} on {trials} trials; preference = share of votes; "
              f"95% interval: bootstrap over participants and trials ({RESAMPLES} resamples, seed {SEED}). Paper: "
              f"{PAPER_PARTICIPANTS} participants, {PAPER_ANNOTATIONS} annotations.", "",
              "| Method | Votes | Preference (%) | 95% interval | Paper (%) |", "|---|---:|---:|---:|---:|"]
