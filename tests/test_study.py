@@ -391,3 +391,22 @@ def test_report_shows_table7(world, monkeypatch, capsys, tmp_path: Path) -> None
     assert "## User study" in md and "Table 7: user preference study `s1`" in md and "| EchoDistill |" in md
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "<h2>User study</h2>" in page and "<td>EchoDistill</td>" in page
+
+
+def test_serve_refuses_a_taken_port_and_a_bad_host(world, monkeypatch, capsys) -> None:
+    import socket
+
+    results, _ = world
+    _create(world)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", port)
+        assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "pass another --port" in err
+    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--host", "my-laptop")
+    assert code == 2 and "--host 'my-laptop' is not an IP address" in err
+    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", "70000")
+    assert code == 2 and "--port must be between 1 and 65535" in err
+    code, _, err = bench(monkeypatch, capsys, "study", "invite", "--results", results)
+    assert code == 2 and "nothing to do" in err

@@ -100,6 +100,21 @@ def check_host(host: str) -> bool:
                          f"address of a network interface") from None
 
 
+def check_port(host: str, port: int) -> None:
+    """One line, before serving, when the port is out of range or already taken."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise BenchError(f"--port must be between 1 and 65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise BenchError(f"cannot listen on {host}:{port} ({err.strerror}); pass another --port") from None
+
+
 def preflight(path: Path) -> str:
     """Refuse to serve a study whose images changed or went missing since it was created."""
     conn = db.open_study(path)
@@ -152,4 +167,10 @@ def table(path: Path, fmt: str) -> str:
 
 def report_tables(results: Path, profile: str | None) -> list[dict[str, Any]]:
     """For `bench report`: each study's Table 7 as Markdown (`md`) with its name."""
-    return [{"name": p.stem, "md": table(p, "md")} for p in find_studies(results, profile)]
+    out = []
+    for p in find_studies(results, profile):
+        try:
+            out.append({"name": p.stem, "md": table(p, "md")})
+        except BenchError as err:  # one unreadable study must not cost the rest of the report
+            out.append({"name": p.stem, "md": f"### Table 7: study `{p.stem}`\n\nnot shown: {err}\n"})
+    return out
