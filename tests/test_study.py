@@ -73,6 +73,7 @@ def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch,
     conn = db.open_study(path)
     assert db.meta(conn, "schema_version") == db.SCHEMA_VERSION
     assert db.study_config(conn).methods == ("echodistill", "custom_diffusion")
+    assert db.study_config(conn).extra == {"data": str(data.resolve()), "results": str(results.resolve())}
     refs = conn.execute("SELECT DISTINCT i.path FROM refs r JOIN images i ON i.id = r.image_id").fetchall()
     assert sorted(Path(r[0]).parent.name for r in refs) == ["dog", "teapot"]
     assert db.changed_images(conn) == []
@@ -96,6 +97,8 @@ def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch,
     (("--name", "../evil"), "study name '../evil' is not valid"),
     (("--name", "x", "--variant", "a,b,c"), "3 variants for 2 methods"),
     (("--name", "x", "--dataset", "imagenet"), "unknown dataset 'imagenet'"),
+    (("--name", "x", "--concepts", "dgo"), "unknown concept 'dgo'.*did you mean 'dog'"),
+    (("--name", "x", "--concepts", "red_cartoon"), "no trial can be drawn.*red_cartoon/seed0 lacks echodistill"),
 ])
 def test_create_refuses_bad_input_in_one_line(world, monkeypatch, capsys, args, message) -> None:
     import re

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
-import ipaddress
+import dataclasses
 import io
+import ipaddress
 from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
+from bench.registry import unknown
 from bench.study import db
 from bench.study.config import NAME, StudyConfig
 
@@ -56,7 +58,13 @@ def create(results: Path, cfg: StudyConfig, data: Path | None) -> str:
     path = study_path(results, cfg.profile, cfg.name)
     if path.exists():
         raise BenchError(f"study '{cfg.name}' already exists at {path}; choose another --name or delete it")
-    concepts = {c.name: c for c in load_concepts(data_root(data))}
+    root = data_root(data)
+    concepts = {c.name: c for c in load_concepts(root)}
+    for name in cfg.concepts:
+        if name not in concepts:
+            raise unknown("concept", name, sorted(concepts))
+    cfg = dataclasses.replace(cfg, extra={**cfg.extra, "data": str(Path(root).resolve()),
+                                          "results": str(Path(results).resolve())})
     trials = draw_trials(results, cfg, concepts)
     admin = db.create_database(path, cfg, trials)
     n_images = len({str(c[2]) for t in trials for c in t["candidates"]})

@@ -36,7 +36,7 @@ async function load() {
   let r;
   try { r = await fetch("/api/next?t=" + encodeURIComponent(token), {cache: "no-store"}); }
   catch (e) { return offline(load); }
-  const data = await r.json();
+  const data = await r.json().catch(() => ({}));
   if (!r.ok) { $("status").textContent = data.error || ("error " + r.status); return; }
   $("instruction").textContent = data.instruction; showProgress(data.progress);
   if (data.done) { current = null; $("trial").hidden = true; $("done").hidden = false; return; }
@@ -67,7 +67,7 @@ async function send() {
     r = await fetch("/api/vote", {method: "POST", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({token: token, trial: pending.trial, candidate: pending.candidate})});
   } catch (e) { return offline(async () => { busy = true; try { await send(); } finally { busy = false; } }); }
-  const data = await r.json();
+  const data = await r.json().catch(() => ({}));
   if (r.ok || r.status === 409) { pending = null; return load(); }
   $("status").textContent = data.error || ("error " + r.status);
 }
