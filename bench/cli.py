@@ -282,11 +282,12 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
 def report(out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md, report.html, figures/ "
                                                                   "(default: RESULTS/report)."),
            results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
-           data: Optional[Path] = DATA) -> None:
+           data: Optional[Path] = DATA, dataset: Optional[str] = DATASET) -> None:
     """Every table, figures and qualitative grids in one Markdown file and one self-contained HTML page."""
+    from bench.cc101 import dataset_root
     from bench.report import build_report
 
-    typer.echo(build_report(results, out, profile, data))
+    typer.echo(build_report(results, out, profile, dataset_root(data, dataset)))
 
 
 @app.command()

@@ -134,6 +134,8 @@ def test_dataset_option_checks_the_folder(tmp_path: Path, monkeypatch, capsys) -
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "lora", "--dataset", "customconcept101", "--data",
                          dreambench)
     assert code == 2 and "CustomConcept101 not found" in err
+    code, _, err = bench(monkeypatch, capsys, "report", "--dataset", "customconcept101", "--data", dreambench)
+    assert code == 2 and "CustomConcept101 not found" in err
     root = _layout(tmp_path / "repo")
     code, _, err = bench(monkeypatch, capsys, "ls", "concepts", "--dataset", "dreambench", "--data", root)
     assert code == 2 and "DreamBench not found" in err
