@@ -4,7 +4,7 @@ so, and retrying it never records it twice (a replay answers 409, read as "alrea
 
 PARTICIPANT_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Preference study</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="referrer" content="no-referrer">
 <style>
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
 #instruction{font-size:1.1em;font-weight:600}#prompt{font-size:1.2em;margin:.6em 0;padding:.4em .6em;
