@@ -60,7 +60,8 @@ def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch,
     code, out, err = bench(monkeypatch, capsys, "study", "create", "--name", "t7", "--results", results, "--data",
                            data, "--methods", "echodistill,custom_diffusion")
     assert code == 0, err
-    assert "8 trials, 2 methods, 16 generated images" in out and "admin token" in out
+    assert "8 trials, 2 methods, 16 generated images" in out and "admin link" in out
+    admin = out.split("http://127.0.0.1:8000/admin/")[1].split()[0]
     path = results / "tiny" / "_studies" / "t7.sqlite"
     rows = _trials(path)
     assert len(rows) == 16  # 2 concepts x 2 prompts x 2 eval seeds, 2 candidates each
@@ -77,6 +78,9 @@ def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch,
     refs = conn.execute("SELECT DISTINCT i.path FROM refs r JOIN images i ON i.id = r.image_id").fetchall()
     assert sorted(Path(r[0]).parent.name for r in refs) == ["dog", "teapot"]
     assert db.changed_images(conn) == []
+    db.check_admin(conn, admin)  # the printed admin token is the one stored (as a hash)
+    with pytest.raises(db.Refused):
+        db.check_admin(conn, admin + "x")
     conn.close()
 
     # the same draw under another name gives the same trials and orders; --trials N draws a subset

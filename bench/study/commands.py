@@ -70,7 +70,8 @@ def create(results: Path, cfg: StudyConfig, data: Path | None) -> str:
     n_images = len({str(c[2]) for t in trials for c in t["candidates"]})
     return (f"study '{cfg.name}' created at {path}: {len(trials)} trials, {len(cfg.methods)} methods, "
             f"{n_images} generated images (hashes recorded)\n"
-            f"admin token (shown once; `bench study invite --admin` makes a new one): {admin}\n"
+            f"admin link (shown once; `bench study invite --admin` makes a new one): "
+            f"{_base_url('127.0.0.1', 8000)}/admin/{admin}\n"
             f"next: bench study invite --study {cfg.name} --participants 15 --profile {cfg.profile} "
             f"--results {results}\n")
 
