@@ -341,7 +341,7 @@ def _vote_all(path: Path, choices: dict[int, int]) -> None:
 
 
 def test_table_and_export_from_votes(world, monkeypatch, capsys) -> None:
-    results, data = world
+    results, _ = world
     path, _ = _create(world)
     code, out, _ = bench(monkeypatch, capsys, "table", "study", "--results", results)
     assert code == 0 and "No votes yet" in out and "| EchoDistill | 0 |" in out
@@ -366,9 +366,9 @@ def test_table_and_export_from_votes(world, monkeypatch, capsys) -> None:
 
 
 def test_bootstrap_interval_widens_with_fewer_participants() -> None:
-    from bench.study.table import bootstrap
-
     import random
+
+    from bench.study.table import bootstrap
 
     # 20 participants x 40 trials, each vote for method 0 with probability 0.7
     rng = random.Random(1)
@@ -391,8 +391,8 @@ def test_report_shows_table7(world, monkeypatch, capsys, tmp_path: Path) -> None
     results, data = world
     path, _ = _create(world)
     _vote_all(path, {0: 10, 1: 3})
-    code, out, err = bench(monkeypatch, capsys, "report", "--results", results, "--data", data, "--out",
-                           tmp_path / "rep")
+    code, _, err = bench(monkeypatch, capsys, "report", "--results", results, "--data", data, "--out",
+                         tmp_path / "rep")
     assert code == 0, err
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## User study" in md and "Table 7: user preference study `s1`" in md and "| EchoDistill |" in md
@@ -417,3 +417,26 @@ def test_serve_refuses_a_taken_port_and_a_bad_host(world, monkeypatch, capsys) -
     assert code == 2 and "--port must be between 1 and 65535" in err
     code, _, err = bench(monkeypatch, capsys, "study", "invite", "--results", results)
     assert code == 2 and "nothing to do" in err
+
+
+def test_an_abandoned_assignment_frees_its_place_after_the_ttl(world) -> None:
+    path, _ = _create(world, per_trial=1, trials=1)
+    conn = db.open_study(path)
+    (a, _), (b, _) = db.add_participants(conn, 2)
+    pa, pb = (conn.execute("SELECT id FROM participants WHERE label = ?", (x,)).fetchone()[0] for x in (a, b))
+    held = db.next_trial(conn, pa)
+    assert db.next_trial(conn, pb) is None  # the only place is held by a
+    conn.execute("UPDATE assignments SET assigned_at = assigned_at - 3600")  # a left an hour ago (ttl 30 min)
+    again = db.next_trial(conn, pb)
+    assert again["trial"] == held["trial"]
+    db.vote(conn, pb, again["trial"], again["candidates"][0]["id"])
+    with pytest.raises(db.Refused) as err:  # a comes back: the trial is full, nothing recorded
+        db.vote(conn, pa, held["trial"], held["candidates"][1]["id"])
+    assert err.value.status == 409 and "already has its 1 votes" in err.value.message
+    assert db.next_trial(conn, pa) is None
+    # the same when a asks for their trial instead of voting on it: the full trial is dropped, not served again
+    conn.execute("INSERT INTO assignments VALUES (?, ?, 0)", (pa, held["trial"]))
+    assert db.next_trial(conn, pa) is None
+    assert conn.execute("SELECT COUNT(*) FROM assignments").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
+    conn.close()

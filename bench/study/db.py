@@ -251,6 +251,11 @@ def next_trial(conn: sqlite3.Connection, pid: int) -> dict[str, Any] | None:
     with transaction(conn):
         held = conn.execute("SELECT trial_id FROM assignments WHERE participant_id = ? ORDER BY assigned_at LIMIT 1",
                             (pid,)).fetchone()
+        if held is not None and cfg.per_trial is not None and conn.execute(
+                "SELECT COUNT(*) FROM votes WHERE trial_id = ?", (held["trial_id"],)).fetchone()[0] >= cfg.per_trial:
+            # filled by others while this participant was away (their place had expired): give them another
+            conn.execute("DELETE FROM assignments WHERE participant_id = ? AND trial_id = ?", (pid, held["trial_id"]))
+            held = None
         if held is None:
             live = time.time() - cfg.assignment_ttl_s
             row = conn.execute(
@@ -271,8 +276,9 @@ def next_trial(conn: sqlite3.Connection, pid: int) -> dict[str, Any] | None:
 
 
 def vote(conn: sqlite3.Connection, pid: int, trial_id: Any, candidate_id: Any) -> int:
-    """Record participant `pid`'s choice; returns the vote's id. Refused (nothing written) when the trial is not
-    assigned to them (403), already voted (409), full (409), or the candidate is not one of the trial's (400)."""
+    """Record participant `pid`'s choice; returns the vote's id. Refused, with no vote written, when the trial is
+    not assigned to them (403), already voted (409), or the candidate is not one of the trial's (400); and when the
+    trial filled up meanwhile (409; the participant's assignment to it is dropped, so `next_trial` moves on)."""
     try:
         trial_id, candidate_id = int(trial_id), int(candidate_id)
     except (TypeError, ValueError):
@@ -288,18 +294,21 @@ def vote(conn: sqlite3.Connection, pid: int, trial_id: Any, candidate_id: Any) -
         if not conn.execute("SELECT 1 FROM candidates WHERE id = ? AND trial_id = ?",
                             (candidate_id, trial_id)).fetchone():
             raise Refused(400, f"candidate {candidate_id} is not one of trial {trial_id}'s images")
-        if cfg.per_trial is not None:
-            n = conn.execute("SELECT COUNT(*) FROM votes WHERE trial_id = ?", (trial_id,)).fetchone()[0]
-            if n >= cfg.per_trial:
-                conn.execute("DELETE FROM assignments WHERE participant_id = ? AND trial_id = ?", (pid, trial_id))
-                raise Refused(409, f"trial {trial_id} already has its {cfg.per_trial} votes; load the next trial")
-        try:
-            cur = conn.execute("INSERT INTO votes (participant_id, trial_id, candidate_id, created_at) "
-                               "VALUES (?, ?, ?, ?)", (pid, trial_id, candidate_id, time.time()))
-        except sqlite3.IntegrityError:
-            raise Refused(409, f"you already voted on trial {trial_id}") from None
-        conn.execute("DELETE FROM assignments WHERE participant_id = ? AND trial_id = ?", (pid, trial_id))
-        return int(cur.lastrowid)
+        if cfg.per_trial is not None and conn.execute("SELECT COUNT(*) FROM votes WHERE trial_id = ?",
+                                                      (trial_id,)).fetchone()[0] >= cfg.per_trial:
+            full = True  # the assignment goes (committed), then the refusal
+            conn.execute("DELETE FROM assignments WHERE participant_id = ? AND trial_id = ?", (pid, trial_id))
+        else:
+            full = False
+            try:
+                cur = conn.execute("INSERT INTO votes (participant_id, trial_id, candidate_id, created_at) "
+                                   "VALUES (?, ?, ?, ?)", (pid, trial_id, candidate_id, time.time()))
+            except sqlite3.IntegrityError:
+                raise Refused(409, f"you already voted on trial {trial_id}") from None
+            conn.execute("DELETE FROM assignments WHERE participant_id = ? AND trial_id = ?", (pid, trial_id))
+    if full:
+        raise Refused(409, f"trial {trial_id} already has its {cfg.per_trial} votes; load the next trial")
+    return int(cur.lastrowid)
 
 
 def image_row(conn: sqlite3.Connection, image_id: int) -> sqlite3.Row | None:

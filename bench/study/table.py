@@ -113,16 +113,17 @@ def render_study(name: str, profile: str, votes: list[dict[str, Any]], pairs: li
                              "paper_preference_pct": "" if r.paper is None else r.paper,
                              "annotations": len(votes), "participants": people, "trials": trials})
         return buf.getvalue()
-    lines = [f"### Table 7: user preference study `{name}` (profile `{profile}`)", "",
-             f"{len(votes)} annotations from {people} participant{'s' if people != 1 else ''} on {trials} trials; preference = share of votes; "
-             f"95% interval: bootstrap over participants and trials ({RESAMPLES} resamples, seed {SEED}). Paper: "
-             f"{PAPER_PARTICIPANTS} participants, {PAPER_ANNOTATIONS} annotations.", "",
+    caption = (f"{len(votes)} annotations from {people} participant{'s' if people != 1 else ''} on {trials} "
+               f"trials; preference = share of votes; 95% interval: bootstrap over participants and trials "
+               f"({RESAMPLES} resamples, seed {SEED}). Paper: {PAPER_PARTICIPANTS} participants, "
+               f"{PAPER_ANNOTATIONS} annotations.")
+    lines = [f"### Table 7: user preference study `{name}` (profile `{profile}`)", "", caption, "",
              "| Method | Votes | Preference (%) | 95% interval | Paper (%) |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         interval = "–" if r.low is None else f"[{r.low:.2f}, {r.high:.2f}]"
         votes_cell = "not in this harness" if r.votes is None else str(r.votes)
         lines.append(f"| {r.label} | {votes_cell} | {_pct(r.rate)} | {interval} | {_pct(r.paper)} |")
     if not votes:
-        lines += ["", "No votes yet: invite participants (`bench study invite`) and serve the study "
-                      "(`bench study serve`)."]
+        lines += ["", ("No votes yet: invite participants (`bench study invite`) and serve the study "
+                       "(`bench study serve`).")]
     return "\n".join(lines) + "\n"
