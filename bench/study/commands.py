@@ -12,15 +12,13 @@ from typing import Any
 from bench.api import BenchError
 from bench.registry import unknown
 from bench.study import db
-from bench.study.config import NAME, StudyConfig
+from bench.study.config import StudyConfig, check_name
 
 STUDIES = "_studies"
 
 
 def study_path(results: Path, profile: str, name: str) -> Path:
-    if not NAME.match(name):
-        StudyConfig(name, profile, ("a", "b"), ("default", "default"), ())  # raises the one-line error
-    return Path(results) / profile / STUDIES / f"{name}.sqlite"
+    return Path(results) / profile / STUDIES / f"{check_name(name)}.sqlite"
 
 
 def find_studies(results: Path, profile: str | None = None) -> list[Path]:

@@ -14,6 +14,14 @@ INSTRUCTION = ("Select the best image from each group, considering both text-ima
 """The question the paper asked its participants (Table 7)."""
 
 
+def check_name(name: str) -> str:
+    """`name` if it can name a study (it becomes a file name), else the one-line error."""
+    if not NAME.match(name):
+        raise BenchError(f"study name '{name}' is not valid; use letters, digits, '_', '-', '.' "
+                         f"(up to 64 characters, starting with a letter or digit)")
+    return name
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """What `bench study create` was asked for; recorded in the database's `meta` table."""
@@ -46,9 +54,7 @@ class StudyConfig:
     """Free-form notes kept with the study (dataset root, results folder)."""
 
     def __post_init__(self) -> None:
-        if not NAME.match(self.name):
-            raise BenchError(f"study name '{self.name}' is not valid; use letters, digits, '_', '-', '.' "
-                             f"(up to 64 characters, starting with a letter or digit)")
+        check_name(self.name)
         if len(self.methods) < 2:
             raise BenchError(f"a preference study needs at least 2 methods, got {len(self.methods)}; "
                              f"e.g. --methods echodistill,custom_diffusion")
