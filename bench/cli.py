@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 
 from bench.api import BenchError, InfraError, infra_cause
+from bench.study.cli import study_app
 
 EXIT_INFRA = 4
 """Exit code when the environment failed (disk full, device error, ...): the sweep stopped, nothing was recorded as
@@ -25,6 +26,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark harness for one-step diffusion personalization (EchoDistill and baselines).")
 data_app = typer.Typer(no_args_is_help=True, help="Validate or fetch a DreamBench copy.")
 app.add_typer(data_app, name="data")
+app.add_typer(study_app, name="study")  # the preference study behind Table 7 (bench.study)
 
 # Options shared by every command that touches data or results (architecture.md, "CLI surface").
 DATA = typer.Option(None, "--data", help="Dataset root (else $BENCH_DATA, else ./data/dreambench).")
@@ -378,11 +380,6 @@ def data_download(dest: Optional[Path] = typer.Argument(None, help="Where to put
         raise BenchError("--images is for --dataset customconcept101 only; DreamBench's photos are in its repository")
     path = data.download_dreambench(dest or Path("data/dreambench"), url or data.DREAMBENCH_URL)
     typer.echo(f"DreamBench ready at {path}")
-
-
-from bench.study.cli import study_app  # noqa: E402 - the `bench study` commands (Table 7)
-
-app.add_typer(study_app, name="study")
 
 
 def main() -> None:
