@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 
 from bench.api import BenchError, InfraError, infra_cause
+from bench.study.cli import study_app
 
 EXIT_INFRA = 4
 """Exit code when the environment failed (disk full, device error, ...): the sweep stopped, nothing was recorded as
@@ -25,6 +26,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark harness for one-step diffusion personalization (EchoDistill and baselines).")
 data_app = typer.Typer(no_args_is_help=True, help="Validate or fetch a DreamBench copy.")
 app.add_typer(data_app, name="data")
+app.add_typer(study_app, name="study")  # the preference study behind Table 7 (bench.study)
 
 # Options shared by every command that touches data or results (architecture.md, "CLI surface").
 DATA = typer.Option(None, "--data", help="Dataset root (else $BENCH_DATA, else ./data/dreambench).")
@@ -53,6 +55,8 @@ SBATCH = typer.Option(None, "--sbatch", help="slurm: extra sbatch option KEY=VAL
 ARRAY = typer.Option(False, "--slurm-array", help="slurm: one job array instead of one job per run.")
 NO_WAIT = typer.Option(False, "--no-wait", help="slurm: submit and return; follow with `bench status`.")
 CLUSTER = typer.Option("slurm", "--cluster", help="slurm: slurm | local (same submission, on this machine).")
+DATASET = typer.Option(None, "--dataset", help="dreambench | customconcept101 (default: told by the --data folder; "
+                                               "customconcept101 alone means $BENCH_CC101 or ./data/customconcept101).")
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -113,9 +117,12 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         partition: Optional[str] = PARTITION, time: Optional[int] = TIME, gpus_per_job: Optional[int] = GPUS_PER_JOB,
         cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
-        speed: Optional[list[str]] = SPEED) -> None:
+        speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
+    from bench.cc101 import dataset_root
     from bench.runs import variants_for
+
+    data = dataset_root(data, dataset)
 
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
@@ -151,7 +158,8 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
 
 @app.command("ls")
 def ls(what: str = typer.Argument(..., help="methods | concepts | variants | runs"), data: Optional[Path] = DATA,
-       results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile")) -> None:
+       results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
+       dataset: Optional[str] = DATASET) -> None:
     """List registered methods, dataset concepts, method variants, or recorded runs."""
     from bench.registry import get_method, method_names, unknown
 
@@ -162,10 +170,11 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
         for name in method_names():
             typer.echo(f"{name}: {', '.join(get_method(name).variants)}")
     elif what == "concepts":
-        from bench.data import load_dreambench
+        from bench.cc101 import dataset_root
+        from bench.data import load_concepts
         from bench.paths import data_root
 
-        for c in load_dreambench(data_root(data)):
+        for c in load_concepts(data_root(dataset_root(data, dataset))):
             typer.echo(f"{c.name}\t{c.class_noun}\t{'live' if c.live else 'object'}\t{len(c.images)} images")
     elif what == "runs":
         from bench.store import iter_records
@@ -247,15 +256,26 @@ def _progress_bar() -> Iterator[tuple[Any, Any]]:
 
 
 @app.command()
-def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbone|alternatives|shots|all"),
+def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbone|alternatives|shots|all|study"),
           fmt: str = typer.Option("md", "--format", help="md | csv"),
           compare: Optional[str] = typer.Option(None, "--compare", help="'paper': add the paper's numbers and Δ."),
           results: Path = RESULTS,
           profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
-          out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR.")
+          out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR."),
+          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one).")
           ) -> None:
-    """Render the paper's tables from run records (never trains or scores)."""
+    """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
+
+    if name == "study":
+        from bench.study import commands
+
+        text = commands.table(commands.resolve_study(results, profile, study), fmt)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"study.{fmt}").write_text(text)
+        typer.echo(text, nl=False)
+        return
 
     typer.echo(table_command(name, results, profile, fmt, compare, out), nl=False)
 
@@ -264,11 +284,12 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
 def report(out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md, report.html, figures/ "
                                                                   "(default: RESULTS/report)."),
            results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
-           data: Optional[Path] = DATA) -> None:
+           data: Optional[Path] = DATA, dataset: Optional[str] = DATASET) -> None:
     """Every table, figures and qualitative grids in one Markdown file and one self-contained HTML page."""
+    from bench.cc101 import dataset_root
     from bench.report import build_report
 
-    typer.echo(build_report(results, out, profile, data))
+    typer.echo(build_report(results, out, profile, dataset_root(data, dataset)))
 
 
 @app.command()
@@ -323,7 +344,11 @@ def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-se
 def data_check(folder: Path = typer.Argument(..., help="A DreamBench copy, or your own concept folder.")) -> None:
     """Validate a dataset folder: prompts file, subjects, every image decodes."""
     from bench import data
+    from bench.cc101 import check_customconcept101, find_cc101
 
+    if find_cc101(folder) is not None and not (folder / "prompts_and_classes.txt").exists():
+        typer.echo(json.dumps(check_customconcept101(folder), indent=1))
+        return
     try:
         data.find_dataset(folder)
         summary = data.check_dataset(folder)
@@ -335,13 +360,25 @@ def data_check(folder: Path = typer.Argument(..., help="A DreamBench copy, or yo
 
 
 @data_app.command("download")
-def data_download(dest: Path = typer.Argument(Path("data/dreambench"), help="Where to put DreamBench."),
-                  url: Optional[str] = typer.Option(None, "--url", help="Repository URL (default: google/dreambooth).")
-                  ) -> None:
-    """Clone the public DreamBench repository and validate it."""
-    from bench import data
+def data_download(dest: Optional[Path] = typer.Argument(None, help="Where to put it (default: data/<dataset>)."),
+                  url: Optional[str] = typer.Option(None, "--url", help="Repository URL (default: google/dreambooth, "
+                                                    "or adobe-research/custom-diffusion)."),
+                  dataset: str = typer.Option("dreambench", "--dataset", help="dreambench | customconcept101."),
+                  images: Optional[Path] = typer.Option(None, "--images", help="customconcept101: its photos, "
+                                                        "benchmark_dataset.zip or the unpacked folder.")) -> None:
+    """Clone a public dataset repository (DreamBench, or CustomConcept101 plus its photos) and validate it."""
+    from bench import cc101, data
+    from bench.registry import unknown
 
-    path = data.download_dreambench(dest, url or data.DREAMBENCH_URL)
+    if dataset not in data.DATASETS:
+        raise unknown("dataset", dataset, data.DATASETS)
+    if dataset == "customconcept101":
+        path = cc101.download_customconcept101(dest or Path("data/customconcept101"), url or cc101.CC101_URL, images)
+        typer.echo(f"CustomConcept101 ready at {path}")
+        return
+    if images is not None:
+        raise BenchError("--images is for --dataset customconcept101 only; DreamBench's photos are in its repository")
+    path = data.download_dreambench(dest or Path("data/dreambench"), url or data.DREAMBENCH_URL)
     typer.echo(f"DreamBench ready at {path}")
 
 

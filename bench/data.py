@@ -169,12 +169,25 @@ def load_dreambench(root: Path) -> list[Concept]:
     return concepts
 
 
+DATASETS = ("dreambench", "customconcept101")
+"""Datasets a `--data` folder may hold; which one is told by its layout (`bench.cc101` for the second)."""
+
+
+def load_concepts(root: Path) -> list[Concept]:
+    """The concepts of the dataset at `root`: DreamBench, or CustomConcept101 when `root` has its layout."""
+    from bench.cc101 import find_cc101, load_customconcept101
+
+    if find_cc101(root) is not None and not (Path(root) / PROMPTS_FILE).is_file():
+        return load_customconcept101(root)
+    return load_dreambench(root)
+
+
 def select_concepts(root: Path, spec: str) -> list[Concept]:
     """The concepts named by `spec`: `all`, or comma-separated names (`dog,teapot`) in the order given."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         raise BenchError("no concepts given; use 'all' or names such as 'dog,teapot'")
-    concepts = load_dreambench(root)
+    concepts = load_concepts(root)
     if names == ["all"]:
         return concepts
     by_name = {c.name: c for c in concepts}

@@ -113,14 +113,14 @@ def concept_class_noun(record: dict[str, Any], data: Path | None = None) -> str 
     """The class noun of the run's concept: DreamBench's (read from the dataset at `data`, else `$BENCH_DATA`,
     else ./data/dreambench), or None where it cannot be known (a user's own folder, `<folder>@<hash>`, whose
     noun the record does not keep; or no dataset at hand)."""
-    from bench.data import load_dreambench
+    from bench.data import load_concepts
     from bench.paths import data_root
 
     name = record.get("concept")
     if not isinstance(name, str) or "@" in name:
         return None
     try:
-        concepts = load_dreambench(data_root(data))
+        concepts = load_concepts(data_root(data))  # DreamBench or CustomConcept101, by the folder's layout
     except BenchError:
         return None
     return next((c.class_noun for c in concepts if c.name == name), None)

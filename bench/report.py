@@ -234,6 +234,8 @@ def reference_image(data_root: Path | None, concept: str) -> Path | None:
     from bench.data import image_files
 
     folder = Path(data_root) / concept
+    if not folder.is_dir():  # CustomConcept101 keeps its photos under benchmark_dataset/
+        folder = Path(data_root) / "benchmark_dataset" / concept
     try:
         files = image_files(folder) if folder.is_dir() else []
     except Exception:  # noqa: BLE001 - an unreadable folder only costs the reference tile
@@ -247,10 +249,14 @@ def _dataset_folder(data: Path | None) -> tuple[Path | None, str | None]:
     from bench.data import find_dataset
     from bench.paths import data_root
 
+    from bench.cc101 import find_cc101
+
     root = data_root(data)
     try:
         return find_dataset(root), None
     except BenchError:
+        if find_cc101(root) is not None:
+            return find_cc101(root), None
         return None, (f"reference column skipped: no DreamBench dataset at {root} (pass --data DIR or set "
                       f"BENCH_DATA)")
 
@@ -302,7 +308,9 @@ def qualitative_grid(records: list[dict[str, Any]], profile: str, suite: str, da
                 ax.set_ylabel(concept, fontsize=8)
         last = axes[row][ncols - 1]
         last.text(1.04, 0.5, textwrap.fill(prompt, 28), transform=last.transAxes, fontsize=7, va="center")
-    caption = (f"Qualitative comparison (profile {profile}, suite {suite}), as in the paper's Figure 3: per concept, "
+    figure = ("Figures 11-12 (CustomConcept101)" if dataset is not None and (Path(dataset) / "dataset.json").is_file()
+              else "Figure 3")
+    caption = (f"Qualitative comparison (profile {profile}, suite {suite}), as in the paper's {figure}: per concept, "
                f"a reference photo and each method's sample for the same prompt index and evaluation seed "
                f"(training seed, prompt index and eval seed shared by the row; the prompt is printed at its end).")
     if why_no_reference:
@@ -371,7 +379,8 @@ def build_sections(records: list[dict[str, Any]], data: Path | None = None) -> l
     return sections
 
 
-def write_markdown(sections: list[Section], path: Path, figure_dir: str = "figures") -> None:
+def write_markdown(sections: list[Section], path: Path, figure_dir: str = "figures",
+                   studies: list[dict[str, Any]] = ()) -> None:
     lines = ["# Benchmark report", "", "Generated from run records by `bench report`; tables as `bench table all "
              "--compare paper` prints them.", ""]
     for s in sections:
@@ -381,6 +390,8 @@ def write_markdown(sections: list[Section], path: Path, figure_dir: str = "figur
             lines += _md_figure(s.bars[t.name], figure_dir) if t.name in s.bars else []
         for f in s.figures:
             lines += _md_figure(f, figure_dir)
+    for study in studies:  # Table 7, one per preference study (bench.study)
+        lines += ["## User study", "", study["md"]]
     path.write_text("\n".join(lines))
 
 
@@ -417,7 +428,7 @@ def _html_figure(f: Figure) -> str:
             f"<figcaption>{_md_inline(f.caption)}</figcaption></figure>")
 
 
-def write_html(sections: list[Section], path: Path) -> None:
+def write_html(sections: list[Section], path: Path, studies: list[dict[str, Any]] = ()) -> None:
     parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>", "<title>Benchmark report</title>",
              f"<style>{CSS}</style></head><body>", "<h1>Benchmark report</h1>",
              "<p>Generated from run records by <code>bench report</code>. Self-contained: every figure is embedded."
@@ -429,8 +440,31 @@ def write_html(sections: list[Section], path: Path) -> None:
             parts.append(html_table(t))
             parts += [_html_figure(s.bars[t.name])] if t.name in s.bars else []
         parts += [_html_figure(f) for f in s.figures]
+    for study in studies:
+        parts += ["<h2>User study</h2>", _md_block_html(study["md"])]
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
+
+
+def _md_block_html(md: str) -> str:
+    """A Markdown block of heading, paragraphs and one pipe table (as `bench.study.table` writes it) in HTML."""
+    out, rows = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            head, *body = rows
+            out.append("<div class='wrap'><table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                       + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r)
+                                                           + "</tr>" for r in body) + "</tbody></table></div>")
+            rows = []
+        if line.startswith("### "):
+            out.append(f"<h3>{_md_inline(line[4:])}</h3>")
+        elif line.strip():
+            out.append(f"<p class='caption'>{_md_inline(line)}</p>")
+    return "\n".join(out)
 
 
 def build_report(results: Path, out: Path | None = None, profile: str | None = None,
@@ -444,8 +478,11 @@ def build_report(results: Path, out: Path | None = None, profile: str | None = N
     for s in sections:
         for f in s.all_figures():
             (figure_dir / f.name).write_bytes(f.png)
-    write_markdown(sections, out / "report.md")
-    write_html(sections, out / "report.html")
+    from bench.study.commands import report_tables
+
+    studies = report_tables(results, profile)
+    write_markdown(sections, out / "report.md", studies=studies)
+    write_html(sections, out / "report.html", studies=studies)
     n_tables = sum(len(s.tables) for s in sections)
     n_figures = sum(len(s.all_figures()) for s in sections)
     return f"wrote {out / 'report.md'} and {out / 'report.html'} ({n_tables} tables, {n_figures} figures)"

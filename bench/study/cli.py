@@ -1,0 +1,104 @@
+"""The `bench study` commands: create a preference study from finished runs, invite participants, serve the web
+app, export the votes. (`bench table study` renders Table 7; it lives with the other tables in `bench.cli`.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bench.api import BenchError
+
+study_app = typer.Typer(no_args_is_help=True, help="A preference study (the paper's Table 7) over finished runs.")
+RESULTS = typer.Option(Path("results"), "--results", help="Results root.")
+PROFILE = typer.Option("tiny", "--profile", help="Model profile whose runs are compared: tiny | paper | paper-random.")
+DATA = typer.Option(None, "--data", help="Dataset root (else $BENCH_DATA, else ./data/dreambench).")
+DATASET = typer.Option(None, "--dataset", help="dreambench | customconcept101 (default: told by the --data folder).")
+SEEDS = typer.Option("0", "--seeds", help="Training seeds, comma-separated (e.g. 0,1,2,3).")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BenchError(f"{what} must be comma-separated integers, got '{text}'") from None
+
+
+STUDY = typer.Option(None, "--study", help="Study name (default: the only study under --results).")
+HOST = typer.Option("127.0.0.1", "--host", help="Address to listen on (127.0.0.1: this machine only).")
+PORT = typer.Option(8000, "--port", help="TCP port.")
+
+
+@study_app.command("create")
+def study_create(name: str = typer.Option(..., "--name", help="Study name, e.g. table7."),
+                 methods: str = typer.Option("echodistill,custom_diffusion", "--methods",
+                                             help="Methods compared, comma-separated."),
+                 variant: str = typer.Option("default", "--variant", help="One variant for all, or one per method."),
+                 concepts: str = typer.Option("all", "--concepts", help="'all' (every concept every method finished)"
+                                              " or a comma-separated list."),
+                 seeds: str = SEEDS, profile: str = PROFILE, results: Path = RESULTS, data: Optional[Path] = DATA,
+                 dataset: Optional[str] = DATASET,
+                 trials: str = typer.Option("all", "--trials", help="Number of trials to draw, or 'all'."),
+                 draw_seed: int = typer.Option(0, "--draw-seed", help="Seed of the draw and the candidate orders."),
+                 per_trial: Optional[int] = typer.Option(None, "--per-trial", help="Most votes per trial (default: "
+                                                         "every participant may vote on every trial)."),
+                 references: int = typer.Option(3, "--references", help="Reference photos shown per trial.")) -> None:
+    """Draw trials from finished runs into results/<profile>/_studies/<name>.sqlite."""
+    from bench.cc101 import dataset_root
+    from bench.study import commands
+    from bench.study.config import StudyConfig
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    variants = [v.strip() for v in variant.split(",") if v.strip()]
+    variants = variants * len(names) if len(variants) == 1 else variants
+    picked = () if concepts.strip() == "all" else tuple(c.strip() for c in concepts.split(",") if c.strip())
+    if trials.strip() != "all" and not trials.strip().isdigit():
+        raise BenchError(f"--trials must be a positive number or 'all', got '{trials}'")
+    from bench.registry import method_names, unknown
+
+    for m in names:
+        if m not in method_names():
+            raise unknown("method", m, method_names())  # one line naming the valid methods
+    cfg = StudyConfig(name, profile, tuple(names), tuple(variants), picked, tuple(_ints(seeds, "--seeds")),
+                      None if trials.strip() == "all" else int(trials), draw_seed, per_trial, references)
+    typer.echo(commands.create(results, cfg, dataset_root(data, dataset)), nl=False)
+
+
+@study_app.command("invite")
+def study_invite(participants: int = typer.Option(0, "--participants", help="New participants to add."),
+                 admin: bool = typer.Option(False, "--admin", help="Also print a new admin link (the old one stops)."),
+                 study: Optional[str] = STUDY, profile: Optional[str] = typer.Option(None, "--profile"),
+                 results: Path = RESULTS, host: str = HOST, port: int = PORT) -> None:
+    """Add participants and print one personal link each (links name the --host/--port given to `serve`)."""
+    from bench.study import commands
+
+    typer.echo(commands.invite(commands.resolve_study(results, profile, study), participants, admin, host, port),
+               nl=False)
+
+
+@study_app.command("serve")
+def study_serve(study: Optional[str] = STUDY, profile: Optional[str] = typer.Option(None, "--profile"),
+                results: Path = RESULTS, host: str = HOST, port: int = PORT) -> None:
+    """Serve the study's web app until Ctrl-C (votes are committed as they come; stopping loses none)."""
+    from bench.study import commands
+    from bench.study.app import serve
+
+    path = commands.resolve_study(results, profile, study)
+    if not commands.check_host(host):
+        typer.echo(f"warning: listening on {host}: anyone who can reach this address and holds a link can vote",
+                   err=True)
+    ready = commands.preflight(path)
+    commands.check_port(host, port)
+    typer.echo(f"{ready}; serving on http://{host}:{port} (Ctrl-C stops)", err=True)
+    serve(path, host, port)
+
+
+@study_app.command("export")
+def study_export(out: Optional[Path] = typer.Option(None, "--out", help="CSV file (default: print)."),
+                 study: Optional[str] = STUDY, profile: Optional[str] = typer.Option(None, "--profile"),
+                 results: Path = RESULTS) -> None:
+    """Every vote as CSV: participant, trial, prompt, chosen method and image (with its hash)."""
+    from bench.study import commands
+
+    typer.echo(commands.export(commands.resolve_study(results, profile, study), out), nl=False)

@@ -1,0 +1,183 @@
+"""What the `bench study ...` and `bench table study` commands do, each a function returning text to print."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from bench.api import BenchError
+from bench.registry import unknown
+from bench.study import db
+from bench.study.config import StudyConfig, check_name
+
+STUDIES = "_studies"
+
+
+def study_path(results: Path, profile: str, name: str) -> Path:
+    return Path(results) / profile / STUDIES / f"{check_name(name)}.sqlite"
+
+
+def find_studies(results: Path, profile: str | None = None) -> list[Path]:
+    root = Path(results)
+    pattern = f"{profile}/{STUDIES}/*.sqlite" if profile else f"*/{STUDIES}/*.sqlite"
+    return sorted(root.glob(pattern))
+
+
+def resolve_study(results: Path, profile: str | None, name: str | None) -> Path:
+    """The study named `name` (under `profile`, or any profile), or the only study there is."""
+    found = find_studies(results, profile)
+    if name is not None:
+        hits = [p for p in found if p.stem == name]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            where = ", ".join(p.parent.parent.name for p in hits)
+            raise BenchError(f"study '{name}' exists under several profiles ({where}); pass --profile")
+        have = ", ".join(sorted({p.stem for p in found})) or "none"
+        raise BenchError(f"no study '{name}' under {results}" + (f" for profile '{profile}'" if profile else "")
+                         + f"; studies: {have}")
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise BenchError(f"no study under {results}; create one with `bench study create --name NAME --methods ...`")
+    raise BenchError(f"several studies under {results} ({', '.join(sorted(p.stem for p in found))}); pass --study")
+
+
+def create(results: Path, cfg: StudyConfig, data: Path | None) -> str:
+    """Draw the trials, write the database, and say how to go on (with the admin token, shown only here)."""
+    from bench.data import load_concepts
+    from bench.paths import data_root
+    from bench.study.draw import draw_trials
+
+    path = study_path(results, cfg.profile, cfg.name)
+    if path.exists():
+        raise BenchError(f"study '{cfg.name}' already exists at {path}; choose another --name or delete it")
+    root = data_root(data)
+    concepts = {c.name: c for c in load_concepts(root)}
+    for name in cfg.concepts:
+        if name not in concepts:
+            raise unknown("concept", name, sorted(concepts))
+    cfg = dataclasses.replace(cfg, extra={**cfg.extra, "data": str(Path(root).resolve()),
+                                          "results": str(Path(results).resolve())})
+    trials = draw_trials(results, cfg, concepts)
+    admin = db.create_database(path, cfg, trials)
+    n_images = len({str(c[2]) for t in trials for c in t["candidates"]})
+    return (f"study '{cfg.name}' created at {path}: {len(trials)} trials, {len(cfg.methods)} methods, "
+            f"{n_images} generated images (hashes recorded)\n"
+            f"admin link (shown once; `bench study invite --admin` makes a new one): "
+            f"{_base_url('127.0.0.1', 8000)}/admin/{admin}\n"
+            f"next: bench study invite --study {cfg.name} --participants 15 --profile {cfg.profile} "
+            f"--results {results}\n")
+
+
+def _base_url(host: str, port: int) -> str:
+    shown = "[" + host + "]" if ":" in host else host
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{port}"
+
+
+def invite(path: Path, participants: int, admin: bool, host: str, port: int) -> str:
+    """New participants (and with `admin`, a new admin token): one personal link each."""
+    conn = db.open_study(path)
+    try:
+        lines = []
+        if participants:
+            for label, token in db.add_participants(conn, participants):
+                lines.append(f"{label}\t{_base_url(host, port)}/p/{token}")
+        if admin:
+            lines.append(f"admin\t{_base_url(host, port)}/admin/{db.new_admin_token(conn)}")
+    finally:
+        conn.close()
+    if not lines:
+        raise BenchError("nothing to do: pass --participants N and/or --admin")
+    return "\n".join(lines) + "\n"
+
+
+def check_host(host: str) -> bool:
+    """True when `host` is a loopback address (the default); False for any other valid address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise BenchError(f"--host '{host}' is not an IP address; use 127.0.0.1 (this machine only) or the "
+                         f"address of a network interface") from None
+
+
+def check_port(host: str, port: int) -> None:
+    """One line, before serving, when the port is out of range or already taken."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise BenchError(f"--port must be between 1 and 65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise BenchError(f"cannot listen on {host}:{port} ({err.strerror}); pass another --port") from None
+
+
+def preflight(path: Path) -> str:
+    """Refuse to serve a study whose images changed or went missing since it was created."""
+    conn = db.open_study(path)
+    try:
+        changed = db.changed_images(conn)
+        summary = db.admin_summary(conn)
+    finally:
+        conn.close()
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise BenchError(f"{len(changed)} image(s) of study '{path.stem}' differ from when it was created: "
+                         f"{'; '.join(changed[:3])}{more}; the votes would not be about the images shown. Create a "
+                         f"new study (`bench study create --name ...`)")
+    return (f"study '{summary['name']}': {summary['trials']} trials, {len(summary['participants'])} participants, "
+            f"{summary['votes']} votes so far")
+
+
+def export(path: Path, out: Path | None) -> str:
+    """Every vote as CSV (to `out`, or returned)."""
+    conn = db.open_study(path)
+    try:
+        rows = db.votes(conn)
+    finally:
+        conn.close()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, db.VOTE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    if out is None:
+        return buf.getvalue()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(buf.getvalue())
+    return f"wrote {len(rows)} votes to {out}\n"
+
+
+def table(path: Path, fmt: str) -> str:
+    """Table 7 of the study at `path`."""
+    from bench.study.table import render_study
+
+    if fmt not in ("md", "csv"):
+        raise BenchError(f"unknown format '{fmt}'; valid: md, csv")
+    conn = db.open_study(path)
+    try:
+        cfg, rows = db.study_config(conn), db.votes(conn)
+        trials = conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    finally:
+        conn.close()
+    return render_study(cfg.name, cfg.profile, rows, list(zip(cfg.methods, cfg.variants)), trials, fmt)
+
+
+def report_tables(results: Path, profile: str | None) -> list[dict[str, Any]]:
+    """For `bench report`: each study's Table 7 as Markdown (`md`) with its name."""
+    out = []
+    for p in find_studies(results, profile):
+        try:
+            out.append({"name": p.stem, "md": table(p, "md")})
+        except BenchError as err:  # one unreadable study must not cost the rest of the report
+            out.append({"name": p.stem, "md": f"### Table 7: study `{p.stem}`\n\nnot shown: {err}\n"})
+    return out

@@ -1,0 +1,82 @@
+"""Fabricated finished runs (records plus real PNGs, no training) and a study server on loopback, for the study
+tests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+from tests.golden.make_records import record
+from tests.test_data import _tiny_dataset
+
+COLOURS = {"echodistill": (200, 40, 40), "custom_diffusion": (40, 40, 200), "lora": (40, 160, 40)}
+
+
+def make_runs(results: Path, methods: tuple[str, ...] = ("echodistill", "custom_diffusion"),
+              concepts: tuple[str, ...] = ("dog", "teapot"), seeds: tuple[int, ...] = (0,)) -> None:
+    """Finished runs under `results/tiny/<method>/default/<concept>/seed<k>/`: the golden fixture's record with
+    its 4 images (2 prompts x 2 eval seeds) written as small PNGs, one colour per method."""
+    from PIL import Image
+
+    for method in methods:
+        for concept in concepts:
+            for seed in seeds:
+                rec = record(method, "default", "tiny", concept, seed, "done", 1.0)
+                run = results / "tiny" / method / "default" / concept / f"seed{seed}"
+                (run / "images").mkdir(parents=True)
+                for i, row in enumerate(rec["images"]):
+                    shade = COLOURS.get(method, (90, 90, 90))
+                    Image.new("RGB", (16, 16), tuple(min(255, c + 10 * i) for c in shade)).save(run / row["file"])
+                (run / "record.json").write_text(json.dumps(rec))
+
+
+def make_dataset(root: Path) -> Path:
+    """A DreamBench-shaped dataset with dog, teapot and red_cartoon (one photo each)."""
+    return _tiny_dataset(root)
+
+
+class StudyServer:
+    """The study app under uvicorn in a thread, on 127.0.0.1 (a fixed port, so it can stop and start again)."""
+
+    def __init__(self, db_path: Path, port: int | None = None) -> None:
+        self.db_path = db_path
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> StudyServer:
+        import uvicorn
+
+        from bench.study.app import create_app
+
+        config = uvicorn.Config(create_app(self.db_path), host="127.0.0.1", port=self.port, log_level="error",
+                                limit_concurrency=200, timeout_keep_alive=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("study server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            self.thread.join(timeout=20)
+            self.server = None
+
+    def __enter__(self) -> StudyServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

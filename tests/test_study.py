@@ -1,0 +1,442 @@
+"""The preference study (Table 7): drawing trials, the database's rules, the web app under hostile input and
+concurrency (a real uvicorn server on 127.0.0.1), the table and the export. Offline, seconds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.api import BenchError
+from bench.study import db
+from bench.study.config import StudyConfig
+from tests.helpers import bench
+from tests.study_helpers import StudyServer, make_dataset, make_runs
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[Path, Path]:
+    results = tmp_path / "results"
+    make_runs(results)
+    return results, make_dataset(tmp_path / "data")
+
+
+def _create(world: tuple[Path, Path], name: str = "s1", per_trial: int | None = None, trials: int | None = None,
+            methods: tuple[str, ...] = ("echodistill", "custom_diffusion")) -> tuple[Path, str]:
+    from bench.data import load_concepts
+    from bench.study.commands import study_path
+    from bench.study.draw import draw_trials
+
+    results, data = world
+    cfg = StudyConfig(name, "tiny", methods, ("default",) * len(methods), (), (0,), trials, 0, per_trial)
+    path = study_path(results, "tiny", name)
+    admin = db.create_database(path, cfg, draw_trials(results, cfg, {c.name: c for c in load_concepts(data)}))
+    return path, admin
+
+
+def _trials(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT t.concept, t.prompt_index, t.eval_seed, t.prompt, c.position, c.method, i.path "
+                        "FROM trials t JOIN candidates c ON c.trial_id = t.id JOIN images i ON i.id = c.image_id "
+                        "ORDER BY t.id, c.position").fetchall()
+    conn.close()
+    return rows
+
+
+# --- create ----------------------------------------------------------------------------------------------------
+
+
+def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch, capsys) -> None:
+    results, data = world
+    code, out, err = bench(monkeypatch, capsys, "study", "create", "--name", "t7", "--results", results, "--data",
+                           data, "--methods", "echodistill,custom_diffusion")
+    assert code == 0, err
+    assert "8 trials, 2 methods, 16 generated images" in out and "admin link" in out
+    admin = out.split("http://127.0.0.1:8000/admin/")[1].split()[0]
+    path = results / "tiny" / "_studies" / "t7.sqlite"
+    rows = _trials(path)
+    assert len(rows) == 16  # 2 concepts x 2 prompts x 2 eval seeds, 2 candidates each
+    for concept, p, s, prompt, _, method, image in rows:
+        assert "<new1>" not in prompt and (concept in prompt)  # identifier replaced by the class noun
+        assert Path(image).is_file()
+        assert f"/{method}/default/{concept}/seed0/images/p{p:02d}_s{s}.png" in image
+    orders = [r[5] for r in rows if r[4] == 0]
+    assert set(orders) == {"echodistill", "custom_diffusion"}  # the first candidate is not always one method
+    conn = db.open_study(path)
+    assert db.meta(conn, "schema_version") == db.SCHEMA_VERSION
+    assert db.study_config(conn).methods == ("echodistill", "custom_diffusion")
+    assert db.study_config(conn).extra == {"data": str(data.resolve()), "results": str(results.resolve())}
+    refs = conn.execute("SELECT DISTINCT i.path FROM refs r JOIN images i ON i.id = r.image_id").fetchall()
+    assert sorted(Path(r[0]).parent.name for r in refs) == ["dog", "teapot"]
+    assert db.changed_images(conn) == []
+    db.check_admin(conn, admin)  # the printed admin token is the one stored (as a hash)
+    with pytest.raises(db.Refused):
+        db.check_admin(conn, admin + "x")
+    conn.close()
+
+    # the same draw under another name gives the same trials and orders; --trials N draws a subset
+    assert bench(monkeypatch, capsys, "study", "create", "--name", "again", "--results", results, "--data", data)[0] == 0
+    assert [r[:6] for r in _trials(results / "tiny" / "_studies" / "again.sqlite")] == [r[:6] for r in rows]
+    assert bench(monkeypatch, capsys, "study", "create", "--name", "three", "--results", results, "--data", data,
+                 "--trials", "3")[0] == 0
+    assert len(_trials(results / "tiny" / "_studies" / "three.sqlite")) == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--name", "t7"), "already exists"),
+    (("--name", "x", "--trials", "99"), "--trials 99 is more than the 8 eligible trials"),
+    (("--name", "x", "--trials", "some"), "--trials must be a positive number"),
+    (("--name", "x", "--methods", "echodistill,lora"), "no trial can be drawn.*lacks lora/default"),
+    (("--name", "x", "--methods", "echodistill"), "at least 2 methods"),
+    (("--name", "x", "--methods", "echodistil,lora"), "unknown method 'echodistil'.*did you mean"),
+    (("--name", "../evil"), "study name '../evil' is not valid"),
+    (("--name", "x", "--variant", "a,b,c"), "3 variants for 2 methods"),
+    (("--name", "x", "--dataset", "imagenet"), "unknown dataset 'imagenet'"),
+    (("--name", "x", "--concepts", "dgo"), "unknown concept 'dgo'.*did you mean 'dog'"),
+    (("--name", "x", "--concepts", "red_cartoon"), "no trial can be drawn.*red_cartoon/seed0 lacks echodistill"),
+])
+def test_create_refuses_bad_input_in_one_line(world, monkeypatch, capsys, args, message) -> None:
+    import re
+
+    results, data = world
+    assert bench(monkeypatch, capsys, "study", "create", "--name", "t7", "--results", results, "--data", data)[0] == 0
+    code, _, err = bench(monkeypatch, capsys, "study", "create", "--results", results, "--data", data, *args)
+    assert code == 2 and re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (results / "tiny" / "_studies").iterdir()) == ["t7.sqlite"]  # nothing half-made
+
+
+# --- the database's rules ----------------------------------------------------------------------------------------
+
+
+def test_assignment_is_balanced_resumable_and_never_repeats(world) -> None:
+    path, _ = _create(world, per_trial=2)
+    conn = db.open_study(path)
+    (a, _), (b, _), (c, _) = db.add_participants(conn, 3)
+    ids = {label: row["id"] for label, row in ((p, conn.execute("SELECT id FROM participants WHERE label = ?",
+                                                                 (p,)).fetchone()) for p in (a, b, c))}
+    first = db.next_trial(conn, ids[a])
+    assert db.next_trial(conn, ids[a])["trial"] == first["trial"]  # resumed, not a new one
+    second = db.next_trial(conn, ids[b])
+    assert second["trial"] != first["trial"]  # fewest votes and holds first: b gets another trial
+    with pytest.raises(db.Refused) as err:
+        db.vote(conn, ids[a], second["trial"], second["candidates"][0]["id"])
+    assert err.value.status == 403  # not assigned to a
+    with pytest.raises(db.Refused) as err:
+        db.vote(conn, ids[a], first["trial"], second["candidates"][0]["id"])
+    assert err.value.status == 400  # a candidate of another trial
+    db.vote(conn, ids[a], first["trial"], first["candidates"][1]["id"])
+    with pytest.raises(db.Refused) as err:
+        db.vote(conn, ids[a], first["trial"], first["candidates"][0]["id"])
+    assert err.value.status == 409  # a replay, even with another choice
+    seen = [first["trial"]]
+    for _ in range(20):  # bounded: 8 trials
+        t = db.next_trial(conn, ids[a])
+        if t is None:
+            break
+        seen.append(t["trial"])
+        db.vote(conn, ids[a], t["trial"], t["candidates"][0]["id"])
+    assert sorted(seen) == list(range(1, 9))  # every trial once, never twice
+    assert db.progress(conn, ids[a]) == {"done": 8, "total": 8}
+    # c finishes what is left: each trial then has at most per_trial = 2 votes
+    for _ in range(20):
+        t = db.next_trial(conn, ids[c])
+        if t is None:
+            break
+        db.vote(conn, ids[c], t["trial"], t["candidates"][0]["id"])
+    counts = [r[0] for r in conn.execute("SELECT COUNT(*) FROM votes GROUP BY trial_id")]
+    assert max(counts) <= 2 and sum(counts) == 8 + 7  # b still holds one trial, so c could take 7
+    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 15
+    conn.close()
+
+
+def test_open_study_refuses_foreign_and_newer_files(tmp_path: Path, world) -> None:
+    with pytest.raises(BenchError, match="no study database"):
+        db.open_study(tmp_path / "none.sqlite")
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(BenchError, match="is not a study database"):
+        db.open_study(junk)
+    path, _ = _create(world)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(BenchError, match="schema 99, newer"):
+        db.open_study(path)
+
+
+# --- the web app ------------------------------------------------------------------------------------------------
+
+
+def test_hostile_requests_are_refused_and_nothing_is_recorded_twice(world) -> None:
+    path, admin = _create(world)
+    conn = db.open_study(path)
+    [(_, token), (_, other)] = db.add_participants(conn, 2)
+    conn.close()
+    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.get("/api/next").status_code == 401
+        assert http.get("/api/next", params={"t": "nope"}).status_code == 403
+        assert http.get(f"/p/{token}").status_code == 200 and "Candidates" in http.get(f"/p/{token}").text
+        assert http.get("/p/nope").status_code == 403
+        trial = http.get("/api/next", params={"t": token}).json()
+        assert trial["instruction"].startswith("Select the best image") and len(trial["candidates"]) == 2
+        image = trial["candidates"][0]["image"]
+        assert http.get(f"/img/{image}").status_code == 401
+        assert http.get(f"/img/{image}", params={"t": "nope"}).status_code == 403
+        ok = http.get(f"/img/{image}", params={"t": token})
+        assert ok.status_code == 200 and ok.headers["content-type"] == "image/png" and ok.content[:4] == b"\x89PNG"
+        for bad in ("/img/../../../etc/passwd", "/img/%2e%2e%2fetc%2fpasswd", "/img/-1", "/img/1.png",
+                    "/img/etc/passwd", "/static/../record.json"):
+            r = http.get(bad, params={"t": token})
+            assert r.status_code == 404 and b"root:" not in r.content, bad
+        assert http.get("/img/9999", params={"t": token}).status_code == 404
+        vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][1]["id"]}
+        assert http.post("/api/vote", content=b"{nope").status_code == 400
+        assert http.post("/api/vote", json=[1, 2]).status_code == 400
+        assert http.post("/api/vote", json={**vote, "token": None}).status_code == 401
+        assert http.post("/api/vote", json={**vote, "token": "x"}).status_code == 403
+        assert http.post("/api/vote", json={**vote, "candidate": 10**6}).status_code == 400
+        assert http.post("/api/vote", json={**vote, "candidate": "1; DROP TABLE votes"}).status_code == 400
+        assert http.post("/api/vote", json={**vote, "token": other}).status_code == 403  # not assigned to other
+        first = http.post("/api/vote", json=vote)
+        assert first.status_code == 200 and first.json()["progress"]["done"] == 1
+        replay = http.post("/api/vote", json=vote)
+        assert replay.status_code == 409 and "already voted" in replay.json()["error"]
+        assert http.get("/api/admin", params={"t": token}).status_code == 403  # a participant is not the admin
+        summary = http.get("/api/admin", params={"t": admin}).json()
+        assert summary["votes"] == 1 and {m["method"]: m["votes"] for m in summary["methods"]}[_chosen(path)] == 1
+        assert http.get(f"/admin/{admin}").status_code == 200 and http.get("/admin/wrong").status_code == 403
+    conn = db.open_study(path)
+    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
+    conn.close()
+
+
+def _chosen(path: Path) -> str:
+    conn = db.open_study(path)
+    method = db.votes(conn)[0]["method"]
+    conn.close()
+    return method
+
+
+def test_a_changed_image_is_refused_by_server_and_cli(world, monkeypatch, capsys) -> None:
+    results, _ = world
+    path, _ = _create(world)
+    conn = db.open_study(path)
+    [(_, token)] = db.add_participants(conn, 1)
+    row = conn.execute("SELECT id, path FROM images WHERE path LIKE '%.png' ORDER BY id LIMIT 1").fetchone()
+    conn.close()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(row["path"])  # e.g. a forced re-run wrote a new sample
+    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", "1")
+    assert code == 2 and "1 image(s) of study 's1' differ" in err and "(changed)" in err
+    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        r = http.get(f"/img/{row['id']}", params={"t": token})
+        assert r.status_code == 409 and "changed since the study was created" in r.text
+
+
+def test_a_stopped_server_loses_no_vote_and_records_none_twice(world) -> None:
+    path, _ = _create(world)
+    conn = db.open_study(path)
+    [(_, token)] = db.add_participants(conn, 1)
+    conn.close()
+    server = StudyServer(path).start()
+    with httpx.Client(base_url=server.url, timeout=5) as http:
+        trial = http.get("/api/next", params={"t": token}).json()
+    server.stop()
+    vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][0]["id"]}
+    with httpx.Client(base_url=server.url, timeout=5) as http, pytest.raises(httpx.TransportError):
+        http.post("/api/vote", json=vote)
+    with StudyServer(path, port=server.port), httpx.Client(base_url=server.url, timeout=5) as http:
+        again = http.get("/api/next", params={"t": token}).json()
+        assert again["trial"] == trial["trial"]  # the open trial survived the restart
+        assert http.post("/api/vote", json=vote).status_code == 200
+        assert http.post("/api/vote", json=vote).status_code == 409
+    conn = db.open_study(path)
+    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
+    conn.close()
+
+
+def test_twenty_participants_at_once(world, capsys) -> None:
+    """20 simulated participants vote concurrently until nothing is left for them (bounded loop): every vote is
+    recorded exactly once, none is lost, and no trial gets more than its per_trial quota."""
+    path, _ = _create(world, per_trial=15)
+    conn = db.open_study(path)
+    tokens = [t for _, t in db.add_participants(conn, 20)]
+    conn.close()
+    accepted: list[tuple[str, int]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(20)
+
+    def participant(token: str, http: httpx.Client) -> None:
+        barrier.wait()
+        for _ in range(12):  # bounded: at most 8 trials each
+            r = http.get("/api/next", params={"t": token})
+            if r.status_code != 200:
+                errors.append(f"next {r.status_code}")
+                return
+            trial = r.json()
+            if trial["done"]:
+                return
+            vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][0]["id"]}
+            r = http.post("/api/vote", json=vote)
+            if r.status_code == 200:
+                with lock:
+                    accepted.append((token, trial["trial"]))
+                if http.post("/api/vote", json=vote).status_code != 409:  # the replay must be refused
+                    errors.append("replay accepted")
+            elif r.status_code != 409:  # 409: the trial filled up meanwhile
+                errors.append(f"vote {r.status_code} {r.text}")
+
+    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=30,
+                                                   limits=httpx.Limits(max_connections=40)) as http:
+        threads = [threading.Thread(target=participant, args=(t, http)) for t in tokens]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        elapsed = time.perf_counter() - start
+    assert not errors, errors[:5]
+    conn = db.open_study(path)
+    rows = conn.execute("SELECT participant_id, trial_id FROM votes").fetchall()
+    per_trial = dict(conn.execute("SELECT trial_id, COUNT(*) FROM votes GROUP BY trial_id").fetchall())
+    conn.close()
+    assert len(rows) == len(accepted) == 8 * 15  # every trial filled to its quota, none lost
+    assert len(set(map(tuple, rows))) == len(rows)  # one vote per (participant, trial)
+    assert set(per_trial.values()) == {15}  # no trial over-assigned
+    with capsys.disabled():
+        print(f"\n[study concurrency] 20 participants, {len(rows)} votes recorded once each in {elapsed:.2f} s: "
+              f"{len(rows) / elapsed:.1f} votes/s (each with a GET /api/next and a refused replay)")
+
+
+# --- table and export --------------------------------------------------------------------------------------------
+
+
+def _vote_all(path: Path, choices: dict[int, int]) -> None:
+    """Participant k votes on every trial, for candidate position 0 or the method given in `choices`."""
+    conn = db.open_study(path)
+    people = db.add_participants(conn, len(choices))
+    for k, (label, _) in enumerate(people):
+        pid = conn.execute("SELECT id FROM participants WHERE label = ?", (label,)).fetchone()[0]
+        for _ in range(20):
+            t = db.next_trial(conn, pid)
+            if t is None:
+                break
+            rows = conn.execute("SELECT id, method FROM candidates WHERE trial_id = ?", (t["trial"],)).fetchall()
+            wanted = "echodistill" if (t["trial"] + k) % 10 < choices[k] else "custom_diffusion"
+            db.vote(conn, pid, t["trial"], next(r["id"] for r in rows if r["method"] == wanted))
+    conn.close()
+
+
+def test_table_and_export_from_votes(world, monkeypatch, capsys) -> None:
+    results, _ = world
+    path, _ = _create(world)
+    code, out, _ = bench(monkeypatch, capsys, "table", "study", "--results", results)
+    assert code == 0 and "No votes yet" in out and "| EchoDistill | 0 |" in out
+    _vote_all(path, {0: 10, 1: 10, 2: 7, 3: 5})  # 4 participants x 8 trials
+    code, out, err = bench(monkeypatch, capsys, "table", "study", "--results", results)
+    assert code == 0, err
+    assert "32 annotations from 4 participants on 8 trials" in out
+    code, csv_text, _ = bench(monkeypatch, capsys, "table", "study", "--results", results, "--format", "csv")
+    rows = {r["label"]: r for r in csv.DictReader(io.StringIO(csv_text))}
+    ed, cd = rows["EchoDistill"], rows["Custom Diffusion"]
+    assert int(ed["votes"]) + int(cd["votes"]) == 32
+    assert float(ed["preference_pct"]) == pytest.approx(100 * int(ed["votes"]) / 32)
+    assert float(ed["ci_low_pct"]) < float(ed["preference_pct"]) < float(ed["ci_high_pct"])
+    assert float(ed["paper_preference_pct"]) == 66.90 and rows["Cones 2"]["votes"] == ""
+    assert bench(monkeypatch, capsys, "table", "study", "--results", results, "--format", "csv")[1] == csv_text
+    code, out, _ = bench(monkeypatch, capsys, "study", "export", "--results", results)
+    votes = list(csv.DictReader(io.StringIO(out)))
+    assert len(votes) == 32 and {v["method"] for v in votes} == {"echodistill", "custom_diffusion"}
+    assert sum(v["method"] == "echodistill" for v in votes) == int(ed["votes"])
+    code, _, err = bench(monkeypatch, capsys, "table", "study", "--results", results, "--study", "nope")
+    assert code == 2 and "no study 'nope'" in err and "studies: s1" in err
+
+
+def test_bootstrap_interval_widens_with_fewer_participants() -> None:
+    import random
+
+    from bench.study.table import bootstrap
+
+    # 20 participants x 40 trials, each vote for method 0 with probability 0.7
+    rng = random.Random(1)
+    people, trials, choice = [], [], []
+    for p in range(20):
+        for t in range(40):
+            people.append(p), trials.append(t), choice.append(0 if rng.random() < 0.7 else 1)
+    share = 100 * choice.count(0) / len(choice)
+    low, high = bootstrap(people, trials, choice, 2)
+    assert low[0] < share < high[0] and high[0] - low[0] < 15
+    assert low[1] == pytest.approx(100 - high[0]) and high[1] == pytest.approx(100 - low[0])
+    few = [(p, t, c) for p, t, c in zip(people, trials, choice) if p < 3]
+    low3, high3 = bootstrap(*map(list, zip(*few)), 2)
+    assert high3[0] - low3[0] >= high[0] - low[0]
+    everyone = bootstrap(people, trials, [0] * len(people), 2)
+    assert everyone == ([100.0, 0.0], [100.0, 0.0])
+
+
+def test_report_shows_table7(world, monkeypatch, capsys, tmp_path: Path) -> None:
+    results, data = world
+    path, _ = _create(world)
+    _vote_all(path, {0: 10, 1: 3})
+    code, _, err = bench(monkeypatch, capsys, "report", "--results", results, "--data", data, "--out",
+                         tmp_path / "rep")
+    assert code == 0, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## User study" in md and "Table 7: user preference study `s1`" in md and "| EchoDistill |" in md
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "<h2>User study</h2>" in page and "<td>EchoDistill</td>" in page
+
+
+def test_serve_refuses_a_taken_port_and_a_bad_host(world, monkeypatch, capsys) -> None:
+    import socket
+
+    results, _ = world
+    _create(world)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", port)
+        assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "pass another --port" in err
+    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--host", "my-laptop")
+    assert code == 2 and "--host 'my-laptop' is not an IP address" in err
+    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", "70000")
+    assert code == 2 and "--port must be between 1 and 65535" in err
+    code, _, err = bench(monkeypatch, capsys, "study", "invite", "--results", results)
+    assert code == 2 and "nothing to do" in err
+
+
+def test_an_abandoned_assignment_frees_its_place_after_the_ttl(world) -> None:
+    path, _ = _create(world, per_trial=1, trials=1)
+    conn = db.open_study(path)
+    (a, _), (b, _) = db.add_participants(conn, 2)
+    pa, pb = (conn.execute("SELECT id FROM participants WHERE label = ?", (x,)).fetchone()[0] for x in (a, b))
+    held = db.next_trial(conn, pa)
+    assert db.next_trial(conn, pb) is None  # the only place is held by a
+    conn.execute("UPDATE assignments SET assigned_at = assigned_at - 3600")  # a left an hour ago (ttl 30 min)
+    again = db.next_trial(conn, pb)
+    assert again["trial"] == held["trial"]
+    db.vote(conn, pb, again["trial"], again["candidates"][0]["id"])
+    with pytest.raises(db.Refused) as err:  # a comes back: the trial is full, nothing recorded
+        db.vote(conn, pa, held["trial"], held["candidates"][1]["id"])
+    assert err.value.status == 409 and "already has its 1 votes" in err.value.message
+    assert db.next_trial(conn, pa) is None
+    # the same when a asks for their trial instead of voting on it: the full trial is dropped, not served again
+    conn.execute("INSERT INTO assignments VALUES (?, ?, 0)", (pa, held["trial"]))
+    assert db.next_trial(conn, pa) is None
+    assert conn.execute("SELECT COUNT(*) FROM assignments").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
+    conn.close()
