@@ -153,11 +153,11 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
 def ls(what: str = typer.Argument(..., help="methods | concepts | variants | runs"), data: Optional[Path] = DATA,
        results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile")) -> None:
     """List registered methods, dataset concepts, method variants, or recorded runs."""
-    from bench.registry import get_method, method_names, unknown
+    from bench.registry import describe, get_method, method_names, unknown
 
     if what == "methods":
         for name in method_names():
-            typer.echo(name)
+            typer.echo(f"{name}\t{describe(name)}")
     elif what == "variants":
         for name in method_names():
             typer.echo(f"{name}: {', '.join(get_method(name).variants)}")

@@ -243,3 +243,9 @@ def test_cli_run_then_generate(dreambench_root, tmp_path, monkeypatch, capsys) -
                          "--out", tmp_path / "h.png", "--data", dreambench_root)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "class noun 'dog'" in lines[0], err
+
+
+def test_ls_methods_describes_cones2(monkeypatch, capsys) -> None:
+    code, out, _ = bench(monkeypatch, capsys, "ls", "methods")
+    line = next(line for line in out.splitlines() if line.startswith("cones2\t"))
+    assert code == 0 and "Cones 2" in line and "residual" in line
