@@ -97,9 +97,15 @@ class Cones2Config(Numerics):
             raise ValueError("loss_rate_first and loss_rate_second must be >= 0")
         if self.token_num < 0:
             raise ValueError(f"token_num must be 0 (all of the class word's tokens) or >= 1, not {self.token_num}")
-        if self.train_prompt.count("{class_noun}") != 1:
-            raise ValueError(f"train_prompt must contain '{{class_noun}}' once, e.g. '{{class_noun}}' or "
-                             f"'a photo of a {{class_noun}}', not '{self.train_prompt}'")
+        try:
+            self.train_prompt.format(class_noun="")
+        except (KeyError, IndexError, ValueError):
+            ok = False
+        else:
+            ok = self.train_prompt.count("{class_noun}") == 1
+        if not ok:
+            raise ValueError(f"train_prompt must contain '{{class_noun}}' once and no other braces, e.g. "
+                             f"'{{class_noun}}' or 'a photo of a {{class_noun}}', not '{self.train_prompt}'")
 
 
 # --- where the class word sits in a prompt --------------------------------------------------------------------

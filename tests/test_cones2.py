@@ -212,6 +212,7 @@ def test_a_weights_file_of_another_format_is_refused(run, tmp_path) -> None:
 
 @pytest.mark.parametrize("args, needle", [
     (["--set", "train_prompt=a photo of a dog"], "train_prompt must contain '{class_noun}'"),
+    (["--set", "train_prompt=a {class_noun} {x}"], "train_prompt must contain '{class_noun}'"),
     (["--set", "token_num=-1"], "token_num must be 0"),
     (["--set", "token_num=2", "--set", "iterations=1"], "token_num=2 but the class noun 'dog' is 1 token"),
 ])
