@@ -161,11 +161,11 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
        results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
        dataset: Optional[str] = DATASET) -> None:
     """List registered methods, dataset concepts, method variants, or recorded runs."""
-    from bench.registry import get_method, method_names, unknown
+    from bench.registry import describe, get_method, method_names, unknown
 
     if what == "methods":
         for name in method_names():
-            typer.echo(name)
+            typer.echo(f"{name}\t{describe(name)}")
     elif what == "variants":
         for name in method_names():
             typer.echo(f"{name}: {', '.join(get_method(name).variants)}")

@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "textual_inversion": "baselines.textual_inversion:TextualInversion",
     "dreambooth": "baselines.dreambooth:DreamBooth",
     "lora": "baselines.lora:LoRA",
+    "cones2": "baselines.cones2:Cones2",
 }
 
 
@@ -38,3 +39,10 @@ def get_method(name: str) -> Any:
         raise unknown("method", name, method_names())
     module, cls = METHODS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def describe(name: str) -> str:
+    """One line about a method: the first line of its module's docstring (imports the method)."""
+    module = importlib.import_module(METHODS[name].split(":")[0]) if name in METHODS else None
+    doc = (module.__doc__ or "").strip() if module else ""
+    return doc.splitlines()[0] if doc else ""

@@ -124,7 +124,7 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
                 note="multi-step reference; paper Table 1 gives 0.269 / 0.752 / 0.519"),
         *_cd_grid(),
         _baseline("Textual Inversion", "textual_inversion"),
-        _only_paper("Cones 2"),
+        _baseline("Cones 2", "cones2"),
         _baseline("DreamBooth", "dreambooth"),
         _only_paper("TextBoost"),
         _only_paper("DisenBooth"),
@@ -239,7 +239,7 @@ def _extra_label(method: str, base: str) -> str:
 
 
 METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
-                 "dreambooth": "DreamBooth", "lora": "LoRA"}
+                 "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2"}
 
 
 # --- the paper's numbers ---------------------------------------------------------------------------------
