@@ -153,45 +153,57 @@ class IPAdapterTCDModel:
         self.default_steps = config.sample_steps
         _label_unet(pipe.unet)
 
-    def image_embeds(self, seeds: list[int]) -> torch.Tensor:
-        """(B, 1, D): each image's conditioning embedding, by the `conditioning` mode."""
+    def photo_index(self, seed: int) -> int:
+        """Which row of `embeds` conditions the image with noise seed `seed`; -1 = the mean of all rows."""
         if self.config.conditioning == "mean":
-            rows = self.embeds.mean(dim=0, keepdim=True).expand(len(seeds), -1)
-        elif self.config.conditioning == "each":
-            rows = self.embeds[[int(s) % len(self.embeds) for s in seeds]]
-        else:
-            rows = self.embeds[:1].expand(len(seeds), -1)
-        return rows.unsqueeze(1)
+            return -1
+        return int(seed) % len(self.embeds) if self.config.conditioning == "each" else 0
+
+    def embedding(self, index: int) -> torch.Tensor:
+        """(1, 1, D): one conditioning embedding, as `ip_adapter_image_embeds` takes it for a whole batch."""
+        row = self.embeds.mean(dim=0) if index < 0 else self.embeds[index]
+        return row.reshape(1, 1, -1)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
+        """The pipeline conditions a whole call on one embedding (it repeats `ip_adapter_image_embeds` over the
+        batch), so images conditioned on different photos ("each") go in separate calls, one per photo; each image
+        keeps its own noise generator, so the grouping changes nothing but float rounding."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        groups: dict[int, list[int]] = {}
+        for i, seed in enumerate(seeds):
+            groups.setdefault(self.photo_index(seed), []).append(i)
+        images: list = [None] * len(prompts)
+        for index, members in groups.items():
+            for start in range(0, len(members), self.config.sample_batch_size):
+                chunk = members[start:start + self.config.sample_batch_size]
+                out = self._sample([prompts[i] for i in chunk], [seeds[i] for i in chunk], index,
+                                   steps or self.default_steps)
+                for i, image in zip(chunk, out):
+                    images[i] = image
+        return images
+
+    def _sample(self, prompts: list[str], seeds: list[int], index: int, steps: int) -> list:
         from torch.profiler import record_function
 
         from bench.models.speed import autocast
 
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         pipe, cfg = self.pipe, self.config
         device = pipe.unet.device
         size = sampling.native_latent_size(pipe.unet)
-        pixels = size * pipe.vae_scale_factor
-        images: list = []
-        for start in range(0, len(prompts), cfg.sample_batch_size):
-            batch_seeds = seeds[start:start + cfg.sample_batch_size]
-            generators = [torch.Generator().manual_seed(int(s)) for s in batch_seeds]
-            latents = sampling.seeded_noise(batch_seeds, (pipe.unet.config.in_channels, size, size), device,
-                                            generators=generators)  # TCD's step noise continues each generator
-            embeds = self.image_embeds(batch_seeds).to(device)
-            with autocast(device, cfg.sample_dtype), record_function("bench/generate"):
-                out = pipe(prompt=prompts[start:start + cfg.sample_batch_size], height=pixels, width=pixels,
-                           num_inference_steps=steps or self.default_steps, guidance_scale=cfg.guidance,
-                           eta=cfg.eta, generator=generators, latents=latents,
-                           ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])
-                                                    if cfg.guidance > 1 else embeds],
-                           output_type="latent")
-            with record_function("bench/generate"):
-                images += sampling.to_pil(sampling.decode(pipe.vae, out.images.float()))
-        return images
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        latents = sampling.seeded_noise(seeds, (pipe.unet.config.in_channels, size, size), device,
+                                        generators=generators)  # TCD's step noise continues each generator
+        embeds = self.embedding(index).to(device)
+        if cfg.guidance > 1:  # the unconditional half first, zeros as diffusers' `encode_image` gives it
+            embeds = torch.cat([torch.zeros_like(embeds), embeds])
+        with autocast(device, cfg.sample_dtype), record_function("bench/generate"):
+            out = pipe(prompt=prompts, height=size * pipe.vae_scale_factor, width=size * pipe.vae_scale_factor,
+                       num_inference_steps=steps, guidance_scale=cfg.guidance, eta=cfg.eta, generator=generators,
+                       latents=latents, ip_adapter_image_embeds=[embeds], output_type="latent")
+        with record_function("bench/generate"):  # float32 decode: SDXL's VAE overflows in fp16
+            return sampling.to_pil(sampling.decode(pipe.vae, out.images.float()))
 
     def save(self, out_dir: Path) -> None:
         from safetensors.torch import save_file

@@ -32,8 +32,11 @@ TCD_LORA = "h1t/TCD-SDXL-LoRA"
 IP_ADAPTER = "h94/IP-Adapter"
 IP_ADAPTER_FILE = "sdxl_models/ip-adapter_sdxl.safetensors"
 METHODS = ("ip_adapter_tcd",)
-TINY_TCD_VERSION = 1
+TINY_TCD_VERSION = 2
 """Bump when the tiny builder below changes (the cache folder carries it)."""
+TINY_IP_GAIN = 8.0
+"""Scale of the tiny IP-Adapter's image keys and values: at 1 (nn.Linear's scale) the random stand-in's photos
+move its one-step latents by about 1% and its images by rounding only."""
 TCD_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
 """The UNet modules diffusers' consistency-distillation LoRA scripts adapt (the tiny TCD LoRA uses them too)."""
@@ -122,10 +125,11 @@ LOADERS = {"clip_text_proj": _clip_text_proj, "sdxl_tokenizer": _sdxl_tokenizer,
 # --- the IP-Adapter's weights layout -------------------------------------------------------------------------
 
 
-def ip_adapter_state(unet: Any, image_embed_dim: int, seed: int) -> dict[str, Any]:
+def ip_adapter_state(unet: Any, image_embed_dim: int, seed: int, gain: float = 1.0) -> dict[str, Any]:
     """Seeded random IP-Adapter weights for `unet` in h94's layout (`image_proj.proj/norm` and
     `ip_adapter.<k>.to_k_ip/to_v_ip`, k = 1, 3, 5, ... over the cross-attention layers in `attn_processors`
-    order, as the adapter numbers them), as `{name: tensor}`."""
+    order, as the adapter numbers them), as `{name: tensor}`. `gain` scales the image keys and values (the tiny
+    stand-in uses a large one, so that its photos visibly steer its images)."""
     import torch
     from diffusers.models.embeddings import ImageProjection
 
@@ -142,7 +146,7 @@ def ip_adapter_state(unet: Any, image_embed_dim: int, seed: int) -> dict[str, An
             continue
         inner = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
         for part in ("to_k_ip", "to_v_ip"):  # nn.Linear's default scale, 1 / sqrt(fan_in)
-            weight = (torch.rand(inner, cross, generator=generator) * 2 - 1) / cross ** 0.5
+            weight = gain * (torch.rand(inner, cross, generator=generator) * 2 - 1) / cross ** 0.5
             state[f"ip_adapter.{key}.{part}.weight"] = weight
         key += 2
     return {k: v.detach().contiguous().float() for k, v in state.items()}
@@ -252,7 +256,7 @@ def _build_tiny(root: Path) -> None:
         hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32,
         patch_size=8, projection_dim=32, hidden_act="gelu"))
     vision.save_pretrained(root / "ip-adapter" / "sdxl_models" / "image_encoder", safe_serialization=True)
-    save_file(ip_adapter_state(unet, 32, seed=25), root / "ip-adapter" / IP_ADAPTER_FILE)
+    save_file(ip_adapter_state(unet, 32, seed=25, gain=TINY_IP_GAIN), root / "ip-adapter" / IP_ADAPTER_FILE)
 
     # The TCD LoRA in diffusers' LoRA format (`save_lora_weights`: `unet.<module>.lora_A/B.weight`), small updates.
     _save_tiny_lora(unet, root / "tcd-lora")
