@@ -161,3 +161,16 @@ def test_paper_random_builds_the_full_size_models_on_meta() -> None:
         unet = load_component(profile, "sdxl_unet", "meta")
     cross = [n for n in unet.attn_processors if n.endswith("attn2.processor")]
     assert len(cross) == 70, "h94's ip-adapter_sdxl holds 70 K/V pairs (ip_adapter.1 ... ip_adapter.139)"
+
+
+def test_bench_perf_times_preparation_and_sampling(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    code, out, err = bench(monkeypatch, capsys, "perf", "--methods", "ip_adapter_tcd", "--profile", "tiny",
+                           "--sweep-batch", "2", "--device", "cpu", "--data", dreambench_root, "--out", tmp_path,
+                           "--score-images", "0")
+    assert code == 0, err
+    row = json.loads(next(tmp_path.glob("*.json")).read_text())["methods"][0]
+    assert row["trains"] is False and row["prepare_s"] >= 0 and row["iterations_timed"] == 0
+    assert 0 < row["infer_unet_s_per_image_b1"] <= row["infer_s_per_image_b1"], "the UNet calls are labelled"
+    assert "| ip_adapter_tcd | / (prepare" in out
