@@ -163,6 +163,7 @@ def test_paper_random_builds_the_full_size_models_on_meta() -> None:
     assert len(cross) == 70, "h94's ip-adapter_sdxl holds 70 K/V pairs (ip_adapter.1 ... ip_adapter.139)"
 
 
+@pytest.mark.slow
 def test_bench_perf_times_preparation_and_sampling(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     import json
 
