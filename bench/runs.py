@@ -402,7 +402,9 @@ def _resolve(job: Job, ctx: Context) -> tuple[Any, Any, dict[str, Any], str]:
 def training_key(job: Job, ctx: Context) -> str:
     """The job's training hash: executors never train two jobs with the same key at once, so the second one
     samples the first one's weights instead of training them again."""
-    profile, config, _, _ = _resolve(job, ctx)
+    profile, config, _, config_hash = _resolve(job, ctx)
+    if not trains(job.method):  # nothing to share: no job waits for another
+        return config_hash
     return training_hash(job, config, profile.describe())
 
 

@@ -52,6 +52,21 @@ def test_a_run_without_training_records_conditioning_and_no_train_time(fake, dre
 
     code, _, err = _run(monkeypatch, capsys, dreambench_root, tmp_path)
     assert code == 0 and "2 skipped" in err, "a finished run is not redone"
+    code, out, _ = bench(monkeypatch, capsys, "status", "--results", tmp_path, "--method", "fake_prepared",
+                         "--variant", "default,two", "--concepts", "dog,teapot", "--data", dreambench_root)
+    assert code == 0 and out.strip().splitlines()[-1] == "4 done"
+
+
+def test_variants_of_a_method_without_training_never_wait_for_each_other(dreambench_root, tmp_path) -> None:
+    """`default` and `tcd4` differ in a sampling-only field: a training method's two runs would share one
+    training (one key, the second waits for the first); these have nothing to share."""
+    from bench.runs import prepare, training_hash, training_key, variants_for, _resolve
+
+    jobs, ctx = prepare(["ip_adapter_tcd"], variants_for(["ip_adapter_tcd"], ["default", "tcd4"], {}), "dog", [0],
+                        "tiny", "sd-turbo", dreambench_root, tmp_path)
+    hashes = {training_hash(j, _resolve(j, ctx)[1], _resolve(j, ctx)[0].describe()) for j in jobs}
+    assert len(hashes) == 1, "the sampling-only difference alone"
+    assert len({training_key(job, ctx) for job in jobs}) == 2
 
 
 @pytest.mark.parametrize("extra", [("--resume",), ("--set", "iterations=5"), ("--set", "rounds=3"),
