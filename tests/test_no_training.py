@@ -60,7 +60,7 @@ def test_a_run_without_training_records_conditioning_and_no_train_time(fake, dre
 def test_variants_of_a_method_without_training_never_wait_for_each_other(dreambench_root, tmp_path) -> None:
     """`default` and `tcd4` differ in a sampling-only field: a training method's two runs would share one
     training (one key, the second waits for the first); these have nothing to share."""
-    from bench.runs import prepare, training_hash, training_key, variants_for, _resolve
+    from bench.runs import _resolve, prepare, training_hash, training_key, variants_for
 
     jobs, ctx = prepare(["ip_adapter_tcd"], variants_for(["ip_adapter_tcd"], ["default", "tcd4"], {}), "dog", [0],
                         "tiny", "sd-turbo", dreambench_root, tmp_path)
@@ -73,7 +73,7 @@ def test_variants_of_a_method_without_training_never_wait_for_each_other(dreambe
                                    ("--set", "checkpoint_every=1")])
 def test_resume_and_iteration_overrides_are_refused(fake, dreambench_root, tmp_path, monkeypatch, capsys,
                                                     extra) -> None:
-    code, out, err = _run(monkeypatch, capsys, dreambench_root, tmp_path / "r", *extra)
+    code, _, err = _run(monkeypatch, capsys, dreambench_root, tmp_path / "r", *extra)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "does not train" in err and "fake_prepared" in err
     assert not (tmp_path / "r").exists(), "refused before any work"

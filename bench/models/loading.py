@@ -325,6 +325,7 @@ _LOADERS = {"unet": _unet, "vae": _vae, "text_encoder": _text_encoder, "tokenize
             "scheduler": _scheduler, "clip_vision": _clip_vision, "ip_proj": _ip_proj, "timm": _timm,
             "lora": _lora}
 
-from bench.models.tcd import LOADERS as _TCD_LOADERS  # noqa: E402 - the kinds of IP-Adapter (TCD)'s roles
+# The kinds of IP-Adapter (TCD)'s roles (bench/models/tcd.py).
+from bench.models.tcd import LOADERS as _TCD_LOADERS
 
 _LOADERS.update(_TCD_LOADERS)

@@ -208,10 +208,20 @@ def tiny_sdxl_unet() -> Any:
 
 def _build_tiny(root: Path) -> None:
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+    )
     from safetensors.torch import save_file
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer,
-                              CLIPVisionConfig, CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     from bench.models.loading import quiet_libraries
     from bench.models.tiny import write_clip_tokenizer
