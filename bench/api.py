@@ -149,6 +149,8 @@ class Trained(Protocol):
     # Optional: `eval_phrase: str`, what stands for the concept in evaluation prompts, a format of `identifier`
     # and `class_noun`; default DEFAULT_PHRASE ("<new1> dog"); textual inversion declares "{identifier}"
     # ("<new1>"), the authors' evaluation format for it. CLIP-T always scores the class prompt.
+    # Required of a method without training (`Method.trains = False`): `conditioning: list[str]`, the file names
+    # of the reference photo(s) that condition the model (`prepare` chose them); the run record keeps them.
 
 
 @runtime_checkable

@@ -146,8 +146,9 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     from bench.timing import Stopwatch, peak_memory, reset_peak_memory
 
     cls = get_method(name)
+    trains = getattr(cls, "trains", True)  # a method without training is timed preparing and sampling only
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    overrides: dict[str, Any] = {"iterations": warmup + 2 + iterations}
+    overrides: dict[str, Any] = {"iterations": warmup + 2 + iterations} if trains else {}
     if "batch_size" in fields:
         overrides["batch_size"] = batch
     if "drop" in fields:  # EchoDistill: the distillation iteration only; the echo stage repeats it
@@ -167,8 +168,10 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
 
     work = Path(tempfile.mkdtemp(prefix=f"bench-perf-{name}-"))
     try:
-        with log.steady_state_flops():
-            trained = cls(config).train(concept, models, work, 0, log)
+        with log.steady_state_flops(), Stopwatch(models.device) as prep:
+            method = cls(config)
+            trained = method.train(concept, models, work, 0, log) if trains else method.prepare(concept, models,
+                                                                                                 work, 0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     step_s = statistics.median(log.iteration_seconds()) if log.iteration_seconds() else float("nan")
@@ -198,6 +201,7 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     achieved = (log.flops / step_s) if log.flops and step_s == step_s and step_s > 0 else None
     return {
         "method": name, "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        **({} if trains else {"trains": False, "prepare_s": max(prep.seconds - models.load_seconds, 0.0)}),
         "train_step_s": step_s, "iterations_timed": len(log.iteration_seconds()),
         "phases_s": dict(sorted(log.phase_totals.items(), key=lambda kv: -kv[1])[:25]),
         "phase_share": {k: v / share_total for k, v in sorted(log.phase_totals.items(), key=lambda kv: -kv[1])[:25]},
@@ -318,12 +322,14 @@ def perf_table(record: dict[str, Any]) -> str:
     for m in record["methods"]:
         top = ", ".join(f"{k} {v:.0%}" for k, v in list(m["phase_share"].items())[:3])
         name = m["method"]
+        step = (f"{fmt(m['train_step_s'])} | {fmt(m['train_step_s'], 1000, 1)}" if m.get("trains", True)
+                else f"/ (prepare {fmt(m.get('prepare_s'), 1, 2)} s) | /")
         if m.get("speed_label"):  # --speed-sweep: which switch, and its effect as a ratio to the default row
             ratio = m["vs_default"]
             name += (f" [{m['speed_label']}: step x{fmt(ratio['train_step_s'], 1, 2)}, latency "
                      f"x{fmt(ratio['infer_s_per_image_b1'], 1, 2)}]")
         lines.append(
-            f"| {name} | {fmt(m['train_step_s'])} | {fmt(m['train_step_s'], 1000, 1)} | "
+            f"| {name} | {step} | "
             f"{fmt(m['flops_per_iteration'], 1e-9, 1)} | {fmt(m['fraction_of_peak_bf16'], 100, 1)} | "
             f"{fmt(m['peak_memory']['bytes'], 1 / 2**30, 2)} | {fmt(m['infer_s_per_image_b1'], 1, 4)} | "
             f"{fmt(m['infer_unet_s_per_image_b1'], 1, 4)} | {fmt(m['infer_s_per_image_batched'], 1, 4)} | {top} |")

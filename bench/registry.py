@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "dreambooth": "baselines.dreambooth:DreamBooth",
     "lora": "baselines.lora:LoRA",
     "cones2": "baselines.cones2:Cones2",
+    "ip_adapter_tcd": "baselines.ip_adapter_tcd:IPAdapterTCD",
 }
 
 

@@ -192,7 +192,7 @@ def training_hash(job: Job, config: Any, profile_desc: dict[str, Any]) -> str:
 def find_trained(job: Job, ctx: Context, train_hash: str) -> Path | None:
     """A finished run (any variant of this method, concept and seed) whose weights this job may sample instead
     of training: same training hash, status done, weights present. None if there is none, or with `--force`."""
-    if ctx.force:
+    if ctx.force or not trains(job.method):  # nothing trained to share: a method without training prepares anew
         return None
     method_dir = job.key.path(ctx.results).parents[2]  # <results>/<profile>/<method>
     found = []
@@ -308,6 +308,7 @@ def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], conc
     from bench.paths import data_root
 
     check_device(device)
+    check_no_training(methods, variants, resume)
     weight_map = parse_weights(weights or [])
     get_profile(profile, backbone, weight_map)  # validates profile, backbone and weight groups up front
     check_weight_paths(weight_map)
@@ -347,6 +348,36 @@ def check_weight_paths(weight_map: dict[str, str]) -> None:
             store.check_safetensors(path, f"--weights {group}")
 
 
+def trains(method: str) -> bool:
+    """Whether a registered method has a training stage (`Method.trains`, default True)."""
+    return bool(getattr(get_method(method), "trains", True))
+
+
+def schedule_fields(config_cls: type) -> set[str]:
+    """The config fields that set a schedule length: marked `SCHEDULE`, or named by convention (`iterations`,
+    `*_iters`, `checkpoint_every`)."""
+    fields = {f.name for f in dataclasses.fields(config_cls) if f.metadata.get("schedule")}
+    return fields | {"iterations", "checkpoint_every"}
+
+
+def check_no_training(methods: list[str], variants: list[tuple[str, dict[str, Any]]], resume: bool) -> None:
+    """A method that does not train (`trains = False`) has nothing to resume and no iterations to set: `--resume`
+    or an iteration override (`--set iterations=...`, any `SCHEDULE` field) for it is one line (exit 2)."""
+    for method in methods:
+        if trains(method):
+            continue
+        if resume:
+            raise BenchError(f"--resume: method '{method}' does not train, so it has no checkpoint to continue; "
+                             f"run it without --resume (an unfinished run is simply redone)")
+        cls = get_method(method)
+        for _, overrides in variants:
+            for key in overrides:
+                if key in schedule_fields(cls.Config) or key.endswith("_iters"):
+                    raise BenchError(f"--set {key}: method '{method}' does not train, so it has no iterations to "
+                                     f"set; drop the override (its settings: "
+                                     f"{', '.join(f.name for f in dataclasses.fields(cls.Config))})")
+
+
 @dataclass
 class Triage:
     """Where one job stands: its config hash, its record (if any) and what a run would do with it."""
@@ -362,7 +393,7 @@ def _resolve(job: Job, ctx: Context) -> tuple[Any, Any, dict[str, Any], str]:
     from bench.metrics import get_suite
     from bench.models.profiles import get_profile
 
-    profile = get_profile(job.profile, job.backbone, ctx.weights)
+    profile = get_profile(job.profile, job.backbone, ctx.weights).for_method(job.method)
     config = resolve_config(job, profile.iteration_cap, profile.step_cap)
     suite = get_suite(ctx.suite).describe()
     return profile, config, suite, job_hash(job, config, profile.describe(), suite)
@@ -371,7 +402,9 @@ def _resolve(job: Job, ctx: Context) -> tuple[Any, Any, dict[str, Any], str]:
 def training_key(job: Job, ctx: Context) -> str:
     """The job's training hash: executors never train two jobs with the same key at once, so the second one
     samples the first one's weights instead of training them again."""
-    profile, config, _, _ = _resolve(job, ctx)
+    profile, config, _, config_hash = _resolve(job, ctx)
+    if not trains(job.method):  # nothing to share: no job waits for another
+        return config_hash
     return training_hash(job, config, profile.describe())
 
 
@@ -532,6 +565,8 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
     reset_peak_memory(models.device)
     if donor is not None:
         return _sample_trained(job, ctx, concept, profile, config, method, models, run_dir, donor)
+    if not trains(job.method):
+        return _prepare_and_evaluate(job, ctx, concept, profile, method, models, run_dir)
     log = JsonlLog(run_dir / "loss_log.jsonl", on_step)
     try:
         with Stopwatch(models.device) as sw:
@@ -550,6 +585,27 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
         "timing": {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
                    "it_per_s": log.iterations / train_s if train_s > 0 else None,
                    "peak_memory": peak_memory(models.device), "resumed": resumed, **evaluation.pop("timing")},
+    }
+
+
+def _prepare_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, method: Any, models: Any,
+                          run_dir: Path) -> dict[str, Any]:
+    """A method without a training stage (`trains = False`): `prepare` conditions the model on the concept's
+    photos, then it is saved, sampled and scored like a trained one. No loss log, no checkpoints; the record has
+    `conditioning` (the photos' file names) and `timing.prepare_s`, and no `train_s` or `iterations`."""
+    from bench.timing import Stopwatch, device_name, peak_memory
+
+    with Stopwatch(models.device) as sw:
+        trained = method.prepare(concept, models, run_dir / "work", job.seed)
+    prepare_s = max(sw.seconds - models.load_seconds, 0.0)  # model loading is not preparation
+    trained.save(run_dir / "weights")
+    evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
+    return {
+        **evaluation, "views": {}, "identifier": trained.identifier, "trains": False,
+        "conditioning": list(trained.conditioning), "loss_log": None, "device": device_name(models.device),
+        "trained_from": None, "speed": models.speed.resolved(models.device),
+        "timing": {"prepare_s": prepare_s, "load_s": models.load_seconds, "peak_memory": peak_memory(models.device),
+                   **evaluation.pop("timing")},
     }
 
 

@@ -81,6 +81,9 @@ class RowSpec:
     optional: bool = False
     """Shown only when it has records (or, with a paper row, under --compare paper)."""
     note: str = ""
+    trains: bool = True
+    """False for a method without a training stage (encoder-based): its train time, iterations and train NFE
+    read "/", as in the paper."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,9 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
         _only_paper("TextBoost"),
         _only_paper("DisenBooth"),
         _baseline("LoRA", "lora"),
-        _only_paper("IP-Adapter", "TCD", None, "encoder-based; no training"),
+        RowSpec("IP-Adapter", "ip_adapter_tcd", ("default",), "TCD", None, 1,
+                _paper(5, "main_timed", "IP-Adapter", "TCD", "", None, 1), trains=False,
+                note="encoder-based, no training: SDXL + TCD LoRA + IP-Adapter, conditioned on the first photo"),
         _only_paper("OminiControl", "Flux", None, "encoder-based; no training"),
         RowSpec("EchoDistill, before echo", ED, ("default",), source=BEFORE_ECHO,
                 paper=_paper(5, "main_timed", "EchoDistill", "SD Turbo"),
@@ -239,7 +244,7 @@ def _extra_label(method: str, base: str) -> str:
 
 
 METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
-                 "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2"}
+                 "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2", "ip_adapter_tcd": "IP-Adapter"}
 
 
 # --- the paper's numbers ---------------------------------------------------------------------------------
@@ -491,6 +496,8 @@ class Row:
     stats: Stats | None = None
     paper: dict[str, Any] | None = None
     note: str = ""
+    trains: bool = True
+    """False for a method without training: "/" for its train time, iterations and train NFE."""
 
 
 @dataclass
@@ -592,9 +599,11 @@ def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], 
     for spec, variant, ad_hoc in planned:
         label = spec.label + (f" [{split_variant(variant)[1]}]" if ad_hoc and split_variant(variant)[1] else "")
         paper = None if ad_hoc else _paper_values(spec.paper)
+        runs = by_variant.get((spec.method, variant), []) if variant is not None else []
         common = dict(label=label, method=spec.method, model=spec.model, train_nfe=spec.train_nfe,
                       infer_nfe=spec.infer_nfe, source=spec.source, paper=paper,
-                      note=spec.note if not ad_hoc else "ad-hoc override; not compared with the paper")
+                      note=spec.note if not ad_hoc else "ad-hoc override; not compared with the paper",
+                      trains=spec.trains and not (runs and all(r.get("trains") is False for r in runs)))
         if spec.source == "real_vs_real":
             stats = ceiling_stats(records)
             if stats is not None:
@@ -737,7 +746,7 @@ def md_rows(t: Table) -> tuple[list[str], list[list[str]]]:
         s, p = r.stats, r.paper or {}
         cells = [r.label, r.variant or "–"]
         if t.name == "main":
-            cells += [r.model or "–", _nfe(r.train_nfe), _nfe(r.infer_nfe)]
+            cells += [r.model or "–", _nfe(r.train_nfe) if r.trains else "/", _nfe(r.infer_nfe)]
         for m in METRICS:
             cells.append(metric_cell(r, m))
             if t.compare:
@@ -749,15 +758,15 @@ def md_rows(t: Table) -> tuple[list[str], list[list[str]]]:
             measured = r.kind == "measured"
             train = s.train_s if s and measured else math.nan
             infer = s.infer_s if s and measured else math.nan
-            cells.append(_f(train, 1))
+            cells.append(_f(train, 1) if r.trains else "/")
             if t.compare:
-                cells.append(_ratio(train, p.get("train_time_s", math.nan), 0))
+                cells.append(_ratio(train, p.get("train_time_s", math.nan), 0) if r.trains else "/")
             cells.append(_f(infer, 3))
             if t.compare:
                 cells.append(_ratio(infer, p.get("infer_time_s", math.nan), 2))
-            cells.append(_iters(s) if measured else "–")
+            cells.append((_iters(s) if measured else "–") if r.trains else "/")
             if t.compare:
-                cells.append(_f(p.get("iterations", math.nan), 0))
+                cells.append(_f(p.get("iterations", math.nan), 0) if r.trains else "/")
         cells.append(_runs(s, r.kind) if s else "not in harness")
         if with_notes:
             cells.append(r.note)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Diverged, Log
-from bench.config import SAMPLING_ONLY
+from bench.config import SAMPLING_ONLY, SCHEDULE
 from bench.models.checkpoint import Checkpointer
 
 
@@ -105,3 +105,55 @@ class FakeTrained:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         save_file({"weight": self.weight.contiguous()}, out_dir / "fake.safetensors")
+
+
+@dataclass(frozen=True)
+class FakePreparedConfig:
+    photos: int = 1
+    """How many of the concept's photos condition the model (the first ones by file name)."""
+    rounds: int = field(default=1, metadata=SCHEDULE)
+    """A schedule length, for the test that a method without training refuses to have one set."""
+
+
+class FakePrepared:
+    """A test-only method without a training stage (`trains = False`): `prepare` reads the conditioning photos'
+    mean colour, and the images are tinted by it."""
+
+    name: ClassVar[str] = "fake_prepared"
+    trains: ClassVar[bool] = False
+    Config: ClassVar[type] = FakePreparedConfig
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "two": {"photos": 2}}
+
+    def __init__(self, config: FakePreparedConfig) -> None:
+        self.config = config
+
+    def prepare(self, concept: Concept, models: Any, out_dir: Path, seed: int) -> FakeConditioned:
+        import numpy as np
+
+        from bench.data import load_image
+
+        photos = concept.images[:self.config.photos]
+        colour = np.mean([np.asarray(load_image(p, size=16), dtype=np.float32).mean() for p in photos])
+        return FakeConditioned(torch.full((8,), float(colour) / 255), [p.name for p in photos])
+
+    def load(self, weights_dir: Path, models: Any) -> FakeConditioned:
+        from safetensors import safe_open
+
+        with safe_open(str(Path(weights_dir) / "fake.safetensors"), framework="pt") as f:
+            return FakeConditioned(f.get_tensor("weight"), f.metadata()["conditioning"].split(","))
+
+
+class FakeConditioned(FakeTrained):
+    identifier = ""
+    eval_phrase = "{class_noun}"
+
+    def __init__(self, weight: torch.Tensor, conditioning: list[str]) -> None:
+        super().__init__(weight)
+        self.conditioning = conditioning
+
+    def save(self, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.weight.contiguous()}, out_dir / "fake.safetensors",
+                  metadata={"conditioning": ",".join(self.conditioning)})

@@ -81,9 +81,10 @@ class Models:
         key = (self.profile.name, self.profile.backbone, role, comp.source, str(self.device))
         if key not in _PRISTINE:
             if self.profile.name == "tiny":
-                from bench.models.tiny import ensure_built
+                from bench.models.tiny import ensure_built, ensure_method_models
 
                 ensure_built()
+                ensure_method_models(comp.methods)  # a method's own stand-ins, built on first use
             _PRISTINE[key] = load_component(self.profile, role, self.device)
         return _PRISTINE[key]
 
@@ -323,3 +324,8 @@ def _lora(comp: Component, random_init: bool) -> Any:
 _LOADERS = {"unet": _unet, "vae": _vae, "text_encoder": _text_encoder, "tokenizer": _tokenizer,
             "scheduler": _scheduler, "clip_vision": _clip_vision, "ip_proj": _ip_proj, "timm": _timm,
             "lora": _lora}
+
+# The kinds of IP-Adapter (TCD)'s roles (bench/models/tcd.py).
+from bench.models.tcd import LOADERS as _TCD_LOADERS
+
+_LOADERS.update(_TCD_LOADERS)

@@ -49,6 +49,9 @@ class Component:
     """Kind-specific options: timm architecture kwargs, scheduler config overrides, input size."""
     config: str | None = None
     """paper-random: config shipped under bench/models/configs, relative path."""
+    methods: tuple[str, ...] = ()
+    """The methods that use this role; empty: every method. A role reserved for some methods is left out of the
+    others' profiles (`Profile.for_method`), so adding one changes no other method's record or hash."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ class Profile:
     the 25-step teacher and SD 2.1 samplers on tiny); one-step and the NFE ablation's 2 and 4 are below it."""
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     """Seeds of the evaluation images; the protocol's 25 prompts x these seeds per concept."""
+
+    def for_method(self, method: str) -> Profile:
+        """This profile without the roles reserved for other methods (`Component.methods`)."""
+        return replace(self, components={role: c for role, c in self.components.items()
+                                         if not c.methods or method in c.methods})
 
     def describe(self) -> dict[str, Any]:
         """What a run record stores about the models."""
@@ -134,7 +142,9 @@ def _paper(backbone: str, random_init: bool) -> Profile:
                  "student_lora": Component("lora", "hyper_lora", HYPER_SD, file="Hyper-SD15-1step-lora.safetensors"),
                  "student_scheduler": Component("scheduler", "student", SD15, "scheduler", config="sd15/scheduler",
                                                 options={"_class_name": "TCDScheduler"})}
-    return Profile(name, backbone, 512, {**comps, **images}, random_init=random_init)
+    from bench.models.tcd import tcd_roles
+
+    return Profile(name, backbone, 512, {**comps, **images, **tcd_roles(tiny=False)}, random_init=random_init)
 
 
 TINY_EVAL_SEEDS = (0,)
@@ -159,6 +169,9 @@ def _tiny(backbone: str) -> Profile:
     else:
         comps = {**_diffusers_roles("student", "student", str(root / "hyper-sd15"), "", with_vae=False),
                  **_diffusers_roles("teacher", "teacher", str(root / "sd15"), "", with_vae=True)}
+    from bench.models.tcd import tcd_roles
+
+    comps.update(tcd_roles(tiny=True))
     return Profile("tiny", backbone, 64, {**comps, **images}, iteration_cap=TINY_ITERATION_CAP,
                    step_cap=TINY_STEP_CAP, eval_seeds=TINY_EVAL_SEEDS)
 
