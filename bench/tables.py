@@ -127,7 +127,7 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
         _only_paper("Cones 2"),
         _baseline("DreamBooth", "dreambooth"),
         _only_paper("TextBoost"),
-        _only_paper("DisenBooth"),
+        _baseline("DisenBooth", "disenbooth"),
         _baseline("LoRA", "lora"),
         _only_paper("IP-Adapter", "TCD", None, "encoder-based; no training"),
         _only_paper("OminiControl", "Flux", None, "encoder-based; no training"),
