@@ -239,7 +239,8 @@ def _extra_label(method: str, base: str) -> str:
 
 
 METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
-                 "dreambooth": "DreamBooth", "lora": "LoRA"}
+                 "dreambooth": "DreamBooth", "lora": "LoRA",
+                 "disenbooth": "DisenBooth"}
 
 
 # --- the paper's numbers ---------------------------------------------------------------------------------
