@@ -207,3 +207,22 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, dreambench_root, tmp_pat
     assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
     assert "Traceback" not in err and needle in errors[0]
     assert not list(tmp_path.rglob("record.json"))
+
+
+@pytest.mark.slow
+def test_cli_run_and_generate(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    """The tiny run (iterations capped at 10): train, sample 25 images, score, record; then `bench generate`."""
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "disenbooth", "--concepts", "dog", "--data",
+                         dreambench_root, "--results", tmp_path)
+    assert code == 0, err
+    run = tmp_path / "tiny" / "disenbooth" / "default" / "dog" / "seed0"
+    record = json.loads((run / "record.json").read_text())
+    assert record["status"] == "done" and record["config"]["iterations"] == 10
+    assert record["identifier"] == "dog</w>" and len(record["images"]) == 25
+    out = tmp_path / "g.png"
+    code, _, err = bench(monkeypatch, capsys, "generate", "--run", run, "--prompt", "a dog</w> dog on the moon",
+                         "--out", out, "--data", dreambench_root)
+    assert code == 0 and out.is_file(), err
+    code, _, err = bench(monkeypatch, capsys, "generate", "--run", run, "--prompt", "a sks dog on the moon",
+                         "--out", out, "--data", dreambench_root)
+    assert code == 2 and "identifier 'dog</w>'" in err
