@@ -84,7 +84,8 @@ class DisenBoothConfig(Numerics):
     spaces, not the class noun itself."""
     image_input: str = "released"
     """What the image encoder sees: "released" = the training pixels in [-1, 1] resized (bilinear) to the encoder's
-    input size, without CLIP's mean/std, as the released script feeds `encode_image`; "clip" = CLIP-normalised."""
+    input size, without CLIP's mean/std, as the released script feeds `encode_image`; "clip" = CLIP-normalised.
+    The resize antialiases, as torchvision's tensor `Resize` does from 0.17 on (older versions did not)."""
     hflip: bool = False
     """Random horizontal flip; off, as the released dataset (no flip)."""
     fuse: bool = True
@@ -206,7 +207,7 @@ class DisenBooth:
         with torch.no_grad():
             text = sampling.encode_text(tokenizer, text_encoder, [batches.templates[0].format(batches.phrase)])
 
-        # 3. Both branches per step: denoise with f_s + f_i, weakly with f_s alone; f_i kept unlike f_s.
+        # 3. Per step: denoise with f_s + f_i, weakly with f_s alone, and push f_i away from the mean of f_s.
         unet.train()
         log.begin("train", cfg.iterations)
         for it in range(cfg.iterations):
