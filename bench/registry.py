@@ -10,6 +10,7 @@ from bench.api import BenchError
 
 METHODS: dict[str, str] = {
     "custom_diffusion": "baselines.custom_diffusion:CustomDiffusion",
+    "disenbooth": "baselines.disenbooth:DisenBooth",
     "echodistill": "echodistill.trainer:EchoDistill",
     "textual_inversion": "baselines.textual_inversion:TextualInversion",
     "dreambooth": "baselines.dreambooth:DreamBooth",

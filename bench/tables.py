@@ -130,7 +130,7 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
         _baseline("Cones 2", "cones2"),
         _baseline("DreamBooth", "dreambooth"),
         _only_paper("TextBoost"),
-        _only_paper("DisenBooth"),
+        _baseline("DisenBooth", "disenbooth"),
         _baseline("LoRA", "lora"),
         RowSpec("IP-Adapter", "ip_adapter_tcd", ("default",), "TCD", None, 1,
                 _paper(5, "main_timed", "IP-Adapter", "TCD", "", None, 1), trains=False,
@@ -244,7 +244,8 @@ def _extra_label(method: str, base: str) -> str:
 
 
 METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
-                 "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2", "ip_adapter_tcd": "IP-Adapter"}
+                 "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2", "disenbooth": "DisenBooth",
+                 "ip_adapter_tcd": "IP-Adapter"}
 
 
 # --- the paper's numbers ---------------------------------------------------------------------------------

@@ -1,0 +1,300 @@
+"""DisenBooth (Chen et al., ICLR 2024) on SD-Turbo: identity-preserving disentangled tuning.
+
+Recipe of the released code (`forchchch/DisenBooth`, `train_disenbooth.py` and `train_disenbooth.sh`, SD 2.1-base):
+rank-4 LoRA (alpha = rank, Gaussian A with std 1/r, B = 0) on `to_q`, `to_k`, `to_v`, `to_out.0` of every self- and
+cross-attention layer of the UNet; the text encoder frozen. Beside it, the identity-irrelevant branch: the frozen
+OpenCLIP ViT-H/14 image encoder (laion2b_s32b_b79k) embeds the training photo itself (its [-1, 1] pixels resized to
+224, no CLIP normalisation), and a learnable adapter -- a sigmoid mask m (init 0, so 0.5) and a residual MLP,
+f_i = MLP(sigmoid(m) * e) + sigmoid(m) * e -- turns that embedding into one vector that is added to every token of
+the prompt's text embedding f_s. Per step, with the one prompt "a dog</w> dog" (the class word followed by the
+literal "</w>" as identifier):
+
+    loss = mse(unet(x_t, t, f_s + f_i), target) + 0.01 * mse(unet(x_t, t, f_s), target) + 0.001 * cos(mean_tokens(f_s), f_i)
+
+(denoising with both embeddings, the weak identity-preserving denoising with the text alone, and the cosine
+similarity that pushes f_i away from f_s). AdamW (lr 1e-4 for LoRA and adapter, weight decay 1e-2), constant lr,
+batch 1, gradient clip 1.0 on the UNet LoRA parameters only; paper Table 5 of EchoDistill: 2000 iterations.
+Inference uses the identity-preserved branch only (the released notebook: text weight 1, image weight 0), so the
+personalised model is the LoRA-adapted UNet with plain prompts, as `load_lora_weights` gives it.
+
+Departures (config fields): trained at t = 999 by default (`timestep_policy`; the reference draws t uniformly),
+the harness's centre-cropped square photos (the reference resizes the short side and crops at random), and the
+image encoder is the profile's IP-Adapter `models/image_encoder` -- the same OpenCLIP ViT-H/14 weights in
+transformers' format, whose `image_embeds` are open_clip's `encode_image`. SD-Turbo's text encoder is SD 2.1's
+OpenCLIP-H (1024-d), the reference's own, so the adapter keeps its width; a backbone whose text width differs from
+the image embedding (hyper-sd15: 768) is refused. The paper takes DisenBooth's reference photos from TextBoost's
+preprocessed DreamBench copy: that is a data option of the harness (`--data`), not of this method.
+
+Saved as `pytorch_lora_weights.safetensors` (diffusers LoRA format: `pipe.load_lora_weights(dir)`) and
+`disenbooth_adapter.safetensors` (the adapter under the released module's key names, so the released
+`Image_adapter` loads it with `load_state_dict`; the identifier in its metadata).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.api import BenchError, Concept, Diverged, Log
+from bench.config import SAMPLING_ONLY, SCHEDULE
+from bench.models import sampling
+from bench.models.sampling import Numerics, check_numerics
+from bench.models.speed import autocast
+from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
+                                   noisy_and_target, sample_timesteps)
+
+ADAPTER_FILE = "disenbooth_adapter.safetensors"
+IMAGE_INPUTS = ("released", "clip")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class DisenBoothConfig(Numerics):
+    timestep_policy: str = "t999"
+    """Training timesteps: "t999" (train NFE 1, default for the one-step student), "four_step" (train NFE 4) or
+    "uniform" (train NFE 1000, the released script's uniform draw)."""
+    iterations: int = field(default=2000, metadata=SCHEDULE)
+    """Optimiser steps (EchoDistill paper, Table 5: 2000; the released script: 2000)."""
+    batch_size: int = 1
+    """Images per step (released script: 1)."""
+    lr: float = 1e-4
+    """Learning rate of the UNet LoRA and of the image adapter (released script: 1e-4 for both), constant."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay, on LoRA and adapter alike (released script: 1e-2)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip on the UNet LoRA parameters only, as released (the adapter is not clipped); 0 = off."""
+    rank: int = 4
+    """LoRA rank r (released script: 4)."""
+    alpha: float | None = None
+    """LoRA alpha; the update is scaled by alpha / rank. None -> alpha = rank (scale 1, as the released layers)."""
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """UNet submodules that get an adapter (released: q, k, v, out of every attention layer)."""
+    weak_denoise_weight: float = 0.01
+    """Weight of the identity-preserving (text-only) denoising loss (released: 0.01)."""
+    contrastive_weight: float = 0.001
+    """Weight of the cosine similarity between the mean text token and the image feature (released: 0.001)."""
+    identifier: str = "{class}</w>"
+    """What stands for the subject; `{class}` becomes the class noun's last word. Released: "dog</w>" in the
+    prompt "a dog</w> dog" (the literal "</w>", which the CLIP tokenizer splits into "</", "w", ">"). One word, no
+    spaces, not the class noun itself."""
+    image_input: str = "released"
+    """What the image encoder sees: "released" = the training pixels in [-1, 1] resized (bilinear) to the encoder's
+    input size, without CLIP's mean/std, as the released script feeds `encode_image`; "clip" = CLIP-normalised.
+    The resize antialiases, as torchvision's tensor `Resize` does from 0.17 on (older versions did not)."""
+    hflip: bool = False
+    """Random horizontal flip; off, as the released dataset (no flip)."""
+    fuse: bool = True
+    """Fuse the LoRA into the base weights before sampling (protocol: "fuse before timing"). Off keeps the peft
+    layers (same images up to float rounding, slower)."""
+    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
+    sample_batch_size: int = 25
+    """Images per sampling batch."""
+
+    def __post_init__(self) -> None:
+        check_numerics(self)
+        if self.timestep_policy not in TIMESTEP_POLICIES:
+            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
+                             f"not '{self.timestep_policy}'")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be a positive integer (released: 4), not {self.rank}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0 (or unset for alpha = rank), not {self.alpha}")
+        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, not {self.lr}")
+        for name in ("weight_decay", "grad_clip", "weak_denoise_weight", "contrastive_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module, e.g. to_q")
+        if self.image_input not in IMAGE_INPUTS:
+            raise ValueError(f"image_input must be one of {', '.join(IMAGE_INPUTS)}, not '{self.image_input}'")
+        word = self.identifier.replace("{class}", "dog")
+        if not word.strip() or any(c.isspace() for c in word) or "{" in word or "}" in word:
+            raise ValueError(f"identifier must be one word without spaces (optionally with {{class}}, e.g. "
+                             f"'{{class}}</w>' or 'sks'), not '{self.identifier}'")
+
+
+def resolve_identifier(template: str, class_noun: str) -> str:
+    """The identifier for a concept: `{class}` replaced by the class noun's last word ("{class}</w>" -> "dog</w>").
+    An identifier equal to a word of the class noun would make the prompt "a dog dog": one line, exit 2."""
+    word = template.replace("{class}", class_noun.split()[-1])
+    if word.lower() in class_noun.lower().split():
+        raise BenchError(f"disenbooth identifier '{word}' is the class noun itself; use one that differs, e.g. "
+                         f"'{{class}}</w>' (released) or 'sks'")
+    return word
+
+
+class ImageAdapter(torch.nn.Module):
+    """The identity-irrelevant branch's adapter: f_i = MLP(sigmoid(m) * e) + sigmoid(m) * e, with m a learnable
+    per-channel mask (init 0) and MLP = Linear, ReLU, Linear (width kept). Submodule names as released."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.adapter = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(),
+                                           torch.nn.Linear(width, width))
+        self.mask = torch.nn.Parameter(torch.zeros(width))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        gated = torch.sigmoid(self.mask) * embedding
+        return self.adapter(gated) + gated
+
+
+def image_features(clip_vision: Any, pixels: torch.Tensor, image_input: str) -> torch.Tensor:
+    """(B, 3, H, W) pixels in [-1, 1] -> (B, 1, D) projected image embeddings of the frozen encoder."""
+    import torch.nn.functional as F
+
+    side = clip_vision.config.image_size
+    x = F.interpolate(pixels, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    if image_input == "clip":
+        mean, std = torch.tensor(CLIP_MEAN, device=x.device), torch.tensor(CLIP_STD, device=x.device)
+        x = ((x + 1) / 2 - mean[:, None, None]) / std[:, None, None]
+    with torch.no_grad():
+        return clip_vision(pixel_values=x.to(clip_vision.dtype)).image_embeds.float()[:, None]
+
+
+class DisenBooth:
+    name: ClassVar[str] = "disenbooth"
+    version: ClassVar[int] = 1
+    Config: ClassVar[type] = DisenBoothConfig
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        "train4": {"timestep_policy": "four_step"},
+        "train1000": {"timestep_policy": "uniform"},
+    }
+
+    def __init__(self, config: DisenBoothConfig) -> None:
+        self.config = config
+
+    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> DisenBoothModel:
+        from peft import LoraConfig
+
+        cfg = self.config
+        identifier = resolve_identifier(cfg.identifier, concept.class_noun)
+        parts = models.pipeline_parts()
+        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        clip_vision = models.get_pristine("clip_vision")  # frozen, shared read-only
+        width, embed = text_encoder.config.hidden_size, clip_vision.config.projection_dim
+        if width != embed:
+            raise BenchError(f"disenbooth adds the image embedding ({embed}-d) to the text embedding, but this "
+                             f"backbone's text encoder is {width}-d; use --backbone sd-turbo (1024 = 1024)")
+        device = models.device
+        torch.manual_seed(seed)  # the Gaussian init of the LoRA A matrices and the adapter's Linear init
+
+        # 1. Trainable: LoRA on the UNet attention projections, and the image adapter.
+        unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
+                                    init_lora_weights="gaussian", target_modules=list(cfg.target_modules)))
+        lora_params = [p for p in unet.parameters() if p.requires_grad]
+        adapter = ImageAdapter(width).to(device)
+        optimizer = torch.optim.AdamW([{"params": lora_params}, {"params": list(adapter.parameters())}],
+                                      lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        # 2. Data: the photos, one prompt "a dog</w> dog"; its embedding f_s is fixed (frozen text encoder).
+        factor = models.resolution // models.latent_size
+        batches = TrainingBatches(load_pixels(concept.images), f"{identifier} {concept.class_noun}",
+                                  cfg.batch_size, factor, seed, augment=False, hflip=cfg.hflip, templates=("a {}",),
+                                  size=models.resolution)
+        generator = torch.Generator().manual_seed(seed)
+        encode = Latents(vae, cache=models.speed.latents == "cache")
+        with torch.no_grad():
+            text = sampling.encode_text(tokenizer, text_encoder, [batches.templates[0].format(batches.phrase)])
+
+        # 3. Per step: denoise with f_s + f_i, weakly with f_s alone, and push f_i away from the mean of f_s.
+        unet.train()
+        log.begin("train", cfg.iterations)
+        for it in range(cfg.iterations):
+            batch = next(batches)
+            pixels = batch.pixels.to(device)
+            latents = encode(pixels, batch.keys)
+            context = text.expand(latents.shape[0], -1, -1)
+            irrelevant = adapter(image_features(clip_vision, pixels, cfg.image_input))  # (B, 1, D)
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
+            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
+            mask = batch.masks.to(device)
+            with autocast(device, cfg.autocast_dtype):
+                pred_both = unet(noisy, t, context + irrelevant).sample.float()
+                pred_text = unet(noisy, t, context).sample.float()
+            denoise = masked_mse(pred_both, target, mask)
+            weak = masked_mse(pred_text, target, mask)
+            cosine = torch.nn.functional.cosine_similarity(context.mean(dim=1), irrelevant[:, 0], dim=1,
+                                                           eps=1e-6).mean()
+            loss = denoise + cfg.weak_denoise_weight * weak + cfg.contrastive_weight * cosine
+            if not torch.isfinite(loss):
+                raise Diverged(f"non-finite loss at iteration {it}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip or float("inf"))
+            optimizer.step()
+            log(it, loss=loss.item(), denoise=denoise.item(), weak_denoise=weak.item(), cosine=cosine.item(),
+                grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
+        unet.eval()
+        for p in [*lora_params, *adapter.parameters()]:
+            p.requires_grad_(False)
+        return DisenBoothModel(cfg, parts, adapter.eval(), identifier)
+
+    def load(self, weights_dir: Path, models: Any) -> DisenBoothModel:
+        from diffusers import StableDiffusionPipeline
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(weights_dir) / ADAPTER_FILE
+        if not path.is_file():
+            raise BenchError(f"{weights_dir} holds no {ADAPTER_FILE}; point at a disenbooth run's weights/ folder")
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(path)
+        adapter = ImageAdapter(state["mask"].shape[0])
+        adapter.load_state_dict(state, strict=True)
+        parts = models.pipeline_parts()
+        lora, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
+        StableDiffusionPipeline.load_lora_into_unet(lora, alphas, parts["unet"], adapter_name="default",
+                                                    metadata=metadata)
+        parts["unet"].requires_grad_(False)
+        return DisenBoothModel(self.config, parts, adapter.to(models.device).eval().requires_grad_(False),
+                               meta["identifier"])
+
+
+class DisenBoothModel:
+    """The personalised model: SD-Turbo with the LoRA fused in, sampled with the identity-preserved (text) branch
+    only; keeps the image adapter for saving."""
+
+    def __init__(self, config: DisenBoothConfig, parts: dict[str, Any], adapter: ImageAdapter,
+                 identifier: str) -> None:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        self.config, self.parts, self.adapter = config, parts, adapter
+        self.identifier = identifier
+        self.default_steps = config.sample_steps
+        unet = parts["unet"]
+        self.lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
+        self.lora_metadata = unet.peft_config["default"].to_dict()
+        if config.fuse:
+            unet.fuse_lora()
+            unet.unload_lora()
+
+    def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
+        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
+                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
+                                       sampler=self.config.sampler)
+
+    def save(self, out_dir: Path) -> None:
+        from diffusers import StableDiffusionPipeline
+        from safetensors.torch import save_file
+
+        StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=self.lora_layers,
+                                                  unet_lora_adapter_metadata=self.lora_metadata,
+                                                  safe_serialization=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()}
+        meta = {"identifier": self.identifier, "image_input": self.config.image_input,
+                "format": json.dumps({"module": "Image_adapter", "hidden_size": int(state["mask"].shape[0])})}
+        save_file(state, Path(out_dir) / ADAPTER_FILE, metadata=meta)
