@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.hub import hub_offline, offline_mode, quiet_loading
+from bench.models.flux import FLUX_GROUPS, LOADERS as FLUX_LOADERS
 from bench.models.profiles import Component, Profile
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -47,7 +48,8 @@ class Models:
 
     Roles (see `bench.models.profiles`): student_unet, student_scheduler, student_text_encoder,
     student_tokenizer, teacher_unet, teacher_scheduler, teacher_text_encoder, teacher_tokenizer, vae,
-    clip_vision, ip_proj, dino1, dinov2 (and student_lora for hyper-sd15 at paper scale).
+    clip_vision, ip_proj, dino1, dinov2 (and student_lora for hyper-sd15 at paper scale), and the FLUX.1 roles of
+    `bench.models.flux` (flux_transformer, flux_vae, ..., omini_lora).
     """
 
     def __init__(self, profile: Profile, device: str | None = None, speed: Any = None) -> None:
@@ -84,6 +86,10 @@ class Models:
                 from bench.models.tiny import ensure_built
 
                 ensure_built()
+                if comp.group in FLUX_GROUPS:
+                    from bench.models.flux import ensure_tiny_flux
+
+                    ensure_tiny_flux()
             _PRISTINE[key] = load_component(self.profile, role, self.device)
         return _PRISTINE[key]
 
@@ -322,4 +328,4 @@ def _lora(comp: Component, random_init: bool) -> Any:
 
 _LOADERS = {"unet": _unet, "vae": _vae, "text_encoder": _text_encoder, "tokenizer": _tokenizer,
             "scheduler": _scheduler, "clip_vision": _clip_vision, "ip_proj": _ip_proj, "timm": _timm,
-            "lora": _lora}
+            "lora": _lora, **FLUX_LOADERS}

@@ -36,7 +36,8 @@ class Component:
     """Where one role's weights come from and how to load them."""
 
     kind: str
-    """Loader: unet, vae, text_encoder, tokenizer, scheduler, clip_vision, ip_proj, timm, lora."""
+    """Loader: unet, vae, text_encoder, tokenizer, scheduler, clip_vision, ip_proj, timm, lora (and the FLUX.1
+    kinds of `bench.models.flux`: flux_transformer, t5_encoder, t5_tokenizer, omini_lora)."""
     group: str
     """Override key for `--weights GROUP=PATH`: student, teacher, image_encoder, dino1, dinov2, ..."""
     source: str
@@ -49,6 +50,10 @@ class Component:
     """Kind-specific options: timm architecture kwargs, scheduler config overrides, input size."""
     config: str | None = None
     """paper-random: config shipped under bench/models/configs, relative path."""
+    described: bool = True
+    """False for a role that only some methods load (the FLUX.1 roles of OminiControl): left out of
+    `Profile.describe` (so of run hashes) while it points at its profile's default, so that adding it changed no
+    earlier run's hash; a `--weights` override of its group makes it described."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class Profile:
             "eval_seeds": list(self.eval_seeds),
             "components": {
                 role: {"source": c.source, "subfolder": c.subfolder, "file": c.file, **c.options}
-                for role, c in sorted(self.components.items())
+                for role, c in sorted(self.components.items()) if c.described
             },
         }
 
@@ -134,7 +139,10 @@ def _paper(backbone: str, random_init: bool) -> Profile:
                  "student_lora": Component("lora", "hyper_lora", HYPER_SD, file="Hyper-SD15-1step-lora.safetensors"),
                  "student_scheduler": Component("scheduler", "student", SD15, "scheduler", config="sd15/scheduler",
                                                 options={"_class_name": "TCDScheduler"})}
-    return Profile(name, backbone, 512, {**comps, **images}, random_init=random_init)
+    from bench.models.flux import FLUX_SCHNELL, OMINICONTROL, flux_roles
+
+    flux = flux_roles(FLUX_SCHNELL, OMINICONTROL, tiny=False)
+    return Profile(name, backbone, 512, {**comps, **images, **flux}, random_init=random_init)
 
 
 TINY_EVAL_SEEDS = (0,)
@@ -159,7 +167,9 @@ def _tiny(backbone: str) -> Profile:
     else:
         comps = {**_diffusers_roles("student", "student", str(root / "hyper-sd15"), "", with_vae=False),
                  **_diffusers_roles("teacher", "teacher", str(root / "sd15"), "", with_vae=True)}
-    return Profile("tiny", backbone, 64, {**comps, **images}, iteration_cap=TINY_ITERATION_CAP,
+    from bench.models.flux import tiny_flux_roles
+
+    return Profile("tiny", backbone, 64, {**comps, **images, **tiny_flux_roles()}, iteration_cap=TINY_ITERATION_CAP,
                    step_cap=TINY_STEP_CAP, eval_seeds=TINY_EVAL_SEEDS)
 
 
@@ -176,7 +186,7 @@ def get_profile(name: str, backbone: str = "sd-turbo", weights: dict[str, str] |
         if group not in groups:
             raise unknown("weights group", group, groups)
     comps = {
-        role: replace(c, source=overrides[c.group]) if c.group in overrides else c
+        role: replace(c, source=overrides[c.group], described=True) if c.group in overrides else c
         for role, c in profile.components.items()
     }
     return replace(profile, components=comps)
