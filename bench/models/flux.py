@@ -55,8 +55,9 @@ def flux_roles(flux_source: str, omini_source: str, tiny: bool) -> dict[str, Com
     half = {} if tiny else {"dtype": "bfloat16"}  # 12B and 4.7B parameters: the released bf16 weights as they are
 
     def role(kind: str, subfolder: str, options: dict | None = None) -> Component:
+        shipped = not tiny and not kind.endswith("tokenizer")  # tokenizers are built, not configured
         return Component(kind, "flux", flux_source, subfolder, options=options or {},
-                         config=None if tiny else f"flux-schnell/{subfolder}", described=False)
+                         config=f"flux-schnell/{subfolder}" if shipped else None, described=False)
 
     return {
         "flux_transformer": role("flux_transformer", "transformer", half),
@@ -204,7 +205,7 @@ def build_tiny(root: Path) -> None:
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                          pooled_projection_dim=32, guidance_embeds=False, axes_dims_rope=(4, 6, 6))
     torch.manual_seed(21)  # downsamples by 8 with 16 latent channels, FLUX's scale and shift
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 32, 32),
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16, 16, 16),
                         layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=64,
                         scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
