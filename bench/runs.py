@@ -362,7 +362,7 @@ def _resolve(job: Job, ctx: Context) -> tuple[Any, Any, dict[str, Any], str]:
     from bench.metrics import get_suite
     from bench.models.profiles import get_profile
 
-    profile = get_profile(job.profile, job.backbone, ctx.weights)
+    profile = get_profile(job.profile, job.backbone, ctx.weights).for_method(job.method)
     config = resolve_config(job, profile.iteration_cap, profile.step_cap)
     suite = get_suite(ctx.suite).describe()
     return profile, config, suite, job_hash(job, config, profile.describe(), suite)

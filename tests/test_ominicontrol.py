@@ -154,6 +154,25 @@ def test_save_then_load_gives_the_same_images(photos, tmp_path) -> None:
     assert np.array_equal(before, _pixels(loaded, [PROMPT, "a dog in the snow", PROMPT], [0, 1, 2]))
 
 
+# paper-random: the released parameter counts. FLUX.1-schnell's transformer has no guidance embedder (FLUX.1-dev's
+# 11,901,408,320 less its 10,229,760); the T5-XXL encoder alone; CLIP ViT-L/14 text as for SD 1.5; the 16-channel VAE.
+FLUX_COUNTS = {"flux_transformer": ("FluxTransformer2DModel", 11_891_178_560), "flux_vae": ("AutoencoderKL", 83_819_683),
+               "flux_text_encoder": ("CLIPTextModel", 123_060_480),
+               "flux_text_encoder_2": ("T5EncoderModel", 4_762_310_656)}
+
+
+@pytest.mark.parametrize("role", sorted(FLUX_COUNTS))
+def test_full_size_flux_roles_build_on_meta_with_released_counts(role: str) -> None:
+    from bench.models.loading import load_component
+
+    with torch.device("meta"):
+        model = load_component(get_profile("paper-random"), role, "meta")
+    cls, count = FLUX_COUNTS[role]
+    assert type(model).__name__ == cls and next(model.parameters()).device.type == "meta"
+    assert sum(p.numel() for p in model.parameters()) == count
+    assert not any(p.requires_grad for p in model.parameters())
+
+
 def test_full_size_flux_and_omini_adapter_build_on_meta() -> None:
     """paper-random's transformer (12B) with an adapter of the released shape: every target the released config
     names (1 patch embedder + 19 double blocks x 6 + 38 single blocks x 6 = 343 layers), rank 16."""
@@ -192,10 +211,12 @@ def test_missing_omini_lora_on_paper_is_one_line(monkeypatch, tmp_path) -> None:
 FLUX_REPO = "black-forest-labs/FLUX.1-schnell"
 
 
-def test_flux_roles_leave_earlier_run_hashes_alone() -> None:
-    """The FLUX.1 roles are not in a run's model description at their defaults; an override puts them there."""
+def test_flux_roles_are_reserved_for_ominicontrol() -> None:
+    """Other methods' profiles (what their records describe and hash) leave the FLUX.1 roles out."""
     for name in ("tiny", "paper", "paper-random"):
-        described = get_profile(name).describe()["components"]
+        profile = get_profile(name)
+        assert "omini_lora" in profile.for_method("ominicontrol").components
+        described = profile.for_method("lora").describe()["components"]
         assert not any(role.startswith(("flux_", "omini_")) for role in described), name
-    overridden = get_profile("paper", weights={"omini": "/models/omini"}).describe()["components"]
-    assert overridden["omini_lora"]["source"] == "/models/omini" and "flux_transformer" not in overridden
+        assert described == {role: entry for role, entry in profile.describe()["components"].items()
+                             if not role.startswith(("flux_", "omini_"))}

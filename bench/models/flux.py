@@ -15,8 +15,8 @@ the token sequence), `flux_scheduler` (flow-matching Euler) and `omini_lora` (Om
 - `paper-random`: the full-size architectures from `bench/models/configs/flux-schnell`, random weights; the LoRA
   role is then empty and the method adds a random adapter of the released shape.
 
-These roles are not part of a run's model description while they point at their profile's default (`Component.
-described`), so adding them left every earlier run's hash as it was.
+The roles are reserved for OminiControl (`Component.methods`): every other method's profile, record and hash are
+as they were before they were added. `--weights` groups: `flux` and `omini`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from bench.models.profiles import Component
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 OMINICONTROL = "Yuanshi/OminiControl"
 OMINI_LORA_FILE = "omini/subject_512.safetensors"
-FLUX_GROUPS = ("flux", "omini")
-"""`--weights` groups of these roles: the FLUX.1 repository and the OminiControl LoRA."""
+METHODS = ("ominicontrol",)
+"""The methods these roles are reserved for (`Component.methods`): other methods' profiles leave them out."""
 
 OMINI_TARGETS = (r"(.*x_embedder|.*(?<!single_)transformer_blocks\.[0-9]+\.norm1\.linear"
                  r"|.*(?<!single_)transformer_blocks\.[0-9]+\.attn\.to_[qkv]"
@@ -57,7 +57,7 @@ def flux_roles(flux_source: str, omini_source: str, tiny: bool) -> dict[str, Com
     def role(kind: str, subfolder: str, options: dict | None = None) -> Component:
         shipped = not tiny and not kind.endswith("tokenizer")  # tokenizers are built, not configured
         return Component(kind, "flux", flux_source, subfolder, options=options or {},
-                         config=f"flux-schnell/{subfolder}" if shipped else None, described=False)
+                         config=f"flux-schnell/{subfolder}" if shipped else None, methods=METHODS)
 
     return {
         "flux_transformer": role("flux_transformer", "transformer", half),
@@ -67,7 +67,7 @@ def flux_roles(flux_source: str, omini_source: str, tiny: bool) -> dict[str, Com
         "flux_text_encoder_2": role("t5_encoder", "text_encoder_2", half),
         "flux_tokenizer_2": role("t5_tokenizer", "tokenizer_2"),
         "flux_scheduler": role("scheduler", "scheduler"),
-        "omini_lora": Component("omini_lora", "omini", omini_source, file=OMINI_LORA_FILE, described=False),
+        "omini_lora": Component("omini_lora", "omini", omini_source, file=OMINI_LORA_FILE, methods=METHODS),
     }
 
 

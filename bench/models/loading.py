@@ -17,7 +17,6 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.hub import hub_offline, offline_mode, quiet_loading
-from bench.models.flux import FLUX_GROUPS, LOADERS as FLUX_LOADERS
 from bench.models.profiles import Component, Profile
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -83,13 +82,10 @@ class Models:
         key = (self.profile.name, self.profile.backbone, role, comp.source, str(self.device))
         if key not in _PRISTINE:
             if self.profile.name == "tiny":
-                from bench.models.tiny import ensure_built
+                from bench.models.tiny import ensure_built, ensure_method_models
 
                 ensure_built()
-                if comp.group in FLUX_GROUPS:
-                    from bench.models.flux import ensure_tiny_flux
-
-                    ensure_tiny_flux()
+                ensure_method_models(comp.methods)  # a method's own stand-ins, built on first use
             _PRISTINE[key] = load_component(self.profile, role, self.device)
         return _PRISTINE[key]
 
@@ -328,4 +324,8 @@ def _lora(comp: Component, random_init: bool) -> Any:
 
 _LOADERS = {"unet": _unet, "vae": _vae, "text_encoder": _text_encoder, "tokenizer": _tokenizer,
             "scheduler": _scheduler, "clip_vision": _clip_vision, "ip_proj": _ip_proj, "timm": _timm,
-            "lora": _lora, **FLUX_LOADERS}
+            "lora": _lora}
+
+from bench.models.flux import LOADERS as _FLUX_LOADERS  # noqa: E402 - the kinds of OminiControl's FLUX.1 roles
+
+_LOADERS.update(_FLUX_LOADERS)

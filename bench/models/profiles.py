@@ -50,10 +50,9 @@ class Component:
     """Kind-specific options: timm architecture kwargs, scheduler config overrides, input size."""
     config: str | None = None
     """paper-random: config shipped under bench/models/configs, relative path."""
-    described: bool = True
-    """False for a role that only some methods load (the FLUX.1 roles of OminiControl): left out of
-    `Profile.describe` (so of run hashes) while it points at its profile's default, so that adding it changed no
-    earlier run's hash; a `--weights` override of its group makes it described."""
+    methods: tuple[str, ...] = ()
+    """The methods that use this role; empty: every method. A role reserved for some methods is left out of the
+    others' profiles (`Profile.for_method`), so adding one changes no other method's record or hash."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,11 @@ class Profile:
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     """Seeds of the evaluation images; the protocol's 25 prompts x these seeds per concept."""
 
+    def for_method(self, method: str) -> Profile:
+        """This profile without the roles reserved for other methods (`Component.methods`)."""
+        return replace(self, components={role: c for role, c in self.components.items()
+                                         if not c.methods or method in c.methods})
+
     def describe(self) -> dict[str, Any]:
         """What a run record stores about the models."""
         return {
@@ -88,7 +92,7 @@ class Profile:
             "eval_seeds": list(self.eval_seeds),
             "components": {
                 role: {"source": c.source, "subfolder": c.subfolder, "file": c.file, **c.options}
-                for role, c in sorted(self.components.items()) if c.described
+                for role, c in sorted(self.components.items())
             },
         }
 
@@ -186,7 +190,7 @@ def get_profile(name: str, backbone: str = "sd-turbo", weights: dict[str, str] |
         if group not in groups:
             raise unknown("weights group", group, groups)
     comps = {
-        role: replace(c, source=overrides[c.group], described=True) if c.group in overrides else c
+        role: replace(c, source=overrides[c.group]) if c.group in overrides else c
         for role, c in profile.components.items()
     }
     return replace(profile, components=comps)
