@@ -23,7 +23,8 @@ from bench.tables import (CD, ED, METHOD_LABELS, METRIC_LABELS, METRICS, Table, 
 
 GRID_COLUMNS = ((CD, "sd21", "Custom Diffusion (SD 2.1)"), (CD, "default", "Custom Diffusion"),
                 ("textual_inversion", "default", "Textual Inversion"), ("dreambooth", "default", "DreamBooth"),
-                ("lora", "default", "LoRA"), (ED, "default", "EchoDistill"))
+                ("lora", "default", "LoRA"), ("ominicontrol", "default", "OminiControl (Flux)"),
+                (ED, "default", "EchoDistill"))
 """Methods in the qualitative grid, left to right after the reference image (the paper's Figure 3 order)."""
 GRID_CONCEPTS = 6
 LOSS_KEYS = ("loss_student", "loss_teacher", "mse", "id", "msswd", "adv_dino1", "adv_dino2", "adv_clip",

@@ -130,7 +130,10 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
         _only_paper("DisenBooth"),
         _baseline("LoRA", "lora"),
         _only_paper("IP-Adapter", "TCD", None, "encoder-based; no training"),
-        _only_paper("OminiControl", "Flux", None, "encoder-based; no training"),
+        RowSpec("OminiControl", "ominicontrol", ("default", "each"), "Flux", None, 1,
+                _paper(5, "main_timed", "OminiControl", "Flux", "", None, 1),
+                note="encoder-based, no training: FLUX.1-schnell + OminiControl subject LoRA, one step, conditioned "
+                     "on the first photo (variant each: every photo in turn)"),
         RowSpec("EchoDistill, before echo", ED, ("default",), source=BEFORE_ECHO,
                 paper=_paper(5, "main_timed", "EchoDistill", "SD Turbo"),
                 note="student before the echo stage (the paper's main numbers); train time covers the whole run"),
@@ -239,7 +242,7 @@ def _extra_label(method: str, base: str) -> str:
 
 
 METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
-                 "dreambooth": "DreamBooth", "lora": "LoRA"}
+                 "dreambooth": "DreamBooth", "lora": "LoRA", "ominicontrol": "OminiControl"}
 
 
 # --- the paper's numbers ---------------------------------------------------------------------------------
