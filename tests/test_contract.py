@@ -46,10 +46,14 @@ def test_method_contract(name: str, concept, tmp_path: Path) -> None:
 
     log = ListLog()
     profile = get_profile("tiny")
-    trained = method.train(concept, Models(profile, "cpu"), tmp_path / "work", 0, log)
+    if getattr(cls, "trains", True):
+        trained = method.train(concept, Models(profile, "cpu"), tmp_path / "work", 0, log)
+        assert log.phases and log.rows, "a method reports its iterations through the Log"
+        assert all(np.isfinite(v) for row in log.rows for v in row.values())
+    else:  # no training stage: prepare conditions the model on the photos, and says which ones
+        trained = method.prepare(concept, Models(profile, "cpu"), tmp_path / "work", 0)
+        assert trained.conditioning and set(trained.conditioning) <= {p.name for p in concept.images}
     assert isinstance(trained, Trained)
-    assert log.phases and log.rows, "a method reports its iterations through the Log"
-    assert all(np.isfinite(v) for row in log.rows for v in row.values())
 
     prompts = [concept.prompt("a {0} {1} in the snow", trained.identifier)] * 2
     images = trained.generate(prompts, [0, 1])
