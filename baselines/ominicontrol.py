@@ -106,8 +106,8 @@ class OminiControl:
 
         photos = sorted(concept.images, key=lambda p: p.name)
         photos = photos[:1] if self.config.conditioning == "first" else photos
+        lora = models.omini_lora  # first: a missing adapter is named before the large models load
         pipe = _pipeline(models)
-        lora = models.omini_lora
         if lora is None:  # paper-random: a random adapter of the released shape
             from peft import LoraConfig
 
