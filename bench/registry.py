@@ -17,6 +17,7 @@ METHODS: dict[str, str] = {
     "lora": "baselines.lora:LoRA",
     "cones2": "baselines.cones2:Cones2",
     "ip_adapter_tcd": "baselines.ip_adapter_tcd:IPAdapterTCD",
+    "ominicontrol": "baselines.ominicontrol:OminiControl",
 }
 
 

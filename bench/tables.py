@@ -135,7 +135,10 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
         RowSpec("IP-Adapter", "ip_adapter_tcd", ("default",), "TCD", None, 1,
                 _paper(5, "main_timed", "IP-Adapter", "TCD", "", None, 1), trains=False,
                 note="encoder-based, no training: SDXL + TCD LoRA + IP-Adapter, conditioned on the first photo"),
-        _only_paper("OminiControl", "Flux", None, "encoder-based; no training"),
+        RowSpec("OminiControl", "ominicontrol", ("default", "each"), "Flux", None, 1,
+                _paper(5, "main_timed", "OminiControl", "Flux", "", None, 1), trains=False,
+                note="encoder-based, no training: FLUX.1-schnell + OminiControl subject LoRA, one step, conditioned "
+                     "on the first photo (variant each: every photo in turn)"),
         RowSpec("EchoDistill, before echo", ED, ("default",), source=BEFORE_ECHO,
                 paper=_paper(5, "main_timed", "EchoDistill", "SD Turbo"),
                 note="student before the echo stage (the paper's main numbers); train time covers the whole run"),
@@ -245,7 +248,7 @@ def _extra_label(method: str, base: str) -> str:
 
 METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
                  "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2", "disenbooth": "DisenBooth",
-                 "ip_adapter_tcd": "IP-Adapter"}
+                 "ip_adapter_tcd": "IP-Adapter", "ominicontrol": "OminiControl"}
 
 
 # --- the paper's numbers ---------------------------------------------------------------------------------

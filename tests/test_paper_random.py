@@ -86,6 +86,10 @@ CONFIG_FILES = {
     "sdxl/unet": "config.json", "sdxl/vae": "config.json", "sdxl/text_encoder": "config.json",
     "sdxl/text_encoder_2": "config.json", "sdxl/scheduler": "scheduler_config.json",
     "ip-adapter-sdxl/image_encoder": "config.json",
+    # OminiControl's FLUX.1 roles: tests/test_ominicontrol.py checks their parameter counts
+    "flux-schnell/transformer": "config.json", "flux-schnell/vae": "config.json",
+    "flux-schnell/text_encoder": "config.json", "flux-schnell/text_encoder_2": "config.json",
+    "flux-schnell/scheduler": "scheduler_config.json",
 }
 
 

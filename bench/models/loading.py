@@ -47,7 +47,8 @@ class Models:
 
     Roles (see `bench.models.profiles`): student_unet, student_scheduler, student_text_encoder,
     student_tokenizer, teacher_unet, teacher_scheduler, teacher_text_encoder, teacher_tokenizer, vae,
-    clip_vision, ip_proj, dino1, dinov2 (and student_lora for hyper-sd15 at paper scale).
+    clip_vision, ip_proj, dino1, dinov2 (and student_lora for hyper-sd15 at paper scale), and the FLUX.1 roles of
+    `bench.models.flux` (flux_transformer, flux_vae, ..., omini_lora).
     """
 
     def __init__(self, profile: Profile, device: str | None = None, speed: Any = None) -> None:
@@ -325,7 +326,9 @@ _LOADERS = {"unet": _unet, "vae": _vae, "text_encoder": _text_encoder, "tokenize
             "scheduler": _scheduler, "clip_vision": _clip_vision, "ip_proj": _ip_proj, "timm": _timm,
             "lora": _lora}
 
-# The kinds of IP-Adapter (TCD)'s roles (bench/models/tcd.py).
-from bench.models.tcd import LOADERS as _TCD_LOADERS
+# The kinds of the encoder-based methods' roles (bench/models/tcd.py, bench/models/flux.py).
+from bench.models.flux import LOADERS as _FLUX_LOADERS  # noqa: E402
+from bench.models.tcd import LOADERS as _TCD_LOADERS  # noqa: E402
 
 _LOADERS.update(_TCD_LOADERS)
+_LOADERS.update(_FLUX_LOADERS)

@@ -36,7 +36,8 @@ class Component:
     """Where one role's weights come from and how to load them."""
 
     kind: str
-    """Loader: unet, vae, text_encoder, tokenizer, scheduler, clip_vision, ip_proj, timm, lora."""
+    """Loader: unet, vae, text_encoder, tokenizer, scheduler, clip_vision, ip_proj, timm, lora (and the FLUX.1
+    kinds of `bench.models.flux`: flux_transformer, t5_encoder, t5_tokenizer, omini_lora)."""
     group: str
     """Override key for `--weights GROUP=PATH`: student, teacher, image_encoder, dino1, dinov2, ..."""
     source: str
@@ -142,9 +143,11 @@ def _paper(backbone: str, random_init: bool) -> Profile:
                  "student_lora": Component("lora", "hyper_lora", HYPER_SD, file="Hyper-SD15-1step-lora.safetensors"),
                  "student_scheduler": Component("scheduler", "student", SD15, "scheduler", config="sd15/scheduler",
                                                 options={"_class_name": "TCDScheduler"})}
+    from bench.models.flux import FLUX_SCHNELL, OMINICONTROL, flux_roles
     from bench.models.tcd import tcd_roles
 
-    return Profile(name, backbone, 512, {**comps, **images, **tcd_roles(tiny=False)}, random_init=random_init)
+    flux = flux_roles(FLUX_SCHNELL, OMINICONTROL, tiny=False)
+    return Profile(name, backbone, 512, {**comps, **images, **tcd_roles(tiny=False), **flux}, random_init=random_init)
 
 
 TINY_EVAL_SEEDS = (0,)
@@ -169,9 +172,11 @@ def _tiny(backbone: str) -> Profile:
     else:
         comps = {**_diffusers_roles("student", "student", str(root / "hyper-sd15"), "", with_vae=False),
                  **_diffusers_roles("teacher", "teacher", str(root / "sd15"), "", with_vae=True)}
+    from bench.models.flux import tiny_flux_roles
     from bench.models.tcd import tcd_roles
 
     comps.update(tcd_roles(tiny=True))
+    comps.update(tiny_flux_roles())
     return Profile("tiny", backbone, 64, {**comps, **images}, iteration_cap=TINY_ITERATION_CAP,
                    step_cap=TINY_STEP_CAP, eval_seeds=TINY_EVAL_SEEDS)
 

@@ -50,7 +50,8 @@ def ensure_built() -> Path:
     return root
 
 
-METHOD_MODELS = {"ip_adapter_tcd": "bench.models.tcd:ensure_tiny"}
+METHOD_MODELS = {"ip_adapter_tcd": "bench.models.tcd:ensure_tiny",
+                 "ominicontrol": "bench.models.flux:ensure_tiny_flux"}
 """Methods with stand-ins of their own (roles reserved for them, `Component.methods`): the function that builds
 them into their own cache folder, on first use, so that other methods never wait for them."""
 
