@@ -57,23 +57,35 @@ class JobFacts:
 
 
 def job_facts(job: Any, ctx: Any) -> JobFacts:
-    from bench.config import stable_hash, training_fields
+    from bench.config import stable_hash
+
+    common = _config_facts(job.method, job.variant, job.overrides, job.profile, job.backbone,
+                           tuple(sorted(ctx.weights.items())))
+    training, iterations, batch_size, steps, images = common
+    group = stable_hash({**training, "concept": job.concept, "seed": job.seed})
+    return JobFacts(job.method, job.variant, job.profile, job.backbone, group, iterations, batch_size, steps, images)
+
+
+@lru_cache(maxsize=4096)
+def _config_facts(method: str, variant: str, overrides: str, profile_name: str, backbone: str,
+                  weights: tuple[tuple[str, str], ...]) -> tuple[dict[str, Any], int, int | None, int, int]:
+    """What the resolved config of a (method, variant, overrides, profile, backbone) gives every job of it: its
+    training identity without the concept and seed, iterations, batch size, sampling steps and image count."""
+    from bench.config import training_fields
     from bench.models.profiles import get_profile
     from bench.registry import get_method
-    from bench.runs import resolve_config
+    from bench.runs import Job, resolve_config
 
-    profile = get_profile(job.profile, job.backbone, ctx.weights)
-    config = resolve_config(job, profile.iteration_cap, profile.step_cap)
-    cls = get_method(job.method)
-    group = stable_hash({"method": job.method, "method_version": getattr(cls, "version", 1), "concept": job.concept,
-                         "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
-                         "config": training_fields(config)})
-    trains = getattr(cls, "trains", True)
+    profile = get_profile(profile_name, backbone, dict(weights))
+    config = resolve_config(Job(method, variant, "", 0, profile_name, backbone, overrides), profile.iteration_cap,
+                            profile.step_cap)
+    cls = get_method(method)
+    training = {"method": method, "method_version": getattr(cls, "version", 1), "profile": profile_name,
+                "backbone": backbone, "config": training_fields(config)}
+    iterations = int(getattr(config, "iterations", 0) or 0) if getattr(cls, "trains", True) else 0
     steps = next((getattr(config, f) for f in ("eval_steps", "sample_steps") if hasattr(config, f)), 1)
-    return JobFacts(job.method, job.variant, job.profile, job.backbone, group,
-                    int(getattr(config, "iterations", 0) or 0) if trains else 0,
-                    getattr(config, "batch_size", None), int(steps or 1),
-                    PROMPTS_PER_CONCEPT * len(profile.eval_seeds))
+    return (training, iterations, getattr(config, "batch_size", None), int(steps or 1),
+            PROMPTS_PER_CONCEPT * len(profile.eval_seeds))
 
 
 # --- the paper's timings ---------------------------------------------------------------------------------------
