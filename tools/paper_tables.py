@@ -122,9 +122,11 @@ def selected(args: argparse.Namespace) -> list[Piece]:
 
 
 def bench(argv: list[str], env: dict[str, str]) -> int:
-    """Run one `bench` command with this interpreter (so the same installation), echoing it first."""
+    """Run one `bench` command with this interpreter (so the same installation), echoing it first. $BENCH_MODULE
+    names another module to run as `bench` (the tests use `tests.fake_bench`, which adds a test-only method)."""
     print("+ bench " + " ".join(argv), flush=True)
-    return subprocess.run([sys.executable, "-m", "bench.cli", *argv], env={**os.environ, **env}).returncode
+    module = os.environ.get("BENCH_MODULE", "bench.cli")
+    return subprocess.run([sys.executable, "-m", module, *argv], env={**os.environ, **env}).returncode
 
 
 def common(args: argparse.Namespace, piece: Piece) -> list[str]:
