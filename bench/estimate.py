@@ -8,7 +8,8 @@ Timing sources for one method, in order:
    steps / perf steps` to sample. It leaves out model loading and scoring, which are small beside training.
 2. `paper`: the paper's Table 5 (one A40): train seconds per iteration (its train time over its iterations)
    times the run's iterations, and its seconds per image (the row with the run's step count, else the 1-step
-   row times the steps) times the run's images.
+   row times the steps) times the run's images. A method is found there by its table label (`bench.tables`), else
+   by name (`cones2` is Cones 2).
 
 A method with neither is one line (exit 2), naming `bench perf` as the way to get a source. Runs that share a
 training (`bench.runs.find_trained`) pay for it once: a group with a finished member pays only for sampling.
@@ -99,17 +100,32 @@ def _table5() -> list[dict[str, str]]:
     return [r for r in csv.DictReader(io.StringIO(text)) if r["table"] == "5"]
 
 
-def paper_timing(method: str, backbone: str, steps: int) -> tuple[float, float] | None:
-    """(train seconds per iteration, seconds per image at `steps`) from Table 5, or None when not timed there."""
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def paper_label(method: str) -> str | None:
+    """The method's name in Table 5: its table label, else the Table 5 method whose letters and digits begin the
+    method's own (`cones2` -> Cones 2, `ip_adapter_tcd` -> IP-Adapter); None when the paper does not time it."""
     from bench.tables import METHOD_LABELS
 
-    label = METHOD_LABELS.get(method)
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    names = sorted({r["method"] for r in _table5()}, key=lambda n: -len(_squash(n)))
+    return next((n for n in names if _squash(method).startswith(_squash(n))), None)
+
+
+def paper_timing(method: str, backbone: str, steps: int) -> tuple[float, float] | None:
+    """(train seconds per iteration, seconds per image at `steps`) from Table 5, or None when not timed there. A
+    method the paper times without training (encoder-based) trains for 0 s."""
+    label = paper_label(method)
     model = PAPER_MODEL.get(backbone, "SD Turbo")
-    rows = [r for r in _table5() if r["method"] == label and r["model"] == model]
-    trained = [r for r in rows if r["train_time_s"] and r["iterations"]]
-    if not trained:
+    rows = [r for r in _table5() if r["method"] == label]
+    rows = [r for r in rows if r["model"] == model] or rows  # encoder-based methods run on their own models
+    if not rows:
         return None
-    per_iteration = float(trained[0]["train_time_s"]) / float(trained[0]["iterations"])
+    trained = [r for r in rows if r["train_time_s"] and r["iterations"]]
+    per_iteration = float(trained[0]["train_time_s"]) / float(trained[0]["iterations"]) if trained else 0.0
     at_steps = [r for r in rows if r["infer_nfe"] == str(steps) and r["infer_time_s"]]
     one_step = [r for r in rows if r["infer_nfe"] == "1" and r["infer_time_s"]]
     if at_steps:
@@ -126,7 +142,7 @@ def _paper_mean() -> tuple[float, float]:
     """The mean Table 5 timings over the methods it times: the reference cost of a method it does not."""
     from bench.tables import METHOD_LABELS
 
-    found = [t for m in METHOD_LABELS if (t := paper_timing(m, "sd-turbo", 1)) is not None]
+    found = [t for m in METHOD_LABELS if (t := paper_timing(m, "sd-turbo", 1)) is not None and t[0] > 0]
     return sum(t[0] for t in found) / len(found), sum(t[1] for t in found) / len(found)
 
 

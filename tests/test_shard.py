@@ -164,3 +164,12 @@ def test_plan_command_table_and_json(monkeypatch, capsys, tmp_path):
     result = json.loads(out)
     assert code == 0 and result["total"]["runs"] == 2 and result["shard"] == "1/1"
     assert result["rows"][0]["source"] == "paper"
+
+
+def test_paper_timings_found_by_name_for_methods_without_a_table_label():
+    from bench.estimate import paper_label, paper_timing
+
+    assert paper_label("cones2") == "Cones 2" and paper_label("ip_adapter_tcd") == "IP-Adapter"
+    assert paper_label("fake") is None and paper_timing("fake", "sd-turbo", 1) is None
+    assert paper_timing("ip_adapter_tcd", "sd-turbo", 1) == (0.0, 0.39)  # encoder-based: no training time
+    assert paper_timing("custom_diffusion", "sd-turbo", 25) == (0.541, 1.57)  # the row with the run's steps
