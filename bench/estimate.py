@@ -188,14 +188,17 @@ def perf_cost(facts: JobFacts, entry: dict[str, Any], trains: bool) -> float:
 # --- a plan's estimate ----------------------------------------------------------------------------------------------
 
 
-def estimate(jobs: list[Any], ctx: Any, device: str, perf_dirs: list[Path]) -> dict[str, Any]:
-    """Per (method, variant): runs, done, kept failed, left, estimated hours left and the timing source; totals."""
+def estimate(jobs: list[Any], ctx: Any, device: str, perf_dirs: list[Path],
+             trained_groups: set[str] | None = None) -> dict[str, Any]:
+    """Per (method, variant): runs, done, kept failed, left, estimated hours left and the timing source; totals.
+    `trained_groups`: trainings already paid for by an earlier sweep of the same plan (updated in place)."""
     from bench.runs import triage
 
     facts = {job: job_facts(job, ctx) for job in jobs}
     states = {job: triage(job, ctx).state for job in jobs}
     entries: dict[str, dict[str, dict[str, Any]]] = {}
-    trained_groups = {facts[j].group for j in jobs if states[j] == "done"}
+    trained_groups = trained_groups if trained_groups is not None else set()
+    trained_groups |= {facts[j].group for j in jobs if states[j] == "done"}
     missing = []
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for job in jobs:
@@ -274,7 +277,7 @@ def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]],
         raise BenchError(f"--shards must be >= 1, got {shards}")
     jobs, ctx = prepare(methods, variants, concepts, seeds, profile, backbone, data, results, suite, device,
                         weights, check_images=False)
-    loads = shard_loads(jobs, ctx, shards) if shards else None
+    loads = shard_loads([(jobs, ctx)], shards) if shards else None
     if shard is not None:
         jobs = shard_jobs(jobs, ctx, *shard)
     folders = perf_dirs if perf_dirs else [Path("results") / "perf", Path(results) / "perf"]

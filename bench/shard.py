@@ -84,13 +84,20 @@ def assign(groups: list[Group], n: int, slack: float = SLACK) -> dict[str, int]:
 
 def group_jobs(jobs: list[Any], ctx: Any) -> list[Group]:
     """The plan's training groups with their reference costs (machine independent)."""
+    return group_pieces([(jobs, ctx)])
+
+
+def group_pieces(pieces: list[tuple[list[Any], Any]]) -> list[Group]:
+    """Training groups over several sweeps at once (each its jobs and their context): a training shared by two
+    sweeps (EchoDistill's default run and its `--nfe 1` run) is one group, paid for once."""
     from bench.estimate import job_facts, reference_cost
 
     members: dict[str, list[Any]] = {}
     facts = {}
-    for job in jobs:
-        facts[job] = job_facts(job, ctx)
-        members.setdefault(facts[job].group, []).append(job)
+    for jobs, ctx in pieces:
+        for job in jobs:
+            facts[job] = job_facts(job, ctx)
+            members.setdefault(facts[job].group, []).append(job)
     groups = []
     for key, group in members.items():
         cost = sum(reference_cost(facts[job], trains=(i == 0)) for i, job in enumerate(group))
@@ -100,17 +107,23 @@ def group_jobs(jobs: list[Any], ctx: Any) -> list[Group]:
 
 def shard_jobs(jobs: list[Any], ctx: Any, k: int, n: int) -> list[Any]:
     """The jobs of shard `k` (1-based) of `n`, in plan order."""
+    return shard_pieces([(jobs, ctx)], k, n)[0]
+
+
+def shard_pieces(pieces: list[tuple[list[Any], Any]], k: int, n: int) -> list[list[Any]]:
+    """Shard `k` of `n` of a plan made of several sweeps, split as one plan (shared trainings together even
+    across sweeps): per sweep, its jobs in that shard, in order."""
     if n == 1:
-        return list(jobs)
-    groups = group_jobs(jobs, ctx)
+        return [list(jobs) for jobs, _ in pieces]
+    groups = group_pieces(pieces)
     where = assign(groups, n)
     mine = {job for g in groups if where[g.key] == k - 1 for job in g.jobs}
-    return [job for job in jobs if job in mine]
+    return [[job for job in jobs if job in mine] for jobs, _ in pieces]
 
 
-def shard_loads(jobs: list[Any], ctx: Any, n: int) -> list[dict[str, Any]]:
+def shard_loads(pieces: list[tuple[list[Any], Any]], n: int) -> list[dict[str, Any]]:
     """Per shard: its runs and its reference cost in seconds (for `bench plan --shards N`)."""
-    groups = group_jobs(jobs, ctx)
+    groups = group_pieces(pieces)
     where = assign(groups, n)
     out = [{"shard": f"{s + 1}/{n}", "runs": 0, "reference_s": 0.0} for s in range(n)]
     for g in groups:

@@ -173,3 +173,18 @@ def test_paper_timings_found_by_name_for_methods_without_a_table_label():
     assert paper_label("fake") is None and paper_timing("fake", "sd-turbo", 1) is None
     assert paper_timing("ip_adapter_tcd", "sd-turbo", 1) == (0.0, 0.39)  # encoder-based: no training time
     assert paper_timing("custom_diffusion", "sd-turbo", 25) == (0.541, 1.57)  # the row with the run's steps
+
+
+def test_a_training_shared_by_two_sweeps_lands_in_one_shard(ctx):
+    from bench.shard import shard_pieces
+
+    names = concepts(30)
+    main = plan(["lora", "textual_inversion", "echodistill"], [("default", {})], names, [0], "paper")
+    nfe = plan(["echodistill"], ablation_variants([], False, None, "1,2,4", "sd-turbo"), names, [0], "paper")
+    for n in (3, 4, 8):
+        parts = [shard_pieces([(main, ctx), (nfe, ctx)], k, n) for k in range(1, n + 1)]
+        where = {job: k for k, (m, f) in enumerate(parts) for job in m + f}
+        assert len(where) == len(main) + len(nfe)
+        for c in names:  # EchoDistill's default run and nfe1 (same config) share one training
+            shared = [j for j in main + nfe if j.method == "echodistill" and j.concept == c]
+            assert len({where[j] for j in shared}) == 1

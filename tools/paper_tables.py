@@ -9,9 +9,10 @@
 
 The plan is the paper's: every method's main run, the Custom Diffusion step grid, nine component ablations of
 EchoDistill, its NFE, teacher-first, one-shot and backbone variants (`PIECES`; `--pieces` picks some of them,
-`--methods` replaces the main piece's methods). Each piece is one `bench run` or `bench ablate` command, given
-`--shard K/N`: `bench.shard` splits each piece the same way on every machine, keeping runs that share a training
-together. Finished runs are skipped, so running a shard again resumes it.
+`--methods` replaces the main piece's methods). Each piece is what one `bench run` or `bench ablate` command would
+run; `shard K N` splits the whole plan at once (`bench.shard`: the same split on every machine, runs that share a
+training together, even across pieces) and runs this machine's part piece by piece, as `bench run --shard`
+would. Finished runs are skipped, so running a shard again resumes it.
 
 Options default to environment variables, so the workflow sets them once: PROFILE (paper), CONCEPTS (all),
 SEEDS (0), RESULTS (results), DREAMBENCH (the dataset; else $BENCH_DATA), WEIGHTS (a folder of local weights,
@@ -22,6 +23,7 @@ Exit code: 0, or 3 when some runs failed (kept and listed by `bench status`), or
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -30,7 +32,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-EXIT_RUNS_FAILED = 3
 ABLATED = ("teacher", "discriminators", "id_loss", "mse_loss", "msswd_loss", "disc_dino1", "disc_dino2", "disc_clip",
            "ste")
 """The components the paper ablates (Tables 3 and 8), one `bench ablate --drop` each."""
@@ -129,66 +130,91 @@ def bench(argv: list[str], env: dict[str, str]) -> int:
     return subprocess.run([sys.executable, "-m", module, *argv], env={**os.environ, **env}).returncode
 
 
-def common(args: argparse.Namespace, piece: Piece) -> list[str]:
-    out = ["--concepts", args.concepts, "--seeds", args.seeds, "--profile", args.profile, "--results", args.results]
-    out += ["--data", args.data] if args.data else []
-    return out + weight_flags(args.weights, args.profile, piece.backbone)
-
-
 # --- subcommands ----------------------------------------------------------------------------------------------
 
 
-def estimate(args: argparse.Namespace) -> int:
-    """The whole plan's estimate in one table (and the N shards' reference costs with --shards N)."""
-    from bench.api import BenchError
-    from bench.estimate import estimate as estimate_jobs, render
-    from bench.models.loading import default_device
+def build_plan(args: argparse.Namespace, check_images: bool) -> list[tuple[Piece, list, object]]:
+    """(piece, its jobs, their context) for every selected piece; every user mistake fails here, before work."""
     from bench.runs import prepare
-    from bench.shard import parse_shard, shard_jobs, shard_loads
-    from bench.timing import device_name
 
     os.environ.update({k: v for k, v in metric_weights_env(args.weights, args.profile).items()
                        if k not in os.environ})
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = []
+    for piece in selected(args):
+        weights = [w for w in weight_flags(args.weights, args.profile, piece.backbone) if w != "--weights"]
+        jobs, ctx = prepare(list(piece.methods), piece.variant_list(), args.concepts, seeds, args.profile,
+                            piece.backbone, Path(args.data) if args.data else None, Path(args.results), None, None,
+                            weights, check_images=check_images)
+        out.append((piece, jobs, ctx))
+    return out
+
+
+def guarded(step):
+    """Run a step as `bench` runs a command: a user mistake is one line and exit 2; an environment failure (disk
+    full, device error) is one line and exit 4, with finished runs kept."""
+    def run(args: argparse.Namespace) -> int:
+        from bench.api import BenchError, InfraError, infra_cause
+
+        try:
+            return step(args)
+        except BenchError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except (InfraError, OSError, RuntimeError) as err:
+            cause = infra_cause(err)
+            if cause is None:
+                raise
+            print(f"stopped: {cause}; finished runs are kept, running the shard again resumes", file=sys.stderr)
+            return 4
+    return run
+
+
+@guarded
+def estimate(args: argparse.Namespace) -> int:
+    """The whole plan's estimate in one table (and the N shards' reference costs with --shards N)."""
+    from bench.estimate import estimate as estimate_jobs, render
+    from bench.models.loading import default_device
+    from bench.shard import parse_shard, shard_loads, shard_pieces
+    from bench.timing import device_name
+
+    part = parse_shard(args.shard) if args.shard else None
     device = device_name(default_device())
-    rows, loads = [], None
-    try:
-        part = parse_shard(args.shard) if args.shard else None
-        for piece in selected(args):
-            methods = list(piece.methods) if piece.command == "run" else [piece.methods[0]]
-            weights = [w for w in weight_flags(args.weights, args.profile, piece.backbone) if w != "--weights"]
-            jobs, ctx = prepare(methods, piece.variant_list(), args.concepts, [int(s) for s in args.seeds.split(",")],
-                                args.profile, piece.backbone, Path(args.data) if args.data else None,
-                                Path(args.results), None, None, weights, check_images=False)
-            if args.shards:
-                part_loads = shard_loads(jobs, ctx, args.shards)
-                loads = part_loads if loads is None else [
-                    {**a, "runs": a["runs"] + b["runs"], "reference_s": a["reference_s"] + b["reference_s"]}
-                    for a, b in zip(loads, part_loads)]
-            if part is not None:
-                jobs = shard_jobs(jobs, ctx, *part)
-            perf = [Path("results") / "perf", Path(args.results) / "perf"]
-            rows += estimate_jobs(jobs, ctx, device, perf)["rows"]
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    plan = build_plan(args, check_images=False)
+    pairs = [(jobs, ctx) for _, jobs, ctx in plan]
+    loads = shard_loads(pairs, args.shards) if args.shards else None
+    chosen = shard_pieces(pairs, *part) if part else [jobs for jobs, _ in pairs]
+    rows, paid = [], set()  # a training shared by two sweeps is paid for once
+    for (_, _, ctx), jobs in zip(plan, chosen):
+        perf = [Path("results") / "perf", Path(args.results) / "perf"]
+        rows += estimate_jobs(jobs, ctx, device, perf, paid)["rows"]
     total = {k: sum(r[k] for r in rows) for k in ("runs", "done", "failed", "left", "hours_left")}
     result = {"device": device, "rows": rows, "total": total, **({"shards": loads} if loads else {})}
     print(json.dumps(result, indent=1) if args.format == "json" else render(result, loads), end="")
     return 0
 
 
+@guarded
 def shard(args: argparse.Namespace) -> int:
-    """Every piece of the plan, part K of N, on this machine's executor; failed runs do not stop the others."""
-    env = metric_weights_env(args.weights, args.profile)
+    """Part K of N of the whole plan (split as one plan: trainings shared across sweeps stay together), sweep by
+    sweep on this machine's executor; failed runs do not stop the others (exit 3 at the end)."""
+    from bench.executors import ExecOptions, exit_code, run_jobs, summarize
+    from bench.shard import shard_pieces
+
+    if not 1 <= args.k <= args.n:
+        print(f"error: bad shard {args.k} of {args.n}: K must be between 1 and N", file=sys.stderr)
+        return 2
+    options = ExecOptions(executor=args.executor, workers=args.workers)
+    options.validate()
+    plan = build_plan(args, check_images=True)
+    mine = shard_pieces([(jobs, ctx) for _, jobs, ctx in plan], args.k, args.n)
     worst = 0
-    for piece in selected(args):
-        argv = [*piece.cli(), *common(args, piece), "--shard", f"{args.k}/{args.n}", "--executor", args.executor]
-        argv += ["--workers", str(args.workers)] if args.workers else []
-        code = bench(argv, env)
-        if code == EXIT_RUNS_FAILED:
-            worst = worst or code
-        elif code != 0:
-            return code  # a user mistake (2) or the environment (4): stop here; finished runs are kept
+    for (piece, jobs, ctx), part in zip(plan, mine):
+        print(f"+ {piece.name} (bench {' '.join(piece.cli())}): shard {args.k}/{args.n}: {len(part)} of the "
+              f"plan's {len(jobs)} runs", flush=True)
+        outcome = run_jobs(part, ctx, options)
+        print(summarize(outcome, ctx.results), file=sys.stderr, flush=True)
+        worst = worst or exit_code(outcome)
     return worst
 
 
@@ -286,6 +312,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if os.environ.get("BENCH_MODULE"):  # e.g. tests.fake_bench: registers a test-only method on import
+        importlib.import_module(os.environ["BENCH_MODULE"])
     steps = {"check": check, "matrix": matrix, "pack": pack, "estimate": estimate, "shard": shard, "merge": merge}
     return steps[args.step](args)
 
