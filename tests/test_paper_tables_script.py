@@ -68,3 +68,45 @@ def test_three_shards_merged_equal_one_run_fake(tmp_path, dreambench_root):
 @pytest.mark.slow
 def test_three_shards_merged_equal_one_run_lora(tmp_path, dreambench_root):
     check_sharded_equals_unsharded("lora", tmp_path, dreambench_root)
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paper_tables"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_estimate_of_the_whole_plan_pays_a_shared_training_once(capsys, tmp_path, dreambench_root, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)  # no perf records here: the paper's timings
+    code = load_script().main(["--profile", "paper", "--concepts", "dog,cat", "--pieces", "main,nfe", "--methods",
+                               "echodistill", "--results", str(tmp_path), "--data", str(dreambench_root),
+                               "estimate", "--format", "json", "--shards", "2"])
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert code == 0 and set(rows) == {"default", "nfe1", "nfe2", "nfe4"}
+    assert rows["default"]["hours_left"] == pytest.approx(2 * (3137 + 0.18 * 100) / 3600)
+    assert rows["nfe1"]["hours_left"] == pytest.approx(2 * 0.18 * 100 / 3600)  # sampled from default's training
+    assert sum(s["runs"] for s in result["shards"]) == 8
+
+
+def test_pack_copies_records_and_loss_logs_only(tmp_path, capsys):
+    from bench import store
+
+    run = tmp_path / "results" / "paper" / "lora" / "default" / "dog" / "seed0"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "lora.safetensors").write_bytes(b"w")
+    (run / "loss_log.jsonl").write_text("{}\n")
+    store.write_json_atomic(run / "record.json", {"status": "done", "schema": 1})
+    (run.parent / "seed1.partial").mkdir()
+    code = load_script().main(["--profile", "paper", "--results", str(tmp_path / "results"), "pack",
+                               str(tmp_path / "packed")])
+    packed = sorted(p.relative_to(tmp_path / "packed").as_posix() for p in (tmp_path / "packed").rglob("*")
+                    if p.is_file())
+    assert code == 0 and packed == ["paper/lora/default/dog/seed0/loss_log.jsonl",
+                                    "paper/lora/default/dog/seed0/record.json"]

@@ -8,7 +8,7 @@
     python tools/paper_tables.py [options] merge SRC... --into DEST   merge shards, then status, tables, report
 
 The plan is the paper's: every method's main run, the Custom Diffusion step grid, nine component ablations of
-EchoDistill, its NFE, teacher-first, one-shot and backbone variants (`PIECES`; `--pieces` picks some of them,
+EchoDistill, its NFE, teacher-first, one-shot and backbone variants (`pieces()`; `--pieces` picks some of them,
 `--methods` replaces the main piece's methods). Each piece is what one `bench run` or `bench ablate` command would
 run; `shard K N` splits the whole plan at once (`bench.shard`: the same split on every machine, runs that share a
 training together, even across pieces) and runs this machine's part piece by piece, as `bench run --shard`
@@ -17,7 +17,8 @@ would. Finished runs are skipped, so running a shard again resumes it.
 Options default to environment variables, so the workflow sets them once: PROFILE (paper), CONCEPTS (all),
 SEEDS (0), RESULTS (results), DREAMBENCH (the dataset; else $BENCH_DATA), WEIGHTS (a folder of local weights,
 laid out as the workflow file describes; passed as --weights on the paper profile), EXECUTOR (gpus), WORKERS.
-Exit code: 0, or 3 when some runs failed (kept and listed by `bench status`), or the first other failure's code.
+Exit code: 0; 2 for a user mistake (one line, before any work); 3 when some runs failed (kept, listed by
+`bench status`); 4 when the environment failed (disk, device: finished runs kept, running it again resumes).
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def selected(args: argparse.Namespace) -> list[Piece]:
     wanted = [n for n in args.pieces.split(",") if n]
     bad = [n for n in wanted if n not in names]
     if bad:
-        raise SystemExit(f"error: unknown piece '{bad[0]}'; valid: all, {', '.join(p.name for p in plan)}")
+        from bench.api import BenchError
+
+        raise BenchError(f"unknown piece '{bad[0]}'; valid: all, {', '.join(p.name for p in plan)}")
     return [p for p in plan if p.name in wanted]
 
 
@@ -254,6 +257,7 @@ def merge(args: argparse.Namespace) -> int:
     return 0
 
 
+@guarded
 def check(args: argparse.Namespace) -> int:
     """The dataset decodes and every weights folder the plan needs exists (paper profile), before any run."""
     if args.data:
