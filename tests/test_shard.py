@@ -188,3 +188,15 @@ def test_a_training_shared_by_two_sweeps_lands_in_one_shard(ctx):
         for c in names:  # EchoDistill's default run and nfe1 (same config) share one training
             shared = [j for j in main + nfe if j.method == "echodistill" and j.concept == c]
             assert len({where[j] for j in shared}) == 1
+
+
+def test_bench_run_shard_runs_only_its_part(monkeypatch, capsys, tmp_path, dreambench_root):
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    ctx = Context(data=dreambench_root, results=tmp_path, suite="tiny")
+    jobs = plan(["fake"], [("default", {})], ["dog", "cat", "teapot", "clock"], [0], "tiny")
+    mine = shard_jobs(jobs, ctx, 2, 2)
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,cat,teapot,clock",
+                         "--results", tmp_path, "--data", dreambench_root, "--shard", "2/2")
+    done = sorted(r["concept"] for r in store.iter_records(tmp_path))
+    assert code == 0 and done == sorted(j.concept for j in mine) and 0 < len(done) < 4
+    assert f"shard 2/2: {len(mine)} of the plan's 4 runs" in err
