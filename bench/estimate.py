@@ -245,8 +245,8 @@ def duration(seconds: float) -> str:
 
 def render(result: dict[str, Any], shards: list[dict[str, Any]] | None = None) -> str:
     """The estimate as a Markdown table (then the shards' reference loads, when asked)."""
-    lines = [f"Plan on {result['device']} (GPU-hours: one device; sources: perf = this project's `bench perf` "
-             f"records of this device, paper = {PAPER_DEVICE})", "",
+    lines = [(f"Plan on {result['device']} (GPU-hours: one device; sources: perf = this project's `bench perf` "
+             f"records of this device, paper = {PAPER_DEVICE})"), "",
              "| method | variant | runs | done | failed | left | GPU-h left | left | source |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in result["rows"]:

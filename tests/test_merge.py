@@ -59,7 +59,7 @@ def test_conflicting_results_stop_before_anything_is_copied(tmp_path, monkeypatc
     with pytest.raises(BenchError, match="conflict.*config hash.*metrics"):
         merge([a, b], dest)
     assert not dest.exists() or not list(dest.rglob("record.json"))
-    code, out, err = bench(monkeypatch, capsys, "merge", a, b, "--into", dest)
+    code, _out, err = bench(monkeypatch, capsys, "merge", a, b, "--into", dest)
     assert code == 2 and err.count("\n") == 1 and "conflict" in err
     make_run(dest, clip_t=0.4, host="c")  # the destination against a source
     with pytest.raises(BenchError, match="conflict"):

