@@ -57,6 +57,8 @@ NO_WAIT = typer.Option(False, "--no-wait", help="slurm: submit and return; follo
 CLUSTER = typer.Option("slurm", "--cluster", help="slurm: slurm | local (same submission, on this machine).")
 DATASET = typer.Option(None, "--dataset", help="dreambench | customconcept101 (default: told by the --data folder; "
                                                "customconcept101 alone means $BENCH_CC101 or ./data/customconcept101).")
+SHARD = typer.Option(None, "--shard", help="Run only part K of N of the plan (1-based K/N, e.g. 2/3): a fixed, "
+                                           "cost-balanced split; runs sharing a training stay together.")
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -93,11 +95,13 @@ def _sweep(methods: list[str], variants: list[tuple[str, dict]], concepts: str, 
            backbone: str, data: Optional[Path], results: Path, suite: Optional[str], device: Optional[str],
            weights: Optional[list[str]], force: bool, resume: bool, retry_failed: bool, options,
            concept_dir: Optional[Path] = None, class_noun: Optional[str] = None,
-           speed: Optional[list[str]] = None) -> None:
+           speed: Optional[list[str]] = None, shard: Optional[str] = None) -> None:
     from bench.executors import sweep
+    from bench.shard import parse_shard
 
+    part = parse_shard(shard) if shard is not None else None
     summary, code = sweep(methods, variants, concepts, _ints(seeds, "--seeds"), profile, backbone, data, results, suite,
-                          device, weights, force, resume, retry_failed, options, concept_dir, class_noun, speed)
+                          device, weights, force, resume, retry_failed, options, concept_dir, class_noun, speed, part)
     typer.echo(summary, err=True)
     if code:  # a run failed or is kept failed (EXIT_RUNS_FAILED), so that scripts and CI can tell
         raise typer.Exit(code)
@@ -117,7 +121,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         partition: Optional[str] = PARTITION, time: Optional[int] = TIME, gpus_per_job: Optional[int] = GPUS_PER_JOB,
         cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
-        speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET) -> None:
+        speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
     from bench.cc101 import dataset_root
     from bench.runs import variants_for
@@ -128,7 +132,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
                             no_wait, cluster)
     variants = variants_for(method.split(","), variant.split(","), _sets(set_))
     _sweep(method.split(","), variants, concepts, seeds, profile, backbone, data, results, suite, device, weights,
-           force, resume, retry_failed, options, concept_dir, class_noun, speed)
+           force, resume, retry_failed, options, concept_dir, class_noun, speed, shard)
 
 
 @app.command()
@@ -145,7 +149,8 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            workers: Optional[int] = WORKERS, partition: Optional[str] = PARTITION, time: Optional[int] = TIME,
            gpus_per_job: Optional[int] = GPUS_PER_JOB, cpus_per_job: Optional[int] = CPUS_PER_JOB,
            mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH, slurm_array: bool = ARRAY,
-           no_wait: bool = NO_WAIT, cluster: str = CLUSTER, speed: Optional[list[str]] = SPEED) -> None:
+           no_wait: bool = NO_WAIT, cluster: str = CLUSTER, speed: Optional[list[str]] = SPEED,
+           shard: Optional[str] = SHARD) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
 
@@ -153,7 +158,42 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
                             no_wait, cluster)
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_))
     _sweep([method], variants, concepts, seeds, profile, backbone, data, results, suite, device, weights, force,
-           resume, retry_failed, options, speed=speed)
+           resume, retry_failed, options, speed=speed, shard=shard)
+
+
+@app.command("plan")
+def plan_(method: Optional[str] = typer.Option(None, "--method", help="Method name(s), comma-separated "
+                                               "(default: every method)."),
+          variant: str = typer.Option("default", "--variant", help="Named variant(s)."),
+          set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
+          concepts: str = CONCEPTS, seeds: str = SEEDS, profile: str = PROFILE,
+          backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
+          results: Path = RESULTS, suite: Optional[str] = SUITE, device: Optional[str] = DEVICE,
+          weights: Optional[list[str]] = WEIGHTS, shard: Optional[str] = SHARD,
+          shards: Optional[int] = typer.Option(None, "--shards", help="Also show how N shards split the plan."),
+          perf_dir: Optional[list[Path]] = typer.Option(None, "--perf", help="Folder of `bench perf` records "
+                                                        "(repeatable; default results/perf and RESULTS/perf)."),
+          fmt: str = typer.Option("md", "--format", help="md | json")) -> None:
+    """Runs per method and variant, how many are done, and the estimated GPU-hours left (never runs anything)."""
+    from bench.estimate import plan_command
+    from bench.registry import method_names
+    from bench.runs import variants_for
+    from bench.shard import parse_shard
+
+    part = parse_shard(shard) if shard is not None else None
+    methods = method.split(",") if method else method_names()
+    typer.echo(plan_command(methods, variants_for(methods, variant.split(","), _sets(set_)), concepts,
+                            _ints(seeds, "--seeds"), profile, backbone, data, results, suite, device, weights,
+                            perf_dir, fmt, part, shards), nl=False)
+
+
+@app.command()
+def merge(sources: list[Path] = typer.Argument(..., help="Results folders to merge (e.g. one per shard)."),
+          into: Path = typer.Option(..., "--into", help="The results folder to merge them into.")) -> None:
+    """Copy finished runs from SRC folders into --into; a conflict (two different results of one run) stops it."""
+    from bench.merge import merge as merge_results
+
+    typer.echo(merge_results(sources, into).summary(into))
 
 
 @app.command("ls")

@@ -114,16 +114,22 @@ def sbatch_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
 def sweep(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
           profile: str, backbone: str, data: Path | None, results: Path, suite: str | None, device: str | None,
           weights: list[str] | None, force: bool, resume: bool, retry_failed: bool, options: ExecOptions,
-          concept_dir: Path | None = None, class_noun: str | None = None, speed: list[str] | None = None
-          ) -> tuple[str, int]:
-    """Validate everything, run the plan on the chosen executor; (the summary lines, the exit code: 0, or
-    EXIT_RUNS_FAILED when a run of the plan failed or is kept failed)."""
+          concept_dir: Path | None = None, class_noun: str | None = None, speed: list[str] | None = None,
+          shard: tuple[int, int] | None = None) -> tuple[str, int]:
+    """Validate everything, run the plan (or its shard K of N, `bench.shard`) on the chosen executor; (the summary
+    lines, the exit code: 0, or EXIT_RUNS_FAILED when a run of the plan failed or is kept failed)."""
     options.validate()
     jobs, ctx = prepare(methods, variants, concepts, seeds, profile, backbone, data, results, suite, device, weights,
                         force, resume, retry_failed, concept_dir, class_noun, speed=speed)
+    note = ""
+    if shard is not None:
+        from bench.shard import shard_jobs
+
+        planned, jobs = len(jobs), shard_jobs(jobs, ctx, *shard)
+        note = f"shard {shard[0]}/{shard[1]}: {len(jobs)} of the plan's {planned} runs\n"
     with _sigterm_exits():
         outcome = run_jobs(jobs, ctx, options)
-    return summarize(outcome, ctx.results), exit_code(outcome)
+    return note + summarize(outcome, ctx.results), exit_code(outcome)
 
 
 @contextmanager

@@ -1,0 +1,102 @@
+"""`bench merge SRC... --into DEST` (bench.merge): copies finished runs, never a failure over a result, refuses
+conflicting results in one line, idempotent. Run folders here are hand-made records (no training needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import store
+from bench.api import BenchError
+from bench.merge import merge
+from tests.helpers import bench
+
+RUN = Path("tiny/lora/default/dog/seed0")
+
+
+def make_run(root: Path, rel: Path = RUN, status: str = "done", config_hash: str = "h1", clip_t: float = 0.25,
+             host: str = "a") -> Path:
+    run_dir = root / rel
+    (run_dir / "images").mkdir(parents=True, exist_ok=True)
+    (run_dir / "images" / "p00_s0.png").write_bytes(b"png-" + host.encode())
+    profile, method, variant, concept, seed = rel.parts
+    store.write_json_atomic(run_dir / "record.json", {
+        "schema": 1, "status": status, "config_hash": config_hash, "profile": profile, "method": method,
+        "variant": variant, "concept": concept, "seed": int(seed.removeprefix("seed")), "host": host,
+        "timing": {"train_s": 1.0 if host == "a" else 2.0}, "metrics": {"clip_t": clip_t}})
+    return run_dir
+
+
+def record(root: Path, rel: Path = RUN) -> dict:
+    return json.loads((root / rel / "record.json").read_text())
+
+
+def test_copies_runs_from_every_source_and_is_idempotent(tmp_path):
+    a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
+    make_run(a)
+    other = Path("tiny/lora/default/cat/seed0")
+    make_run(b, other, host="b")
+    make_run(b, host="b")  # the same run, same result, computed elsewhere: not a conflict
+    (a / "tiny/lora/default/teapot/seed0.partial").mkdir(parents=True)  # an unfinished attempt: never copied
+    first = merge([a, b], dest)
+    assert sorted(first.copied) == sorted([str(RUN), str(other)])
+    assert (dest / RUN / "images" / "p00_s0.png").read_bytes() == b"png-a"  # the first source's copy
+    assert not (dest / "tiny/lora/default/teapot").exists()
+    before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    second = merge([a, b], dest)
+    assert second.copied == [] and sorted(second.already) == sorted([str(RUN), str(other)])
+    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+    assert not list(dest.rglob("*.merge-*")) and not list(dest.rglob("*.lock"))
+
+
+def test_conflicting_results_stop_before_anything_is_copied(tmp_path, monkeypatch, capsys):
+    a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
+    make_run(a, clip_t=0.25)
+    make_run(b, clip_t=0.31, host="b")
+    make_run(b, Path("tiny/lora/default/cat/seed0"), host="b")
+    with pytest.raises(BenchError, match="conflict.*config hash.*metrics"):
+        merge([a, b], dest)
+    assert not dest.exists() or not list(dest.rglob("record.json"))
+    code, _out, err = bench(monkeypatch, capsys, "merge", a, b, "--into", dest)
+    assert code == 2 and err.count("\n") == 1 and "conflict" in err
+    make_run(dest, clip_t=0.4, host="c")  # the destination against a source
+    with pytest.raises(BenchError, match="conflict"):
+        merge([a], dest)
+    assert record(dest)["metrics"]["clip_t"] == 0.4
+
+
+def test_failures_never_replace_results_and_results_replace_failures(tmp_path):
+    a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
+    make_run(dest, status="done", clip_t=0.2)
+    make_run(a, status="failed", host="b")
+    out = merge([a], dest)
+    assert out.kept_done_over_failed == [str(RUN)] and record(dest)["status"] == "done"
+    dest2 = tmp_path / "dest2"
+    make_run(dest2, status="failed", host="c")
+    make_run(b, status="done", clip_t=0.3, host="b")
+    out = merge([b], dest2)
+    assert out.replaced_failed == [str(RUN)] and record(dest2)["status"] == "done"
+    assert (dest2 / RUN / "images" / "p00_s0.png").read_bytes() == b"png-b"
+    assert not list(dest2.rglob("seed0.old-*"))
+    dest3 = tmp_path / "dest3"  # two sources: the done one wins whatever the order
+    merge([a, b], dest3)
+    assert record(dest3)["status"] == "done"
+
+
+def test_another_config_hash_in_the_destination_is_kept(tmp_path):
+    a, dest = tmp_path / "a", tmp_path / "dest"
+    make_run(a, config_hash="new")
+    make_run(dest, config_hash="old", clip_t=0.1)
+    out = merge([a], dest)
+    assert out.kept_other_hash == [str(RUN)] and record(dest)["config_hash"] == "old"
+    assert "kept with another config hash" in out.summary(dest)
+
+
+def test_bad_sources_are_one_line(tmp_path, monkeypatch, capsys):
+    code, _, err = bench(monkeypatch, capsys, "merge", tmp_path / "missing", "--into", tmp_path / "dest")
+    assert code == 2 and "is not a folder" in err and err.count("\n") == 1
+    (tmp_path / "dest").mkdir()
+    code, _, err = bench(monkeypatch, capsys, "merge", tmp_path / "dest", "--into", tmp_path / "dest")
+    assert code == 2 and "destination itself" in err

@@ -1,0 +1,112 @@
+"""The workflow's script (tools/paper_tables.py) run locally on `tiny`: N = 3 shards as three processes with their
+own results folders, merged, give the same tables as one unsharded run of the same plan.
+
+The fast version uses the test-only method `fake` (tests/fake_bench.py, run as `bench` through $BENCH_MODULE);
+the slow one uses LoRA, a real method. Timing columns are left out of the comparison (they are measured)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tools" / "paper_tables.py"
+CONCEPTS = "dog,cat,teapot"
+
+
+def script(method: str, results: Path, data: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_MODULE": "tests.fake_bench", "BENCH_DATA": str(data)}
+    argv = [sys.executable, str(SCRIPT), "--profile", "tiny", "--concepts", CONCEPTS, "--seeds", "0",
+            "--pieces", "main", "--methods", method, "--results", str(results), "--data", str(data), *args]
+    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, out
+    return out
+
+
+def measured_tables(folder: Path) -> dict[str, list[dict[str, str]]]:
+    """Every CSV table, without the columns that hold measured times."""
+    tables = {}
+    for path in sorted(folder.glob("*.csv")):
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        tables[path.stem] = [{k: v for k, v in r.items() if "time" not in k} for r in rows]
+    return tables
+
+
+def check_sharded_equals_unsharded(method: str, tmp_path: Path, data: Path) -> None:
+    shards = [tmp_path / f"shard{k}" for k in (1, 2, 3)]
+    procs = [script(method, folder, data, "shard", str(k), "3", "--executor", "local")
+             for k, folder in enumerate(shards, start=1)]
+    logs = [finish(p) for p in procs]
+    runs = [int(log.split(" of the plan's")[0].rsplit(" ", 1)[-1]) for log in logs]  # "shard k/3: M of ..."
+    assert sum(runs) == 3 and max(runs) < 3, logs  # every run exactly once, spread over more than one shard
+    finish(script(method, tmp_path / "merged", data, "merge", *map(str, shards), "--into",
+                  str(tmp_path / "merged"), "--out", str(tmp_path / "published"), "--no-report"))
+    finish(script(method, tmp_path / "whole", data, "shard", "1", "1", "--executor", "local"))
+    finish(script(method, tmp_path / "whole", data, "merge", str(tmp_path / "whole"), "--into",
+                  str(tmp_path / "whole-merged"), "--out", str(tmp_path / "published-whole"), "--no-report"))
+    sharded = measured_tables(tmp_path / "published" / "tables")
+    whole = measured_tables(tmp_path / "published-whole" / "tables")
+    assert sharded and sharded == whole
+    measured = [r for t in sharded.values() for r in t if r.get("method") == method and r.get("kind") != "not_run"]
+    assert measured and all(r["clip_t"] for r in measured), sharded  # the method's row holds measured scores
+
+
+def test_three_shards_merged_equal_one_run_fake(tmp_path, dreambench_root):
+    check_sharded_equals_unsharded("fake", tmp_path, dreambench_root)
+
+
+@pytest.mark.slow
+def test_three_shards_merged_equal_one_run_lora(tmp_path, dreambench_root):
+    check_sharded_equals_unsharded("lora", tmp_path, dreambench_root)
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paper_tables"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_estimate_of_the_whole_plan_pays_a_shared_training_once(capsys, tmp_path, dreambench_root, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)  # no perf records here: the paper's timings
+    code = load_script().main(["--profile", "paper", "--concepts", "dog,cat", "--pieces", "main,nfe", "--methods",
+                               "echodistill", "--results", str(tmp_path), "--data", str(dreambench_root),
+                               "estimate", "--format", "json", "--shards", "2"])
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert code == 0 and set(rows) == {"default", "nfe1", "nfe2", "nfe4"}
+    assert rows["default"]["hours_left"] == pytest.approx(2 * (3137 + 0.18 * 100) / 3600)
+    assert rows["nfe1"]["hours_left"] == pytest.approx(2 * 0.18 * 100 / 3600)  # sampled from default's training
+    assert sum(s["runs"] for s in result["shards"]) == 8
+
+
+def test_pack_copies_records_and_loss_logs_only(tmp_path, capsys):
+    from bench import store
+
+    run = tmp_path / "results" / "paper" / "lora" / "default" / "dog" / "seed0"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "lora.safetensors").write_bytes(b"w")
+    (run / "loss_log.jsonl").write_text("{}\n")
+    store.write_json_atomic(run / "record.json", {"status": "done", "schema": 1})
+    (run.parent / "seed1.partial").mkdir()
+    code = load_script().main(["--profile", "paper", "--results", str(tmp_path / "results"), "pack",
+                               str(tmp_path / "packed")])
+    packed = sorted(p.relative_to(tmp_path / "packed").as_posix() for p in (tmp_path / "packed").rglob("*")
+                    if p.is_file())
+    assert code == 0 and packed == ["paper/lora/default/dog/seed0/loss_log.jsonl",
+                                    "paper/lora/default/dog/seed0/record.json"]

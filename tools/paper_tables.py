@@ -1,0 +1,327 @@
+"""The paper's tables at real scale, split over N machines: the one script `.github/workflows/paper-tables.yml` runs.
+
+    python tools/paper_tables.py [options] check                      the dataset and the weights are there
+    python tools/paper_tables.py [options] matrix N                   `shards=[1,...,N]` (the workflow's matrix)
+    python tools/paper_tables.py [options] estimate [--shards N]      the plan's runs, done, GPU-hours left
+    python tools/paper_tables.py [options] shard K N                  run part K of N of every sweep of the plan
+    python tools/paper_tables.py [options] pack DEST                  copy the records and loss logs (to upload)
+    python tools/paper_tables.py [options] merge SRC... --into DEST   merge shards, then status, tables, report
+
+The plan is the paper's: every method's main run, the Custom Diffusion step grid, nine component ablations of
+EchoDistill, its NFE, teacher-first, one-shot and backbone variants (`pieces()`; `--pieces` picks some of them,
+`--methods` replaces the main piece's methods). Each piece is what one `bench run` or `bench ablate` command would
+run; `shard K N` splits the whole plan at once (`bench.shard`: the same split on every machine, runs that share a
+training together, even across pieces) and runs this machine's part piece by piece, as `bench run --shard`
+would. Finished runs are skipped, so running a shard again resumes it.
+
+Options default to environment variables, so the workflow sets them once: PROFILE (paper), CONCEPTS (all),
+SEEDS (0), RESULTS (results), DREAMBENCH (the dataset; else $BENCH_DATA), WEIGHTS (a folder of local weights,
+laid out as the workflow file describes; passed as --weights on the paper profile), EXECUTOR (gpus), WORKERS.
+Exit code: 0; 2 for a user mistake (one line, before any work); 3 when some runs failed (kept, listed by
+`bench status`); 4 when the environment failed (disk, device: finished runs kept, running it again resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ABLATED = ("teacher", "discriminators", "id_loss", "mse_loss", "msswd_loss", "disc_dino1", "disc_dino2", "disc_clip",
+           "ste")
+"""The components the paper ablates (Tables 3 and 8), one `bench ablate --drop` each."""
+CD_GRID = ("sd21", "train1000-infer1", "train1000-infer4", "train1000-infer25", "train1-infer4", "train4-infer1",
+           "train4-infer4")
+"""Custom Diffusion's train/inference step grid (Table 5)."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One sweep of the plan: a `bench run` (methods x named variants) or a `bench ablate` (flags)."""
+
+    name: str
+    command: str
+    """run | ablate"""
+    methods: tuple[str, ...] = ("echodistill",)
+    variants: tuple[str, ...] = ("default",)
+    """`run`: named variants."""
+    ablate: dict = field(default_factory=dict)
+    """`ablate`: drops, teacher_first, shots, nfe (as `bench.ablations.ablation_variants` takes them)."""
+    backbone: str = "sd-turbo"
+
+    def cli(self) -> list[str]:
+        if self.command == "run":
+            return ["run", "--method", ",".join(self.methods), "--variant", ",".join(self.variants)]
+        args = ["ablate", "--method", self.methods[0]]
+        args += [a for d in self.ablate.get("drops", ()) for a in ("--drop", d)]
+        args += ["--teacher-first"] if self.ablate.get("teacher_first") else []
+        args += ["--shots", str(self.ablate["shots"])] if self.ablate.get("shots") else []
+        args += ["--nfe", self.ablate["nfe"]] if self.ablate.get("nfe") else []
+        return args + (["--backbone", self.backbone] if self.backbone != "sd-turbo" else [])
+
+    def variant_list(self) -> list:
+        from bench.ablations import ablation_variants
+        from bench.runs import variants_for
+
+        if self.command == "run":
+            return variants_for(list(self.methods), list(self.variants), {})
+        return ablation_variants(list(self.ablate.get("drops", ())), bool(self.ablate.get("teacher_first")),
+                                 self.ablate.get("shots"), self.ablate.get("nfe"), self.backbone)
+
+
+def pieces(main_methods: list[str]) -> list[Piece]:
+    """The paper's plan, in the order its sweeps run."""
+    return [Piece("main", "run", tuple(main_methods)),
+            Piece("cd_grid", "run", ("custom_diffusion",), CD_GRID),
+            *[Piece(f"drop_{part}", "ablate", ablate={"drops": (part,)}) for part in ABLATED],
+            Piece("nfe", "ablate", ablate={"nfe": "1,2,4"}),
+            Piece("teacher_first", "ablate", ablate={"teacher_first": True}),
+            Piece("shots1", "ablate", ablate={"shots": 1}),
+            Piece("backbone", "ablate", backbone="hyper-sd15")]
+
+
+def weight_flags(root: str | None, profile: str, backbone: str) -> list[str]:
+    """`--weights GROUP=PATH` for the local weights folder (paper profile only; tiny builds its models)."""
+    if not root or profile != "paper":
+        return []
+    w = Path(root)
+    groups = {"image_encoder": w / "IP-Adapter", "dino1": w / "vit_small_patch16_224.dino",
+              "dinov2": w / "vit_large_patch14_dinov2.lvd142m"}
+    if backbone == "hyper-sd15":
+        groups |= {"student": w / "stable-diffusion-v1-5", "teacher": w / "stable-diffusion-v1-5",
+                   "hyper_lora": w / "Hyper-SD"}
+    else:
+        groups |= {"student": w / "sd-turbo", "teacher": w / "stable-diffusion-2-1"}
+    return [a for group, path in groups.items() for a in ("--weights", f"{group}={path}")]
+
+
+def metric_weights_env(root: str | None, profile: str) -> dict[str, str]:
+    """The metric backbones' local weights (scoring on the paper profile), unless already set."""
+    if not root or profile != "paper":
+        return {}
+    return {"BENCH_WEIGHTS_METRIC_CLIP": str(Path(root) / "metrics" / "open_clip_model.safetensors"),
+            "BENCH_WEIGHTS_METRIC_DINO": str(Path(root) / "metrics" / "dinov2" / "model.safetensors")}
+
+
+def selected(args: argparse.Namespace) -> list[Piece]:
+    from bench.registry import method_names
+
+    plan = pieces(args.methods.split(",") if args.methods else method_names())
+    if args.pieces == "all":
+        return plan
+    names = {p.name for p in plan}
+    wanted = [n for n in args.pieces.split(",") if n]
+    bad = [n for n in wanted if n not in names]
+    if bad:
+        from bench.api import BenchError
+
+        raise BenchError(f"unknown piece '{bad[0]}'; valid: all, {', '.join(p.name for p in plan)}")
+    return [p for p in plan if p.name in wanted]
+
+
+def bench(argv: list[str], env: dict[str, str]) -> int:
+    """Run one `bench` command with this interpreter (so the same installation), echoing it first. $BENCH_MODULE
+    names another module to run as `bench` (the tests use `tests.fake_bench`, which adds a test-only method)."""
+    print("+ bench " + " ".join(argv), flush=True)
+    module = os.environ.get("BENCH_MODULE", "bench.cli")
+    return subprocess.run([sys.executable, "-m", module, *argv], check=False, env={**os.environ, **env}).returncode
+
+
+# --- subcommands ----------------------------------------------------------------------------------------------
+
+
+def build_plan(args: argparse.Namespace, check_images: bool) -> list[tuple[Piece, list, object]]:
+    """(piece, its jobs, their context) for every selected piece; every user mistake fails here, before work."""
+    from bench.runs import prepare
+
+    os.environ.update({k: v for k, v in metric_weights_env(args.weights, args.profile).items()
+                       if k not in os.environ})
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = []
+    for piece in selected(args):
+        weights = [w for w in weight_flags(args.weights, args.profile, piece.backbone) if w != "--weights"]
+        jobs, ctx = prepare(list(piece.methods), piece.variant_list(), args.concepts, seeds, args.profile,
+                            piece.backbone, Path(args.data) if args.data else None, Path(args.results), None, None,
+                            weights, check_images=check_images)
+        out.append((piece, jobs, ctx))
+    return out
+
+
+def guarded(step):
+    """Run a step as `bench` runs a command: a user mistake is one line and exit 2; an environment failure (disk
+    full, device error) is one line and exit 4, with finished runs kept."""
+    def run(args: argparse.Namespace) -> int:
+        from bench.api import BenchError, InfraError, infra_cause
+
+        try:
+            return step(args)
+        except BenchError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except (InfraError, OSError, RuntimeError) as err:
+            cause = infra_cause(err)
+            if cause is None:
+                raise
+            print(f"stopped: {cause}; finished runs are kept, running the shard again resumes", file=sys.stderr)
+            return 4
+    return run
+
+
+@guarded
+def estimate(args: argparse.Namespace) -> int:
+    """The whole plan's estimate in one table (and the N shards' reference costs with --shards N)."""
+    from bench.estimate import estimate as estimate_jobs
+    from bench.estimate import render
+    from bench.models.loading import default_device
+    from bench.shard import parse_shard, shard_loads, shard_pieces
+    from bench.timing import device_name
+
+    part = parse_shard(args.shard) if args.shard else None
+    device = device_name(default_device())
+    plan = build_plan(args, check_images=False)
+    pairs = [(jobs, ctx) for _, jobs, ctx in plan]
+    loads = shard_loads(pairs, args.shards) if args.shards else None
+    chosen = shard_pieces(pairs, *part) if part else [jobs for jobs, _ in pairs]
+    rows, paid = [], set()  # a training shared by two sweeps is paid for once
+    for (_, _, ctx), jobs in zip(plan, chosen):
+        perf = [Path("results") / "perf", Path(args.results) / "perf"]
+        rows += estimate_jobs(jobs, ctx, device, perf, paid)["rows"]
+    total = {k: sum(r[k] for r in rows) for k in ("runs", "done", "failed", "left", "hours_left")}
+    result = {"device": device, "rows": rows, "total": total, **({"shards": loads} if loads else {})}
+    print(json.dumps(result, indent=1) if args.format == "json" else render(result, loads), end="")
+    return 0
+
+
+@guarded
+def shard(args: argparse.Namespace) -> int:
+    """Part K of N of the whole plan (split as one plan: trainings shared across sweeps stay together), sweep by
+    sweep on this machine's executor; failed runs do not stop the others (exit 3 at the end)."""
+    from bench.executors import ExecOptions, exit_code, run_jobs, summarize
+    from bench.shard import shard_pieces
+
+    if not 1 <= args.k <= args.n:
+        print(f"error: bad shard {args.k} of {args.n}: K must be between 1 and N", file=sys.stderr)
+        return 2
+    options = ExecOptions(executor=args.executor, workers=args.workers)
+    options.validate()
+    plan = build_plan(args, check_images=True)
+    mine = shard_pieces([(jobs, ctx) for _, jobs, ctx in plan], args.k, args.n)
+    worst = 0
+    for (piece, jobs, ctx), part in zip(plan, mine):
+        print(f"+ {piece.name} (bench {' '.join(piece.cli())}): shard {args.k}/{args.n}: {len(part)} of the "
+              f"plan's {len(jobs)} runs", flush=True)
+        outcome = run_jobs(part, ctx, options)
+        print(summarize(outcome, ctx.results), file=sys.stderr, flush=True)
+        worst = worst or exit_code(outcome)
+    return worst
+
+
+def pack(args: argparse.Namespace) -> int:
+    """Copy every committed run's record and loss log (not weights or images) from --results into DEST, laid out
+    as a results folder: what a shard uploads for the merge job."""
+    from bench.store import iter_records
+
+    root, dest, count = Path(args.results), Path(args.dest), 0
+    for record in iter_records(root, args.profile):
+        run_dir = Path(record["run_dir"])
+        target = dest / run_dir.relative_to(root)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("record.json", "loss_log.jsonl"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, target / name)
+        count += 1
+    print(f"packed {count} run records from {root} into {dest}")
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Merge the shards into DEST, then its status, every table (Markdown and CSV) and the report under --out."""
+    env = metric_weights_env(args.weights, args.profile)
+    out = Path(args.out or Path(args.into) / "published")
+    steps = [["merge", *args.sources, "--into", args.into],
+             ["status", "--results", args.into, "--profile", args.profile]]
+    steps += [["table", "all", "--compare", "paper", "--format", fmt, "--results", args.into, "--profile",
+               args.profile, "--out", str(out / "tables")] for fmt in ("md", "csv")]
+    if not args.no_report:
+        steps.append(["report", "--results", args.into, "--profile", args.profile, "--out", str(out / "report"),
+                      *(["--data", args.data] if args.data else [])])
+    for argv in steps:
+        code = bench(argv, env)
+        if code != 0:
+            return code
+    return 0
+
+
+@guarded
+def check(args: argparse.Namespace) -> int:
+    """The dataset decodes and every weights folder the plan needs exists (paper profile), before any run."""
+    if args.data:
+        code = bench(["data", "check", args.data], {})
+        if code != 0:
+            return code
+    needed = {flag.split("=", 1)[1] for piece in selected(args)
+              for flag in weight_flags(args.weights, args.profile, piece.backbone) if "=" in flag}
+    needed |= set(metric_weights_env(args.weights, args.profile).values())
+    missing = sorted(p for p in needed if not Path(p).exists())
+    for path in missing:
+        print(f"missing {path}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def matrix(args: argparse.Namespace) -> int:
+    """`shards=[1, ..., N]`: one line for $GITHUB_OUTPUT, the workflow's shard matrix."""
+    if args.n < 1:
+        print(f"error: the number of shards must be >= 1, got {args.n}", file=sys.stderr)
+        return 2
+    print(f"shards={json.dumps(list(range(1, args.n + 1)))}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="paper_tables.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default=env("PROFILE", "paper"))
+    p.add_argument("--concepts", default=env("CONCEPTS", "all"))
+    p.add_argument("--seeds", default=env("SEEDS", "0"))
+    p.add_argument("--results", default=env("RESULTS", "results"))
+    p.add_argument("--data", default=env("DREAMBENCH"))
+    p.add_argument("--weights", default=env("WEIGHTS"), help="local weights folder (paper profile)")
+    p.add_argument("--pieces", default=env("PIECES", "all"), help="comma-separated piece names, or all")
+    p.add_argument("--methods", default=env("METHODS"), help="methods of the main piece (default: every method)")
+    sub = p.add_subparsers(dest="step", required=True)
+    sub.add_parser("check", help="the dataset and the weights are there")
+    sub.add_parser("pack", help="copy records and loss logs into DEST").add_argument("dest")
+    sub.add_parser("matrix", help="the shard matrix for N shards").add_argument("n", type=int)
+    e = sub.add_parser("estimate", help="runs, done and GPU-hours left for the plan")
+    e.add_argument("--shards", type=int, default=None, help="also show how N shards split the plan")
+    e.add_argument("--shard", default=None, help="only part K/N of the plan, e.g. 2/4")
+    e.add_argument("--format", choices=("md", "json"), default="md")
+    s = sub.add_parser("shard", help="run shard K of N")
+    s.add_argument("k", type=int)
+    s.add_argument("n", type=int)
+    s.add_argument("--executor", default=env("EXECUTOR", "gpus"))
+    s.add_argument("--workers", type=int, default=int(env("WORKERS", "0")) or None)
+    m = sub.add_parser("merge", help="merge shard results, then status, tables and report")
+    m.add_argument("sources", nargs="+")
+    m.add_argument("--into", required=True)
+    m.add_argument("--out", default=None, help="where tables/ and report/ go (default INTO/published)")
+    m.add_argument("--no-report", action="store_true", help="tables only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if os.environ.get("BENCH_MODULE"):  # e.g. tests.fake_bench: registers a test-only method on import
+        importlib.import_module(os.environ["BENCH_MODULE"])
+    steps = {"check": check, "matrix": matrix, "pack": pack, "estimate": estimate, "shard": shard, "merge": merge}
+    return steps[args.step](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
