@@ -66,7 +66,7 @@ def test_gpus_executor_needs_a_gpu_or_workers(fake, dreambench_root, tmp_path, m
 
 
 def test_visible_gpus(monkeypatch) -> None:
-    from bench.executors import visible_gpus
+    from bench.executors.gpus import visible_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert visible_gpus() == ["2", "3"]
@@ -200,7 +200,7 @@ def test_slurm_local_cluster_end_to_end(fake, dreambench_root, tmp_path, monkeyp
 
 
 def test_slurm_task_requeues_with_resume() -> None:
-    from bench.executors import SlurmTask
+    from bench.executors.slurm import SlurmTask
     from bench.runs import Context, Job
 
     task = SlurmTask(Context(data=Path("d"), results=Path("r"), suite="tiny"), {"x": "m:C"})

@@ -97,7 +97,7 @@ class DenoisingLoop:
             for _ in range(self.accumulation):
                 loss, scalars = self._micro_step(encode, generator, it)
                 (loss / self.accumulation).backward()
-                for name, value in {"loss": loss, **scalars}.items():
+                for name, value in {"loss": loss.item(), **scalars}.items():
                     sums[name] = sums.get(name, 0.0) + float(value) / self.accumulation
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
             self.optimizer.step()

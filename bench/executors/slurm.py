@@ -1,0 +1,170 @@
+"""The `slurm` executor, through submitit: one SLURM job per run or one job array, logs and submission files in
+`<results>/_slurm/`. Only runs with work to do are submitted; a job that hits its time limit or is preempted is
+requeued by submitit and continues from its last checkpoint; `--cluster local` runs the same submission here."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.api import BenchError
+from bench.executors.options import ExecOptions, sbatch_options, slurm_mem
+from bench.executors.progress import progress_display, report_failure
+from bench.runs import Context, Job, execute_job, training_key, triage
+
+SLURM_FOLDER = "_slurm"
+
+
+class SlurmTask:
+    """What a SLURM job runs: `execute_job` for one run. On a time limit or preemption submitit calls
+    `checkpoint`, which requeues the same run with `resume=True`, so it continues from its last checkpoint.
+    It carries the submitter's method table, so a method registered at run time is found in the job too."""
+
+    def __init__(self, ctx: Context, methods: dict[str, str] | None = None) -> None:
+        from bench import registry
+
+        self.ctx = ctx
+        self.methods = dict(registry.METHODS if methods is None else methods)
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        from bench import registry
+
+        registry.METHODS.update(self.methods)
+        return execute_job(job, self.ctx)
+
+    def checkpoint(self, job: Job) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(SlurmTask(dataclasses.replace(self.ctx, resume=True), self.methods), job)
+
+
+def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str, Any]]:
+    """Submit the runs that have work to do through submitit; wait for them with a progress display."""
+    import submitit
+
+    from bench.store import RunLock
+
+    ctx = dataclasses.replace(
+        ctx, results=Path(ctx.results).resolve(), data=Path(ctx.data).resolve(),
+        concept_dirs={k: (str(Path(f).resolve()), noun) for k, (f, noun) in ctx.concept_dirs.items()})
+    outcomes: list[dict[str, Any]] = []
+    todo: list[Job] = []
+    for job in jobs:  # submit only what needs doing: a queued no-op still costs a slot
+        state = triage(job, ctx)
+        lock = RunLock(state.run_dir)
+        if state.state in ("done", "failed"):
+            status = "skipped" if state.state == "done" else "kept_failed"
+            reason = (state.record or {}).get("reason") if status == "kept_failed" else None
+            outcomes.append({"job": job, "status": status, "run_dir": state.run_dir, "reason": reason})
+        elif lock.path.exists() and not lock.is_stale():
+            outcomes.append({"job": job, "status": "locked", "run_dir": state.run_dir, "reason": lock.describe()})
+        else:
+            todo.append(job)
+    if not todo:
+        return outcomes
+    if opts.cluster != "slurm":
+        from bench.executors import warm_caches
+
+        warm_caches(todo, ctx)  # a cluster's nodes may not share this machine's cache; local jobs do
+
+    folder = ctx.results / SLURM_FOLDER
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=opts.cluster)
+    gpus = 1 if opts.gpus_per_job is None else opts.gpus_per_job
+    params: dict[str, Any] = {"name": "bench", "timeout_min": opts.time or 120}
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if opts.cpus_per_job:
+        params["cpus_per_task"] = opts.cpus_per_job
+    if opts.partition:
+        params["slurm_partition"] = opts.partition
+    if opts.mem:
+        params["slurm_mem"] = slurm_mem(opts.mem)
+    extra = sbatch_options(opts.sbatch)
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    executor.update_parameters(**params)
+    task = SlurmTask(ctx)
+    leaders, followers = split_shared_training(todo, ctx)
+    todo = leaders + [job for job, _ in followers]
+    try:
+        if opts.array:
+            submitted = executor.map_array(task, leaders)
+        else:
+            submitted = [executor.submit(task, job) for job in leaders]
+        if followers:  # each starts after the run whose training it samples (afterany: it trains if that failed)
+            by_job = dict(zip(leaders, submitted))
+            after = {job: by_job[leader].job_id for job, leader in followers}
+            if opts.array:
+                master = submitted[0].job_id.split("_")[0]
+                executor.update_parameters(slurm_additional_parameters={**extra, "dependency": f"afterany:{master}"})
+                submitted += executor.map_array(task, [job for job, _ in followers])
+            else:
+                for job, _ in followers:
+                    executor.update_parameters(
+                        slurm_additional_parameters={**extra, "dependency": f"afterany:{after[job]}"})
+                    submitted.append(executor.submit(task, job))
+    except Exception as err:  # noqa: BLE001 - sbatch refused the submission: say why, in one line
+        lines = [x for x in str(err).strip().splitlines() if x.strip()]
+        raise BenchError(f"SLURM submission failed: {lines[-1] if lines else type(err).__name__}") from None
+    ids = ", ".join(j.job_id for j in submitted)
+    if not opts.wait:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"submitted {len(submitted)} job(s) ({ids}); logs in {folder}; "
+                                   f"follow with `bench status --results {ctx.results}`")
+        return outcomes + [{"job": job, "status": "submitted", "run_dir": job.key.path(ctx.results),
+                            "reason": sj.job_id} for job, sj in zip(todo, submitted)]
+    return outcomes + _wait(todo, submitted, ctx, folder, opts.cluster)
+
+
+def split_shared_training(jobs: list[Job], ctx: Context) -> tuple[list[Job], list[tuple[Job, Job]]]:
+    """(leaders, [(follower, its leader)]): the first job of each training hash trains; the others share it."""
+    first: dict[str, Job] = {}
+    leaders, followers = [], []
+    for job in jobs:
+        key = training_key(job, ctx)
+        if key in first:
+            followers.append((job, first[key]))
+        else:
+            first[key] = job
+            leaders.append(job)
+    return leaders, followers
+
+
+def _wait(todo: list[Job], submitted: list[Any], ctx: Context, folder: Path, cluster: str) -> list[dict[str, Any]]:
+    outcomes = []
+    remaining = dict(enumerate(submitted))
+    poll = 2.0 if cluster != "slurm" else 15.0
+    with progress_display() as progress:
+        sweep_task = progress.add_task("sweep (slurm)", total=len(submitted))
+        while remaining:
+            states: dict[str, int] = {}
+            for i, sj in list(remaining.items()):
+                if sj.done():
+                    del remaining[i]
+                    outcome = _result(todo[i], sj, ctx)
+                    outcomes.append(outcome)
+                    report_failure(progress, outcome)
+                    progress.advance(sweep_task)
+                else:
+                    state = str(sj.state).lower()
+                    states[state] = states.get(state, 0) + 1
+            detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+            progress.update(sweep_task, description=f"sweep (slurm{': ' + detail if detail else ''}) logs {folder}")
+            if remaining:
+                time.sleep(poll)
+    return outcomes
+
+
+def _result(job: Job, sj: Any, ctx: Context) -> dict[str, Any]:
+    try:
+        return sj.result()
+    except Exception as err:  # noqa: BLE001 - the job died or raised outside the method
+        lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+        cause = next((x for x in reversed(lines) if re.match(r"^[A-Za-z_.]+(Error|Exception|Exit)\b", x)),
+                     lines[-1] if lines else type(err).__name__)
+        return {"job": job, "status": "crashed", "run_dir": job.key.path(ctx.results),
+                "reason": f"SLURM job {sj.job_id}: {cause[:300]} (log: {sj.paths.stderr})"}
