@@ -86,3 +86,16 @@ def offline_mode(on: bool) -> Iterator[None]:
             yield
     finally:
         constants.HF_HUB_OFFLINE = saved
+
+
+def quiet_libraries() -> None:
+    """The harness draws its own progress; silence the libraries' bars and advisory warnings."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

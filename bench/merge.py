@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import store
 from bench.api import BenchError
+from bench.paths import fsync_dir
 
 VOLATILE = ("run_dir", "started_at", "finished_at", "host", "pid", "timing", "attempts", "resumed_from",
             "git_commit", "versions", "speed", "device", "trained_from", "traceback", "traceback_text")
@@ -173,10 +174,10 @@ def _copy_run(src_run: Path, run_dir: Path) -> None:
     if sidecar.is_file():
         shutil.copy2(sidecar, store.failed_rerun_path(run_dir))
     shutil.copy2(src_run / store.RECORD, tmp / store.RECORD)
-    store.fsync_dir(tmp)
+    fsync_dir(tmp)
     old = run_dir.with_name(f"{run_dir.name}.old-{os.getpid()}")
     if run_dir.exists():
         os.rename(run_dir, old)
     os.rename(tmp, run_dir)
-    store.fsync_dir(run_dir.parent)
+    fsync_dir(run_dir.parent)
     shutil.rmtree(old, ignore_errors=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
+from bench.paths import fsync_dir
 
 SCHEMA_VERSION = 1
 RECORD = "record.json"
@@ -57,20 +58,6 @@ class RunKey:
 
 
 # --- atomic files ------------------------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a file, or a folder so that a rename inside it is durable (a no-op where it cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n in args.variants.split(",") if n]
     if bad := sorted(set(names) - set(VARIANTS)):
         parser.error(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
-    from bench.models.loading import quiet_libraries
+    from bench.hub import quiet_libraries
 
     quiet_libraries()
     res = run(args.batch, args.seed, names, args.decode)

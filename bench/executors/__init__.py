@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
-from bench.executors.options import CLUSTERS, EXECUTORS, ExecOptions, sbatch_options, slurm_mem
+from bench.executors.caches import warm_caches
+from bench.executors.options import (
+    CLUSTERS,
+    EXECUTORS,
+    ExecOptions,
+    sbatch_options,
+    slurm_mem,
+)
 from bench.runs import Context, Job, prepare
 
 __all__ = ["CLUSTERS", "EXECUTORS", "EXIT_RUNS_FAILED", "ExecOptions", "exit_code", "run_jobs", "sbatch_options",
@@ -77,11 +84,10 @@ def run_jobs(jobs: list[Job], ctx: Context, executor: str | ExecOptions = "local
     """Run `jobs` on an executor (a name plus ExecOptions fields, or an ExecOptions); one outcome per job."""
     opts = executor if isinstance(executor, ExecOptions) else ExecOptions(executor=executor, **options)
     opts.validate()
-    from bench.store import check_writable
-
     from bench.executors.gpus import gpu_slots, run_gpus
     from bench.executors.local import run_local
     from bench.executors.slurm import run_slurm
+    from bench.store import check_writable
 
     if opts.executor == "gpus":
         gpu_slots(ctx, opts.workers)  # no GPU and no --workers: fail before anything is written
@@ -99,18 +105,6 @@ def run_jobs(jobs: list[Job], ctx: Context, executor: str | ExecOptions = "local
     if opts.executor == "slurm":
         return run_slurm(jobs, ctx, opts)
     return run_local(jobs, ctx)
-
-
-def warm_caches(jobs: list[Job], ctx: Context) -> None:
-    """Build the tiny models and metric backbones once, here, before several processes would each build them."""
-    if any(job.profile == "tiny" for job in jobs):
-        from bench.models.tiny import ensure_built
-
-        ensure_built()
-    from bench.metrics.suites import ensure_tiny, get_suite
-
-    if get_suite(ctx.suite).builder == "tiny":
-        ensure_tiny()
 
 
 # --- the summary ---------------------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ class WorkerPool:
     def run(self) -> list[dict[str, Any]]:
         from multiprocessing.connection import wait
 
-        from bench.executors import warm_caches
+        from bench.executors.caches import warm_caches
 
         warm_caches(self.jobs, self.ctx)
         with progress_display() as progress:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.executors.progress import erased_on_error, loss_text, progress_display, report_failure
+from bench.executors.progress import (
+    erased_on_error,
+    loss_text,
+    progress_display,
+    report_failure,
+)
 from bench.runs import Context, Job, execute_job
 
 

@@ -66,7 +66,7 @@ def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str
     if not todo:
         return outcomes
     if opts.cluster != "slurm":
-        from bench.executors import warm_caches
+        from bench.executors.caches import warm_caches
 
         warm_caches(todo, ctx)  # a cluster's nodes may not share this machine's cache; local jobs do
 

@@ -62,7 +62,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.store import fsync_dir
+from bench.paths import fsync_dir
 
 FORMAT = 1
 TENSORS = "tensors.safetensors"

@@ -187,7 +187,7 @@ def write_t5_tokenizer(out: Path) -> None:
 
 def build_tiny(root: Path) -> None:
     """Tiny FLUX.1-schnell (a diffusers pipeline folder) and OminiControl LoRA file under `root`."""
-    from bench.models.loading import quiet_libraries
+    from bench.hub import quiet_libraries
 
     quiet_libraries()
     import torch

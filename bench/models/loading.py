@@ -10,30 +10,16 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
-from bench.hub import hub_offline, offline_mode, quiet_loading
+from bench.hub import hub_offline, offline_mode, quiet_libraries, quiet_loading  # noqa: F401 (re-exported)
 from bench.models.profiles import Component, Profile
 
 CONFIGS = Path(__file__).parent / "configs"
 _PRISTINE: dict[tuple, Any] = {}
-
-
-def quiet_libraries() -> None:
-    """The harness draws its own progress; silence the libraries' bars and advisory warnings."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def default_device() -> str:

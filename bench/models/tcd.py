@@ -223,7 +223,7 @@ def _build_tiny(root: Path) -> None:
         CLIPVisionModelWithProjection,
     )
 
-    from bench.models.loading import quiet_libraries
+    from bench.hub import quiet_libraries
     from bench.models.tiny import write_clip_tokenizer
 
     quiet_libraries()

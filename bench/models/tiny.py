@@ -87,7 +87,7 @@ def write_clip_tokenizer(out: Path, pad_token: str = "!") -> None:
 
 
 def _build_all(root: Path) -> None:
-    from bench.models.loading import quiet_libraries
+    from bench.hub import quiet_libraries
 
     quiet_libraries()
     import torch
