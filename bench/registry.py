@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "textual_inversion": "baselines.textual_inversion:TextualInversion",
     "dreambooth": "baselines.dreambooth:DreamBooth",
     "lora": "baselines.lora:LoRA",
+    "textboost": "baselines.textboost:TextBoost",
 }
 
 

@@ -23,6 +23,7 @@ from bench.tables import (CD, ED, METHOD_LABELS, METRIC_LABELS, METRICS, Table, 
 
 GRID_COLUMNS = ((CD, "sd21", "Custom Diffusion (SD 2.1)"), (CD, "default", "Custom Diffusion"),
                 ("textual_inversion", "default", "Textual Inversion"), ("dreambooth", "default", "DreamBooth"),
+                ("textboost", "default", "TextBoost"),
                 ("lora", "default", "LoRA"), (ED, "default", "EchoDistill"))
 """Methods in the qualitative grid, left to right after the reference image (the paper's Figure 3 order)."""
 GRID_CONCEPTS = 6

@@ -126,7 +126,7 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
         _baseline("Textual Inversion", "textual_inversion"),
         _only_paper("Cones 2"),
         _baseline("DreamBooth", "dreambooth"),
-        _only_paper("TextBoost"),
+        _baseline("TextBoost", "textboost"),
         _only_paper("DisenBooth"),
         _baseline("LoRA", "lora"),
         _only_paper("IP-Adapter", "TCD", None, "encoder-based; no training"),
@@ -239,7 +239,8 @@ def _extra_label(method: str, base: str) -> str:
 
 
 METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
-                 "dreambooth": "DreamBooth", "lora": "LoRA"}
+                 "dreambooth": "DreamBooth", "lora": "LoRA",
+                 "textboost": "TextBoost"}
 
 
 # --- the paper's numbers ---------------------------------------------------------------------------------
