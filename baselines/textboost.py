@@ -176,9 +176,9 @@ def vector_names(token: str, count: int) -> list[str]:
     return [f"{stem}_{i}{close}" for i in range(count)]
 
 
-def add_vectors(tokenizer: Any, text_encoder: Any, token: str, init: str) -> list[str]:
-    """Add `token` as one new vocabulary entry per BPE piece of `init`, each initialised from its piece's row.
-    An entry that is already a word of the tokenizer is one line (BenchError)."""
+def plan_vectors(tokenizer: Any, token: str, init: str) -> list[tuple[str, int]]:
+    """(vector name, initialising piece id) for `token`: one new vocabulary entry per BPE piece of `init`. A name
+    that is already a word of the tokenizer is one line (BenchError)."""
     pieces = tokenizer(init, add_special_tokens=False).input_ids
     if not pieces:
         raise BenchError(f"textboost: initialiser '{init}' tokenises to nothing; set init_word to a word")
@@ -187,9 +187,21 @@ def add_vectors(tokenizer: Any, text_encoder: Any, token: str, init: str) -> lis
         if name in tokenizer.get_vocab() or len(tokenizer(name, add_special_tokens=False).input_ids) == 1:
             raise BenchError(f"textboost: token '{name}' is already in the tokenizer's vocabulary; choose a new "
                              f"one such as '<tb>' (--set token='<tb2>')")
-    for name, piece in zip(names, pieces):
-        personalize.add_token(tokenizer, text_encoder, name, tokenizer.convert_ids_to_tokens(piece), lookup="raw")
-    return names
+    return list(zip(names, pieces))
+
+
+def add_vectors(tokenizer: Any, text_encoder: Any, plan: list[tuple[str, int]]) -> list[int]:
+    """Add the planned entries in one resize of the embedding matrix, each row a copy of its piece's row (the
+    reference's `add_token`); returns their ids."""
+    names = [name for name, _ in plan]
+    if len(set(names)) != len(names) or tokenizer.add_tokens(names) != len(names):
+        raise BenchError(f"textboost: new tokens clash: {', '.join(names)}")
+    ids = tokenizer.convert_tokens_to_ids(names)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        emb = text_encoder.get_input_embeddings().weight
+        emb[ids] = emb[[piece for _, piece in plan]].clone()
+    return ids
 
 
 def init_text(concept: Concept, cfg: TextBoostConfig) -> str:
@@ -243,20 +255,20 @@ class TextBoost:
             null = sampling.encode_text(tokenizer, text_encoder, [""])[0]  # (77, D)
 
         # 1. New tokens: the concept's vectors, then the augmentation tokens; only their rows learn.
-        words = None
-        vectors = add_vectors(tokenizer, text_encoder, cfg.token, init_text(concept, cfg))
-        new_tokens = list(vectors)
+        plan = plan_vectors(tokenizer, cfg.token, init_text(concept, cfg))
+        vectors, words = [name for name, _ in plan], None
         if cfg.augment and cfg.augment_tokens:
             words = {}
             for aug, init in AUGMENTATION_TOKENS.items():
-                names = add_vectors(tokenizer, text_encoder, aug, init)
-                words[aug] = " ".join(names)
-                new_tokens += names
-        new_ids = tokenizer.convert_tokens_to_ids(new_tokens)
+                aug_plan = plan_vectors(tokenizer, aug, init)
+                words[aug] = " ".join(name for name, _ in aug_plan)
+                plan += aug_plan
+        new_tokens = [name for name, _ in plan]
+        new_ids = add_vectors(tokenizer, text_encoder, plan)
         original_rows = text_encoder.get_input_embeddings().weight.detach().clone()
         mean_norm = float(original_rows.norm(dim=-1).mean())  # over every row, the new ones included (reference)
 
-        # 2. LoRA on q/k/v of the text encoder (peft marks only the adapters trainable), then the embedding.
+        # 2. LoRA on q/k/v of the text encoder (only the adapters trainable), then the new embedding rows.
         # peft's own injection (transformers' `add_adapter` wants a newer peft than diffusers pins); registered
         # as transformers registers it, so diffusers' save/fuse helpers and `load_lora_weights` see an adapter.
         lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
