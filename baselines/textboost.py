@@ -358,10 +358,11 @@ class TextBoost:
 
         parts = models.pipeline_parts()
         tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
-        files = sorted((p for p in weights_dir.glob("<*>.safetensors")), key=_token_order)
+        files = sorted((p for p in weights_dir.glob("*.safetensors") if p.name != LORA_FILE), key=_token_order)
         tokens = [personalize.load_token(tokenizer, text_encoder, p) for p in files]
         vectors = [t for t in tokens if t not in _augmentation_vector_names(tokens)]
-        state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
+        state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, weight_name=LORA_FILE,
+                                                                          return_lora_metadata=True)
         StableDiffusionPipeline.load_lora_into_text_encoder(state, alphas, text_encoder, prefix="text_encoder",
                                                             adapter_name="default", metadata=metadata)
         text_encoder.requires_grad_(False)
@@ -370,7 +371,7 @@ class TextBoost:
 
 def _token_order(path: Path) -> tuple[str, int]:
     """`<tb_10>` after `<tb_9>`: a token's stem, then its vector index."""
-    name = path.name.removesuffix(".safetensors").strip("<>")
+    name = path.name.removesuffix(".safetensors").strip("<>")  # "tb_1" for `<tb_1>` and for `tb_1`
     stem, _, index = name.rpartition("_")
     return (stem, int(index)) if stem and index.isdigit() else (name, -1)
 
@@ -419,6 +420,6 @@ class TextBoostModel:
         out_dir.mkdir(parents=True, exist_ok=True)
         StableDiffusionPipeline.save_lora_weights(out_dir, text_encoder_lora_layers=self.lora_layers,
                                                   text_encoder_lora_adapter_metadata=self.lora_metadata,
-                                                  safe_serialization=True)
+                                                  weight_name=LORA_FILE, safe_serialization=True)
         for token, row in self.embeddings.items():  # one textual-inversion file per vector, {token: (1, D)}
             save_file({token: row.unsqueeze(0)}, out_dir / f"{token}.safetensors")

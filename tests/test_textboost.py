@@ -142,6 +142,15 @@ def test_method_load_gives_identical_samples_and_fuses(run) -> None:
     assert np.abs(_pixels(a) - _pixels(b)).max() <= 1
 
 
+def test_vector_names_and_their_load_order() -> None:
+    from baselines.textboost import _token_order, vector_names
+
+    assert vector_names("<tb>", 1) == ["<tb>"] and vector_names("<tb>", 2) == ["<tb_0>", "<tb_1>"]
+    assert vector_names("tbx", 2) == ["tbx_0", "tbx_1"]
+    names = [f"{n}.safetensors" for n in vector_names("<tb>", 12)]
+    assert sorted(map(Path, reversed(names)), key=_token_order) == list(map(Path, names))  # _10 after _9
+
+
 # --- the data option and the augmentation ---------------------------------------------------------------------
 
 def test_reference_set_picks_textboosts_one_shot_photo(concept, tmp_path) -> None:
