@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "cones2": "baselines.cones2:Cones2",
     "ip_adapter_tcd": "baselines.ip_adapter_tcd:IPAdapterTCD",
     "ominicontrol": "baselines.ominicontrol:OminiControl",
+    "textboost": "baselines.textboost:TextBoost",
 }
 
 

@@ -23,9 +23,9 @@ from bench.tables import (CD, ED, METHOD_LABELS, METRIC_LABELS, METRICS, Table, 
 
 GRID_COLUMNS = ((CD, "sd21", "Custom Diffusion (SD 2.1)"), (CD, "default", "Custom Diffusion"),
                 ("textual_inversion", "default", "Textual Inversion"), ("cones2", "default", "Cones 2"),
-                ("dreambooth", "default", "DreamBooth"), ("disenbooth", "default", "DisenBooth"),
-                ("lora", "default", "LoRA"), ("ip_adapter_tcd", "default", "IP-Adapter (TCD)"),
-                ("ominicontrol", "default", "OminiControl (Flux)"),
+                ("dreambooth", "default", "DreamBooth"), ("textboost", "default", "TextBoost"),
+                ("disenbooth", "default", "DisenBooth"), ("lora", "default", "LoRA"),
+                ("ip_adapter_tcd", "default", "IP-Adapter (TCD)"), ("ominicontrol", "default", "OminiControl (Flux)"),
                 (ED, "default", "EchoDistill"))
 """Methods in the qualitative grid, left to right after the reference image (the paper's Figure 3 order)."""
 GRID_CONCEPTS = 6

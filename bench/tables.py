@@ -129,7 +129,7 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
         _baseline("Textual Inversion", "textual_inversion"),
         _baseline("Cones 2", "cones2"),
         _baseline("DreamBooth", "dreambooth"),
-        _only_paper("TextBoost"),
+        _baseline("TextBoost", "textboost"),
         _baseline("DisenBooth", "disenbooth"),
         _baseline("LoRA", "lora"),
         RowSpec("IP-Adapter", "ip_adapter_tcd", ("default",), "TCD", None, 1,
@@ -248,7 +248,7 @@ def _extra_label(method: str, base: str) -> str:
 
 METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
                  "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2", "disenbooth": "DisenBooth",
-                 "ip_adapter_tcd": "IP-Adapter", "ominicontrol": "OminiControl"}
+                 "ip_adapter_tcd": "IP-Adapter", "ominicontrol": "OminiControl", "textboost": "TextBoost"}
 
 
 # --- the paper's numbers ---------------------------------------------------------------------------------
