@@ -181,7 +181,8 @@ class CustomDiffusion:
 
     def load(self, weights_dir: Path, models: Any) -> CustomDiffusionModel:
         parts = models.pipeline_parts(self.config.base)
-        personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights_dir / f"{self.config.token}.safetensors")
+        token_file = weights_dir / f"{self.config.token}.safetensors"
+        personalize.load_token(parts["tokenizer"], parts["text_encoder"], token_file)
         personalize.load_custom_diffusion(parts["unet"], weights_dir / personalize.CD_WEIGHTS)
         return CustomDiffusionModel(self.config, parts)
 

@@ -289,7 +289,8 @@ def generate(run_dir: Path = typer.Option(..., "--run", help="A finished run fol
 
 @app.command()
 def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated (default: every method)."),
-         profile: str = typer.Option("tiny", "--profile", help="paper-random (full size, random weights) | tiny | paper"),
+         profile: str = typer.Option("tiny", "--profile",
+                                     help="paper-random (full size, random weights) | tiny | paper"),
          resolution: Optional[int] = typer.Option(None, "--resolution", help="Pixels (default: the profile's)."),
          batch: int = typer.Option(2, "--batch", help="Training batch size."),
          warmup: int = typer.Option(2, "--warmup", help="Untimed warm-up iterations."),

@@ -551,7 +551,7 @@ def build_tables(name: str, records: list[dict[str, Any]], compare: str | None =
         group += corrupt[profile]  # expected in every table of their profile, and never done
     cache: dict = {}
     out = []
-    for (profile, suite), group in sorted(groups.items()):
+    for (profile, _suite), group in sorted(groups.items()):
         for n in names:
             out.append(_build_one(DEFS[n], group, sorted(concepts_by_profile[profile]), profile,
                                   _suite_desc(group), compare is not None, cache))

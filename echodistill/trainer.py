@@ -404,7 +404,7 @@ class Session:
         for module in [self.student_unet, self.student_text.encoder] + (
                 [self.teacher_unet, self.teacher_text.encoder] if self.use_teacher else []):
             module.requires_grad_(False)
-        cfg, models = self.cfg, self.models
+        cfg = self.cfg
 
         def sampler(role: str, state: Any = None) -> Sampler:
             if role == "student":
