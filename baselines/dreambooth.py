@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Diverged, Log
-from bench.config import SAMPLING_ONLY
+from bench.config import SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
@@ -42,7 +42,7 @@ CLASS_PROMPT = "a {}"
 class DreamBoothConfig(Numerics):
     timestep_policy: str = "t999"
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
-    iterations: int = 1000
+    iterations: int = field(default=1000, metadata=SCHEDULE)
     """Optimiser steps (paper: 1000)."""
     batch_size: int = 1
     """Concept images per step (diffusers recipe: 1); as many class images join it under prior preservation."""
@@ -66,7 +66,7 @@ class DreamBoothConfig(Numerics):
     """Weight of the class-prior loss (diffusers' default 1.0)."""
     num_class_images: int = 100
     """Class images to generate and train the prior on (diffusers' default 100)."""
-    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch (also for generating class images)."""

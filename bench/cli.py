@@ -144,7 +144,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
 
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
-    variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_))
+    variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_), method=method)
     _sweep([method], variants, concepts, seeds, profile, backbone, data, results, suite, device, weights, force,
            resume, retry_failed, options, speed=speed)
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
+from bench.api import views as api_views
 from bench.config import build, stable_hash, to_dict, training_fields
 from bench.registry import get_method, unknown
 
@@ -113,10 +114,12 @@ def variants_for(methods: list[str], names: list[str], overrides: dict[str, Any]
 def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = None) -> Any:
     """The method's config for this job: the named variant's overrides, then the job's, then the profile's caps.
 
-    `iteration_cap` applies to schedule lengths, by convention the int fields named `iterations` or ending in
-    `_iters` (and `checkpoint_every` to half of it, so capped runs resume mid-run); `step_cap` to sampling step
-    counts, the int fields ending in `_steps`.
+    `iteration_cap` applies to schedule lengths, the fields declared `SCHEDULE` (and `checkpoint_every` to half of
+    it, so capped runs resume mid-run); `step_cap` to step counts, the fields declared `SAMPLING_STEPS` or
+    `STEP_COUNT` (`bench.contract`; fields without metadata are still read by name, a deprecated fallback).
     """
+    from bench.contract import is_schedule, is_step_count
+
     cls = get_method(job.method)
     base = job.variant.split("+")[0]
     overrides = {**cls.variants.get(base, {}), **json.loads(job.overrides)}
@@ -126,11 +129,11 @@ def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = N
         value = getattr(config, f.name)
         if not isinstance(value, int) or isinstance(value, bool):
             continue
-        if iteration_cap and (f.name == "iterations" or f.name.endswith("_iters")):
+        if iteration_cap and is_schedule(f):
             capped[f.name] = min(value, iteration_cap)
         elif iteration_cap and f.name == "checkpoint_every" and value:  # a capped run checkpoints mid-run too
             capped[f.name] = min(value, max(1, iteration_cap // 2))
-        elif step_cap and f.name.endswith("_steps"):
+        elif step_cap and is_step_count(f):
             capped[f.name] = min(value, step_cap)
     return dataclasses.replace(config, **capped) if capped else config
 
@@ -148,12 +151,18 @@ def plan(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concept
     return jobs
 
 
+def _version(method: str) -> int:
+    from bench.contract import MethodInfo
+
+    return MethodInfo.of(get_method(method)).version
+
+
 def job_hash(job: Job, config: Any, profile_desc: dict[str, Any], suite: dict[str, Any]) -> str:
     """Everything that changes a run's output; a finished record with the same hash is not recomputed."""
     return stable_hash({"job": dataclasses.asdict(job), "config": hashed_config(config), "models": profile_desc,
                         "suite": suite["name"], "suite_version": suite.get("version", 1),
                         "eval_version": EVAL_VERSION, "schema": store.SCHEMA_VERSION,
-                        "method_version": getattr(get_method(job.method), "version", 1)})
+                        "method_version": _version(job.method)})
 
 
 def outdated_reason(record: dict[str, Any], job: Job, config: Any, profile_desc: dict[str, Any],
@@ -161,7 +170,7 @@ def outdated_reason(record: dict[str, Any], job: Job, config: Any, profile_desc:
     """Why a record no longer matches its job, and what brings it up to date: a re-run (training changed), a
     re-sample (the evaluation changed; `bench run` samples the run's own weights when its training still matches),
     or a re-score (only the metric suite changed: `bench score`)."""
-    version = getattr(get_method(job.method), "version", 1)
+    version = _version(job.method)
     recorded = record.get("config") or {}
 
     def differs(wanted: dict[str, Any]) -> bool:
@@ -184,7 +193,7 @@ def outdated_reason(record: dict[str, Any], job: Job, config: Any, profile_desc:
 def training_hash(job: Job, config: Any, profile_desc: dict[str, Any]) -> str:
     """Everything that changes a run's trained weights: `job_hash` without the variant's name, the evaluation and
     the sampling-only config fields. Runs with equal training hashes share one training."""
-    return stable_hash({"method": job.method, "method_version": getattr(get_method(job.method), "version", 1),
+    return stable_hash({"method": job.method, "method_version": _version(job.method),
                         "concept": job.concept, "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
                         "config": training_fields(config), "models": profile_desc, "schema": store.SCHEMA_VERSION})
 
@@ -500,11 +509,10 @@ def _stage(run_dir: Path, config_hash: str, resume: bool) -> tuple[Path, int, di
 
 
 def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: dict) -> dict[str, Any]:
-    cls = get_method(job.method)
     return {
         "schema": store.SCHEMA_VERSION, "status": "running", "method": job.method, "variant": job.variant,
         "concept": job.concept, "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
-        "method_version": getattr(cls, "version", 1), "eval_version": EVAL_VERSION, "config": to_dict(config),
+        "method_version": _version(job.method), "eval_version": EVAL_VERSION, "config": to_dict(config),
         "config_hash": config_hash,
         "overrides": json.loads(job.overrides), "models": profile.describe(), "metric_suite": suite,
         "versions": versions(), "git_commit": git_commit(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -542,7 +550,7 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
     trained.save(run_dir / "weights")
     evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
     views = {}
-    for name, view in getattr(trained, "views", {}).items():
+    for name, view in api_views(trained).items():
         views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
     return {
         **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
@@ -580,7 +588,7 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, conf
     trained = method.load(run_dir / "weights", models)
     evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
     views = {}
-    for name, view in getattr(trained, "views", {}).items():
+    for name, view in api_views(trained).items():
         before = (donor_record.get("views") or {}).get(name)
         if (same_evaluation and before and before.get("steps") == view.default_steps
                 and (donor / "views" / name).is_dir()):
@@ -605,9 +613,11 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, conf
 def same_view_sampling(config: Any, donor_config: dict[str, Any]) -> bool:
     """Whether a donor run sampled its views as `config` would: every sampling-only field other than the step
     counts (precision, sampler, guidance) equal; the views' own step counts are compared one by one."""
+    from bench.contract import is_sampling_only, is_step_count
+
     mine = to_dict(config)
     return all(donor_config.get(f.name) == mine[f.name] for f in dataclasses.fields(config)
-               if f.metadata.get("sampling") and not f.name.endswith("steps"))
+               if is_sampling_only(f) and not is_step_count(f))
 
 def evaluate(trained: Any, concept: Concept, eval_seeds: tuple[int, ...], image_dir: Path, ctx: Context,
              device: Any) -> dict[str, Any]:
