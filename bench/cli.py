@@ -22,7 +22,10 @@ EXIT_INFRA = 4
 failed, unfinished runs are resumable."""
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Benchmark harness for one-step diffusion personalization (EchoDistill and baselines).")
+                  help="Benchmark harness for one-step diffusion personalization (EchoDistill and baselines).",
+                  epilog="Every command also takes `--include path/to/module.py` (repeatable): the method classes "
+                         "in that file join the registry (bench.plugins), as installed `bench.methods` entry "
+                         "points do.")
 data_app = typer.Typer(no_args_is_help=True, help="Validate or fetch a DreamBench copy.")
 app.add_typer(data_app, name="data")
 
@@ -346,8 +349,35 @@ def data_download(dest: Path = typer.Argument(Path("data/dreambench"), help="Whe
     typer.echo(f"DreamBench ready at {path}")
 
 
+@app.command("check-method")
+def check_method(name: str = typer.Argument(..., help="A registered method (built in, an entry point, or --include)."),
+                 data: Optional[Path] = typer.Option(None, "--data", help="Check on this dataset's concept "
+                                                     "(default: a synthetic two-photo concept)."),
+                 concept: str = typer.Option("dog", "--concept", help="The dataset concept, with --data.")) -> None:
+    """Run the method contract on the tiny profile (CPU): declarations, train, sample, save, load."""
+    from bench.contract_check import ContractViolation
+    from bench.contract_check import check_method as run_checks
+
+    chosen = None
+    if data is not None:
+        from bench.data import select_concepts
+
+        chosen = select_concepts(data, concept)[0]
+    try:
+        run_checks(name, chosen, say=typer.echo)
+    except ContractViolation as err:
+        typer.echo(f"FAIL {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{name} follows the method contract")
+
+
 def main() -> None:
     try:
+        from bench import plugins, registry
+
+        sys.argv, included = plugins.take_include_args(sys.argv)
+        if included:
+            plugins.include(included, registry.METHODS)
         app()
     except BenchError as err:
         typer.echo(f"error: {err}", err=True)
