@@ -171,13 +171,12 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
         for c in load_dreambench(data_root(data)):
             typer.echo(f"{c.name}\t{c.class_noun}\t{'live' if c.live else 'object'}\t{len(c.images)} images")
     elif what == "runs":
-        from bench.store import iter_records
+        from bench.store import iter_run_records
 
-        for r in iter_records(results, profile):
-            metrics = r.get("metrics") or {}
+        for r in iter_run_records(results, profile):
+            metrics = r.metrics or {}
             scores = " ".join(f"{k}={metrics[k]:.3f}" for k in ("clip_t", "clip_i", "dino") if k in metrics)
-            typer.echo(f"{r['status']:7} {r['profile']}/{r['method']}/{r['variant']}/{r['concept']}/seed{r['seed']}"
-                       f"  {scores}")
+            typer.echo(f"{r.status:7} {r.label()}  {scores}")
     else:
         raise unknown("listing", what, ["methods", "concepts", "variants", "runs"])
 

@@ -37,6 +37,7 @@ from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
 from bench.api import views as api_views
 from bench.config import build, stable_hash, to_dict, training_fields
+from bench.record import VariantName
 from bench.registry import get_method, unknown
 
 ATTEMPT = "attempt.json"
@@ -121,7 +122,7 @@ def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = N
     from bench.contract import is_schedule, is_step_count
 
     cls = get_method(job.method)
-    base = job.variant.split("+")[0]
+    base = VariantName.parse(job.variant).base
     overrides = {**cls.variants.get(base, {}), **json.loads(job.overrides)}
     config = build(cls.Config, overrides)
     capped = {}
@@ -145,7 +146,7 @@ def plan(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concept
     for method in methods:
         cls = get_method(method)
         for name, overrides in variants:
-            build(cls.Config, {**cls.variants.get(name.split("+")[0], {}), **overrides})  # bad keys fail now
+            build(cls.Config, {**cls.variants.get(VariantName.parse(name).base, {}), **overrides})  # fail now
             text = json.dumps(overrides, sort_keys=True)
             jobs += [Job(method, name, c, s, profile, backbone, text) for c in concepts for s in seeds]
     return jobs

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
+from bench.record import SCHEMA_VERSION, RunRecord
 
-SCHEMA_VERSION = 1
 RECORD = "record.json"
 RUN_DIR = re.compile(r"^seed-?\d+$")
 """Names of run folders; `.partial`, `.old-*` and other siblings are never read as runs."""
@@ -128,9 +128,28 @@ def corrupt_stub(path: Path, results: Path, problem: str) -> dict[str, Any] | No
             "concept": concept, "seed": int(seed.removeprefix("seed")), "run_dir": str(path.parent)}
 
 
+def read_run_record(run_dir: Path) -> RunRecord | None:
+    """The run's record as a typed `RunRecord` (with `run_dir` set), or None as for `read_record`."""
+    data = read_record(run_dir)
+    if data is None:
+        return None
+    record = RunRecord.from_json(data)
+    record.run_dir = str(run_dir)
+    return record
+
+
+def iter_run_records(results: Path, profile: str | None = None) -> Iterator[RunRecord]:
+    """`iter_records` as typed `RunRecord`s (readable records only)."""
+    for data in iter_records(results, profile):
+        run_dir = data.pop("run_dir")
+        record = RunRecord.from_json(data)
+        record.run_dir = run_dir
+        yield record
+
+
 def is_done(run_dir: Path, config_hash: str) -> bool:
-    record = read_record(run_dir)
-    return bool(record and record.get("status") == "done" and record.get("config_hash") == config_hash)
+    record = read_run_record(run_dir)
+    return bool(record and record.done and record.config_hash == config_hash)
 
 
 def iter_records(results: Path, profile: str | None = None, corrupt: bool = False) -> Iterator[dict[str, Any]]:

@@ -204,9 +204,10 @@ def split_variant(variant: str) -> tuple[str, str]:
     """`drop_disc_clip+disc_dino1+iterations=500` -> (`drop_disc_clip+disc_dino1`, `iterations=500`).
 
     Named variants join drop names with `+`; ad-hoc overrides (`bench run --set`) append `+key=value` parts."""
-    parts = variant.split("+")
-    base = [p for p in parts if "=" not in p]
-    return "+".join(base), "+".join(p for p in parts if "=" in p)
+    from bench.record import VariantName
+
+    name = VariantName.parse(variant)
+    return name.base, "+".join(name.parts)
 
 
 @lru_cache(maxsize=1)
@@ -511,8 +512,10 @@ class Table:
 
 
 def suite_name(record: dict[str, Any]) -> str:
+    from bench.record import SuiteRef
+
     suite = record.get("metric_suite") or {}
-    return str(suite.get("name", "unknown")) if isinstance(suite, dict) else str(suite)
+    return SuiteRef.of(suite).name if isinstance(suite, dict) else str(suite)
 
 
 def _suite_desc(records: list[dict[str, Any]]) -> str:
