@@ -66,7 +66,7 @@ class MethodInfo:
 
 LEGACY_NAMES = True
 """Deprecated fallback: an int field with none of the role metadata is still read by its name (`iterations` or
-`*_iters` a schedule length, `*_steps` a step count), as before field metadata existed. Declare `SCHEDULE` or
+`*_iters` a schedule length, `steps` or `*_steps` a step count), as before field metadata existed. Declare `SCHEDULE` or
 `SAMPLING_STEPS` / `STEP_COUNT` instead; the fallback goes once every method in use declares its fields."""
 
 
@@ -85,7 +85,7 @@ def is_step_count(f: dataclasses.Field) -> bool:
         return bool(f.metadata["steps"])
     if _has_role(f):
         return False
-    return LEGACY_NAMES and f.name.endswith("_steps")
+    return LEGACY_NAMES and (f.name == "steps" or f.name.endswith("_steps"))
 
 
 def is_sampling_only(f: dataclasses.Field) -> bool:
@@ -118,7 +118,7 @@ def undeclared_fields(config: Any) -> list[str]:
     """Fields read by name only (the deprecated fallback): what a method should annotate with metadata."""
     out = []
     for f in dataclasses.fields(config):
-        by_name = f.name == "iterations" or f.name.endswith(("_iters", "_steps"))
+        by_name = f.name in ("iterations", "steps") or f.name.endswith(("_iters", "_steps"))
         if by_name and not _has_role(f):
             out.append(f.name)
     return out

@@ -1,8 +1,8 @@
 """The gpu tier: a few bf16 training iterations of LoRA on the full-size `paper-random` models, on CUDA.
 
 Runs with `pytest -m gpu` where CUDA is present, skips (saying why) where it is not. It checks what the CPU
-tiers cannot: the full-size architectures train under bf16 autocast on a GPU with finite losses, the adapter
-moves, and a sample comes back at the paper resolution.
+tiers cannot: the full-size architectures train under bf16 autocast on a GPU with finite losses, and a sample
+comes back at the paper resolution.
 """
 
 from __future__ import annotations
