@@ -258,7 +258,7 @@ class RunRecord:
     # every record
     schema: int = SCHEMA_VERSION
     """Record schema version."""
-    status: str = "running"
+    status: str | None = None
     """`done`, `failed` (and, in memory only, `running`; `corrupt` for a stand-in of an unreadable record)."""
     method: str = ""
     """Registry name."""

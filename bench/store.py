@@ -509,11 +509,12 @@ def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int
     counts: dict[str, int] = {}
     entries: list[tuple[str, str, str]] = []
     root = Path(results) / profile if profile else Path(results)
-    for record in iter_records(results, profile, corrupt=True):
-        state = record.get("status", "unknown")
-        key = f"{record['profile']}/{record['method']}/{record['variant']}/{record['concept']}/seed{record['seed']}"
-        note = record["reason"] if state == "corrupt" else failure_note(record) or failed_rerun_note(record)
-        entries.append((state, key, note))
+    for data in iter_records(results, profile, corrupt=True):
+        run_dir = data.pop("run_dir", None)
+        record = RunRecord.from_json(data)
+        record.run_dir = run_dir
+        note = record.reason if record.status == "corrupt" else failure_note(record) or failed_rerun_note(record)
+        entries.append((record.status or "unknown", record.label(), note))
     if root.exists():
         for lock_path in sorted(root.rglob("seed*.lock")):
             run_dir = lock_path.with_name(lock_path.name.removesuffix(".lock"))
@@ -540,12 +541,12 @@ def failed_rerun_path(run_dir: Path) -> Path:
     return Path(run_dir).with_name(Path(run_dir).name + ".failed.json")
 
 
-def failed_rerun_note(record: dict[str, Any]) -> str:
+def failed_rerun_note(record: RunRecord) -> str:
     """For a done run whose forced re-run failed (the failure is kept beside the result, never over it): what
     failed and where it is; else ""."""
-    if record.get("status") != "done" or not record.get("run_dir"):
+    if not record.done or not record.run_dir:
         return ""
-    sidecar = failed_rerun_path(record["run_dir"])
+    sidecar = failed_rerun_path(record.run_dir)
     if not sidecar.is_file():
         return ""
     try:
@@ -556,12 +557,12 @@ def failed_rerun_note(record: dict[str, Any]) -> str:
             f"this result is kept; details in {sidecar}")
 
 
-def failure_note(record: dict[str, Any]) -> str:
-    if record.get("status") != "failed":
+def failure_note(record: RunRecord) -> str:
+    if record.status != "failed":
         return ""
-    note = record.get("reason", "")
-    if record.get("traceback") and record.get("run_dir"):
-        note += f" (traceback: {Path(record['run_dir']) / record['traceback']})"
+    note = record.reason or ""
+    if record.traceback and record.run_dir:
+        note += f" (traceback: {Path(record.run_dir) / record.traceback})"
     return note
 
 

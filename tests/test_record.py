@@ -76,3 +76,26 @@ def test_variant_names_parse_once(text: str, base: str, parts: tuple[str, ...]) 
 def test_suite_ref() -> None:
     assert SuiteRef.of({"name": "paper", "version": 2}) == SuiteRef("paper", 2)
     assert str(SuiteRef.of(None)) == "unknown v1"
+
+
+def test_a_fresh_run_writes_exactly_the_typed_record(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    """What `bench run` writes is what RunRecord declares (no unknown key, nothing missing but the optional
+    `rescored` and the failure keys), it reads back typed, lists, and a re-run skips it as done."""
+    from bench import registry
+    from tests.helpers import bench
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    common = ["run", "--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path]
+    code, _, err = bench(monkeypatch, capsys, *common)
+    assert code == 0, err
+    run_dir = tmp_path / "tiny" / "fake" / "default" / "dog" / "seed0"
+    data = json.loads((run_dir / "record.json").read_text())
+    record = RunRecord.from_json(data)
+    assert record.extra == {} and record.absent == {"rescored", *FAILED_KEYS}
+    assert record.to_json() == data and record.done and record.timing.train_s is not None
+    assert store.read_run_record(run_dir).run_dir == str(run_dir)
+    assert [r.label() for r in store.iter_run_records(tmp_path)] == ["tiny/fake/default/dog/seed0"]
+    code, out, _ = bench(monkeypatch, capsys, "ls", "runs", "--results", tmp_path)
+    assert code == 0 and out.startswith("done    tiny/fake/default/dog/seed0  clip_t=")
+    code, _, err = bench(monkeypatch, capsys, *common)
+    assert code == 0 and "1 skipped" in err
