@@ -62,7 +62,7 @@ def check_declarations(cls: Any, say: Callable[[str], None] = lambda _: None) ->
     _check(isinstance(info.version, int) and info.version >= 1, "version", f"an int >= 1, not {info.version!r}", say)
     _check(isinstance(info.trains, bool) and isinstance(info.resumable, bool), "trains/resumable", "must be bools",
            say)
-    _check(not info.resumable or "checkpoint_every" in fields, "resumable",
+    _check(not info.resumable or "checkpoint_every" in fields, "resumable checkpoints",
            "a resumable method's Config has a `checkpoint_every` field", say)
     bad = {flag: f for flag, f in info.ablations.items() if flag not in ABLATION_FLAGS or f not in fields}
     _check(not bad, "ablations", f"flags must be among {', '.join(ABLATION_FLAGS)} and name Config fields: {bad}", say)
@@ -103,7 +103,8 @@ def check_method(name: str, concept: Any = None, work: Path | None = None,
     from bench.runs import Job, resolve_config
 
     cls = get_method(name)
-    _check(getattr(cls, "name", None) == name, "name", f"registered as '{name}' but declares {cls.name!r}", say)
+    declared = getattr(cls, "name", None)
+    _check(declared == name, "registry name", f"registered as '{name}' but declares {declared!r}", say)
     info = check_declarations(cls, say)
     with tempfile.TemporaryDirectory(prefix=f"bench-check-{name}-") as tmp:
         work = Path(work) if work is not None else Path(tmp)
@@ -116,9 +117,9 @@ def check_method(name: str, concept: Any = None, work: Path | None = None,
         log = _ListLog()
         if info.trains:
             trained = method.train(concept, Models(profile, "cpu"), work / "work", 0, log)
-            _check(bool(log.phases and log.rows), "log", "train reports its iterations through the Log", say)
+            _check(bool(log.phases and log.rows), "log calls", "train reports its iterations through the Log", say)
             finite = all(np.isfinite(v) for row in log.rows for v in row.values())
-            _check(finite, "log", "every logged value is finite", say)
+            _check(finite, "log values", "every logged value is finite", say)
         else:
             trained = method.prepare(concept, Models(profile, "cpu"), work / "work", 0)
         _check(isinstance(trained, Trained), "Trained", "train must return a bench.api.Trained", say)
@@ -140,7 +141,7 @@ def check_method(name: str, concept: Any = None, work: Path | None = None,
         files = [p for p in (work / "weights").rglob("*") if p.is_file()]
         _check(any(p.suffix == ".safetensors" for p in files), "save", "weights saved as .safetensors", say)
         pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-        _check(not pickles, "save", f"safetensors only, found {', '.join(pickles)}", say)
+        _check(not pickles, "no pickles", f"safetensors only, found {', '.join(pickles)}", say)
         loaded = method.load(work / "weights", Models(profile, "cpu"))
         reloaded = loaded.generate(prompts[:1], [0])
         diff = np.abs(np.asarray(reloaded[0]).astype(int) - np.asarray(images[0]).astype(int)).max()

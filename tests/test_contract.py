@@ -32,18 +32,18 @@ def test_a_broken_declaration_is_named() -> None:
     from typing import ClassVar
 
     @dataclass
-    class Config:
+    class BrokenConfig:
         steps: int = 1
         """Steps."""
 
     class Broken:
         name: ClassVar[str] = "broken"
-        Config: ClassVar[type] = Config
+        Config: ClassVar[type] = BrokenConfig
         variants: ClassVar[dict] = {"default": {}, "bad": {"stpes": 2}}
 
     with pytest.raises(ContractViolation, match="variant 'bad': unknown config field 'stpes'"):
         check_declarations(Broken)
     Broken.variants = {"default": {}}
     Broken.resumable = True
-    with pytest.raises(ContractViolation, match="resumable: a resumable method's Config has a `checkpoint_every`"):
+    with pytest.raises(ContractViolation, match="resumable checkpoints: a resumable method's Config has a"):
         check_declarations(Broken)
