@@ -139,11 +139,12 @@ class ImageScore:
         rest = {k: v for k, v in data.items() if k not in scores}
         image = _load(cls, rest)
         image.scores = scores
-        image.absent = image.absent | {"scores"}  # never a key of its own: the scores are written flat
         return image
 
     def to_json(self) -> dict[str, Any]:
-        return {**_dump(self), **self.scores}
+        out = _dump(self)
+        out.pop("scores", None)  # written flat, beside the other keys
+        return {**out, **self.scores}
 
 
 @dataclass

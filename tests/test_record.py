@@ -45,6 +45,15 @@ def test_unknown_and_missing_keys() -> None:
     assert record.to_json() == data
 
 
+def test_parts_built_in_code_write_flat_scores() -> None:
+    from bench.record import ImageScore
+
+    image = ImageScore(file="images/p00_s0.png", prompt_index=0, scores={"clip_t": 0.3})
+    assert image.to_json() == {"file": "images/p00_s0.png", "prompt_index": 0, "eval_seed": None,
+                               "noise_seed": None, "prompt": None, "n_real": None, "clip_t": 0.3}
+    assert ImageScore.from_json(image.to_json()).scores == {"clip_t": 0.3}
+
+
 def _readme_keys(table_title: str) -> list[str]:
     text = (REPO / "results" / "README.md").read_text()
     block = text[text.index(table_title):]
