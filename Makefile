@@ -35,6 +35,9 @@ test-slow: setup                    ## the slow tier (learning checks, full swee
 smoke: setup data                   ## two concepts end to end in about a minute
 	$(BENCH) run --method custom_diffusion --concepts dog,teapot --profile tiny && $(BENCH) table main
 
+lint: setup                         ## ruff (rules in pyproject.toml): pyflakes, pycodestyle, bugbear, pyupgrade
+	$(VENV)/bin/ruff check .
+
 tables: setup                       ## every table from the records under ./results
 	$(BENCH) table main
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Log
-from bench.config import SAMPLING_ONLY
+from bench.config import NOT_HASHED, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop, mse_loss
 from bench.models.sampling import Numerics, check_numerics
@@ -32,7 +32,7 @@ class CustomDiffusionConfig(Numerics):
     """Which model is personalised: "student" (SD-Turbo, one step) or "teacher" (SD 2.1, multi-step)."""
     timestep_policy: str = "t999"
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
-    iterations: int = 1000
+    iterations: int = field(default=1000, metadata=SCHEDULE)
     """Optimiser steps (paper: 1000)."""
     batch_size: int = 2
     """Images per step (paper: 2)."""
@@ -60,14 +60,14 @@ class CustomDiffusionConfig(Numerics):
     """Custom Diffusion's random-scale augmentation with its loss mask and prompt words (after the first word)."""
     hflip: bool = True
     """Random horizontal flip of training images."""
-    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (infer NFE). Sampling-only: the train1-infer{1,4,25} variants share one
     training."""
     guidance: float = field(default=0.0, metadata=SAMPLING_ONLY)
     """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference. Sampling-only."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    checkpoint_every: int = field(default=100, metadata={"hash": False})
+    checkpoint_every: int = field(default=100, metadata=NOT_HASHED)
     """Save a resumable checkpoint (K/V, token row, AdamW moments, RNG states) every this many iterations and at the
     end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically. 0 = off.
     Not part of the config hash: it never changes the result."""
@@ -105,6 +105,8 @@ class CustomDiffusion:
     """2: first-token K/V detach, released init token, templates and augmentation, mask-sum loss, fp32 training,
     Euler ancestral / native-size / fp16 sampling (README, "Fidelity")."""
     Config: ClassVar[type] = CustomDiffusionConfig
+    resumable: ClassVar[bool] = True
+    """Checkpoints every `checkpoint_every` iterations; `bench run --resume` continues from the last one."""
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
         "sd21": {"base": "teacher", "timestep_policy": "uniform", "sample_steps": 25, "guidance": 7.5},
@@ -154,7 +156,8 @@ class CustomDiffusion:
 
     def load(self, weights_dir: Path, models: Any) -> CustomDiffusionModel:
         parts = models.pipeline_parts(self.config.base)
-        personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights_dir / f"{self.config.token}.safetensors")
+        token_file = weights_dir / f"{self.config.token}.safetensors"
+        personalize.load_token(parts["tokenizer"], parts["text_encoder"], token_file)
         personalize.load_custom_diffusion(parts["unet"], weights_dir / personalize.CD_WEIGHTS)
         return CustomDiffusionModel(self.config, parts)
 

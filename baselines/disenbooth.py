@@ -9,7 +9,8 @@ f_i = MLP(sigmoid(m) * e) + sigmoid(m) * e -- turns that embedding into one vect
 the prompt's text embedding f_s. Per step, with the one prompt "a dog</w> dog" (the class word followed by the
 literal "</w>" as identifier):
 
-    loss = mse(unet(x_t, t, f_s + f_i), target) + 0.01 * mse(unet(x_t, t, f_s), target) + 0.001 * cos(mean_tokens(f_s), f_i)
+    loss = mse(unet(x_t, t, f_s + f_i), target) + 0.01 * mse(unet(x_t, t, f_s), target)
+           + 0.001 * cos(mean_tokens(f_s), f_i)
 
 (denoising with both embeddings, the weak identity-preserving denoising with the text alone, and the cosine
 similarity that pushes f_i away from f_s). AdamW (lr 1e-4 for LoRA and adapter, weight decay 1e-2), constant lr,

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Log
-from bench.config import NOT_HASHED, SAMPLING_ONLY
+from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
@@ -41,7 +41,7 @@ CLASS_PROMPT = "a {}"
 class DreamBoothConfig(Numerics):
     timestep_policy: str = "t999"
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
-    iterations: int = 1000
+    iterations: int = field(default=1000, metadata=SCHEDULE)
     """Optimiser steps (paper: 1000)."""
     batch_size: int = 1
     """Concept images per step (diffusers recipe: 1); as many class images join it under prior preservation."""
@@ -65,7 +65,7 @@ class DreamBoothConfig(Numerics):
     """Weight of the class-prior loss (diffusers' default 1.0)."""
     num_class_images: int = 100
     """Class images to generate and train the prior on (diffusers' default 100)."""
-    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch (also for generating class images)."""
@@ -156,6 +156,7 @@ class DreamBooth:
     version: ClassVar[int] = 2
     """2: the released 25 templates, photos resized once (bilinear), fp32 training, Euler ancestral / fp16
     sampling (README, "Fidelity")."""
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = DreamBoothConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},

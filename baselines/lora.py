@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Log
-from bench.config import NOT_HASHED, SAMPLING_ONLY
+from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
@@ -32,7 +32,7 @@ from bench.models.training import TIMESTEP_POLICIES, TrainingBatches, load_pixel
 class LoRAConfig(Numerics):
     timestep_policy: str = "t999"
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
-    iterations: int = 800
+    iterations: int = field(default=800, metadata=SCHEDULE)
     """Optimiser steps (paper: 800)."""
     batch_size: int = 1
     """Images per step (diffusers recipe: 1)."""
@@ -59,7 +59,7 @@ class LoRAConfig(Numerics):
     fuse: bool = True
     """Fuse the adapter into the base weights before sampling (protocol: "fuse before timing"). Off keeps the
     peft layers (same images up to float rounding, slower): for inspecting the unfused model."""
-    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
@@ -97,6 +97,7 @@ class LoRA:
     version: ClassVar[int] = 2
     """2: the released 25 templates, photos resized once (bilinear), fp32 training, Euler ancestral / fp16
     sampling (README, "Fidelity")."""
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = LoRAConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},

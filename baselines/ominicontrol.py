@@ -165,7 +165,8 @@ class OminiModel:
         size = self.config.sample_batch_size
         with record_function("bench/generate"), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             for start in range(0, len(prompts), size):
-                pixels = self.sample(prompts[start:start + size], seeds[start:start + size], steps or self.default_steps)
+                pixels = self.sample(prompts[start:start + size], seeds[start:start + size],
+                                     steps or self.default_steps)
                 images += to_pil(pixels)
         return images
 
@@ -181,7 +182,8 @@ class OminiModel:
         transformer, device = pipe.transformer, pipe.transformer.device
         text, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
                                                     max_sequence_length=cfg.max_sequence_length)
-        side, channels, batch = self.resolution // pipe.vae_scale_factor, transformer.config.in_channels // 4, len(seeds)
+        side, batch = self.resolution // pipe.vae_scale_factor, len(seeds)
+        channels = transformer.config.in_channels // 4
         noise = seeded_noise(seeds, (channels, side, side), device, text.dtype)  # FluxPipeline's unpacked shape
         latents = FluxPipeline._pack_latents(noise, batch, channels, side, side)
         image_ids = FluxPipeline._prepare_latent_image_ids(batch, side // 2, side // 2, device, text.dtype)
@@ -335,7 +337,8 @@ def condition_forward(transformer: Any, latents: torch.Tensor, text: torch.Tenso
     streams = [[txt, main_temb, False, True], [img, main_temb, False, False]]
     ids = [text_ids, image_ids]
     if cond is not None:
-        cond_temb = temb(torch.full_like(timestep, cond_timestep), None if guidance is None else torch.ones_like(guidance))
+        cond_guidance = None if guidance is None else torch.ones_like(guidance)
+        cond_temb = temb(torch.full_like(timestep, cond_timestep), cond_guidance)
         streams.append([tr.x_embedder(cond), cond_temb, True, False])
         ids.append(cond_ids)
     rope = tr.pos_embed(torch.cat(ids, dim=0))

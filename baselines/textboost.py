@@ -325,7 +325,8 @@ class TextBoost:
             if cfg.kpl_weight > 0:
                 prior_prompts = next(priors)
                 with torch.no_grad():
-                    set_adapter_layers(text_encoder, enabled=False)  # the frozen encoder: vocabulary rows are the original ones
+                    # the frozen encoder: vocabulary rows are the original ones
+                    set_adapter_layers(text_encoder, enabled=False)
                     original = encode(prior_prompts)
                     set_adapter_layers(text_encoder, enabled=True)
                 current = encode(prior_prompts)

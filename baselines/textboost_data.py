@@ -117,7 +117,8 @@ def horizontal_shift(image, rng: random.Random):
     left = rng.randint(0, 1) == 0
     padded = np.pad(arr, ((0, 0), (shift, shift), (0, 0)), mode="edge")
     start = 2 * shift if left else 0  # content moved left: the window slides right over the padded photo
-    return Image.fromarray(np.ascontiguousarray(padded[:, start:start + w])), ("<left>" if left else "<right>"), "suffix"
+    shifted = Image.fromarray(np.ascontiguousarray(padded[:, start:start + w]))
+    return shifted, ("<left>" if left else "<right>"), "suffix"
 
 
 def horizontal_flip(image, rng: random.Random):

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import BenchError, Concept, Log
-from bench.config import NOT_HASHED, SAMPLING_ONLY
+from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
@@ -34,7 +34,7 @@ PHRASES = {"token": "{identifier}", "token_class": "{identifier} {class_noun}"}
 class TextualInversionConfig(Numerics):
     timestep_policy: str = "t999"
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
-    iterations: int = 4000
+    iterations: int = field(default=4000, metadata=SCHEDULE)
     """Optimiser steps (paper: 4000); each step accumulates `grad_accumulation` batches."""
     batch_size: int = 1
     """Images per forward pass (diffusers recipe: 1)."""
@@ -60,7 +60,7 @@ class TextualInversionConfig(Numerics):
     """Custom Diffusion's random-scale augmentation; off, as in the textual-inversion recipe (plain photos)."""
     hflip: bool = True
     """Random horizontal flip (the textual-inversion recipe's flip_p = 0.5)."""
-    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
@@ -106,6 +106,7 @@ class TextualInversion:
     version: ClassVar[int] = 2
     """2: the placeholder alone in prompts, the 27 templates, photos resized once (bilinear), fp32 training,
     Euler ancestral / fp16 sampling (README, "Fidelity")."""
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = TextualInversionConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},

@@ -1,4 +1,7 @@
-"""`bench ablate` flags -> named variants (config overrides) of a method. A variant is never a new class."""
+"""`bench ablate` flags -> named variants (config overrides) of a method. A variant is never a new class.
+
+Which config field each flag sets is the method's own declaration (`bench.api.MethodOptions.ablations`, read
+through `bench.contract.MethodInfo`); this module only names the variants and checks the flags' values."""
 
 from __future__ import annotations
 
@@ -17,22 +20,27 @@ def override_suffix(overrides: dict[str, Any]) -> str:
 
 
 def ablation_variants(drops: list[str], teacher_first: bool, shots: int | None, nfe: str | None,
-                      backbone: str, extra: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+                      backbone: str, extra: dict[str, Any] | None = None,
+                      method: str = "echodistill") -> list[tuple[str, dict[str, Any]]]:
     """(variant name, overrides) pairs for one `bench ablate` call; several --drop flags form one variant.
 
     `--nfe 1,2,4` gives one variant per step count that differs only in the sampling-only `eval_steps`, so the
     runs share one training (`bench.runs.find_trained`). `extra` (`--set k=v`) applies to every variant and
-    names itself in the variant, as in `bench run`."""
+    names itself in the variant, as in `bench run`. A flag `method` does not declare is a one-line error."""
+    from bench.contract import MethodInfo
+    from bench.registry import get_method
+
+    info = MethodInfo.of(get_method(method))
     variants: list[tuple[str, dict[str, Any]]] = []
     if drops:
         names = sorted(set(drops))
-        variants.append(("drop_" + "+".join(names), {"drop": names}))
+        variants.append(("drop_" + "+".join(names), {info.ablation_field("drop"): names}))
     if teacher_first:
-        variants.append(("teacher_first", {"teacher_first": True}))
+        variants.append(("teacher_first", {info.ablation_field("teacher_first"): True}))
     if shots is not None:
         if shots < 1:
             raise BenchError(f"--shots must be >= 1, got {shots}")
-        variants.append((f"shots{shots}", {"shots": shots}))
+        variants.append((f"shots{shots}", {info.ablation_field("shots"): shots}))
     if nfe:
         try:
             steps = [int(s) for s in nfe.split(",") if s.strip()]
@@ -41,7 +49,7 @@ def ablation_variants(drops: list[str], teacher_first: bool, shots: int | None, 
         bad = [s for s in steps if s not in (1, 2, 4)]
         if bad:
             raise BenchError(f"--nfe {bad[0]} is not supported; valid: 1, 2, 4")
-        variants += [(f"nfe{s}", {"eval_steps": s}) for s in steps]
+        variants += [(f"nfe{s}", {info.ablation_field("nfe"): s}) for s in steps]
     if backbone != "sd-turbo":
         variants.append((f"backbone_{backbone}", {}))
     if not variants:

@@ -73,8 +73,13 @@ DEFAULT_PHRASE = "{identifier} {class_noun}"
 
 
 def eval_phrase(trained: Any) -> str:
-    """The evaluation phrase a trained model declares (`Trained.eval_phrase`), else `DEFAULT_PHRASE`."""
+    """The evaluation phrase a trained model declares (`TrainedOptions.eval_phrase`), else `DEFAULT_PHRASE`."""
     return getattr(trained, "eval_phrase", DEFAULT_PHRASE)
+
+
+def views(trained: Any) -> dict[str, Any]:
+    """The further models a trained model declares (`TrainedOptions.views`), else none."""
+    return dict(getattr(trained, "views", None) or {})
 
 
 @dataclass(frozen=True)
@@ -144,11 +149,7 @@ class Trained(Protocol):
     def save(self, out_dir: Path) -> None:
         """Write the trained weights in the ecosystem's formats (safetensors only) under `out_dir`."""
 
-    # Optional: `views: dict[str, Trained]`, further models of the same run that the harness also samples
-    # and scores (e.g. EchoDistill's teacher, and both models before the echo stage), each recorded by name.
-    # Optional: `eval_phrase: str`, what stands for the concept in evaluation prompts, a format of `identifier`
-    # and `class_noun`; default DEFAULT_PHRASE ("<new1> dog"); textual inversion declares "{identifier}"
-    # ("<new1>"), the authors' evaluation format for it. CLIP-T always scores the class prompt.
+    # Optional declarations: see `TrainedOptions` (views, eval_phrase), read through `bench.contract`.
     # Required of a method without training (`Method.trains = False`): `conditioning: list[str]`, the file names
     # of the reference photo(s) that condition the model (`prepare` chose them); the run record keeps them.
 
@@ -174,7 +175,51 @@ class Method(Protocol):
     def load(self, weights_dir: Path, models: Models) -> Trained:
         """Rebuild a trained model from what `Trained.save` wrote (for `bench generate`)."""
 
-    # Optional: `trains: ClassVar[bool] = False` for a method with no training stage (an encoder-based method
-    # such as IP-Adapter). The harness then calls `prepare(concept, models, out_dir, seed) -> Trained` instead of
-    # `train` (no log, no checkpoints): it builds the conditioned model from the concept's photos. Such a run
-    # records no `timing.train_s`, and `--resume` or an iteration override is refused for it.
+    # Optional declarations, each with its default: see `MethodOptions`, read through `bench.contract.MethodInfo`.
+
+
+class MethodOptions(Protocol):
+    """What a method MAY declare beside the `Method` members, as class attributes; the values here are the
+    defaults. `bench.contract.MethodInfo.of(cls)` reads them (the one place that does), and the contract check
+    (`bench check-method`) validates them. They are not part of `Method`'s runtime check, so a method that
+    declares none of them still is a `Method`."""
+
+    version: ClassVar[int] = 1
+    """Bumped when the method's training changes its results: a record of another version is re-run."""
+
+    trains: ClassVar[bool] = True
+    """False for a method with no training stage (an encoder-based method such as IP-Adapter). The harness then
+    calls `prepare(concept, models, out_dir, seed) -> Trained` instead of `train` (no log, no checkpoints): it
+    builds the conditioned model from the concept's photos. Such a run records no `timing.train_s`, and
+    `--resume` or an iteration override is refused for it."""
+
+    resumable: ClassVar[bool] = False
+    """True when `train` writes checkpoints (its config's `checkpoint_every`, through
+    `bench.models.checkpoint.Checkpointer`) and continues from them, so `bench run --resume` continues a killed
+    run instead of restarting it."""
+
+    ablations: ClassVar[dict[str, str]] = {}
+    """`bench ablate` flags this method supports -> the config field each sets: `drop` (`--drop NAME`, repeatable:
+    a tuple field), `teacher_first` (a bool field), `shots` (an int field), `nfe` (`--nfe 1,2,4`: a sampling step
+    count field). EchoDistill: `{"drop": "drop", "teacher_first": "teacher_first", "shots": "shots",
+    "nfe": "eval_steps"}`. A flag the method does not declare is a one-line error."""
+
+    perf_overrides: ClassVar[dict[str, Any]] = {}
+    """Config overrides `bench perf` applies to time one training iteration of the main stage (EchoDistill:
+    `{"drop": ["echo"]}`, the echo stage repeats the same iteration). `bench perf` itself sets the schedule
+    fields (`SCHEDULE`: the main `iterations` to the timed count, the others to 1), `batch_size` and
+    `checkpoint_every`."""
+
+
+class TrainedOptions(Protocol):
+    """What a trained model MAY declare beside the `Trained` members; the values here are the defaults, read by
+    `bench.contract.views` and `eval_phrase`."""
+
+    views: dict[str, Trained] = {}
+    """Further models of the same run that the harness also samples and scores (e.g. EchoDistill's teacher, and
+    both models before the echo stage), each recorded by name."""
+
+    eval_phrase: str = DEFAULT_PHRASE
+    """What stands for the concept in evaluation prompts, a format of `identifier` and `class_noun`; default
+    DEFAULT_PHRASE ("<new1> dog"); textual inversion declares "{identifier}" ("<new1>"), the authors' evaluation
+    format for it. CLIP-T always scores the class prompt."""

@@ -23,7 +23,10 @@ EXIT_INFRA = 4
 failed, unfinished runs are resumable."""
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Benchmark harness for one-step diffusion personalization (EchoDistill and baselines).")
+                  help="Benchmark harness for one-step diffusion personalization (EchoDistill and baselines).",
+                  epilog="Every command also takes `--include path/to/module.py` (repeatable): the method classes "
+                         "in that file join the registry (bench.plugins), as installed `bench.methods` entry "
+                         "points do.")
 data_app = typer.Typer(no_args_is_help=True, help="Validate or fetch a DreamBench copy.")
 app.add_typer(data_app, name="data")
 app.add_typer(study_app, name="study")  # the preference study behind Table 7 (bench.study)
@@ -156,7 +159,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
 
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
-    variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_))
+    variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_), method=method)
     _sweep([method], variants, concepts, seeds, profile, backbone, data, results, suite, device, weights, force,
            resume, retry_failed, options, speed=speed, shard=shard)
 
@@ -217,13 +220,12 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
         for c in load_concepts(data_root(dataset_root(data, dataset))):
             typer.echo(f"{c.name}\t{c.class_noun}\t{'live' if c.live else 'object'}\t{len(c.images)} images")
     elif what == "runs":
-        from bench.store import iter_records
+        from bench.store import iter_run_records
 
-        for r in iter_records(results, profile):
-            metrics = r.get("metrics") or {}
+        for r in iter_run_records(results, profile):
+            metrics = r.metrics or {}
             scores = " ".join(f"{k}={metrics[k]:.3f}" for k in ("clip_t", "clip_i", "dino") if k in metrics)
-            typer.echo(f"{r['status']:7} {r['profile']}/{r['method']}/{r['variant']}/{r['concept']}/seed{r['seed']}"
-                       f"  {scores}")
+            typer.echo(f"{r.status:7} {r.label()}  {scores}")
     else:
         raise unknown("listing", what, ["methods", "concepts", "variants", "runs"])
 
@@ -350,7 +352,8 @@ def generate(run_dir: Path = typer.Option(..., "--run", help="A finished run fol
 
 @app.command()
 def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated (default: every method)."),
-         profile: str = typer.Option("tiny", "--profile", help="paper-random (full size, random weights) | tiny | paper"),
+         profile: str = typer.Option("tiny", "--profile",
+                                     help="paper-random (full size, random weights) | tiny | paper"),
          resolution: Optional[int] = typer.Option(None, "--resolution", help="Pixels (default: the profile's)."),
          batch: int = typer.Option(2, "--batch", help="Training batch size."),
          warmup: int = typer.Option(2, "--warmup", help="Untimed warm-up iterations."),
@@ -422,8 +425,35 @@ def data_download(dest: Optional[Path] = typer.Argument(None, help="Where to put
     typer.echo(f"DreamBench ready at {path}")
 
 
+@app.command("check-method")
+def check_method(name: str = typer.Argument(..., help="A registered method (built in, an entry point, or --include)."),
+                 data: Optional[Path] = typer.Option(None, "--data", help="Check on this dataset's concept "
+                                                     "(default: a synthetic two-photo concept)."),
+                 concept: str = typer.Option("dog", "--concept", help="The dataset concept, with --data.")) -> None:
+    """Run the method contract on the tiny profile (CPU): declarations, train, sample, save, load."""
+    from bench.contract_check import ContractViolation
+    from bench.contract_check import check_method as run_checks
+
+    chosen = None
+    if data is not None:
+        from bench.data import select_concepts
+
+        chosen = select_concepts(data, concept)[0]
+    try:
+        run_checks(name, chosen, say=typer.echo)
+    except ContractViolation as err:
+        typer.echo(f"FAIL {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{name} follows the method contract")
+
+
 def main() -> None:
     try:
+        from bench import plugins, registry
+
+        sys.argv, included = plugins.take_include_args(sys.argv)
+        if included:
+            plugins.include(included, registry.METHODS)
         app()
     except BenchError as err:
         typer.echo(f"error: {err}", err=True)

@@ -20,6 +20,10 @@ others from its weights (`bench.runs`), e.g. `bench ablate --nfe 1,2,4`."""
 SAMPLING_STEPS = {"sampling": True, "steps": True}
 """Field metadata for a sampling step count: sampling-only, and capped on a capped profile (`tiny`: 5 steps)."""
 
+STEP_COUNT = {"steps": True}
+"""Field metadata for a step count of a sampler used during training (EchoDistill's `teacher_steps`): capped on a
+capped profile like `SAMPLING_STEPS`, but part of the training (not sampling-only)."""
+
 SCHEDULE = {"schedule": True}
 """Field metadata for a schedule length (optimiser iterations of a training stage): capped on a capped profile
 (`tiny`: 10 iterations), and rewritten by `bench perf` to time a few iterations."""

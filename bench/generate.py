@@ -15,15 +15,15 @@ from bench.api import BenchError
 
 def read_done_record(run_dir: Path) -> dict[str, Any]:
     """The record of a finished run; one line for a folder that is not one."""
-    from bench.store import read_record
+    from bench.store import read_run_record
 
-    record = read_record(run_dir)
+    record = read_run_record(run_dir)
     if record is None:
         raise BenchError(f"{run_dir} holds no run record; pass a run folder such as "
                          f"results/tiny/custom_diffusion/default/dog/seed0")
-    if record.get("status") != "done":
-        raise BenchError(f"run {run_dir} is '{record.get('status')}', not done; it has no trained weights")
-    return record
+    if not record.done:
+        raise BenchError(f"run {run_dir} is '{record.status}', not done; it has no trained weights")
+    return record.to_json()
 
 
 def recorded_weights(record: dict[str, Any]) -> dict[str, str]:

@@ -30,7 +30,7 @@ def hub_offline() -> bool:
     return not _hub_reachable(constants.ENDPOINT)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hub_reachable(endpoint: str) -> bool:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # only the proxy knows; let the real request decide

@@ -145,17 +145,18 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     from bench.registry import get_method
     from bench.timing import Stopwatch, peak_memory, reset_peak_memory
 
+    from bench.contract import MethodInfo, schedule_fields
+
     cls = get_method(name)
     trains = getattr(cls, "trains", True)  # a method without training is timed preparing and sampling only
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    overrides: dict[str, Any] = {"iterations": warmup + 2 + iterations} if trains else {}
+    overrides: dict[str, Any] = {}
+    if trains:
+        overrides = {field: 1 for field in schedule_fields(cls.Config)}  # other stages: one iteration
+        overrides["iterations"] = warmup + 2 + iterations  # the main stage, by its conventional name
     if "batch_size" in fields:
         overrides["batch_size"] = batch
-    if "drop" in fields:  # EchoDistill: the distillation iteration only; the echo stage repeats it
-        overrides["drop"] = ["echo"]
-    for field in fields:
-        if field.endswith("_iters"):
-            overrides[field] = 1
+    overrides.update(MethodInfo.of(cls).perf_overrides)  # the method's own shortcuts (EchoDistill: no echo stage)
     if "checkpoint_every" in fields:  # checkpoint writes are not the iteration's cost
         overrides["checkpoint_every"] = 0
     config = build(cls.Config, overrides)

@@ -1,9 +1,11 @@
-"""One lazy table of methods: name -> "module:Class". Nothing is imported until a method is asked for."""
+"""One lazy table of methods: name -> "module:Class". Nothing is imported until a method is asked for.
+
+Methods from outside the repository join the table through `bench.plugins` (a `bench.methods` entry point, or
+`--include path/to/module.py`), also without being imported."""
 
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import Any
 
 from bench.api import BenchError
@@ -34,19 +36,27 @@ def unknown(kind: str, value: str, valid: list[str] | tuple[str, ...]) -> BenchE
 
 
 def method_names() -> list[str]:
+    from bench.plugins import discover
+
+    discover(METHODS)
     return sorted(METHODS)
 
 
 def get_method(name: str) -> Any:
     """The method class registered as `name`, imported on first use."""
+    from bench.plugins import discover, load
+
+    discover(METHODS)
     if name not in METHODS:
         raise unknown("method", name, method_names())
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return load(METHODS[name])
 
 
 def describe(name: str) -> str:
     """One line about a method: the first line of its module's docstring (imports the method)."""
-    module = importlib.import_module(METHODS[name].split(":")[0]) if name in METHODS else None
-    doc = (module.__doc__ or "").strip() if module else ""
+    import sys
+
+    cls = get_method(name)
+    module = sys.modules.get(cls.__module__)
+    doc = ((module.__doc__ if module else None) or cls.__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""

@@ -35,7 +35,9 @@ from typing import Any
 
 from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
+from bench.api import views as api_views
 from bench.config import build, stable_hash, to_dict, training_fields
+from bench.record import RunRecord, VariantName
 from bench.registry import get_method, unknown
 
 ATTEMPT = "attempt.json"
@@ -113,12 +115,14 @@ def variants_for(methods: list[str], names: list[str], overrides: dict[str, Any]
 def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = None) -> Any:
     """The method's config for this job: the named variant's overrides, then the job's, then the profile's caps.
 
-    `iteration_cap` applies to schedule lengths, by convention the int fields named `iterations` or ending in
-    `_iters` (and `checkpoint_every` to half of it, so capped runs resume mid-run); `step_cap` to sampling step
-    counts, the int fields ending in `_steps`.
+    `iteration_cap` applies to schedule lengths, the fields declared `SCHEDULE` (and `checkpoint_every` to half of
+    it, so capped runs resume mid-run); `step_cap` to step counts, the fields declared `SAMPLING_STEPS` or
+    `STEP_COUNT` (`bench.contract`; fields without metadata are still read by name, a deprecated fallback).
     """
+    from bench.contract import is_schedule, is_step_count
+
     cls = get_method(job.method)
-    base = job.variant.split("+")[0]
+    base = VariantName.parse(job.variant).base
     overrides = {**cls.variants.get(base, {}), **json.loads(job.overrides)}
     config = build(cls.Config, overrides)
     capped = {}
@@ -126,11 +130,11 @@ def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = N
         value = getattr(config, f.name)
         if not isinstance(value, int) or isinstance(value, bool):
             continue
-        if iteration_cap and (f.name == "iterations" or f.name.endswith("_iters")):
+        if iteration_cap and is_schedule(f):
             capped[f.name] = min(value, iteration_cap)
         elif iteration_cap and f.name == "checkpoint_every" and value:  # a capped run checkpoints mid-run too
             capped[f.name] = min(value, max(1, iteration_cap // 2))
-        elif step_cap and f.name.endswith("_steps"):
+        elif step_cap and is_step_count(f):
             capped[f.name] = min(value, step_cap)
     return dataclasses.replace(config, **capped) if capped else config
 
@@ -142,10 +146,16 @@ def plan(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concept
     for method in methods:
         cls = get_method(method)
         for name, overrides in variants:
-            build(cls.Config, {**cls.variants.get(name.split("+")[0], {}), **overrides})  # bad keys fail now
+            build(cls.Config, {**cls.variants.get(VariantName.parse(name).base, {}), **overrides})  # fail now
             text = json.dumps(overrides, sort_keys=True)
             jobs += [Job(method, name, c, s, profile, backbone, text) for c in concepts for s in seeds]
     return jobs
+
+
+def _version(method: str) -> int:
+    from bench.contract import MethodInfo
+
+    return MethodInfo.of(get_method(method)).version
 
 
 def job_hash(job: Job, config: Any, profile_desc: dict[str, Any], suite: dict[str, Any]) -> str:
@@ -153,28 +163,29 @@ def job_hash(job: Job, config: Any, profile_desc: dict[str, Any], suite: dict[st
     return stable_hash({"job": dataclasses.asdict(job), "config": hashed_config(config), "models": profile_desc,
                         "suite": suite["name"], "suite_version": suite.get("version", 1),
                         "eval_version": EVAL_VERSION, "schema": store.SCHEMA_VERSION,
-                        "method_version": getattr(get_method(job.method), "version", 1)})
+                        "method_version": _version(job.method)})
 
 
-def outdated_reason(record: dict[str, Any], job: Job, config: Any, profile_desc: dict[str, Any],
+def outdated_reason(record: RunRecord, job: Job, config: Any, profile_desc: dict[str, Any],
                     suite: dict[str, Any]) -> str:
     """Why a record no longer matches its job, and what brings it up to date: a re-run (training changed), a
     re-sample (the evaluation changed; `bench run` samples the run's own weights when its training still matches),
     or a re-score (only the metric suite changed: `bench score`)."""
-    version = getattr(get_method(job.method), "version", 1)
-    recorded = record.get("config") or {}
+    version = _version(job.method)
+    recorded = record.config or {}
 
     def differs(wanted: dict[str, Any]) -> bool:
         return {k: recorded.get(k) for k in wanted} != wanted
 
-    if record.get("method_version", 1) != version:
-        return f"re-run: method version {record.get('method_version', 1)} -> {version} (training changed)"
-    if record.get("models") != profile_desc or differs(training_fields(config)):
+    recorded_version = 1 if record.method_version is None else record.method_version
+    if recorded_version != version:
+        return f"re-run: method version {recorded_version} -> {version} (training changed)"
+    if record.models != profile_desc or differs(training_fields(config)):
         return "re-run: other models or training config"
-    if record.get("eval_version") != EVAL_VERSION or differs(hashed_config(config)):
-        return (f"re-sample: evaluation version {record.get('eval_version')} -> {EVAL_VERSION} or sampling config "
+    if record.eval_version != EVAL_VERSION or differs(hashed_config(config)):
+        return (f"re-sample: evaluation version {record.eval_version} -> {EVAL_VERSION} or sampling config "
                 "changed (`bench run` samples and scores again, reusing the training where it still matches)")
-    old = record.get("metric_suite") or {}
+    old = record.metric_suite or {}
     if (old.get("name"), old.get("version", 1)) != (suite["name"], suite.get("version", 1)):
         return (f"re-score: metric suite {old.get('name')} v{old.get('version', 1)} -> {suite['name']} "
                 f"v{suite.get('version', 1)} (`bench score --suite {suite['name']}`)")
@@ -184,7 +195,7 @@ def outdated_reason(record: dict[str, Any], job: Job, config: Any, profile_desc:
 def training_hash(job: Job, config: Any, profile_desc: dict[str, Any]) -> str:
     """Everything that changes a run's trained weights: `job_hash` without the variant's name, the evaluation and
     the sampling-only config fields. Runs with equal training hashes share one training."""
-    return stable_hash({"method": job.method, "method_version": getattr(get_method(job.method), "version", 1),
+    return stable_hash({"method": job.method, "method_version": _version(job.method),
                         "concept": job.concept, "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
                         "config": training_fields(config), "models": profile_desc, "schema": store.SCHEMA_VERSION})
 
@@ -197,10 +208,9 @@ def find_trained(job: Job, ctx: Context, train_hash: str) -> Path | None:
     method_dir = job.key.path(ctx.results).parents[2]  # <results>/<profile>/<method>
     found = []
     for candidate in sorted(method_dir.glob(f"*/{job.concept}/seed{job.seed}")):
-        record = store.read_record(candidate)
-        if (record and record.get("status") == "done" and record.get("training_hash") == train_hash
-                and (candidate / "weights").is_dir()):
-            found.append((bool(record.get("trained_from")), candidate))  # prefer a run that trained itself
+        record = store.read_run_record(candidate)
+        if record and record.done and record.training_hash == train_hash and (candidate / "weights").is_dir():
+            found.append((record.trained_from is not None, candidate))  # prefer a run that trained itself
     return min(found)[1] if found else None
 
 
@@ -384,7 +394,7 @@ class Triage:
 
     config_hash: str
     run_dir: Path
-    record: dict[str, Any] | None
+    record: RunRecord | None
     state: str
     """done | failed (kept, same hash) | outdated (recorded with another hash) | todo (no record, or retried)."""
 
@@ -411,16 +421,16 @@ def training_key(job: Job, ctx: Context) -> str:
 def triage(job: Job, ctx: Context, config_hash: str | None = None) -> Triage:
     config_hash = config_hash or _resolve(job, ctx)[3]
     run_dir = job.key.path(ctx.results)
-    record = store.read_record(run_dir)  # a record from a newer schema raises a one-line BenchError
+    record = store.read_run_record(run_dir)  # a record from a newer schema raises a one-line BenchError
     if record is None:
         state = "todo"
-    elif record.get("config_hash") != config_hash:
+    elif record.config_hash != config_hash:
         state = "outdated"
     elif ctx.force:
         state = "todo"
-    elif record.get("status") == "done":
+    elif record.done:
         state = "done"
-    elif record.get("status") == "failed" and not ctx.retry_failed:
+    elif record.status == "failed" and not ctx.retry_failed:
         state = "failed"
     else:
         state = "todo"
@@ -454,8 +464,8 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
             return _outcome(job, run_dir, "skipped" if state.state == "done" else "kept_failed", state.record)
         concept = load_concept(job, ctx)
         partial, attempts, resumed_from = _stage(run_dir, config_hash, ctx.resume)
-        if state.record and state.record.get("status") == "failed" and state.record.get("config_hash") == config_hash:
-            attempts += int(state.record.get("attempts", 1))  # --retry-failed: the failed tries count too
+        if state.record and state.record.status == "failed" and state.record.config_hash == config_hash:
+            attempts += int(state.record.attempts or 1)  # --retry-failed: the failed tries count too
         record = _base_record(job, config, config_hash, profile, suite)
         record.update(attempts=attempts, resumed_from=resumed_from or None, training_hash=train_hash)
         donor = find_trained(job, ctx, train_hash)
@@ -484,8 +494,8 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         if not lock.still_held():  # frozen past the stale timeout and taken over: the new owner decides
             return {"job": job, "status": "lost_lock", "run_dir": run_dir,
                     "reason": "the run's lock was taken over by another process; nothing committed"}
-        previous = store.read_record(run_dir)
-        if record["status"] == "failed" and previous and previous.get("status") == "done":
+        previous = store.read_run_record(run_dir)
+        if record["status"] == "failed" and previous and previous.done:
             # never replace a finished result with a failure: keep the failure beside it
             record["traceback_text"] = (partial / "traceback.txt").read_text()
             store.write_json_atomic(store.failed_rerun_path(run_dir), record)
@@ -497,8 +507,10 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         lock.release()
 
 
-def _outcome(job: Job, run_dir: Path, status: str, record: dict[str, Any] | None) -> dict[str, Any]:
-    reason = (record or {}).get("reason") if status in ("failed", "kept_failed") else None
+def _outcome(job: Job, run_dir: Path, status: str, record: RunRecord | dict[str, Any] | None) -> dict[str, Any]:
+    if isinstance(record, dict):  # the record this attempt just wrote
+        record = RunRecord.from_json(record)
+    reason = record.reason if record and status in ("failed", "kept_failed") else None
     return {"job": job, "status": status, "run_dir": run_dir, "reason": reason}
 
 
@@ -533,11 +545,10 @@ def _stage(run_dir: Path, config_hash: str, resume: bool) -> tuple[Path, int, di
 
 
 def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: dict) -> dict[str, Any]:
-    cls = get_method(job.method)
     return {
         "schema": store.SCHEMA_VERSION, "status": "running", "method": job.method, "variant": job.variant,
         "concept": job.concept, "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
-        "method_version": getattr(cls, "version", 1), "eval_version": EVAL_VERSION, "config": to_dict(config),
+        "method_version": _version(job.method), "eval_version": EVAL_VERSION, "config": to_dict(config),
         "config_hash": config_hash,
         "overrides": json.loads(job.overrides), "models": profile.describe(), "metric_suite": suite,
         "versions": versions(), "git_commit": git_commit(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -577,7 +588,7 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
     trained.save(run_dir / "weights")
     evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
     views = {}
-    for name, view in getattr(trained, "views", {}).items():
+    for name, view in api_views(trained).items():
         views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
     return {
         **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
@@ -621,33 +632,33 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, conf
 
     from bench.metrics import get_suite
 
-    donor_record = store.read_record(donor) or {}
+    donor_record = store.read_run_record(donor) or RunRecord()
     # the donor's views can be taken over only if they were sampled and scored exactly as this run would do it
     def as_stored(value: Any) -> Any:  # what a value reads back as from record.json
         return json.loads(json.dumps(value, default=str))
 
-    same_evaluation = (donor_record.get("eval_version") == EVAL_VERSION
-                       and same_view_sampling(config, donor_record.get("config") or {})
-                       and donor_record.get("metric_suite") == as_stored(get_suite(ctx.suite).describe())
-                       and donor_record.get("models") == as_stored(profile.describe()))
+    same_evaluation = (donor_record.eval_version == EVAL_VERSION
+                       and same_view_sampling(config, donor_record.config or {})
+                       and donor_record.metric_suite == as_stored(get_suite(ctx.suite).describe())
+                       and donor_record.models == as_stored(profile.describe()))
     store.link_tree(donor / "weights", run_dir / "weights")
     if (donor / "loss_log.jsonl").is_file():
         shutil.copy2(donor / "loss_log.jsonl", run_dir / "loss_log.jsonl")
     trained = method.load(run_dir / "weights", models)
     evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
     views = {}
-    for name, view in getattr(trained, "views", {}).items():
-        before = (donor_record.get("views") or {}).get(name)
-        if (same_evaluation and before and before.get("steps") == view.default_steps
+    for name, view in api_views(trained).items():
+        before = (donor_record.views or {}).get(name)
+        if (same_evaluation and before and before.steps == view.default_steps
                 and (donor / "views" / name).is_dir()):
             store.link_tree(donor / "views" / name, run_dir / "views" / name)
-            views[name] = before
+            views[name] = before.to_json()
         else:
             views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
-    source = donor_record.get("trained_from") or {
-        "run": str(donor.relative_to(Path(ctx.results))), "variant": donor_record.get("variant"),
-        "config_hash": donor_record.get("config_hash")}
-    trained_timing = {k: v for k, v in (donor_record.get("timing") or {}).items()
+    source = donor_record.trained_from.to_json() if donor_record.trained_from else {
+        "run": str(donor.relative_to(Path(ctx.results))), "variant": donor_record.variant or None,
+        "config_hash": donor_record.config_hash}
+    trained_timing = {k: v for k, v in (donor_record.timing.to_json() if donor_record.timing else {}).items()
                       if k in ("train_s", "iterations", "it_per_s", "resumed")}
     return {
         **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
@@ -661,9 +672,11 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, conf
 def same_view_sampling(config: Any, donor_config: dict[str, Any]) -> bool:
     """Whether a donor run sampled its views as `config` would: every sampling-only field other than the step
     counts (precision, sampler, guidance) equal; the views' own step counts are compared one by one."""
+    from bench.contract import is_sampling_only, is_step_count
+
     mine = to_dict(config)
     return all(donor_config.get(f.name) == mine[f.name] for f in dataclasses.fields(config)
-               if f.metadata.get("sampling") and not f.name.endswith("steps"))
+               if is_sampling_only(f) and not is_step_count(f))
 
 def evaluate(trained: Any, concept: Concept, eval_seeds: tuple[int, ...], image_dir: Path, ctx: Context,
              device: Any) -> dict[str, Any]:
@@ -736,10 +749,9 @@ def plan_status(jobs: list[Job], ctx: Context) -> tuple[dict[str, int], list[str
         if lock.path.exists() and not lock.is_stale():
             entries.append(("running", key, lock.describe()))
         elif state.state == "done":
-            entries.append(("done", key, store.failed_rerun_note({**state.record, "run_dir": str(run_dir)})))
-        elif state.record and state.record.get("config_hash") == state.config_hash \
-                and state.record.get("status") == "failed":
-            entries.append(("failed", key, store.failure_note({**state.record, "run_dir": str(run_dir)})))
+            entries.append(("done", key, store.failed_rerun_note(state.record)))
+        elif state.record and state.record.config_hash == state.config_hash and state.record.status == "failed":
+            entries.append(("failed", key, store.failure_note(state.record)))
         elif store.partial_dir(run_dir).exists():
             entries.append(("interrupted", key, store.interrupted_note(store.partial_dir(run_dir))))
         elif state.record is None and (problem := store.record_problem(run_dir)):

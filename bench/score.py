@@ -19,7 +19,8 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench import store
 from bench.api import Concept
@@ -46,19 +47,19 @@ def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[st
     for job in jobs:
         profile, config, _, new_hash = _resolve(job, ctx)
         run_dir = job.key.path(ctx.results)
-        record = store.read_record(run_dir)
+        typed = store.read_run_record(run_dir)
         label = job.key.label()
-        if record is None or record.get("status") != "done":
+        if typed is None or not typed.done:
             skipped["not_done"].append(label)
             continue
-        old_suite = record.get("metric_suite") or {}
-        if not old_suite.get("name") or job_hash(job, config, profile.describe(), old_suite) != record.get(
-                "config_hash"):
+        old_suite = typed.metric_suite or {}
+        if not old_suite.get("name") or job_hash(job, config, profile.describe(), old_suite) != typed.config_hash:
             skipped["outdated"].append(label)  # trained or evaluated with another config: `bench run` redoes it
             continue
-        if record.get("config_hash") == new_hash and not ctx.force:  # the hash names the suite
+        if typed.config_hash == new_hash and not ctx.force:  # the hash names the suite
             skipped["already"].append(label)
             continue
+        record = typed.to_json()
         files = [path for _, rows, folder in _evaluations(record, run_dir) for path in _files(rows, folder)]
         if not all(path.is_file() for path in files):
             skipped["missing_images"].append(label)  # deleted by hand: `bench run --force` samples them again
@@ -144,8 +145,8 @@ def _commit(run: _Run, record: dict[str, Any]) -> bool:
     if not lock.acquire():
         return False
     try:
-        now = store.read_record(run.run_dir)
-        if not now or now.get("config_hash") != run.record.get("config_hash") or now.get("finished_at") != \
+        now = store.read_run_record(run.run_dir)
+        if not now or now.config_hash != run.record.get("config_hash") or now.finished_at != \
                 run.record.get("finished_at") or not lock.still_held():
             return False
         store.write_json_atomic(run.run_dir / store.RECORD, record)

@@ -31,8 +31,8 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.paths import fsync_dir
+from bench.record import SCHEMA_VERSION, RunRecord
 
-SCHEMA_VERSION = 1
 RECORD = "record.json"
 RUN_DIR = re.compile(r"^seed-?\d+$")
 """Names of run folders; `.partial`, `.old-*` and other siblings are never read as runs."""
@@ -115,9 +115,28 @@ def corrupt_stub(path: Path, results: Path, problem: str) -> dict[str, Any] | No
             "concept": concept, "seed": int(seed.removeprefix("seed")), "run_dir": str(path.parent)}
 
 
+def read_run_record(run_dir: Path) -> RunRecord | None:
+    """The run's record as a typed `RunRecord` (with `run_dir` set), or None as for `read_record`."""
+    data = read_record(run_dir)
+    if data is None:
+        return None
+    record = RunRecord.from_json(data)
+    record.run_dir = str(run_dir)
+    return record
+
+
+def iter_run_records(results: Path, profile: str | None = None) -> Iterator[RunRecord]:
+    """`iter_records` as typed `RunRecord`s (readable records only)."""
+    for data in iter_records(results, profile):
+        run_dir = data.pop("run_dir")
+        record = RunRecord.from_json(data)
+        record.run_dir = run_dir
+        yield record
+
+
 def is_done(run_dir: Path, config_hash: str) -> bool:
-    record = read_record(run_dir)
-    return bool(record and record.get("status") == "done" and record.get("config_hash") == config_hash)
+    record = read_run_record(run_dir)
+    return bool(record and record.done and record.config_hash == config_hash)
 
 
 def iter_records(results: Path, profile: str | None = None, corrupt: bool = False) -> Iterator[dict[str, Any]]:
@@ -477,11 +496,12 @@ def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int
     counts: dict[str, int] = {}
     entries: list[tuple[str, str, str]] = []
     root = Path(results) / profile if profile else Path(results)
-    for record in iter_records(results, profile, corrupt=True):
-        state = record.get("status", "unknown")
-        key = f"{record['profile']}/{record['method']}/{record['variant']}/{record['concept']}/seed{record['seed']}"
-        note = record["reason"] if state == "corrupt" else failure_note(record) or failed_rerun_note(record)
-        entries.append((state, key, note))
+    for data in iter_records(results, profile, corrupt=True):
+        run_dir = data.pop("run_dir", None)
+        record = RunRecord.from_json(data)
+        record.run_dir = run_dir
+        note = record.reason if record.status == "corrupt" else failure_note(record) or failed_rerun_note(record)
+        entries.append((record.status or "unknown", record.label(), note))
     if root.exists():
         for lock_path in sorted(root.rglob("seed*.lock")):
             run_dir = lock_path.with_name(lock_path.name.removesuffix(".lock"))
@@ -508,12 +528,12 @@ def failed_rerun_path(run_dir: Path) -> Path:
     return Path(run_dir).with_name(Path(run_dir).name + ".failed.json")
 
 
-def failed_rerun_note(record: dict[str, Any]) -> str:
+def failed_rerun_note(record: RunRecord) -> str:
     """For a done run whose forced re-run failed (the failure is kept beside the result, never over it): what
     failed and where it is; else ""."""
-    if record.get("status") != "done" or not record.get("run_dir"):
+    if not record.done or not record.run_dir:
         return ""
-    sidecar = failed_rerun_path(record["run_dir"])
+    sidecar = failed_rerun_path(record.run_dir)
     if not sidecar.is_file():
         return ""
     try:
@@ -524,12 +544,12 @@ def failed_rerun_note(record: dict[str, Any]) -> str:
             f"this result is kept; details in {sidecar}")
 
 
-def failure_note(record: dict[str, Any]) -> str:
-    if record.get("status") != "failed":
+def failure_note(record: RunRecord) -> str:
+    if record.status != "failed":
         return ""
-    note = record.get("reason", "")
-    if record.get("traceback") and record.get("run_dir"):
-        note += f" (traceback: {Path(record['run_dir']) / record['traceback']})"
+    note = record.reason or ""
+    if record.traceback and record.run_dir:
+        note += f" (traceback: {Path(record.run_dir) / record.traceback})"
     return note
 
 

@@ -212,9 +212,10 @@ def split_variant(variant: str) -> tuple[str, str]:
     """`drop_disc_clip+disc_dino1+iterations=500` -> (`drop_disc_clip+disc_dino1`, `iterations=500`).
 
     Named variants join drop names with `+`; ad-hoc overrides (`bench run --set`) append `+key=value` parts."""
-    parts = variant.split("+")
-    base = [p for p in parts if "=" not in p]
-    return "+".join(base), "+".join(p for p in parts if "=" in p)
+    from bench.record import VariantName
+
+    name = VariantName.parse(variant)
+    return name.base, "+".join(name.parts)
 
 
 @lru_cache(maxsize=1)
@@ -522,8 +523,10 @@ class Table:
 
 
 def suite_name(record: dict[str, Any]) -> str:
+    from bench.record import SuiteRef
+
     suite = record.get("metric_suite") or {}
-    return str(suite.get("name", "unknown")) if isinstance(suite, dict) else str(suite)
+    return SuiteRef.of(suite).name if isinstance(suite, dict) else str(suite)
 
 
 def _suite_desc(records: list[dict[str, Any]]) -> str:
@@ -562,7 +565,7 @@ def build_tables(name: str, records: list[dict[str, Any]], compare: str | None =
         group += corrupt[profile]  # expected in every table of their profile, and never done
     cache: dict = {}
     out = []
-    for (profile, suite), group in sorted(groups.items()):
+    for (profile, _suite), group in sorted(groups.items()):
         for n in names:
             out.append(_build_one(DEFS[n], group, sorted(concepts_by_profile[profile]), profile,
                                   _suite_desc(group), compare is not None, cache))

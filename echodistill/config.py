@@ -1,7 +1,8 @@
 """EchoDistill's config: every knob of `shared/spec/method.md`, with the spec's default, validated here.
 
-Defaults live in this file only. The harness caps the integer fields named `iterations` or ending in `_iters`
-on the `tiny` profile (`Profile.iteration_cap`), so every schedule length is named that way.
+Defaults live in this file only. Schedule lengths are declared `SCHEDULE` (the harness caps them on the `tiny`
+profile, `Profile.iteration_cap`) and step counts `SAMPLING_STEPS` / `STEP_COUNT` (capped at its `step_cap`);
+they keep the conventional names (`iterations`, `*_iters`, `*_steps`) too.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from bench.config import NOT_HASHED, SAMPLING_ONLY
+from bench.config import NOT_HASHED, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE, STEP_COUNT
 from bench.models.personalize import INIT_SOURCES
 from bench.models.sampling import SAMPLERS
 from bench.models.speed import AUTOCAST, SAMPLE_DTYPES
@@ -29,14 +30,14 @@ class EchoDistillConfig:
     """EchoDistill (arXiv 2510.20512) as the project runs it; see echodistill/README.md for every choice."""
 
     # --- schedule (method.md, "One training iteration" and "Echo stage") ---------------------------------
-    iterations: int = 1000
+    iterations: int = field(default=1000, metadata=SCHEDULE)
     """Distillation-stage iterations (spec: 1000). 0 is allowed: the untrained initial state (for baselines)."""
     batch_size: int = 2
     """Images per iteration (spec: 2)."""
     echo_samples: int = 100
     """Images the trained student generates for the echo stage: the 25 training templates x 4 seeds (project
     choice, spec "Echo stage")."""
-    echo_iters: int = 250
+    echo_iters: int = field(default=250, metadata=SCHEDULE)
     """Iterations of the echo stage, the distillation loop with the echo samples as the real images (project
     choice)."""
 
@@ -58,7 +59,7 @@ class EchoDistillConfig:
     # --- teacher --------------------------------------------------------------------------------------------
     teacher_guidance: float = 7.5
     """Classifier-free guidance of the teacher target x0_T (step 5) and of teacher sampling (spec: 7.5)."""
-    teacher_steps: int = 25
+    teacher_steps: int = field(default=25, metadata=STEP_COUNT)
     """DDIM steps when the teacher samples: the teacher view, and teacher_first's teacher samples (spec: 25)."""
 
     # --- losses (spec steps 4 and 6) --------------------------------------------------------------------
@@ -114,7 +115,7 @@ class EchoDistillConfig:
     False lets it through."""
 
     # --- sampling and numerics ---------------------------------------------------------------------------------
-    eval_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    eval_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Student sampling steps used for evaluation (1; the NFE ablation samples the same student with 2, 4).
     Sampling-only: runs that differ only here share one training (the others sample its weights)."""
     sample_batch_size: int = 16
@@ -210,6 +211,14 @@ def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
 
+
+ABLATIONS: dict[str, str] = {"drop": "drop", "teacher_first": "teacher_first", "shots": "shots",
+                             "nfe": "eval_steps"}
+"""`bench ablate` flags -> the config field each sets (`bench.api.MethodOptions.ablations`): `--drop NAME` (one of
+DROPPABLE), `--teacher-first`, `--shots N` (the one-shot ablation) and `--nfe 1,2,4` (the same student sampled with
+more steps: variants that share one training)."""
+PERF_OVERRIDES: dict[str, Any] = {"drop": ["echo"]}
+"""`bench perf` times one distillation iteration; the echo stage repeats the same iteration on other images."""
 
 # Named config overrides: `bench ablate --drop X` runs variant `drop_X`. Each switches off exactly what it names.
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -162,7 +162,8 @@ def sample_directions(
     """
     draw_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     draw_device = generator.device if generator is not None else device
-    d = torch.randn(num_projections, channels * patch_size**2, generator=generator, device=draw_device, dtype=draw_dtype)
+    d = torch.randn(num_projections, channels * patch_size**2, generator=generator, device=draw_device,
+                    dtype=draw_dtype)
     d = d / d.norm(dim=1, keepdim=True)
     return d.view(num_projections, channels, patch_size, patch_size).to(device=device, dtype=dtype)
 

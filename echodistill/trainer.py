@@ -20,7 +20,7 @@ from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.training import Latents, TrainingBatches, load_pixels, templates_for
 from echodistill import losses as L
-from echodistill.config import VARIANTS, EchoDistillConfig
+from echodistill.config import ABLATIONS, PERF_OVERRIDES, VARIANTS, EchoDistillConfig
 from echodistill.discriminators import build_discriminators, real_features
 from echodistill.model import EchoDistillModel, Sampler, Text, autocast, capture, load_model, student_unet
 
@@ -461,8 +461,11 @@ class EchoDistill:
     version: ClassVar[int] = 2
     """2: first-token K/V detach, released init token, templates and augmentation, mask-sum loss, [-1, 1] MS-SWD,
     fp32 training, per-sample echo noise (README, "Fidelity")."""
+    resumable: ClassVar[bool] = True  # checkpoint_every, stage by stage (Session._loop)
     Config: ClassVar[type] = EchoDistillConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = VARIANTS
+    ablations: ClassVar[dict[str, str]] = ABLATIONS
+    perf_overrides: ClassVar[dict[str, Any]] = PERF_OVERRIDES
 
     def __init__(self, config: EchoDistillConfig | None = None) -> None:
         self.config = config or EchoDistillConfig()

@@ -1,4 +1,15 @@
-"""Shared fixtures: the DreamBench copy beside the project, a per-session model cache, a fake SLURM."""
+"""Shared fixtures: the DreamBench copy (or the committed mini copy), a per-session model cache, a fake SLURM.
+
+Test tiers (markers declared in pyproject.toml):
+- fast (the default, `make test`, `pytest -q`): CPU only, offline, seconds per test. It never skips for want of
+  data: `dreambench_root` is the DreamBench copy at $BENCH_DATA or ../shared/dreambench when one is there, else
+  the committed five-concept fixture `tests/fixtures/dreambench-mini` (backpack, can, cat, dog, teapot: DreamBench's
+  layout and prompt lists, small drawn photos). Every fast test uses only those five concepts, so both give the
+  same verdicts; a test that reads the real photos' pixels or counts the real dataset belongs to the slow tier.
+- slow (`make test-slow`, `pytest -m slow`): minutes on a CPU: learning checks and full sweeps. Tests that need
+  the real 30-concept DreamBench take `real_dreambench_root`, which skips (with the reason) when it is absent.
+- gpu (`pytest -m gpu`): needs CUDA; skips without it (tests/test_gpu.py: a few bf16 iterations on paper-random).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +19,32 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+MINI_DREAMBENCH = REPO / "tests" / "fixtures" / "dreambench-mini"
+"""The committed fixture dataset, written by tests/fixtures/make_dreambench_mini.py."""
 
 
-def _dreambench() -> Path:
+def _has_prompts(root: Path) -> bool:
+    return (root / "dataset" / "prompts_and_classes.txt").exists() or (root / "prompts_and_classes.txt").exists()
+
+
+def _real_dreambench() -> Path:
     env = os.environ.get("BENCH_DATA")
     return Path(env) if env else REPO.parent / "shared" / "dreambench"
 
 
 @pytest.fixture(scope="session")
 def dreambench_root() -> Path:
-    root = _dreambench()
-    if not (root / "dataset" / "prompts_and_classes.txt").exists() and not (root / "prompts_and_classes.txt").exists():
-        pytest.skip(f"DreamBench not found at {root} (set BENCH_DATA)")
+    """The real DreamBench copy when present, else the committed mini fixture: never a skip."""
+    root = _real_dreambench()
+    return root if _has_prompts(root) else MINI_DREAMBENCH
+
+
+@pytest.fixture(scope="session")
+def real_dreambench_root() -> Path:
+    """The real 30-concept DreamBench copy, for slow tests that need all of it; skips when absent."""
+    root = _real_dreambench()
+    if not _has_prompts(root):
+        pytest.skip(f"the real DreamBench is not at {root} (set BENCH_DATA)")
     return root
 
 

@@ -18,28 +18,29 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Diverged, Log
-from bench.config import SAMPLING_ONLY, SCHEDULE
+from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models.checkpoint import Checkpointer
 
 
 @dataclass(frozen=True)
 class FakeConfig:
-    iterations: int = 6
+    iterations: int = field(default=6, metadata=SCHEDULE)
     """Optimiser steps."""
     sleep: float = 0.0
     """Seconds to sleep in each step (a window to kill the process in)."""
-    checkpoint_every: int = field(default=2, metadata={"hash": False})
+    checkpoint_every: int = field(default=2, metadata=NOT_HASHED)
     """Checkpoint period in iterations; 0 = off."""
     fail_on: str = ""
     """A concept name whose training raises RuntimeError."""
     diverge_on: str = ""
     """A concept name whose loss becomes NaN."""
-    steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps (sampling-only: variants differing only here share one training). Brightens the images."""
 
 
 class FakeMethod:
     name: ClassVar[str] = "fake"
+    resumable: ClassVar[bool] = True
     Config: ClassVar[type] = FakeConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "steps2": {"steps": 2}, "steps4": {"steps": 4}}
 

@@ -16,9 +16,11 @@ from tests.helpers import bench
 from tests.test_data import _jpeg
 
 ENTRIES = [
-    {"instance_prompt": "photo of a <new1> cat", "class_prompt": "cat", "instance_data_dir": "./benchmark_dataset/pet_cat1",
+    {"instance_prompt": "photo of a <new1> cat", "class_prompt": "cat",
+     "instance_data_dir": "./benchmark_dataset/pet_cat1",
      "class_data_dir": "./regularization/pet_cat", "prompt_filename": "prompts/cat.txt"},
-    {"instance_prompt": "photo of a <new1> bear", "class_prompt": "bear", "instance_data_dir": "./benchmark_dataset/toy_bear",
+    {"instance_prompt": "photo of a <new1> bear", "class_prompt": "bear",
+     "instance_data_dir": "./benchmark_dataset/toy_bear",
      "class_data_dir": "./regularization/toy_bear", "prompt_filename": "prompts/toy.txt"},
 ]
 PROMPTS = {"cat.txt": "Photo of a {}.\n{} swimming in a pool.\n\nGeorgia O'Keeffe style {} painting.\n",
@@ -62,7 +64,8 @@ def test_layout_is_read_as_concepts(tmp_path: Path) -> None:
     assert list(concepts) == ["pet_cat1", "toy_bear"]
     cat, bear = concepts["pet_cat1"], concepts["toy_bear"]
     assert cat.class_noun == "cat" and cat.live and not bear.live and len(cat.images) == 2
-    assert cat.prompts == ("Photo of a {0} {1}.", "{0} {1} swimming in a pool.", "Georgia O'Keeffe style {0} {1} painting.")
+    assert cat.prompts == ("Photo of a {0} {1}.", "{0} {1} swimming in a pool.",
+                           "Georgia O'Keeffe style {0} {1} painting.")
     assert cat.prompt(cat.prompts[1], "<new1>") == "<new1> cat swimming in a pool."
     assert bear.prompt(bear.prompts[0], "<new1>") == "a <new1> bear on a {wooden} table."  # braces kept literally
     assert [c.name for c in data.select_concepts(root / "customconcept101", "toy_bear")] == ["toy_bear"]

@@ -1,16 +1,16 @@
-"""The one contract every registered method passes on the tiny profile: train, sample, save, load."""
+"""The one contract every registered method passes on the tiny profile: declarations, train, sample, save, load.
+
+The checks live in `bench.contract_check`, so `bench check-method NAME` runs the same ones on a method from
+outside the repository."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from bench.api import Method, Trained
-from bench.registry import get_method, method_names
-from tests.helpers import ListLog
+from bench.contract_check import ContractViolation, check_declarations, check_method
+from bench.registry import method_names
 
 
 @pytest.fixture(scope="module")
@@ -20,59 +20,30 @@ def concept(dreambench_root):
     return select_concepts(dreambench_root, "dog")[0]
 
 
-def _tiny_config(cls):
-    """The method's default config with every schedule length capped at 2, as the harness caps tiny runs."""
-    from bench.runs import Job, resolve_config
-
-    return resolve_config(Job(cls.name, "default", "dog", 0, "tiny"), iteration_cap=2)
-
-
 @pytest.mark.parametrize("name", method_names())
 def test_method_contract(name: str, concept, tmp_path: Path) -> None:
-    from bench.models.loading import Models
-    from bench.models.profiles import get_profile
+    lines: list[str] = []
+    check_method(name, concept, tmp_path, say=lines.append)
+    assert any(line.startswith("ok  load") for line in lines)
 
-    cls = get_method(name)
-    assert cls.name == name
-    assert dataclasses.is_dataclass(cls.Config)
-    assert "default" in cls.variants
-    for variant, overrides in cls.variants.items():  # every named variant is a valid config
-        from bench.config import build
 
-        build(cls.Config, overrides)
-    config = _tiny_config(cls)
-    method = cls(config)
-    if getattr(cls, "trains", True):
-        assert isinstance(method, Method)
-    else:  # no training stage: `prepare` stands in for `train` (bench.api, the end of `Method`)
-        assert cls.trains is False and callable(method.prepare) and callable(method.load)
+def test_a_broken_declaration_is_named() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
 
-    log = ListLog()
-    profile = get_profile("tiny")
-    if getattr(cls, "trains", True):
-        trained = method.train(concept, Models(profile, "cpu"), tmp_path / "work", 0, log)
-        assert log.phases and log.rows, "a method reports its iterations through the Log"
-        assert all(np.isfinite(v) for row in log.rows for v in row.values())
-    else:  # no training stage: prepare conditions the model on the photos, and says which ones
-        trained = method.prepare(concept, Models(profile, "cpu"), tmp_path / "work", 0)
-        assert trained.conditioning and set(trained.conditioning) <= {p.name for p in concept.images}
-    assert isinstance(trained, Trained)
+    @dataclass
+    class BrokenConfig:
+        steps: int = 1
+        """Steps."""
 
-    prompts = [concept.prompt("a {0} {1} in the snow", trained.identifier)] * 2
-    images = trained.generate(prompts, [0, 1])
-    assert [im.size for im in images] == [(profile.resolution, profile.resolution)] * 2
-    repeat = trained.generate(prompts, [0, 1])
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, repeat)), "bit-identical repeat"
-    alone = trained.generate(prompts[:1], [1])  # another batch: only float summation order changes
-    assert np.abs(np.asarray(alone[0]).astype(int) - np.asarray(images[1]).astype(int)).max() <= 1
-    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1])), "different seeds differ"
+    class Broken:
+        name: ClassVar[str] = "broken"
+        Config: ClassVar[type] = BrokenConfig
+        variants: ClassVar[dict] = {"default": {}, "bad": {"stpes": 2}}
 
-    trained.save(tmp_path / "weights")
-    files = [p for p in (tmp_path / "weights").rglob("*") if p.is_file()]
-    assert files and any(p.suffix == ".safetensors" for p in files)
-    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")], "safetensors only"
-
-    loaded = method.load(tmp_path / "weights", Models(profile, "cpu"))
-    reloaded = loaded.generate(prompts[:1], [0])
-    diff = np.abs(np.asarray(reloaded[0]).astype(int) - np.asarray(images[0]).astype(int)).max()
-    assert diff <= 1, f"loading saved weights changes the sample by {diff}/255"
+    with pytest.raises(ContractViolation, match="variant 'bad': unknown config field 'stpes'"):
+        check_declarations(Broken)
+    Broken.variants = {"default": {}}
+    Broken.resumable = True
+    with pytest.raises(ContractViolation, match="resumable checkpoints: a resumable method's Config has a"):
+        check_declarations(Broken)

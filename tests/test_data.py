@@ -67,7 +67,9 @@ def concepts(dreambench_root: Path) -> dict[str, Concept]:
     return {c.name: c for c in data.load_dreambench(dreambench_root)}
 
 
-def test_real_dreambench_counts(concepts: dict[str, Concept]) -> None:
+@pytest.mark.slow
+def test_real_dreambench_counts(real_dreambench_root: Path) -> None:
+    concepts = {c.name: c for c in data.load_dreambench(real_dreambench_root)}
     assert len(concepts) == 30
     assert list(concepts) == sorted(concepts)
     assert sum(len(c.images) for c in concepts.values()) == 158
@@ -77,10 +79,19 @@ def test_real_dreambench_counts(concepts: dict[str, Concept]) -> None:
     assert all(4 <= len(c.images) <= 6 and list(c.images) == sorted(c.images) for c in concepts.values())
 
 
+def test_dreambench_counts(concepts: dict[str, Concept]) -> None:
+    """What holds on the real DreamBench and on the mini fixture alike (the real counts: the slow test above)."""
+    assert list(concepts) == sorted(concepts) and {"dog", "teapot", "cat", "can", "backpack"} <= set(concepts)
+    assert all(len(c.prompts) == 25 for c in concepts.values())
+    assert {c.name for c in concepts.values() if c.live} == {n for n in concepts if n.startswith(("dog", "cat"))}
+    assert all(len(c.images) >= 3 and list(c.images) == sorted(c.images) for c in concepts.values())
+
+
 def test_real_dreambench_classes_and_prompts(concepts: dict[str, Concept]) -> None:
     expected = {"dog": "dog", "bear_plushie": "stuffed animal", "pink_sunglasses": "glasses",
-                "red_cartoon": "cartoon", "poop_emoji": "toy", "cat2": "cat"}
-    assert {name: concepts[name].class_noun for name in expected} == expected
+                "red_cartoon": "cartoon", "poop_emoji": "toy", "cat2": "cat", "teapot": "teapot", "can": "can"}
+    assert {name: concepts[name].class_noun for name in expected if name in concepts} == {
+        name: noun for name, noun in expected.items() if name in concepts}
     dog, teapot = concepts["dog"], concepts["teapot"]
     assert dog.live and not teapot.live
     assert "a {0} {1} wearing a red hat" in dog.prompts
@@ -98,7 +109,9 @@ def test_real_image_loads_resized(concepts: dict[str, Concept]) -> None:
 def test_select_concepts(dreambench_root: Path) -> None:
     assert [c.name for c in data.select_concepts(dreambench_root, "dog,teapot")] == ["dog", "teapot"]
     assert [c.name for c in data.select_concepts(dreambench_root, " teapot , dog,dog ")] == ["teapot", "dog"]
-    assert len(data.select_concepts(dreambench_root, "all")) == 30
+    every = data.select_concepts(dreambench_root, "all")  # 30 on DreamBench, 5 on the mini fixture
+    assert [c.name for c in every] == sorted(p.name for p in data.find_dataset(dreambench_root).iterdir()
+                                             if p.is_dir()) and len(every) >= 5
     with pytest.raises(BenchError, match="did you mean 'dog'"):
         data.select_concepts(dreambench_root, "dog,dgo")
     with pytest.raises(BenchError, match="no concepts"):

@@ -385,9 +385,9 @@ def _msswd_to_reals(trained, concept, models) -> float:
 
 
 @pytest.mark.slow
-def test_learning_check_msswd_to_real_images_drops(dreambench_root):
+def test_learning_check_msswd_to_real_images_drops(real_dreambench_root):
     """After training, the student's samples are closer (MS-SWD) to the real images on >= 25 of 30 concepts."""
-    concepts = select_concepts(dreambench_root, "all")
+    concepts = select_concepts(real_dreambench_root, "all")
     assert len(concepts) == 30
     improved = []
     for c in concepts:

@@ -34,7 +34,8 @@ def test_tiny_components_are_saved_in_real_formats(tiny) -> None:
         index = json.loads((root / pipe / "model_index.json").read_text())
         assert index["_class_name"] == "StableDiffusionPipeline"
         assert (root / pipe / "unet" / "diffusion_pytorch_model.safetensors").exists()
-        assert (root / pipe / "tokenizer" / "vocab.json").exists() and (root / pipe / "tokenizer" / "merges.txt").exists()
+        tokenizer = root / pipe / "tokenizer"
+        assert (tokenizer / "vocab.json").exists() and (tokenizer / "merges.txt").exists()
     assert (root / "ip-adapter" / "models" / "ip-adapter_sd15.safetensors").exists()
     assert not list(root.rglob("*.bin")), "safetensors only"
 
@@ -98,7 +99,7 @@ def test_paper_profile_without_weights_is_one_clear_line(monkeypatch) -> None:
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
     models = Models(get_profile("paper"), "cpu")
     with pytest.raises(BenchError) as err:
-        models.student_unet
+        _ = models.student_unet
     message = str(err.value)
     assert "\n" not in message
     assert "student_unet" in message and "stabilityai/sd-turbo" in message

@@ -156,7 +156,8 @@ def test_save_then_load_gives_the_same_images(photos, tmp_path) -> None:
 
 # paper-random: the released parameter counts. FLUX.1-schnell's transformer has no guidance embedder (FLUX.1-dev's
 # 11,901,408,320 less its 10,229,760); the T5-XXL encoder alone; CLIP ViT-L/14 text as for SD 1.5; the 16-channel VAE.
-FLUX_COUNTS = {"flux_transformer": ("FluxTransformer2DModel", 11_891_178_560), "flux_vae": ("AutoencoderKL", 83_819_683),
+FLUX_COUNTS = {"flux_transformer": ("FluxTransformer2DModel", 11_891_178_560),
+               "flux_vae": ("AutoencoderKL", 83_819_683),
                "flux_text_encoder": ("CLIPTextModel", 123_060_480),
                "flux_text_encoder_2": ("T5EncoderModel", 4_762_310_656)}
 
@@ -195,16 +196,16 @@ def test_missing_omini_lora_on_paper_is_one_line(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "no-hf-home"))
     with pytest.raises(BenchError) as err:
-        Models(get_profile("paper"), "cpu").omini_lora
+        _ = Models(get_profile("paper"), "cpu").omini_lora
     message = str(err.value)
     assert "\n" not in message
     assert "omini_lora" in message and "Yuanshi/OminiControl" in message and "--weights omini=" in message
     # A local folder without the file: the same one line, saying which file is missing.
     with pytest.raises(BenchError) as err:
-        Models(get_profile("paper", weights={"omini": str(tmp_path)}), "cpu").omini_lora
+        _ = Models(get_profile("paper", weights={"omini": str(tmp_path)}), "cpu").omini_lora
     assert "\n" not in str(err.value) and OMINI_LORA_FILE in str(err.value) and "--weights omini=" in str(err.value)
     with pytest.raises(BenchError) as err:
-        Models(get_profile("paper"), "cpu").flux_transformer
+        _ = Models(get_profile("paper"), "cpu").flux_transformer
     assert "\n" not in str(err.value) and FLUX_REPO in str(err.value) and "--weights flux=" in str(err.value)
 
 

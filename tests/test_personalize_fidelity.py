@@ -31,7 +31,8 @@ def _tiny_unet():
         torch.manual_seed(0)
         unet = UNet2DConditionModel(
             sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8,
         )
     return unet.float().eval().requires_grad_(False)
@@ -287,4 +288,6 @@ def test_resolve_init() -> None:
 def test_released_table_covers_dreambench(dreambench_root: Path) -> None:
     dataset = dreambench_root / "dataset" if (dreambench_root / "dataset").is_dir() else dreambench_root
     subjects = {p.name for p in dataset.iterdir() if p.is_dir()}
-    assert subjects == set(personalize.RELEASED_INIT_WORDS)
+    assert subjects <= set(personalize.RELEASED_INIT_WORDS)  # the mini fixture holds five of the thirty
+    if len(subjects) >= 30:
+        assert subjects == set(personalize.RELEASED_INIT_WORDS)

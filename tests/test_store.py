@@ -166,7 +166,7 @@ def test_stale_lock_is_taken_over_by_exactly_one_contender(tmp_path) -> None:
         barrier = threading.Barrier(len(locks))
         won = []
 
-        def contend(lock: store.RunLock) -> None:
+        def contend(lock: store.RunLock, barrier: threading.Barrier = barrier, won: list = won) -> None:
             barrier.wait()
             if lock.acquire():
                 won.append(lock)

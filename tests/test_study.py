@@ -84,7 +84,8 @@ def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch,
     conn.close()
 
     # the same draw under another name gives the same trials and orders; --trials N draws a subset
-    assert bench(monkeypatch, capsys, "study", "create", "--name", "again", "--results", results, "--data", data)[0] == 0
+    code = bench(monkeypatch, capsys, "study", "create", "--name", "again", "--results", results, "--data", data)[0]
+    assert code == 0
     assert [r[:6] for r in _trials(results / "tiny" / "_studies" / "again.sqlite")] == [r[:6] for r in rows]
     assert bench(monkeypatch, capsys, "study", "create", "--name", "three", "--results", results, "--data", data,
                  "--trials", "3")[0] == 0

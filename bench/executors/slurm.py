@@ -57,7 +57,7 @@ def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str
         lock = RunLock(state.run_dir)
         if state.state in ("done", "failed"):
             status = "skipped" if state.state == "done" else "kept_failed"
-            reason = (state.record or {}).get("reason") if status == "kept_failed" else None
+            reason = state.record.reason if state.record and status == "kept_failed" else None
             outcomes.append({"job": job, "status": status, "run_dir": state.run_dir, "reason": reason})
         elif lock.path.exists() and not lock.is_stale():
             outcomes.append({"job": job, "status": "locked", "run_dir": state.run_dir, "reason": lock.describe()})

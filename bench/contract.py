@@ -1,0 +1,124 @@
+"""The method contract as the harness reads it: a method's declarations (`MethodInfo`) and its config fields' roles.
+
+Everything optional a method or its config may declare has its default in `bench.api.MethodOptions` (class
+attributes) or in the field metadata of `bench.config` (`SCHEDULE`, `SAMPLING_STEPS`, `STEP_COUNT`,
+`SAMPLING_ONLY`, `NOT_HASHED`); this module is the one place that reads them, so no other module calls
+`getattr(cls, "version", 1)` or looks at a field's name to learn what it means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.api import MethodOptions
+
+ABLATION_FLAGS = ("drop", "teacher_first", "shots", "nfe")
+"""The `bench ablate` flags a method may map onto its config fields (`MethodOptions.ablations`)."""
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the harness knows about one method class: its required members and its optional declarations (with the
+    defaults of `bench.api.MethodOptions` where it declares none)."""
+
+    name: str
+    """Registry name."""
+    config: type
+    """The config dataclass."""
+    variants: dict[str, dict[str, Any]]
+    """Named config overrides."""
+    version: int = MethodOptions.version
+    """Method version: a record of another version is re-run."""
+    trains: bool = MethodOptions.trains
+    """False: no training stage (`prepare` instead of `train`)."""
+    resumable: bool = MethodOptions.resumable
+    """True: `train` checkpoints and continues from its checkpoints under `--resume`."""
+    ablations: dict[str, str] = field(default_factory=dict)
+    """`bench ablate` flag -> config field."""
+    perf_overrides: dict[str, Any] = field(default_factory=dict)
+    """Config overrides `bench perf` applies to time one main-stage iteration."""
+
+    @classmethod
+    def of(cls, method: type) -> MethodInfo:
+        """The declarations of `method` (a class following `bench.api.Method`)."""
+
+        def declared(key: str) -> Any:
+            return getattr(method, key, getattr(MethodOptions, key))
+
+        return cls(name=method.name, config=method.Config, variants=dict(method.variants),
+                   version=declared("version"), trains=declared("trains"), resumable=declared("resumable"),
+                   ablations=dict(declared("ablations")), perf_overrides=dict(declared("perf_overrides")))
+
+    def ablation_field(self, flag: str) -> str:
+        """The config field that `bench ablate --FLAG` sets; a one-line BenchError when the method has none."""
+        from bench.api import BenchError
+
+        if flag not in self.ablations:
+            offered = ", ".join(f"--{f.replace('_', '-')}" for f in self.ablations) or "none"
+            raise BenchError(f"method '{self.name}' declares no --{flag.replace('_', '-')} ablation; it offers: "
+                             f"{offered} (MethodOptions.ablations)")
+        return self.ablations[flag]
+
+
+# --- config field roles --------------------------------------------------------------------------------------
+
+LEGACY_NAMES = True
+"""Deprecated fallback: an int field with none of the role metadata is still read by its name (`iterations` or
+`*_iters` a schedule length, `steps` or `*_steps` a step count), as before field metadata existed. Declare `SCHEDULE` or
+`SAMPLING_STEPS` / `STEP_COUNT` instead; the fallback goes once every method in use declares its fields."""
+
+
+def is_schedule(f: dataclasses.Field) -> bool:
+    """A schedule length (iterations of a training stage): capped on a capped profile, shortened by `bench perf`."""
+    if "schedule" in f.metadata:
+        return bool(f.metadata["schedule"])
+    if _has_role(f):
+        return False
+    return LEGACY_NAMES and (f.name == "iterations" or f.name.endswith("_iters"))
+
+
+def is_step_count(f: dataclasses.Field) -> bool:
+    """A sampling step count (of evaluation or of a training-time sampler): capped on a capped profile."""
+    if "steps" in f.metadata:
+        return bool(f.metadata["steps"])
+    if _has_role(f):
+        return False
+    return LEGACY_NAMES and (f.name == "steps" or f.name.endswith("_steps"))
+
+
+def is_sampling_only(f: dataclasses.Field) -> bool:
+    """Changes only how a trained model is sampled: runs differing only here share one training."""
+    return bool(f.metadata.get("sampling"))
+
+
+def is_hashed(f: dataclasses.Field) -> bool:
+    """Part of the config hash (False for settings that never change a result, `NOT_HASHED`)."""
+    return f.metadata.get("hash", True) is not False
+
+
+def _has_role(f: dataclasses.Field) -> bool:
+    """Whether the field's metadata says whether it is a schedule length or a step count (`SAMPLING_ONLY` alone
+    does not: a `sample_steps` field marked only sampling-only is still a step count by its name)."""
+    return any(key in f.metadata for key in ("schedule", "steps"))
+
+
+def schedule_fields(config: Any) -> list[str]:
+    """Names of the schedule-length fields of a config (class or instance)."""
+    return [f.name for f in dataclasses.fields(config) if is_schedule(f)]
+
+
+def step_fields(config: Any) -> list[str]:
+    """Names of the step-count fields of a config (class or instance)."""
+    return [f.name for f in dataclasses.fields(config) if is_step_count(f)]
+
+
+def undeclared_fields(config: Any) -> list[str]:
+    """Fields read by name only (the deprecated fallback): what a method should annotate with metadata."""
+    out = []
+    for f in dataclasses.fields(config):
+        by_name = f.name in ("iterations", "steps") or f.name.endswith(("_iters", "_steps"))
+        if by_name and not _has_role(f):
+            out.append(f.name)
+    return out

@@ -1,0 +1,120 @@
+"""Methods from outside the repository: the README's toy method file, run end to end on tiny from another folder;
+`--include` and `bench.methods` entry points register lazily; `bench check-method` runs the contract on them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import plugins
+from bench.api import BenchError
+from tests.helpers import bench
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_source() -> str:
+    """The toy method exactly as the README shows it (the python block after its `toy-method` marker)."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index("<!-- toy-method"):]
+    return re.search(r"```python\n(.*?)```", after, re.S).group(1)
+
+
+@pytest.fixture
+def toy_file(tmp_path: Path) -> Path:
+    outside = tmp_path / "my_methods"
+    outside.mkdir()
+    (outside / "toy_method.py").write_text(toy_source())
+    return outside / "toy_method.py"
+
+
+@pytest.fixture
+def clean_registry(monkeypatch):
+    """A registry copy and a fresh discovery state, so one test's includes never leak into another."""
+    from bench import registry
+
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+    monkeypatch.setattr(plugins, "_discovered", set())
+    monkeypatch.delenv(plugins.INCLUDE_ENV, raising=False)
+    return registry
+
+
+def test_readme_toy_method_runs_end_to_end_from_outside(toy_file, dreambench_root, tmp_path) -> None:
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(plugins.INCLUDE_ENV, None)
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--include", str(toy_file), "--method", "toy", "--concepts",
+           "dog", "--profile", "tiny", "--data", str(dreambench_root), "--results", str(results)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = results / "tiny" / "toy" / "default" / "dog" / "seed0"
+    record = json.loads((run / "record.json").read_text())
+    assert record["status"] == "done" and record["method"] == "toy"
+    assert record["config"] == {"iterations": 10, "lr": 0.5, "noise": 0.1, "steps": 1}, "SCHEDULE capped on tiny"
+    assert {"clip_t", "clip_i", "dino"} <= set(record["metrics"])
+    assert (run / "weights" / "colour.safetensors").is_file() and list((run / "images").glob("*.png"))
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "1 skipped" in again.stderr, again.stderr[-2000:]
+
+
+def test_check_method_on_an_included_file(toy_file, clean_registry, monkeypatch, capsys) -> None:
+    code, out, err = bench(monkeypatch, capsys, "check-method", "toy", "--include", toy_file)
+    assert code == 0, err
+    assert "ok  load" in out and "toy follows the method contract" in out
+    code, out, _ = bench(monkeypatch, capsys, "ls", "methods", f"--include={toy_file}")
+    assert code == 0 and "toy" in out.split() and "echodistill" in out.split()
+
+
+def test_check_method_names_the_broken_check(toy_file, clean_registry, monkeypatch, capsys) -> None:
+    broken = toy_file.with_name("broken_toy.py")
+    broken.write_text(toy_file.read_text().replace('"toy"', '"broken_toy"').replace(
+        'pixels.round().to(torch.uint8).numpy()', '(pixels * torch.rand(1)).round().to(torch.uint8).numpy()'))
+    code, _, err = bench(monkeypatch, capsys, "check-method", "broken_toy", "--include", broken)
+    assert code == 1 and "FAIL determinism" in err
+
+
+def test_included_files_are_read_not_run_until_used(tmp_path, clean_registry) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "lazy.py"
+    path.write_text(toy_source() + f"\nopen({str(marker)!r}, 'w').close()\n")
+    assert plugins.include([str(path)], clean_registry.METHODS) == ["toy"]
+    assert not marker.exists() and "toy" in clean_registry.method_names()
+    assert clean_registry.get_method("toy").__name__ == "MeanColour" and marker.exists()
+    assert os.environ[plugins.INCLUDE_ENV] == str(path.resolve()), "passed on to worker processes"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("x = 1\n", "no method class in it"),
+    ("def broken(:\n", "invalid syntax at line 1"),
+])
+def test_bad_include_is_one_line(content, message, tmp_path, clean_registry, monkeypatch, capsys) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(content)
+    code, _, err = bench(monkeypatch, capsys, "ls", "methods", "--include", path)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    code, _, err = bench(monkeypatch, capsys, "ls", "methods", "--include", tmp_path / "absent.py")
+    assert code == 2 and "no such file" in err
+
+
+def test_a_name_clash_is_refused(toy_file, clean_registry) -> None:
+    clash = toy_file.with_name("clash.py")
+    clash.write_text(toy_file.read_text().replace('name: ClassVar[str] = "toy"', 'name: ClassVar[str] = "lora"'))
+    with pytest.raises(BenchError, match="method 'lora' from .*clash.py clashes with the registered 'lora'"):
+        plugins.include([str(clash)], clean_registry.METHODS)
+
+
+def test_entry_points_register_lazily(toy_file, clean_registry, monkeypatch) -> None:
+    from importlib import metadata
+
+    monkeypatch.syspath_prepend(str(toy_file.parent))
+    point = metadata.EntryPoint("toy_ep", "toy_method:MeanColour", plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [point] if group == plugins.ENTRY_POINT_GROUP else [])
+    assert "toy_ep" in clean_registry.method_names() and "toy_method" not in sys.modules
+    assert clean_registry.get_method("toy_ep").name == "toy"
+    sys.modules.pop("toy_method", None)
