@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import store
 from bench.api import Concept
-from bench.runs import Context, Job, _resolve, job_hash, load_concept
+from bench.runs import Context, Job, resolve_job, job_hash, load_concept
 
 
 @dataclass
@@ -45,7 +45,7 @@ def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[st
     todo, skipped = [], {"already": [], "not_done": [], "outdated": [], "missing_images": []}
     concepts: dict[str, Concept] = {}
     for job in jobs:
-        profile, config, _, new_hash = _resolve(job, ctx)
+        profile, config, _, new_hash = resolve_job(job, ctx)
         run_dir = job.key.path(ctx.results)
         typed = store.read_run_record(run_dir)
         label = job.key.label()

@@ -310,16 +310,16 @@ def test_drop_ste_student_context_carries_the_gradient(concept):
     assert seen[0].requires_grad
 
 
-def test_drop_echo_has_no_echo_stage_and_only_the_teacher_view(concept):
+def test_drop_echo_has_no_echo_stage_and_only_the_teacher_view(concept, tmp_path):
     log = Log()
-    trained = EchoDistill(EchoDistillConfig(**FAST, drop=("echo",))).train(concept, tiny(), Path("."), 0, log)
+    trained = EchoDistill(EchoDistillConfig(**FAST, drop=("echo",))).train(concept, tiny(), tmp_path, 0, log)
     assert [p for p, _ in log.phases] == ["distill"] and set(trained.views) == {"teacher"}
 
 
-def test_teacher_first_trains_teacher_then_student_with_identity_only(concept, monkeypatch):
+def test_teacher_first_trains_teacher_then_student_with_identity_only(concept, monkeypatch, tmp_path):
     spies = {n: _spy(monkeypatch, n) for n in ("latent_mse", "msswd_loss", "generator_loss")}
     log, models = Log(), tiny()
-    trained = EchoDistill(EchoDistillConfig(**FAST, teacher_first=True)).train(concept, models, Path("."), 0, log)
+    trained = EchoDistill(EchoDistillConfig(**FAST, teacher_first=True)).train(concept, models, tmp_path, 0, log)
     assert log.phases == [("teacher", 1), ("distill", 1)]
     assert set(log.rows[0][2]) == {"loss_teacher", "grad_teacher"}
     assert set(log.rows[1][2]) == {"id", "loss_student", "grad_student"}
@@ -385,17 +385,18 @@ def _msswd_to_reals(trained, concept, models) -> float:
 
 
 @pytest.mark.slow
-def test_learning_check_msswd_to_real_images_drops(real_dreambench_root):
+def test_learning_check_msswd_to_real_images_drops(real_dreambench_root, tmp_path):
     """After training, the student's samples are closer (MS-SWD) to the real images on >= 25 of 30 concepts."""
     concepts = select_concepts(real_dreambench_root, "all")
     assert len(concepts) == 30
     improved = []
     for c in concepts:
         models = tiny()
-        start = EchoDistill(EchoDistillConfig(iterations=0, drop=("echo",))).train(c, models, Path("."), 0, Log())
+        untrained = EchoDistill(EchoDistillConfig(iterations=0, drop=("echo",)))
+        start = untrained.train(c, models, tmp_path / c.name / "start", 0, Log())
         before = _msswd_to_reals(start, c, models)
         models = tiny()
-        trained = EchoDistill(EchoDistillConfig(**LEARNING)).train(c, models, Path("."), 0, Log())
+        trained = EchoDistill(EchoDistillConfig(**LEARNING)).train(c, models, tmp_path / c.name / "trained", 0, Log())
         after = _msswd_to_reals(trained, c, models)
         improved.append(after < before)
         print(f"{c.name}: MS-SWD {before:.3f} -> {after:.3f}")

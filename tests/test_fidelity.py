@@ -332,13 +332,13 @@ def test_echodistill_initialises_the_token_as_configured(init: str, concept) -> 
     assert hooked and len(hooked) == 2 * sum(name.endswith("attn2") for name, _ in session.student_unet.named_modules())
 
 
-def test_echodistill_teacher_view_samples_at_sd21_native_size(concept, models) -> None:
+def test_echodistill_teacher_view_samples_at_sd21_native_size(concept, models, tmp_path) -> None:
     from echodistill.config import EchoDistillConfig
     from echodistill.trainer import EchoDistill
     from tests.helpers import ListLog
 
     cfg = EchoDistillConfig(iterations=0, drop=("echo", "discriminators"), teacher_steps=2)
-    trained = EchoDistill(cfg).train(concept, models, Path("."), 0, ListLog())
+    trained = EchoDistill(cfg).train(concept, models, tmp_path, 0, ListLog())
     factor = models.resolution // models.latent_size
     student = trained.generate(["a <new1> dog"], [0])[0]
     teacher = trained.views["teacher"].generate(["a <new1> dog"], [0])[0]

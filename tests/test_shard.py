@@ -15,7 +15,7 @@ import pytest
 from bench import registry, store
 from bench.ablations import ablation_variants
 from bench.api import BenchError
-from bench.runs import Context, _resolve, plan
+from bench.runs import Context, resolve_job, plan
 from bench.shard import SLACK, assign, group_jobs, parse_shard, shard_jobs
 from tests.helpers import bench
 
@@ -130,7 +130,7 @@ def test_estimate_counts_done_runs_and_uses_matching_perf_records(ctx, tmp_path)
     jobs = plan(["lora"], [("default", {})], concepts(2), [0], "paper")
     done = jobs[0]
     store.write_json_atomic(done.key.path(ctx.results) / "record.json",
-                            {"status": "done", "config_hash": _resolve(done, ctx)[3], "schema": 1})
+                            {"status": "done", "config_hash": resolve_job(done, ctx)[3], "schema": 1})
     perf = tmp_path / "perf"
     entry = {"method": "lora", "device": "NVIDIA H100", "train_step_s": 0.5, "infer_s_per_image_batched": 0.1,
              "default_steps": 1, "speed_label": "default"}

@@ -168,6 +168,7 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
     import dataclasses
 
     from bench import runs, store
+    from bench.runs import execution
     from bench.config import SAMPLING_ONLY
 
     @dataclasses.dataclass(frozen=True)
@@ -176,7 +177,7 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
         sample_dtype: str = dataclasses.field(default="auto", metadata=SAMPLING_ONLY)
 
     calls: list[str] = []
-    monkeypatch.setattr(runs, "evaluate", lambda trained, concept, seeds, image_dir, ctx, device: calls.append(
+    monkeypatch.setattr(execution, "evaluate", lambda trained, concept, seeds, image_dir, ctx, device: calls.append(
         image_dir.name) or {"steps": trained.default_steps, "metrics": {}, "timing": {}})
 
     class View:
@@ -209,16 +210,16 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
     job = runs.Job("m", "other", "dog", 0, "tiny")
     out = tmp_path / "out"
     out.mkdir()
-    runs._sample_trained(job, ctx, None, profile, Config(), Method(), Models(), out, donor)
+    execution._sample_trained(job, ctx, None, profile, Config(), Method(), Models(), out, donor)
     assert calls == ["images"], "same evaluation: the teacher view is taken over"
     calls.clear()
-    runs._sample_trained(job, ctx, None, profile, Config(sample_dtype="none"), Method(), Models(), tmp_path / "o1",
+    execution._sample_trained(job, ctx, None, profile, Config(sample_dtype="none"), Method(), Models(), tmp_path / "o1",
                          donor)
     assert calls == ["images", "teacher"], "another sampling precision: the view is sampled and scored again"
     record["metric_suite"] = {"name": "dreambooth"}
     store.write_json_atomic(donor / "record.json", record)
     calls.clear()
-    runs._sample_trained(job, ctx, None, profile, Config(), Method(), Models(), tmp_path / "out2", donor)
+    execution._sample_trained(job, ctx, None, profile, Config(), Method(), Models(), tmp_path / "out2", donor)
     assert calls == ["images", "teacher"], "another suite: the view is sampled and scored again"
 
 

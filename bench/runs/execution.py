@@ -1,0 +1,309 @@
+"""Execute one job: skip what is done, lock, train (or prepare), sample, score, time and record it.
+
+A job is trained, sampled on the protocol's prompts x evaluation seeds, scored, timed, and recorded. Methods are
+reached only through the registry. Executors (`bench.executors`) call `execute_job` in whatever process runs it.
+
+What a re-run does with each run (`execute_job`):
+- done, same config hash: skipped (`--force` recomputes);
+- failed, same config hash: kept as failed and reported, NOT retried: a failure (divergence, a bug) is a result
+  and retrying it blindly would hide it or burn GPU hours. `--retry-failed` re-runs them;
+- recorded with another config hash (the config, the code's EVAL_VERSION or the models changed): recomputed;
+- locked by a live process (here, or elsewhere with a fresh heartbeat): left alone, reported `locked`;
+- interrupted (a `.partial` left by a killed process): redone from scratch, or with `--resume` continued from
+  the method's last checkpoint (same config hash only).
+
+Runs that differ only in sampling-only config fields (`bench.config.SAMPLING_ONLY`: step counts, guidance) have
+the same *training hash*. A run whose training hash matches a finished run of the same method, concept and seed
+(any variant) is not trained again: its method loads that run's weights (`Method.load`) and samples them with its
+own settings; the record names the source (`trained_from`) and carries its training time. `--force` retrains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from bench import store
+from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
+from bench.api import views as api_views
+from bench.config import to_dict
+from bench.record import RunRecord
+from bench.registry import get_method
+from bench.runs.evaluation import evaluate, same_view_sampling
+from bench.runs.loss_log import JsonlLog
+from bench.runs.planning import (ATTEMPT, EVAL_VERSION, Context, Job, _version, load_concept, resolve_job,
+                                 training_hash, trains, triage)
+
+
+
+def find_trained(job: Job, ctx: Context, train_hash: str) -> Path | None:
+    """A finished run (any variant of this method, concept and seed) whose weights this job may sample instead
+    of training: same training hash, status done, weights present. None if there is none, or with `--force`."""
+    if ctx.force or not trains(job.method):  # nothing trained to share: a method without training prepares anew
+        return None
+    method_dir = job.key.path(ctx.results).parents[2]  # <results>/<profile>/<method>
+    found = []
+    for candidate in sorted(method_dir.glob(f"*/{job.concept}/seed{job.seed}")):
+        record = store.read_run_record(candidate)
+        if record and record.done and record.training_hash == train_hash and (candidate / "weights").is_dir():
+            found.append((record.trained_from is not None, candidate))  # prefer a run that trained itself
+    return min(found)[1] if found else None
+
+
+def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict[str, Any]:
+    """Run one job unless it is done: train, sample, score, record. Returns a short summary.
+
+    Failures inside the method (exceptions, divergence) are recorded as failed runs; the sweep goes on.
+    User mistakes (BenchError) propagate. A kill at any moment leaves the run redoable (see `bench.store`).
+    """
+    profile, config, suite, config_hash = resolve_job(job, ctx)
+    train_hash = training_hash(job, config, profile.describe())
+    state = triage(job, ctx, config_hash)
+    run_dir = state.run_dir
+    if state.state in ("done", "failed"):
+        _tidy(run_dir)
+        return _outcome(job, run_dir, "skipped" if state.state == "done" else "kept_failed", state.record)
+    lock = store.RunLock(run_dir)
+    if not lock.acquire():
+        return {"job": job, "status": "locked", "run_dir": run_dir, "reason": lock.describe()}
+    try:
+        store.recover(run_dir, keep_partial=True)  # finish or undo what a killed attempt left
+        state = triage(job, ctx, config_hash)
+        if state.state in ("done", "failed"):  # finished while we waited for the lock, or just recovered
+            store.recover(run_dir, keep_partial=False)
+            return _outcome(job, run_dir, "skipped" if state.state == "done" else "kept_failed", state.record)
+        concept = load_concept(job, ctx)
+        partial, attempts, resumed_from = _stage(run_dir, config_hash, ctx.resume)
+        if state.record and state.record.status == "failed" and state.record.config_hash == config_hash:
+            attempts += int(state.record.attempts or 1)  # --retry-failed: the failed tries count too
+        record = _base_record(job, config, config_hash, profile, suite)
+        record.update(attempts=attempts, resumed_from=resumed_from or None, training_hash=train_hash)
+        donor = find_trained(job, ctx, train_hash)
+        try:
+            record.update(_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step,
+                                              resumed=bool(resumed_from), donor=donor))
+            record["status"] = "done"
+        except BenchError:
+            from bench.models.checkpoint import find_checkpoints
+
+            if not find_checkpoints(partial / "work"):
+                shutil.rmtree(partial, ignore_errors=True)  # nothing worth keeping: leave nothing behind
+            raise
+        except Exception as err:  # noqa: BLE001 - a failed run is a result, recorded with its reason
+            cause = infra_cause(err)
+            if cause is not None:  # the environment failed, not the method: stop, keep the attempt resumable
+                raise InfraError(f"{job.key.label()}: {cause}; the run is left unfinished (`bench run ... --resume` "
+                                 f"continues it from its last checkpoint)") from err
+            record.update(status="failed", reason=f"{type(err).__name__}: {err}".strip()[:500],
+                          diverged=isinstance(err, Diverged))
+            (partial / "traceback.txt").write_text(traceback.format_exc())
+            record["traceback"] = "traceback.txt"
+        shutil.rmtree(partial / "work", ignore_errors=True)  # checkpoints are for kills, not for results
+        (partial / ATTEMPT).unlink(missing_ok=True)
+        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if not lock.still_held():  # frozen past the stale timeout and taken over: the new owner decides
+            return {"job": job, "status": "lost_lock", "run_dir": run_dir,
+                    "reason": "the run's lock was taken over by another process; nothing committed"}
+        previous = store.read_run_record(run_dir)
+        if record["status"] == "failed" and previous and previous.done:
+            # never replace a finished result with a failure: keep the failure beside it
+            record["traceback_text"] = (partial / "traceback.txt").read_text()
+            store.write_json_atomic(store.failed_rerun_path(run_dir), record)
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            store.commit_run(partial, run_dir, record)
+        return _outcome(job, run_dir, record["status"], record)
+    finally:
+        lock.release()
+
+
+def _outcome(job: Job, run_dir: Path, status: str, record: RunRecord | dict[str, Any] | None) -> dict[str, Any]:
+    if isinstance(record, dict):  # the record this attempt just wrote
+        record = RunRecord.from_json(record)
+    reason = record.reason if record and status in ("failed", "kept_failed") else None
+    return {"job": job, "status": status, "run_dir": run_dir, "reason": reason}
+
+
+def _tidy(run_dir: Path) -> None:
+    """Remove what a killed process left beside a finished run, unless someone is working on it right now."""
+    if not store.leftovers(run_dir):
+        return
+    lock = store.RunLock(run_dir)
+    if lock.acquire():
+        try:
+            store.recover(run_dir, keep_partial=False)
+        finally:
+            lock.release()
+
+
+def _stage(run_dir: Path, config_hash: str, resume: bool) -> tuple[Path, int, dict[str, int]]:
+    """The `.partial` folder for this attempt: fresh, or (`resume`, same config hash) keeping the checkpoints and
+    the loss log of the interrupted attempt. Returns (folder, attempt number, {checkpointer: iteration})."""
+    from bench.models.checkpoint import find_checkpoints
+
+    partial = store.partial_dir(run_dir)
+    try:
+        previous = json.loads((partial / ATTEMPT).read_text())
+    except (OSError, ValueError):
+        previous = None
+    keep = resume and isinstance(previous, dict) and previous.get("config_hash") == config_hash
+    partial = store.staging_dir(run_dir, ("work", "loss_log.jsonl", ATTEMPT) if keep else ())
+    attempts = int(previous.get("attempts", 1)) + 1 if keep else 1
+    store.write_json_atomic(partial / ATTEMPT, {"config_hash": config_hash, "attempts": attempts,
+                                                "pid": os.getpid(), "host": os.uname().nodename})
+    return partial, attempts, find_checkpoints(partial / "work") if keep else {}
+
+
+def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: dict) -> dict[str, Any]:
+    return {
+        "schema": store.SCHEMA_VERSION, "status": "running", "method": job.method, "variant": job.variant,
+        "concept": job.concept, "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
+        "method_version": _version(job.method), "eval_version": EVAL_VERSION, "config": to_dict(config),
+        "config_hash": config_hash,
+        "overrides": json.loads(job.overrides), "models": profile.describe(), "metric_suite": suite,
+        "versions": versions(), "git_commit": git_commit(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": os.uname().nodename, "pid": os.getpid(),
+    }
+
+
+def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, run_dir: Path,
+                        on_step: Callable | None, resumed: bool = False, donor: Path | None = None
+                        ) -> dict[str, Any]:
+    import torch
+
+    from bench.models.loading import Models
+    from bench.timing import Stopwatch, device_name, peak_memory, reset_peak_memory
+
+    if profile.name == "tiny":  # build the tiny models (seeded) now, not at first use inside the seeded run
+        from bench.models.tiny import ensure_built
+
+        ensure_built()
+    from bench.models.speed import parse_speed
+
+    torch.manual_seed(job.seed)
+    models = Models(profile, ctx.device, parse_speed(ctx.speed))
+    method = get_method(job.method)(config)
+    reset_peak_memory(models.device)
+    if donor is not None:
+        return _sample_trained(job, ctx, concept, profile, config, method, models, run_dir, donor)
+    if not trains(job.method):
+        return _prepare_and_evaluate(job, ctx, concept, profile, method, models, run_dir)
+    log = JsonlLog(run_dir / "loss_log.jsonl", on_step)
+    try:
+        with Stopwatch(models.device) as sw:
+            trained = method.train(concept, models, run_dir / "work", job.seed, log)
+    finally:
+        log.close()
+    train_s = max(sw.seconds - models.load_seconds, 0.0)  # model loading is not training time
+    trained.save(run_dir / "weights")
+    evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
+    views = {}
+    for name, view in api_views(trained).items():
+        views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
+    return {
+        **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
+        "device": device_name(models.device), "trained_from": None, "speed": models.speed.resolved(models.device),
+        "timing": {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
+                   "it_per_s": log.iterations / train_s if train_s > 0 else None,
+                   "peak_memory": peak_memory(models.device), "resumed": resumed, **evaluation.pop("timing")},
+    }
+
+
+def _prepare_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, method: Any, models: Any,
+                          run_dir: Path) -> dict[str, Any]:
+    """A method without a training stage (`trains = False`): `prepare` conditions the model on the concept's
+    photos, then it is saved, sampled and scored like a trained one. No loss log, no checkpoints; the record has
+    `conditioning` (the photos' file names) and `timing.prepare_s`, and no `train_s` or `iterations`."""
+    from bench.timing import Stopwatch, device_name, peak_memory
+
+    with Stopwatch(models.device) as sw:
+        trained = method.prepare(concept, models, run_dir / "work", job.seed)
+    prepare_s = max(sw.seconds - models.load_seconds, 0.0)  # model loading is not preparation
+    trained.save(run_dir / "weights")
+    evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
+    return {
+        **evaluation, "views": {}, "identifier": trained.identifier, "trains": False,
+        "conditioning": list(trained.conditioning), "loss_log": None, "device": device_name(models.device),
+        "trained_from": None, "speed": models.speed.resolved(models.device),
+        "timing": {"prepare_s": prepare_s, "load_s": models.load_seconds, "peak_memory": peak_memory(models.device),
+                   **evaluation.pop("timing")},
+    }
+
+
+def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, method: Any, models: Any,
+                    run_dir: Path, donor: Path) -> dict[str, Any]:
+    """Evaluate another run's training with this job's sampling settings (same training hash, see `find_trained`).
+
+    The donor's weights and loss log are linked into this run, so it stands on its own (`bench generate` works on
+    it). A view sampled exactly as the donor sampled it (same steps) is not sampled again: its scores and images
+    are taken over. Training time and iterations are the donor's, marked `reused_training`.
+    """
+    from bench.timing import device_name, peak_memory
+
+    from bench.metrics import get_suite
+
+    donor_record = store.read_run_record(donor) or RunRecord()
+    # the donor's views can be taken over only if they were sampled and scored exactly as this run would do it
+    def as_stored(value: Any) -> Any:  # what a value reads back as from record.json
+        return json.loads(json.dumps(value, default=str))
+
+    same_evaluation = (donor_record.eval_version == EVAL_VERSION
+                       and same_view_sampling(config, donor_record.config or {})
+                       and donor_record.metric_suite == as_stored(get_suite(ctx.suite).describe())
+                       and donor_record.models == as_stored(profile.describe()))
+    store.link_tree(donor / "weights", run_dir / "weights")
+    if (donor / "loss_log.jsonl").is_file():
+        shutil.copy2(donor / "loss_log.jsonl", run_dir / "loss_log.jsonl")
+    trained = method.load(run_dir / "weights", models)
+    evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
+    views = {}
+    for name, view in api_views(trained).items():
+        before = (donor_record.views or {}).get(name)
+        if (same_evaluation and before and before.steps == view.default_steps
+                and (donor / "views" / name).is_dir()):
+            store.link_tree(donor / "views" / name, run_dir / "views" / name)
+            views[name] = before.to_json()
+        else:
+            views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
+    source = donor_record.trained_from.to_json() if donor_record.trained_from else {
+        "run": str(donor.relative_to(Path(ctx.results))), "variant": donor_record.variant or None,
+        "config_hash": donor_record.config_hash}
+    trained_timing = {k: v for k, v in (donor_record.timing.to_json() if donor_record.timing else {}).items()
+                      if k in ("train_s", "iterations", "it_per_s", "resumed")}
+    return {
+        **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
+        "device": device_name(models.device), "trained_from": source, "speed": models.speed.resolved(models.device),
+        "timing": {**trained_timing, "load_s": models.load_seconds, "reused_training": True,
+                   "peak_memory": peak_memory(models.device), **evaluation.pop("timing")},
+    }
+
+
+@lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "diffusers", "transformers", "peft", "open_clip_torch", "timm", "onestep-bench"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
