@@ -1,0 +1,46 @@
+"""The paper's tables from run records only (they never train or score), as Markdown and CSV.
+
+Each table is a list of rows (`RowSpec`) that say which records feed them (registry method name, variant names,
+and which evaluation of the record: the final student, a view, or the real-vs-real ceiling) and which row of the
+paper's `reference/paper_tables.csv` they correspond to. Records are grouped by (profile, metric suite): one
+rendered table per group, since numbers from different suites or models are not comparable.
+
+Aggregation of one cell (one row, one metric), as the authors' released evaluation writes its result ("Average
+over Instances") and then honestly:
+  1. per run (one concept, one training seed): per evaluation seed, the mean over the run's images (CLIP-T) or
+     over all its (image, real) pairs (CLIP-I, DINO); then the mean over evaluation seeds (the run's `metrics`,
+     `bench.metrics.aggregate` on its images);
+  2. per concept: the mean over its training-seed runs;
+  3. the cell: the mean over concepts of the per-concept means, each concept weighing the same; ± the sample
+     std over training seeds (of each seed's mean over its concepts) when there are several;
+  4. a 95% bootstrap interval over concepts: concepts resampled with replacement (1000 resamples, fixed RNG
+     seed) of the mean of per-concept means;
+  5. runs behind the cell: done / expected (expected = the concepts present for the profile x the training
+     seeds present in the table), failed and missing runs written into the cell, never dropped.
+Beside it, `Stats.pooled` (CSV `*_pooled`): per training seed, the pooled mean over every image / pair of all
+concepts per evaluation seed, then the mean over evaluation seeds (what the released script prints per seed),
+then the mean over training seeds. Both are computed here from per-record sums, because calling `aggregate` per
+cell takes seconds for a full sweep and importing it imports torch; `tests/test_tables.py` holds them to
+`aggregate`'s numbers.
+
+Where each part lives: `definitions` (the tables' rows, the metrics, the paper's numbers), `statistics` (one cell
+from records), `building` (tables from records), `rendering` (Markdown, CSV and the `bench table` command).
+"""
+
+from __future__ import annotations
+
+from bench.tables.definitions import (BEFORE_ECHO, CD, CHOICES, COMPARE, DEFS, ED, FORMATS, METHOD_LABELS,
+                                      METRIC_LABELS, METRICS, TABLES, paper_rows, RowSpec, split_variant, TableDef,
+                                      variant_key)
+from bench.tables.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval, ceiling_stats,
+                                     cell_stats, concept_mean, pooled, RunSummary, Stats, summarize_run)
+from bench.tables.building import (build_tables, load_records, Row, suite_name, Table)
+from bench.tables.rendering import (CSV_COLUMNS, PAPER_COLUMNS, csv_rows, md_rows, metric_cell, render,
+                                    table_command, to_markdown)
+
+__all__ = ["BEFORE_ECHO", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "CD", "CHOICES", "COMPARE", "CSV_COLUMNS", "DEFS",
+           "ED", "FORMATS", "METHOD_LABELS", "METRICS", "METRIC_LABELS", "PAPER_COLUMNS", "Row", "RowSpec",
+           "RunSummary", "Stats", "TABLES", "Table", "TableDef", "bootstrap_interval", "build_tables",
+           "ceiling_stats", "cell_stats", "concept_mean", "csv_rows", "load_records", "md_rows", "metric_cell",
+           "paper_rows", "pooled", "render", "split_variant", "suite_name", "summarize_run", "table_command",
+           "to_markdown", "variant_key"]

@@ -1,0 +1,212 @@
+"""Tables built from records: one per (profile, metric suite) group, each row's cells aggregated, captions, and the
+`bench table` command."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.api import BenchError
+from bench.tables.definitions import (BEFORE_ECHO, CHOICES, COMPARE, DEFS, ED, FORMATS, TABLES, RowSpec, TableDef,
+                                     _catch_table, _extra_label, _owners, _paper_values, split_variant, variant_key)
+from bench.tables.statistics import Stats, ceiling_stats, cell_stats
+
+
+@dataclass
+class Row:
+    label: str
+    method: str | None
+    variant: str
+    model: str
+    train_nfe: int | None
+    infer_nfe: int | None
+    source: str
+    kind: str
+    """"measured", "not_run", "paper_only" or "ceiling"."""
+    stats: Stats | None = None
+    paper: dict[str, Any] | None = None
+    note: str = ""
+    trains: bool = True
+    """False for a method without training: "/" for its train time, iterations and train NFE."""
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    profile: str
+    suite: str
+    caption: str
+    rows: list[Row]
+    timings: bool = False
+    compare: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def measured(self) -> list[Row]:
+        return [r for r in self.rows if r.kind in ("measured", "ceiling")]
+
+
+def suite_name(record: dict[str, Any]) -> str:
+    from bench.record import SuiteRef
+
+    suite = record.get("metric_suite") or {}
+    return SuiteRef.of(suite).name if isinstance(suite, dict) else str(suite)
+
+
+def _suite_desc(records: list[dict[str, Any]]) -> str:
+    suite = next((r["metric_suite"] for r in records if isinstance(r.get("metric_suite"), dict)), {})
+    parts = [p for p in (suite.get("clip_arch"), suite.get("dino_arch")) if p]
+    return f"{suite_name(records[0])}" + (f" (CLIP {parts[0]}, DINO {parts[1]})" if len(parts) == 2 else "")
+
+
+def _check_options(name: str, fmt: str, compare: str | None) -> None:
+    from bench.registry import unknown
+
+    if name not in CHOICES:
+        raise unknown("table", name, CHOICES)
+    if fmt not in FORMATS:
+        raise unknown("format", fmt, FORMATS)
+    if compare is not None and compare not in COMPARE:
+        raise unknown("--compare target", compare, COMPARE)
+
+
+def build_tables(name: str, records: list[dict[str, Any]], compare: str | None = None) -> list[Table]:
+    """Tables `name` (or every table for "all") from records, one per (profile, metric suite) group."""
+    _check_options(name, "md", compare)
+    if not records:
+        raise BenchError("no run records found; run `bench run ...` first, or pass --results DIR / --profile")
+    names = TABLES if name == "all" else (name,)
+    concepts_by_profile: dict[str, set[str]] = defaultdict(set)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    corrupt: dict[str, list[dict[str, Any]]] = defaultdict(list)  # unreadable records: no suite is known
+    for r in records:
+        concepts_by_profile[r["profile"]].add(r["concept"])
+        if r.get("status") == "corrupt":
+            corrupt[r["profile"]].append(r)
+        else:
+            groups[(r["profile"], suite_name(r))].append(r)
+    for (profile, _), group in groups.items():
+        group += corrupt[profile]  # expected in every table of their profile, and never done
+    cache: dict = {}
+    out = []
+    for (profile, _suite), group in sorted(groups.items()):
+        for n in names:
+            out.append(_build_one(DEFS[n], group, sorted(concepts_by_profile[profile]), profile,
+                                  _suite_desc(group), compare is not None, cache))
+    return out
+
+
+def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], profile: str, suite: str,
+               compare: bool, cache: dict) -> Table:
+    by_variant: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_variant[(r["method"], variant_key(r))].append(r)
+    owners = _owners()
+    # (spec, variant) pairs this table shows: the specs' named variants, ad-hoc runs of those variants where this
+    # table owns them, and variants listed nowhere that fall to this table.
+    planned: list[tuple[RowSpec, str | None, bool]] = []  # (spec, variant or None when nothing ran, ad hoc)
+    for spec in d.rows:
+        present = [v for v in spec.variants if (spec.method, v) in by_variant]
+        planned += [(spec, v, False) for v in present]
+        if not present and spec.method is not None and spec.source != "real_vs_real":
+            planned.append((spec, None, False))
+        if spec.method is None:
+            planned.append((spec, None, False))
+        for v in spec.variants:
+            if owners.get((spec.method, v)) != d.name:
+                continue
+            planned += [(spec, full, True) for (m, full) in sorted(by_variant)
+                        if m == spec.method and "+" in full and split_variant(full)[0] == v and full != v]
+    for (method, full) in sorted(by_variant):
+        base = split_variant(full)[0]
+        if (method, base) not in owners and _catch_table(method, base) == d.name:
+            spec = RowSpec(_extra_label(method, base), method, (full,), optional=True,
+                           source=BEFORE_ECHO if method == ED else "metrics")
+            planned.append((spec, full, bool(split_variant(full)[1])))
+    # The expected runs of every row: the profile's concepts x the training seeds this table's runs used.
+    feeding = [r for spec, v, _ in planned if v is not None for r in by_variant[(spec.method, v)]]
+    seeds = sorted({r["seed"] for r in feeding})
+    rows: list[Row] = []
+    for spec, variant, ad_hoc in planned:
+        label = spec.label + (f" [{split_variant(variant)[1]}]" if ad_hoc and split_variant(variant)[1] else "")
+        paper = None if ad_hoc else _paper_values(spec.paper)
+        runs = by_variant.get((spec.method, variant), []) if variant is not None else []
+        common = dict(label=label, method=spec.method, model=spec.model, train_nfe=spec.train_nfe,
+                      infer_nfe=spec.infer_nfe, source=spec.source, paper=paper,
+                      note=spec.note if not ad_hoc else "ad-hoc override; not compared with the paper",
+                      trains=spec.trains and not (runs and all(r.get("trains") is False for r in runs)))
+        if spec.source == "real_vs_real":
+            stats = ceiling_stats(records)
+            if stats is not None:
+                rows.append(Row(variant="", kind="ceiling", stats=stats, **common))
+        elif spec.method is None:
+            if compare:
+                rows.append(Row(variant="", kind="paper_only", **common))
+        elif variant is None:
+            if not spec.optional or (compare and paper is not None):
+                stats = cell_stats([], spec.source, concepts, seeds, cache)
+                rows.append(Row(variant=spec.variants[0], kind="not_run", stats=stats, **common))
+        else:
+            stats = cell_stats(by_variant[(spec.method, variant)], spec.source, concepts, seeds, cache)
+            rows.append(Row(variant=variant, kind="measured", stats=stats, **common))
+    if not feeding:
+        rows = []
+    caption = _caption(profile, suite, concepts, seeds, compare, any(r.source == BEFORE_ECHO for r in rows),
+                       _caps(feeding)) if rows else ""
+    notes = []
+    for r in rows:
+        if r.stats and r.stats.failures:
+            shown = r.stats.failures[:10]
+            more = f"; and {len(r.stats.failures) - 10} more" if len(r.stats.failures) > 10 else ""
+            notes.append(f"Failed, {r.label} ({r.method}/{r.variant}): " + "; ".join(shown) + more)
+        if r.stats and r.kind == "measured" and r.stats.absent:
+            shown = r.stats.absent[:10]
+            more = f"; and {len(r.stats.absent) - 10} more" if len(r.stats.absent) > 10 else ""
+            notes.append(f"Missing, {r.label} ({r.method}/{r.variant}): " + ", ".join(shown) + more)
+    if not rows:
+        notes.append(f"No runs recorded for this table; run `{d.hint}`.")
+    return Table(d.name, d.title, profile, suite, caption, rows, d.timings, compare, notes)
+
+
+def _caps(records: list[dict[str, Any]]) -> str:
+    """The profile's schedule caps the records ran under ("at most 10 iterations per stage, 5 sampling steps")."""
+    found = {((r.get("models") or {}).get("iteration_cap"), (r.get("models") or {}).get("step_cap")) for r in records}
+    parts = []
+    for name, unit in ((0, "iterations per training stage"), (1, "sampling steps")):
+        values = sorted({str(f[name]) for f in found if f[name]})
+        if values:
+            parts.append(f"{' or '.join(values)} {unit}")
+    return ", ".join(parts)
+
+
+def _caption(profile: str, suite: str, concepts: list[str], seeds: list[int], compare: bool,
+             before_echo: bool, caps: str = "") -> str:
+    text = (f"Profile `{profile}`, metric suite {suite}. Cells: mean over concepts of per-concept means (per "
+            f"concept: the mean over training seeds of the run's mean over evaluation seeds of its per-seed mean "
+            f"over images or image-real pairs; the released evaluation's \"Average over Instances\"), ± std over "
+            f"training seeds (when several), [95% bootstrap interval over concepts of the mean of per-concept "
+            f"means]; the pooled mean over all images or pairs is in the CSV (`*_pooled`). "
+            f"Runs: done/expected, expected = {len(concepts)} concept(s) x {len(seeds)} training seed(s) "
+            f"({', '.join(map(str, seeds))}); failed and missing runs are counted in the cell.")
+    if before_echo:
+        text += " EchoDistill rows: the student before the echo stage where the run has one (the paper's convention)."
+    if caps:
+        text += f" Capped by the profile: at most {caps}; rows keep the paper's labels."
+    if compare:
+        text += " Paper: arXiv 2510.20512, one NVIDIA A40; Δ = measured − paper; paper timings with (×ours/paper)."
+        if profile != "paper":
+            text += f" Measured on different hardware and weights (profile `{profile}`)."
+    return text
+
+
+def load_records(results: Path, profile: str | None = None) -> list[dict[str, Any]]:
+    from bench.store import iter_records
+
+    records = list(iter_records(results, profile, corrupt=True))  # unreadable ones count as expected but missing
+    if not records:
+        where = f"{results}" + (f" for profile '{profile}'" if profile else "")
+        raise BenchError(f"no run records found under {where}; run `bench run ...` first, or pass --results DIR")
+    return records

@@ -1,0 +1,221 @@
+"""How one cell is aggregated from run records: per run, per concept, over concepts, with the spread over training
+seeds, a bootstrap interval over concepts, the pooled variant, and the count of runs behind it (the package
+docstring, `bench.tables`, says it in full)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+from bench.tables.definitions import BEFORE_ECHO, METRICS
+
+BOOTSTRAP_SEED = 0
+
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+_COLUMNS = itemgetter("eval_seed", "clip_t", "clip_i", "dino", "n_real")
+
+
+@dataclass
+class RunSummary:
+    """One run's evaluation reduced to what aggregation needs: per eval seed [n images, sum CLIP-T,
+    sum CLIP-I x n_real, sum DINO x n_real, sum n_real], and the run's scores (`values`: per eval seed the mean
+    over images / pairs, then the mean over eval seeds)."""
+
+    by_eval_seed: dict[Any, list[float]]
+    values: dict[str, float]
+    infer_s: float | None
+
+
+def _evaluation(record: dict[str, Any], source: str) -> dict[str, Any] | None:
+    views = record.get("views") or {}
+    if source == "metrics":
+        return record
+    if source == BEFORE_ECHO:
+        return views.get("student_before_echo") or record
+    if source.startswith("view:"):
+        return views.get(source.removeprefix("view:"))
+    raise ValueError(source)
+
+
+def summarize_run(record: dict[str, Any], source: str = "metrics") -> RunSummary | None:
+    """None when the run has no scored images for `source` (failed, or the view is absent)."""
+    if record.get("status") != "done":
+        return None
+    evaluation = _evaluation(record, source)
+    rows = (evaluation or {}).get("images") or []
+    if not rows:
+        return None
+    by_seed: dict[Any, list[float]] = {}
+    for seed, ct, ci, dn, n in map(_COLUMNS, rows):  # tuples, not dict lookups: this loop dominates a full render
+        acc = by_seed.get(seed)
+        if acc is None:
+            acc = by_seed[seed] = [0, 0.0, 0.0, 0.0, 0]
+        acc[0] += 1
+        acc[1] += ct
+        acc[2] += ci * n
+        acc[3] += dn * n
+        acc[4] += n
+    return RunSummary(by_seed, _seed_mean(by_seed), (evaluation.get("timing") or {}).get("infer_s_per_image"))
+
+
+def _seed_mean(by_seed: dict[Any, list[float]]) -> dict[str, float]:
+    """Per eval seed the mean over images (CLIP-T) or pairs (CLIP-I, DINO) of the sums, then the mean over seeds."""
+    k = len(by_seed)
+    return {"clip_t": sum(t[1] / t[0] for t in by_seed.values()) / k,
+            "clip_i": sum(t[2] / t[4] for t in by_seed.values()) / k,
+            "dino": sum(t[3] / t[4] for t in by_seed.values()) / k}
+
+
+def pooled(summaries: list[RunSummary]) -> dict[str, float]:
+    """`bench.metrics.aggregate`'s `*_pooled` numbers for the union of these runs' images (one training seed):
+    per eval seed the pooled mean over images (CLIP-T) or pairs (CLIP-I, DINO) of all of them, then the mean over
+    eval seeds. Not the headline (that is the mean over concepts: `concept_mean`)."""
+    totals: dict[Any, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0])
+    for s in summaries:
+        for seed, acc in s.by_eval_seed.items():
+            t = totals[seed]
+            for i in range(5):
+                t[i] += acc[i]
+    return _seed_mean(totals)
+
+
+def concept_mean(runs: list[tuple[str, RunSummary]]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The headline of (concept, run) pairs: per concept the mean of its runs' `values` (over training seeds),
+    then the mean over concepts (`bench.metrics.aggregate`'s "Average over Instances"); and the per-concept means."""
+    by_concept: dict[str, list[RunSummary]] = defaultdict(list)
+    for concept, s in runs:
+        by_concept[concept].append(s)
+    per_concept = {c: {m: _mean([s.values[m] for s in ss]) for m in METRICS} for c, ss in sorted(by_concept.items())}
+    return {m: _mean([v[m] for v in per_concept.values()]) for m in METRICS}, per_concept
+
+
+def bootstrap_interval(values: list[float]) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values` (one per concept), concepts resampled with replacement."""
+    import numpy as np
+
+    v = np.asarray([x for x in values if x == x], dtype=float)
+    if len(v) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = v[rng.integers(0, len(v), size=(BOOTSTRAP_RESAMPLES, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+@dataclass
+class Stats:
+    """One row's numbers. `mean`/`std`/`lo`/`hi` per metric; NaN where not defined."""
+
+    mean: dict[str, float]
+    """The headline: mean over concepts of per-concept means (each the mean over its training-seed runs)."""
+    std: dict[str, float]
+    """Sample std over training seeds of each seed's mean over its concepts (NaN with one seed)."""
+    lo: dict[str, float]
+    hi: dict[str, float]
+    per_concept: dict[str, dict[str, float]]
+    done: int
+    expected: int
+    failed: int
+    missing: int
+    seeds: int
+    concepts: int
+    train_s: float = math.nan
+    infer_s: float = math.nan
+    iterations: tuple[float, float] = (math.nan, math.nan)
+    """(min, max) over runs."""
+    failures: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+    pooled: dict[str, float] = field(default_factory=lambda: {m: math.nan for m in METRICS})
+    """The second figure: per training seed the pooled mean over all images / pairs of all concepts (per eval
+    seed, then the mean over eval seeds), then the mean over training seeds."""
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.expected
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if x is not None and x == x]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _std(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return math.nan
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def cell_stats(records: list[dict[str, Any]], source: str, concepts: list[str], seeds: list[int],
+               cache: dict | None = None) -> Stats:
+    """The statistics of one row from its records (all of one method and variant, one profile and suite)."""
+    cache = {} if cache is None else cache
+    by_key = {(r["concept"], r["seed"]): r for r in records}
+    used: dict[int, list[tuple[str, RunSummary, dict]]] = defaultdict(list)
+    failures, absent = [], []
+    for concept in concepts:
+        for seed in seeds:
+            r = by_key.get((concept, seed))
+            if r is None or r.get("status") == "corrupt":
+                absent.append(f"{concept}/seed{seed}" + (f" (corrupt record: {r['reason']})" if r else ""))
+                continue
+            ck = (id(r), source)
+            if ck not in cache:
+                cache[ck] = summarize_run(r, source)
+            s = cache[ck]
+            if s is not None:
+                used[seed].append((concept, s, r))
+            elif r.get("status") != "done":
+                failures.append(f"{concept}/seed{seed}: {r.get('status', '?')}"
+                                + (f" ({r['reason']})" if r.get("reason") else ""))
+            else:
+                absent.append(f"{concept}/seed{seed} (no '{source}' evaluation)")
+    mean, per_concept = concept_mean([(c, s) for runs in used.values() for c, s, _ in runs])
+    per_seed = [concept_mean([(c, s) for c, s, _ in runs])[0] for _, runs in sorted(used.items())]
+    pooled_per_seed = [pooled([s for _, s, _ in runs]) for _, runs in sorted(used.items())]
+    std, lo, hi, pool = {}, {}, {}, {}
+    for m in METRICS:
+        std[m] = _std([p[m] for p in per_seed])
+        pool[m] = _mean([p[m] for p in pooled_per_seed])
+        lo[m], hi[m] = bootstrap_interval([v[m] for v in per_concept.values()])
+    runs = [(s, r) for group in used.values() for _, s, r in group]
+    iters = [float((r.get("timing") or {}).get("iterations")) for _, r in runs
+             if (r.get("timing") or {}).get("iterations") is not None]
+    done = len(runs)
+    return Stats(mean, std, lo, hi, per_concept, done, len(concepts) * len(seeds), len(failures),
+                 len(concepts) * len(seeds) - done - len(failures), len(used), len(per_concept),
+                 train_s=_mean([(r.get("timing") or {}).get("train_s") for _, r in runs]),
+                 infer_s=_mean([s.infer_s for s, _ in runs]),
+                 iterations=(min(iters), max(iters)) if iters else (math.nan, math.nan),
+                 failures=failures, absent=absent, pooled=pool)
+
+
+def ceiling_stats(records: list[dict[str, Any]]) -> Stats | None:
+    """The real-vs-real row: per concept, its real images against each other (the same for every run of the
+    concept under one suite, so the first done record is used); the mean over concepts like every other row, the
+    pooled mean over all pairs beside it, interval over concepts."""
+    per: dict[str, dict[str, float]] = {}
+    for r in records:
+        rvr = r.get("real_vs_real")
+        if r.get("status") == "done" and rvr and r["concept"] not in per:
+            per[r["concept"]] = rvr
+    if not per:
+        return None
+    nan = math.nan
+    mean, lo, hi, pool, per_concept = {"clip_t": nan}, {"clip_t": nan}, {"clip_t": nan}, {"clip_t": nan}, {}
+    for m in ("clip_i", "dino"):
+        pairs = [(v[m], v.get("n_pairs", 1)) for v in per.values() if v.get(m) is not None and v[m] == v[m]]
+        weight = sum(n for _, n in pairs)
+        mean[m] = _mean([x for x, _ in pairs])
+        pool[m] = sum(x * n for x, n in pairs) / weight if weight else nan
+        lo[m], hi[m] = bootstrap_interval([x for x, _ in pairs])
+    for c, v in sorted(per.items()):
+        per_concept[c] = {"clip_t": nan, "clip_i": v.get("clip_i", nan), "dino": v.get("dino", nan)}
+    n = len(per)
+    return Stats(mean, {m: nan for m in METRICS}, lo, hi, per_concept, n, n, 0, 0, 0, n, pooled=pool)
