@@ -178,7 +178,7 @@ def plan_(method: Optional[str] = typer.Option(None, "--method", help="Method na
                                                         "(repeatable; default results/perf and RESULTS/perf)."),
           fmt: str = typer.Option("md", "--format", help="md | json")) -> None:
     """Runs per method and variant, how many are done, and the estimated GPU-hours left (never runs anything)."""
-    from bench.estimate import plan_command
+    from bench.shard import plan_command
     from bench.registry import method_names
     from bench.runs import variants_for
     from bench.shard import parse_shard

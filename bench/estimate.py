@@ -259,31 +259,3 @@ def render(result: dict[str, Any], shards: list[dict[str, Any]] | None = None) -
         lines += ["", "| shard | runs | reference cost (paper timings: what --shard balances) |", "|---|---:|---:|"]
         lines += [f"| {s['shard']} | {s['runs']} | {duration(s['reference_s'])} |" for s in shards]
     return "\n".join(lines) + "\n"
-
-
-def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
-                 profile: str, backbone: str, data: Path | None, results: Path, suite: str | None,
-                 device: str | None, weights: list[str] | None, perf_dirs: list[Path] | None, fmt: str,
-                 shard: tuple[int, int] | None = None, shards: int | None = None) -> str:
-    """`bench plan`: the estimate of a plan (or of its shard K/N) as Markdown or JSON, with the N shards' loads."""
-    from bench.models.loading import default_device
-    from bench.runs import prepare
-    from bench.shard import shard_jobs, shard_loads
-    from bench.timing import device_name
-
-    if fmt not in ("md", "json"):
-        raise BenchError(f"unknown --format '{fmt}'; valid: md, json")
-    if shards is not None and shards < 1:
-        raise BenchError(f"--shards must be >= 1, got {shards}")
-    jobs, ctx = prepare(methods, variants, concepts, seeds, profile, backbone, data, results, suite, device,
-                        weights, check_images=False)
-    loads = shard_loads([(jobs, ctx)], shards) if shards else None
-    if shard is not None:
-        jobs = shard_jobs(jobs, ctx, *shard)
-    folders = perf_dirs if perf_dirs else [Path("results") / "perf", Path(results) / "perf"]
-    result = estimate(jobs, ctx, device_name(device or default_device()), folders)
-    if shard is not None:
-        result["shard"] = f"{shard[0]}/{shard[1]}"
-    if loads is not None:
-        result["shards"] = loads
-    return json.dumps(result, indent=1) + "\n" if fmt == "json" else render(result, loads)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bench import store
+from bench import locks, store
 from bench.api import BenchError
 
 
@@ -114,7 +114,7 @@ def test_lock_of_a_recycled_pid_is_stale(tmp_path) -> None:
     lock = store.RunLock(tmp_path / "seed0")
     owner = {"pid": os.getpid(), "host": os.uname().nodename, "start": "1", "token": "x"}  # our pid, other start
     lock.path.write_text(json.dumps(owner))
-    if store._process_start(os.getpid()) is None:
+    if locks._process_start(os.getpid()) is None:
         pytest.skip("no /proc: start times unavailable")
     assert lock.is_stale() and lock.acquire()
     lock.release()

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.models.profiles import Component
+from bench.models.component import Component
 
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 OMINICONTROL = "Yuanshi/OminiControl"
@@ -88,35 +88,35 @@ def _dtype(comp: Component) -> Any:
 def _flux_transformer(comp: Component, random_init: bool) -> Any:
     from diffusers import FluxTransformer2DModel
 
-    from bench.models.loading import CONFIGS, _from_pretrained
+    from bench.models.component import CONFIGS, from_pretrained
 
     if random_init:
         return FluxTransformer2DModel.from_config(
             FluxTransformer2DModel.load_config(CONFIGS / comp.config)).to(_dtype(comp))
-    return _from_pretrained(FluxTransformer2DModel, comp).to(_dtype(comp))
+    return from_pretrained(FluxTransformer2DModel, comp).to(_dtype(comp))
 
 
 def _t5_encoder(comp: Component, random_init: bool) -> Any:
     from transformers import T5Config, T5EncoderModel
 
-    from bench.models.loading import CONFIGS, _from_pretrained
+    from bench.models.component import CONFIGS, from_pretrained
 
     if random_init:
         return T5EncoderModel(T5Config.from_pretrained(CONFIGS / comp.config)).to(_dtype(comp))
-    return _from_pretrained(T5EncoderModel, comp).to(_dtype(comp))
+    return from_pretrained(T5EncoderModel, comp).to(_dtype(comp))
 
 
 def _t5_tokenizer(comp: Component, random_init: bool) -> Any:
     from transformers import T5TokenizerFast
 
-    from bench.models.loading import _from_pretrained
+    from bench.models.component import from_pretrained
 
     if random_init:  # the real SentencePiece vocabulary does not ship with any package: the in-code one
         out = tiny_flux_root().parent / "t5-tokenizer"
         if not (out / "tokenizer.json").exists():
             write_t5_tokenizer(out)
         return T5TokenizerFast.from_pretrained(out)
-    return _from_pretrained(T5TokenizerFast, comp)
+    return from_pretrained(T5TokenizerFast, comp)
 
 
 def _omini_lora(comp: Component, random_init: bool) -> Any:
@@ -124,9 +124,9 @@ def _omini_lora(comp: Component, random_init: bool) -> Any:
     paper-random, where the method adds a random adapter of the released shape instead."""
     if random_init:
         return None
-    from bench.models.loading import _hub_file
+    from bench.models.component import hub_file
 
-    path = _hub_file(comp)
+    path = hub_file(comp)
     if not path.is_file():
         raise FileNotFoundError(f"no {comp.file} in {comp.source}")
     return path

@@ -16,9 +16,9 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.hub import hub_offline, offline_mode, quiet_libraries, quiet_loading  # noqa: F401 (re-exported)
-from bench.models.profiles import Component, Profile
+from bench.models.component import CONFIGS, Component, from_pretrained, hub_file, is_local, pretrained_tokenizer
+from bench.models.profiles import Profile
 
-CONFIGS = Path(__file__).parent / "configs"
 _PRISTINE: dict[tuple, Any] = {}
 
 
@@ -102,7 +102,7 @@ def load_component(profile: Profile, role: str, device: Any) -> Any:
     """Load one role's component, turning any 'not found' into one line that says what to do."""
     quiet_libraries()
     comp = profile.components[role]
-    if comp.kind == "timm" and not profile.random_init and _is_local(comp):
+    if comp.kind == "timm" and not profile.random_init and is_local(comp):
         check_timm_snapshot(profile, role)
     try:
         with quiet_loading():  # library warnings and log lines: a failure is this function's one line
@@ -169,40 +169,12 @@ def _safetensors_keys(path: Path) -> list[str] | None:
         return None
 
 
-def _is_local(comp: Component) -> bool:
-    return Path(comp.source).exists()
-
-
-def _from_pretrained(cls: Any, comp: Component) -> Any:
-    """A local folder as is; a hub id from the cache, or downloaded when the hub is reachable."""
-    kwargs = {"subfolder": comp.subfolder} if comp.subfolder else {}
-    import torch
-
-    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
-        kwargs["use_safetensors"] = True  # weights are safetensors only: never unpickle a .bin
-    if _is_local(comp):
-        return cls.from_pretrained(comp.source, **kwargs)
-    with offline_mode(hub_offline()):
-        return cls.from_pretrained(comp.source, **kwargs)
-
-
-def _hub_file(comp: Component) -> Path:
-    """A single weights file: local `source/file`, or from the hub cache (downloaded when reachable)."""
-    if _is_local(comp):
-        path = Path(comp.source)
-        return path / comp.file if path.is_dir() and comp.file else path
-    from huggingface_hub import hf_hub_download
-
-    with offline_mode(hub_offline()):
-        return Path(hf_hub_download(comp.source, comp.file))
-
-
 def _unet(comp: Component, random_init: bool) -> Any:
     from diffusers import UNet2DConditionModel
 
     if random_init:
         return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS / comp.config))
-    return _from_pretrained(UNet2DConditionModel, comp)
+    return from_pretrained(UNet2DConditionModel, comp)
 
 
 def _vae(comp: Component, random_init: bool) -> Any:
@@ -210,7 +182,7 @@ def _vae(comp: Component, random_init: bool) -> Any:
 
     if random_init:
         return AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIGS / comp.config))
-    return _from_pretrained(AutoencoderKL, comp)
+    return from_pretrained(AutoencoderKL, comp)
 
 
 def _text_encoder(comp: Component, random_init: bool) -> Any:
@@ -218,7 +190,7 @@ def _text_encoder(comp: Component, random_init: bool) -> Any:
 
     if random_init:
         return CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIGS / comp.config))
-    return _from_pretrained(CLIPTextModel, comp)
+    return from_pretrained(CLIPTextModel, comp)
 
 
 def _tokenizer(comp: Component, random_init: bool) -> Any:
@@ -232,10 +204,7 @@ def _tokenizer(comp: Component, random_init: bool) -> Any:
         if not (out / "merges.txt").exists():
             write_clip_tokenizer(out, pad)
         return CLIPTokenizer.from_pretrained(out)
-    tokenizer = _from_pretrained(CLIPTokenizer, comp)
-    if len(tokenizer) < 1000:  # transformers builds an empty tokenizer (2 tokens) when it finds no vocabulary
-        raise OSError(f"no CLIP vocabulary (vocab.json, merges.txt) found in {comp.source}/{comp.subfolder or ''}")
-    return tokenizer
+    return pretrained_tokenizer(comp)
 
 
 def _scheduler(comp: Component, random_init: bool) -> Any:
@@ -244,7 +213,7 @@ def _scheduler(comp: Component, random_init: bool) -> Any:
     if random_init:
         config = diffusers.DDIMScheduler.load_config(CONFIGS / comp.config)
     else:
-        config = _from_pretrained(_SchedulerConfig, comp)
+        config = from_pretrained(_SchedulerConfig, comp)
     cls_name = comp.options.get("_class_name", config["_class_name"])
     return getattr(diffusers, cls_name).from_config(config)
 
@@ -264,7 +233,7 @@ def _clip_vision(comp: Component, random_init: bool) -> Any:
 
     if random_init:
         return CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(CONFIGS / comp.config))
-    return _from_pretrained(CLIPVisionModelWithProjection, comp)
+    return from_pretrained(CLIPVisionModelWithProjection, comp)
 
 
 def _ip_proj(comp: Component, random_init: bool) -> Any:
@@ -277,7 +246,7 @@ def _ip_proj(comp: Component, random_init: bool) -> Any:
         return proj
     from safetensors.torch import load_file
 
-    state = load_file(_hub_file(comp))
+    state = load_file(hub_file(comp))
     # IP-Adapter names the linear layer `proj`; diffusers names it `image_embeds`.
     renamed = {k.removeprefix("image_proj.").replace("proj.", "image_embeds.", 1): v
                for k, v in state.items() if k.startswith("image_proj.")}
@@ -291,7 +260,7 @@ def _timm(comp: Component, random_init: bool) -> Any:
     kwargs = {k: v for k, v in comp.options.items() if k not in ("arch", "input_size")}
     if random_init:
         return timm.create_model(comp.options["arch"], pretrained=False, num_classes=0, **kwargs)
-    if _is_local(comp):
+    if is_local(comp):
         path = Path(comp.source)
         overlay = {"file": str(path / "model.safetensors" if path.is_dir() else path)}
     else:
@@ -305,7 +274,7 @@ def _timm(comp: Component, random_init: bool) -> Any:
 
 def _lora(comp: Component, random_init: bool) -> Any:
     """A LoRA file is applied by the method that needs it; loading resolves its local path."""
-    return None if random_init else _hub_file(comp)
+    return None if random_init else hub_file(comp)
 
 
 _LOADERS = {"unet": _unet, "vae": _vae, "text_encoder": _text_encoder, "tokenizer": _tokenizer,

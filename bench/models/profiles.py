@@ -13,10 +13,11 @@ the same code in `bench.models.loading`; only where the weights come from differ
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench.api import BenchError
+from bench.models.component import Component  # noqa: F401 (re-exported)
 from bench.registry import unknown
 
 PROFILES = ("tiny", "paper", "paper-random")
@@ -29,30 +30,6 @@ SD_TURBO = "stabilityai/sd-turbo"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HYPER_SD = "ByteDance/Hyper-SD"
 IP_ADAPTER = "h94/IP-Adapter"
-
-
-@dataclass(frozen=True)
-class Component:
-    """Where one role's weights come from and how to load them."""
-
-    kind: str
-    """Loader: unet, vae, text_encoder, tokenizer, scheduler, clip_vision, ip_proj, timm, lora (and the FLUX.1
-    kinds of `bench.models.flux`: flux_transformer, t5_encoder, t5_tokenizer, omini_lora)."""
-    group: str
-    """Override key for `--weights GROUP=PATH`: student, teacher, image_encoder, dino1, dinov2, ..."""
-    source: str
-    """Hub id, local folder, or (for single-file kinds) local file."""
-    subfolder: str | None = None
-    """Folder inside `source` (diffusers layout: unet/, vae/, ...)."""
-    file: str | None = None
-    """File inside `source` for single-file weights (IP-Adapter projection, LoRA)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Kind-specific options: timm architecture kwargs, scheduler config overrides, input size."""
-    config: str | None = None
-    """paper-random: config shipped under bench/models/configs, relative path."""
-    methods: tuple[str, ...] = ()
-    """The methods that use this role; empty: every method. A role reserved for some methods is left out of the
-    others' profiles (`Profile.for_method`), so adding one changes no other method's record or hash."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.models.profiles import Component
+from bench.models.component import Component
 
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 TCD_LORA = "h1t/TCD-SDXL-LoRA"
@@ -77,21 +77,21 @@ def _clip_text_proj(comp: Component, random_init: bool) -> Any:
     """SDXL's second text encoder (OpenCLIP ViT-bigG/14 text with its projection)."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from bench.models.loading import CONFIGS, _from_pretrained
+    from bench.models.component import CONFIGS, from_pretrained
 
     if random_init:
         return CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(CONFIGS / comp.config))
-    return _from_pretrained(CLIPTextModelWithProjection, comp)
+    return from_pretrained(CLIPTextModelWithProjection, comp)
 
 
 def _sdxl_tokenizer(comp: Component, random_init: bool) -> Any:
     """The CLIP BPE tokenizer; SDXL's first pads with <|endoftext|>, its second with "!"."""
     from transformers import CLIPTokenizer
 
-    from bench.models import loading
+    from bench.models.component import pretrained_tokenizer
 
     if not random_init:
-        return loading._tokenizer(comp, False)
+        return pretrained_tokenizer(comp)
     from bench.models.tiny import write_clip_tokenizer
 
     pad = comp.options["pad_token"]
@@ -108,9 +108,9 @@ def _ip_adapter(comp: Component, random_init: bool) -> Path | None:
         return None
     from safetensors import safe_open
 
-    from bench.models.loading import _hub_file
+    from bench.models.component import hub_file
 
-    path = _hub_file(comp)
+    path = hub_file(comp)
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
     if not any(k.startswith("image_proj.") for k in keys) or not any(k.startswith("ip_adapter.") for k in keys):

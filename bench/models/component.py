@@ -1,0 +1,76 @@
+"""Where one model role's weights come from and how they load: the `Component` record, and the file access shared
+by every loader (`bench.models.loading` for the harness's roles, `bench.models.tcd` and `bench.models.flux` for
+the roles reserved to one method)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.hub import hub_offline, offline_mode
+
+CONFIGS = Path(__file__).parent / "configs"
+"""Full-size architectures shipped as configs (`paper-random`)."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """Where one role's weights come from and how to load them."""
+
+    kind: str
+    """Loader: unet, vae, text_encoder, tokenizer, scheduler, clip_vision, ip_proj, timm, lora (and the FLUX.1
+    kinds of `bench.models.flux`: flux_transformer, t5_encoder, t5_tokenizer, omini_lora)."""
+    group: str
+    """Override key for `--weights GROUP=PATH`: student, teacher, image_encoder, dino1, dinov2, ..."""
+    source: str
+    """Hub id, local folder, or (for single-file kinds) local file."""
+    subfolder: str | None = None
+    """Folder inside `source` (diffusers layout: unet/, vae/, ...)."""
+    file: str | None = None
+    """File inside `source` for single-file weights (IP-Adapter projection, LoRA)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Kind-specific options: timm architecture kwargs, scheduler config overrides, input size."""
+    config: str | None = None
+    """paper-random: config shipped under bench/models/configs, relative path."""
+    methods: tuple[str, ...] = ()
+    """The methods that use this role; empty: every method. A role reserved for some methods is left out of the
+    others' profiles (`Profile.for_method`), so adding one changes no other method's record or hash."""
+
+
+def is_local(comp: Component) -> bool:
+    return Path(comp.source).exists()
+
+
+def from_pretrained(cls: Any, comp: Component) -> Any:
+    """A local folder as is; a hub id from the cache, or downloaded when the hub is reachable."""
+    kwargs = {"subfolder": comp.subfolder} if comp.subfolder else {}
+    import torch
+
+    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+        kwargs["use_safetensors"] = True  # weights are safetensors only: never unpickle a .bin
+    if is_local(comp):
+        return cls.from_pretrained(comp.source, **kwargs)
+    with offline_mode(hub_offline()):
+        return cls.from_pretrained(comp.source, **kwargs)
+
+
+def hub_file(comp: Component) -> Path:
+    """A single weights file: local `source/file`, or from the hub cache (downloaded when reachable)."""
+    if is_local(comp):
+        path = Path(comp.source)
+        return path / comp.file if path.is_dir() and comp.file else path
+    from huggingface_hub import hf_hub_download
+
+    with offline_mode(hub_offline()):
+        return Path(hf_hub_download(comp.source, comp.file))
+
+
+def pretrained_tokenizer(comp: Component) -> Any:
+    """A CLIP tokenizer from its files; an empty one (no vocabulary found) is an error, not a 2-token tokenizer."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = from_pretrained(CLIPTokenizer, comp)
+    if len(tokenizer) < 1000:  # transformers builds an empty tokenizer (2 tokens) when it finds no vocabulary
+        raise OSError(f"no CLIP vocabulary (vocab.json, merges.txt) found in {comp.source}/{comp.subfolder or ''}")
+    return tokenizer
