@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import BenchError, Concept, Diverged, Log
-from bench.config import SAMPLING_ONLY, SCHEDULE
+from bench.config import SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
@@ -92,7 +92,7 @@ class DisenBoothConfig(Numerics):
     fuse: bool = True
     """Fuse the LoRA into the base weights before sampling (protocol: "fuse before timing"). Off keeps the peft
     layers (same images up to float rounding, slower)."""
-    sample_steps: int = field(default=1, metadata=SAMPLING_ONLY)
+    sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""

@@ -7,6 +7,7 @@ overrides them, group by group.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +50,22 @@ def recorded_weights(record: dict[str, Any]) -> dict[str, str]:
 
 
 def _is_default(recorded: str, current: str, profile: str) -> bool:
+    """Whether a recorded source is the profile's own. A tiny stand-in counts as its own wherever its cache was:
+    only the path below its built folder (`tiny-v<N>`, `tiny-tcd-v<N>`, `tiny-flux-v<N>`) is compared."""
     if recorded == current:
         return True
     if profile != "tiny":
         return False
-    from bench.models.tiny import tiny_root
+    from bench.paths import cache_root
 
     try:
-        rel = Path(current).relative_to(tiny_root())
+        folder, *below = Path(current).relative_to(cache_root()).parts
     except ValueError:
         return False
+    kind = re.sub(r"\d+$", "", folder)  # "tiny-v3" -> "tiny-v": any version of the same stand-in folder
     parts = Path(recorded).parts
     for i, part in enumerate(parts):
-        if part.startswith("tiny-v") and Path(*parts[i + 1:]) == rel:
+        if re.fullmatch(re.escape(kind) + r"\d+", part) and list(parts[i + 1:]) == below:
             return True
     return False
 
