@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import BenchError, Concept, Diverged, Log
-from bench.config import SAMPLING_STEPS, SCHEDULE
+from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
+from bench.models.checkpoint import Checkpointer
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
 from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels,
@@ -80,9 +81,15 @@ class Cones2Config(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
+    checkpoint_every: int = field(default=500, metadata=NOT_HASHED)
+    """Save a resumable checkpoint (the tuned text encoder, AdamW moments, RNG states) every this many iterations
+    and at the end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically.
+    0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
         check_numerics(self)
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -157,6 +164,7 @@ class ResidualTextEncoder(torch.nn.Module):
 class Cones2:
     name: ClassVar[str] = "cones2"
     version: ClassVar[int] = 1
+    resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = Cones2Config
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -203,8 +211,12 @@ class Cones2:
         generator = torch.Generator().manual_seed(seed)
         encode = Latents(vae, cache=models.speed.latents == "cache")
 
+        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
+        state = dict(tensors={"text_encoder": params}, stateful={"optimizer": optimizer},
+                     generators={"noise": generator}, randoms={"batches": batches.rng})
+        first_it = ckpt.restore(**state)
         log.begin("train", cfg.iterations)
-        for it in range(cfg.iterations):
+        for it in range(first_it, cfg.iterations):
             batch = next(batches)
             latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w)
             noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -226,6 +238,7 @@ class Cones2:
             optimizer.step()
             log(it, loss=loss.item(), mse=mse.item(), embed=embed.item(), grad_norm=float(grad_norm),
                 t_mean=float(t.float().mean()))
+            ckpt.maybe_save(it + 1, **state)
 
         # 5. The residual: mean over the templates of tuned minus untouched output at the subject's tokens.
         tuned.requires_grad_(False).eval()

@@ -41,8 +41,9 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import BenchError, Concept, Diverged, Log
-from bench.config import SAMPLING_STEPS, SCHEDULE
+from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
+from bench.models.checkpoint import Checkpointer
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
 from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
@@ -96,9 +97,15 @@ class DisenBoothConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
+    checkpoint_every: int = field(default=200, metadata=NOT_HASHED)
+    """Save a resumable checkpoint (the LoRA matrices and the image adapter, AdamW moments, RNG states) every this
+    many iterations and at the end, in the run's work folder; `bench run --resume` continues a killed run from it,
+    bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
         check_numerics(self)
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
         if self.timestep_policy not in TIMESTEP_POLICIES:
             raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
                              f"not '{self.timestep_policy}'")
@@ -165,6 +172,7 @@ def image_features(clip_vision: Any, pixels: torch.Tensor, image_input: str) -> 
 class DisenBooth:
     name: ClassVar[str] = "disenbooth"
     version: ClassVar[int] = 1
+    resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = DisenBoothConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -210,8 +218,13 @@ class DisenBooth:
 
         # 3. Per step: denoise with f_s + f_i, weakly with f_s alone, and push f_i away from the mean of f_s.
         unet.train()
+        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
+        state = dict(tensors={"lora": lora_params, "adapter": list(adapter.parameters())},
+                     stateful={"optimizer": optimizer}, generators={"noise": generator},
+                     randoms={"batches": batches.rng})
+        first_it = ckpt.restore(**state)
         log.begin("train", cfg.iterations)
-        for it in range(cfg.iterations):
+        for it in range(first_it, cfg.iterations):
             batch = next(batches)
             pixels = batch.pixels.to(device)
             latents = encode(pixels, batch.keys)
@@ -237,6 +250,7 @@ class DisenBooth:
             optimizer.step()
             log(it, loss=loss.item(), denoise=denoise.item(), weak_denoise=weak.item(), cosine=cosine.item(),
                 grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
+            ckpt.maybe_save(it + 1, **state)
         unet.eval()
         for p in [*lora_params, *adapter.parameters()]:
             p.requires_grad_(False)

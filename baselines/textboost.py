@@ -31,9 +31,10 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import BenchError, Concept, Diverged, Log
-from bench.config import SAMPLING_STEPS, SCHEDULE
+from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
+from bench.models.checkpoint import Checkpointer
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
 from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, Latents, noisy_and_target,
@@ -131,9 +132,15 @@ class TextBoostConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
+    checkpoint_every: int = field(default=100, metadata=NOT_HASHED)
+    """Save a resumable checkpoint (the LoRA matrices, the new token rows, AdamW moments, RNG states) every this
+    many iterations and at the end, in the run's work folder; `bench run --resume` continues a killed run from it,
+    bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
         check_numerics(self)
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
         for name, value, valid in (("timestep_policy", self.timestep_policy, TIMESTEPS), ("init", self.init, INITS),
                                    ("templates", self.templates, tuple(TEMPLATES)),
                                    ("kpl_type", self.kpl_type, KPL_TYPES)):
@@ -228,6 +235,7 @@ def snr_weighted_timesteps(scheduler: Any, batch: int, generator: torch.Generato
 class TextBoost:
     name: ClassVar[str] = "textboost"
     version: ClassVar[int] = 1
+    resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = TextBoostConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         "default": {},
@@ -307,8 +315,13 @@ class TextBoost:
 
         # 4. The loop: denoising MSE + kpl_weight x (1 - cos) to the frozen encoder on unrelated prompts.
         text_encoder.train()
+        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations,
+                            rows={"embedding": list(new_ids)})
+        state = dict(tensors={"lora": lora_params, "embedding": embedding}, stateful={"optimizer": optimizer},
+                     generators={"noise": generator}, randoms={"batches": batches.rng, "priors": priors.rng})
+        first_it = ckpt.restore(**state)
         log.begin("train", cfg.iterations)
-        for it in range(cfg.iterations):
+        for it in range(first_it, cfg.iterations):
             pixels, prompts = next(batches)
             latents = encode_latents(pixels.to(device), None)  # (B, 4, h, w)
             noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -348,6 +361,7 @@ class TextBoost:
                 embedding[new_ids] = rows * (norms.clamp(max=mean_norm) / norms)
             log(it, loss=loss.item(), mse=mse.item(), kpl=kpl.item(), grad_norm=float(grad_norm),
                 t_mean=float(t.float().mean()))
+            ckpt.maybe_save(it + 1, **state)
         text_encoder.eval()
         embedding.requires_grad_(False)
         for p in lora_params:

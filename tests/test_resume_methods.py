@@ -40,7 +40,10 @@ def kill_in(monkeypatch, phase: str, iteration: int) -> None:
     ("lora", "default", []),
     ("dreambooth", "default", []),
     ("dreambooth", "prior+num_class_images=2", ["--variant", "prior", "--set", "num_class_images=2"]),
-], ids=["textual_inversion", "lora", "dreambooth", "dreambooth-prior"])
+    ("cones2", "default", []),
+    ("disenbooth", "default", []),
+    ("textboost", "default", []),
+], ids=["textual_inversion", "lora", "dreambooth", "dreambooth-prior", "cones2", "disenbooth", "textboost"])
 def test_baselines_resume_bit_identically(method, variant, extra, dreambench_root, tmp_path, monkeypatch,
                                           capsys) -> None:
     """tiny: 10 iterations, a checkpoint at 5; killed after iteration 7 (its 8th), resumed from 5."""
