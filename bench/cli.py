@@ -94,17 +94,13 @@ def _exec_options(executor: str, workers: Optional[int], partition: Optional[str
                        slurm_array, not no_wait, cluster)
 
 
-def _sweep(methods: list[str], variants: list[tuple[str, dict]], concepts: str, seeds: str, profile: str,
-           backbone: str, data: Optional[Path], results: Path, suite: Optional[str], device: Optional[str],
-           weights: Optional[list[str]], force: bool, resume: bool, retry_failed: bool, options,
-           concept_dir: Optional[Path] = None, class_noun: Optional[str] = None,
-           speed: Optional[list[str]] = None, shard: Optional[str] = None) -> None:
+def _sweep(request, options, shard: Optional[str] = None) -> None:
+    """Run a `SweepRequest` on the executor `options` describe (or its part `--shard K/N`); exit 3 on a failed run."""
     from bench.executors import sweep
     from bench.shard import parse_shard
 
     part = parse_shard(shard) if shard is not None else None
-    summary, code = sweep(methods, variants, concepts, _ints(seeds, "--seeds"), profile, backbone, data, results, suite,
-                          device, weights, force, resume, retry_failed, options, concept_dir, class_noun, speed, part)
+    summary, code = sweep(request, options, part)
     typer.echo(summary, err=True)
     if code:  # a run failed or is kept failed (EXIT_RUNS_FAILED), so that scripts and CI can tell
         raise typer.Exit(code)
@@ -127,15 +123,17 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
     from bench.cc101 import dataset_root
-    from bench.runs import variants_for
+    from bench.runs import SweepRequest, variants_for
 
     data = dataset_root(data, dataset)
 
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
     variants = variants_for(method.split(","), variant.split(","), _sets(set_))
-    _sweep(method.split(","), variants, concepts, seeds, profile, backbone, data, results, suite, device, weights,
-           force, resume, retry_failed, options, concept_dir, class_noun, speed, shard)
+    request = SweepRequest(tuple(method.split(",")), tuple(variants), concepts, _ints(seeds, "--seeds"), profile,
+                           backbone, data, results, suite, device, tuple(weights or ()), force, resume, retry_failed,
+                           concept_dir, class_noun, tuple(speed or ()))
+    _sweep(request, options, shard)
 
 
 @app.command()
@@ -156,12 +154,15 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            shard: Optional[str] = SHARD) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
+    from bench.runs import SweepRequest
 
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_), method=method)
-    _sweep([method], variants, concepts, seeds, profile, backbone, data, results, suite, device, weights, force,
-           resume, retry_failed, options, speed=speed, shard=shard)
+    request = SweepRequest((method,), tuple(variants), concepts, _ints(seeds, "--seeds"), profile, backbone, data,
+                           results, suite, device, tuple(weights or ()), force, resume, retry_failed,
+                           speed=tuple(speed or ()))
+    _sweep(request, options, shard)
 
 
 @app.command("plan")
@@ -261,15 +262,16 @@ def score(method: str = typer.Option(..., "--method", help="Method name(s), comm
           force: bool = typer.Option(False, "--force", help="Also rescore runs already scored under --suite.")
           ) -> None:
     """Score finished runs again from their saved images under --suite, all in one batched pass per backbone."""
-    from bench.runs import prepare, variants_for
+    from bench.runs import SweepRequest, prepare, variants_for
     from bench.score import rescore
 
     if batch is not None and batch < 1:
         raise BenchError(f"--batch must be >= 1, got {batch}")
     methods = method.split(",")
-    jobs, ctx = prepare(methods, variants_for(methods, variant.split(","), _sets(set_)), concepts,
-                        _ints(seeds, "--seeds"), profile, backbone, data, results, suite, device, weights, force=force,
-                        concept_dir=concept_dir, class_noun=class_noun, check_images=False)
+    request = SweepRequest(tuple(methods), tuple(variants_for(methods, variant.split(","), _sets(set_))), concepts,
+                           _ints(seeds, "--seeds"), profile, backbone, data, results, suite, device,
+                           tuple(weights or ()), force=force, concept_dir=concept_dir, class_noun=class_noun)
+    jobs, ctx = prepare(request, check_images=False)
     from bench.models.loading import default_device
 
     with _progress_bar() as (progress, task):

@@ -141,15 +141,16 @@ def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]],
     """`bench plan`: the estimate of a plan (or of its shard K/N) as Markdown or JSON, with the N shards' loads."""
     from bench.models.loading import default_device
     from bench.estimate import estimate, render
-    from bench.runs import prepare
+    from bench.runs import SweepRequest, prepare
     from bench.timing import device_name
 
     if fmt not in ("md", "json"):
         raise BenchError(f"unknown --format '{fmt}'; valid: md, json")
     if shards is not None and shards < 1:
         raise BenchError(f"--shards must be >= 1, got {shards}")
-    jobs, ctx = prepare(methods, variants, concepts, seeds, profile, backbone, data, results, suite, device,
-                        weights, check_images=False)
+    request = SweepRequest(tuple(methods), tuple(variants), concepts, tuple(seeds), profile, backbone, data, results,
+                           suite, device, tuple(weights or ()))
+    jobs, ctx = prepare(request, check_images=False)
     loads = shard_loads([(jobs, ctx)], shards) if shards else None
     if shard is not None:
         jobs = shard_jobs(jobs, ctx, *shard)

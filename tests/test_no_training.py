@@ -60,10 +60,11 @@ def test_a_run_without_training_records_conditioning_and_no_train_time(fake, dre
 def test_variants_of_a_method_without_training_never_wait_for_each_other(dreambench_root, tmp_path) -> None:
     """`default` and `tcd4` differ in a sampling-only field: a training method's two runs would share one
     training (one key, the second waits for the first); these have nothing to share."""
-    from bench.runs import resolve_job, prepare, training_hash, training_key, variants_for
+    from bench.runs import SweepRequest, prepare, resolve_job, training_hash, training_key, variants_for
 
-    jobs, ctx = prepare(["ip_adapter_tcd"], variants_for(["ip_adapter_tcd"], ["default", "tcd4"], {}), "dog", [0],
-                        "tiny", "sd-turbo", dreambench_root, tmp_path)
+    request = SweepRequest(("ip_adapter_tcd",), tuple(variants_for(["ip_adapter_tcd"], ["default", "tcd4"], {})),
+                           "dog", (0,), "tiny", "sd-turbo", dreambench_root, tmp_path)
+    jobs, ctx = prepare(request)
     hashes = {training_hash(j, resolve_job(j, ctx)[1], resolve_job(j, ctx)[0].describe()) for j in jobs}
     assert len(hashes) == 1, "the sampling-only difference alone"
     assert len({training_key(job, ctx) for job in jobs}) == 2

@@ -31,22 +31,17 @@ from bench.executors.options import (
     sbatch_options,
     slurm_mem,
 )
-from bench.runs import Context, Job, prepare
+from bench.runs import Context, Job, SweepRequest, prepare
 
 __all__ = ["CLUSTERS", "EXECUTORS", "EXIT_RUNS_FAILED", "ExecOptions", "exit_code", "run_jobs", "sbatch_options",
            "slurm_mem", "summarize", "sweep", "warm_caches"]
 
 
-def sweep(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
-          profile: str, backbone: str, data: Path | None, results: Path, suite: str | None, device: str | None,
-          weights: list[str] | None, force: bool, resume: bool, retry_failed: bool, options: ExecOptions,
-          concept_dir: Path | None = None, class_noun: str | None = None, speed: list[str] | None = None,
-          shard: tuple[int, int] | None = None) -> tuple[str, int]:
+def sweep(request: SweepRequest, options: ExecOptions, shard: tuple[int, int] | None = None) -> tuple[str, int]:
     """Validate everything, run the plan (or its shard K of N, `bench.shard`) on the chosen executor; (the summary
     lines, the exit code: 0, or EXIT_RUNS_FAILED when a run of the plan failed or is kept failed)."""
     options.validate()
-    jobs, ctx = prepare(methods, variants, concepts, seeds, profile, backbone, data, results, suite, device, weights,
-                        force, resume, retry_failed, concept_dir, class_noun, speed=speed)
+    jobs, ctx = prepare(request)
     note = ""
     if shard is not None:
         from bench.shard import shard_jobs

@@ -220,11 +220,44 @@ def check_device(device: str | None) -> None:
                          f"use --device cpu or another index")
 
 
-def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
-            profile: str, backbone: str, data: Path | None, results: Path, suite: str | None = None,
-            device: str | None = None, weights: list[str] | None = None, force: bool = False, resume: bool = False,
-            retry_failed: bool = False, concept_dir: Path | None = None, class_noun: str | None = None,
-            check_images: bool = True, speed: list[str] | None = None) -> tuple[list[Job], Context]:
+@dataclass(frozen=True)
+class SweepRequest:
+    """What one `bench run` / `bench ablate` / `bench plan` / `bench status` / `bench score` asks for, as typed
+    values: built once from the command line (or a script), then handed to `prepare` and the executors."""
+
+    methods: tuple[str, ...]
+    """Registry names."""
+    variants: tuple[tuple[str, dict[str, Any]], ...]
+    """(variant name, config overrides) pairs (`variants_for`, `bench.ablations.ablation_variants`)."""
+    concepts: str = "all"
+    """`all` or a comma-separated list of the dataset's concepts."""
+    seeds: tuple[int, ...] = (0,)
+    """Training seeds."""
+    profile: str = "tiny"
+    backbone: str = "sd-turbo"
+    data: Path | None = None
+    """The dataset folder (`--data`; None: $BENCH_DATA, else ./data/dreambench)."""
+    results: Path = Path("results")
+    suite: str | None = None
+    """Metric suite; None: the profile's default."""
+    device: str | None = None
+    weights: tuple[str, ...] = ()
+    """`--weights GROUP=PATH` items."""
+    force: bool = False
+    resume: bool = False
+    retry_failed: bool = False
+    concept_dir: Path | None = None
+    """A user's own concept folder (`--concept-dir`), with `class_noun`."""
+    class_noun: str | None = None
+    speed: tuple[str, ...] = ()
+    """`--speed KEY=VALUE` items."""
+
+    def __post_init__(self) -> None:  # lists from a caller are kept as tuples: a request never changes
+        for name in ("methods", "variants", "seeds", "weights", "speed"):
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+
+
+def prepare(request: SweepRequest, check_images: bool = True) -> tuple[list[Job], Context]:
     """The jobs and context of one `bench run`/`bench ablate`; every user mistake fails here, before any work.
 
     Checks names (methods, variants, config keys, profile, backbone, suite, concepts), `--weights` paths
@@ -235,20 +268,24 @@ def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], conc
     from bench.models.profiles import get_profile, parse_weights
     from bench.paths import data_root
 
+    r = request
+    methods, variants, seeds = list(r.methods), list(r.variants), list(r.seeds)
+    profile, backbone = r.profile, r.backbone
+    device, suite, concept_dir, class_noun = r.device, r.suite, r.concept_dir, r.class_noun
     check_device(device)
-    check_no_training(methods, variants, resume)
-    weight_map = parse_weights(weights or [])
+    check_no_training(methods, variants, r.resume)
+    weight_map = parse_weights(list(r.weights))
     get_profile(profile, backbone, weight_map)  # validates profile, backbone and weight groups up front
     check_weight_paths(weight_map)
     suite = suite or default_suite(profile)
     get_suite(suite)
     if not seeds:
         raise BenchError("no seeds given; e.g. --seeds 0 or --seeds 0,1,2,3")
-    root = data_root(data)
+    root = data_root(r.data)
     from bench.models.speed import parse_speed
 
-    ctx = Context(data=root, results=Path(results), suite=suite, device=device, weights=weight_map, force=force,
-                  resume=resume, retry_failed=retry_failed, speed=dataclasses.asdict(parse_speed(speed)))
+    ctx = Context(data=root, results=Path(r.results), suite=suite, device=device, weights=weight_map, force=r.force,
+                  resume=r.resume, retry_failed=r.retry_failed, speed=dataclasses.asdict(parse_speed(list(r.speed))))
     if concept_dir is not None:
         if not class_noun:
             raise BenchError("--concept-dir needs --class-noun (e.g. --class-noun dog)")
@@ -256,7 +293,7 @@ def prepare(methods: list[str], variants: list[tuple[str, dict[str, Any]]], conc
         chosen = [dataclasses.replace(concept, name=dataset.user_concept_name(concept))]  # keyed by its content
         ctx.concept_dirs[chosen[0].name] = (str(concept_dir), class_noun)
     else:
-        chosen = dataset.select_concepts(root, concepts)
+        chosen = dataset.select_concepts(root, r.concepts)
     jobs = plan(methods, variants, [c.name for c in chosen], seeds, profile, backbone)
     if check_images:
         todo = {job.concept for job in jobs if triage(job, ctx).state not in ("done", "failed")}

@@ -7,7 +7,8 @@ from typing import Any
 
 from bench import store
 from bench.api import BenchError
-from bench.runs.planning import Context, Job, resolve_job, outdated_reason, prepare, triage, variants_for
+from bench.runs.planning import (Context, Job, SweepRequest, outdated_reason, prepare, resolve_job, triage,
+                                 variants_for)
 
 
 
@@ -22,8 +23,9 @@ def status_report(results: Path, profile: str | None = None, methods: list[str] 
             raise BenchError("--variant, --concepts, --seeds and --set select runs of a plan: pass --method too")
         counts, lines = store.run_status(results, profile)
     else:
-        jobs, ctx = prepare(methods, variants_for(methods, variants or ["default"], overrides or {}), concepts,
-                            seeds or [0], profile or "tiny", backbone, data, results, suite, check_images=False)
+        request = SweepRequest(tuple(methods), tuple(variants_for(methods, variants or ["default"], overrides or {})),
+                               concepts, tuple(seeds or [0]), profile or "tiny", backbone, data, results, suite)
+        jobs, ctx = prepare(request, check_images=False)
         counts, lines = plan_status(jobs, ctx)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
     return "\n".join([*lines, summary])
