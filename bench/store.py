@@ -177,9 +177,9 @@ def staging_dir(run_dir: Path, keep: Iterable[str] = ()) -> Path:
     return partial
 
 
-def commit_run(partial: Path, run_dir: Path, record: dict[str, Any]) -> None:
+def commit_run(partial: Path, run_dir: Path, record: RunRecord) -> None:
     """Write the record into the staged folder, then swap it into place (old result removed only after)."""
-    write_json_atomic(partial / RECORD, record)
+    write_json_atomic(partial / RECORD, record.to_json())
     _swap(partial, run_dir)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from bench import locks, store
 from bench.api import BenchError
+from bench.record import RunRecord
 
 
 def test_atomic_write_and_read(tmp_path) -> None:
@@ -39,11 +40,11 @@ def test_commit_run_replaces_only_when_complete(tmp_path) -> None:
     run = tmp_path / "seed0"
     partial = store.staging_dir(run)
     (partial / "images").mkdir()
-    store.commit_run(partial, run, {"schema": 1, "status": "done", "n": 1})
+    store.commit_run(partial, run, RunRecord.from_json({"schema": 1, "status": "done", "n": 1}))
     assert store.read_record(run)["n"] == 1 and not partial.exists()
     partial = store.staging_dir(run)
     assert store.read_record(run)["n"] == 1, "the old result stays until the new one is committed"
-    store.commit_run(partial, run, {"schema": 1, "status": "done", "n": 2})
+    store.commit_run(partial, run, RunRecord.from_json({"schema": 1, "status": "done", "n": 2}))
     assert store.read_record(run)["n"] == 2 and not list(tmp_path.glob("*.old-*"))
 
 
@@ -71,15 +72,15 @@ def test_unwritable_results_folder(tmp_path) -> None:
 # --- recovery after kills, and the lock's hardening (bench/store.py) -------------------------------------------
 
 
-def _record(n: int) -> dict:
-    return {"schema": 1, "status": "done", "n": n}
+def _record(n: int) -> RunRecord:
+    return RunRecord.from_json({"schema": 1, "status": "done", "n": n})
 
 
 def test_recover_completes_a_commit_cut_between_its_renames(tmp_path) -> None:
     run = tmp_path / "seed0"
     store.commit_run(store.staging_dir(run), run, _record(1))
     partial = store.staging_dir(run)
-    store.write_json_atomic(partial / store.RECORD, _record(2))
+    store.write_json_atomic(partial / store.RECORD, _record(2).to_json())
     os.rename(run, run.with_name("seed0.old-999"))  # killed right here: no run folder, two complete copies
     assert list(store.iter_records(tmp_path)) == [], "staged copies are never read as runs"
     assert store.recover(run)

@@ -119,7 +119,7 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
             store.write_json_atomic(store.failed_rerun_path(run_dir), record)
             shutil.rmtree(partial, ignore_errors=True)
         else:
-            store.commit_run(partial, run_dir, record)
+            store.commit_run(partial, run_dir, RunRecord.from_json(record))  # the one place a run record is written
         return _outcome(job, run_dir, record["status"], record)
     finally:
         lock.release()
