@@ -20,7 +20,7 @@ class ContractViolation(AssertionError):
     """A method breaks the contract; the message says which check and why."""
 
 
-class _ListLog:
+class ListLog:
     """A `bench.api.Log` that keeps every call."""
 
     def __init__(self) -> None:
@@ -118,7 +118,7 @@ def check_method(name: str, concept: Any = None, work: Path | None = None,
             _check(callable(getattr(method, "prepare", None)) and callable(getattr(method, "load", None)), "Method",
                    "a method with trains = False has prepare(concept, models, out_dir, seed) and load", say)
         profile = get_profile("tiny")
-        log = _ListLog()
+        log = ListLog()
         if info.trains:
             trained = method.train(concept, Models(profile, "cpu"), work / "work", 0, log)
             _check(bool(log.phases and log.rows), "log calls", "train reports its iterations through the Log", say)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.contract_check import ListLog  # noqa: F401 (the tests' Log that keeps every call)
 
 
 def bench(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -22,15 +26,39 @@ def bench(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args:
     return code, out.out, out.err
 
 
-class ListLog:
-    """A `bench.api.Log` that keeps every call, for assertions."""
+@dataclasses.dataclass
+class TrainedRun:
+    """One method trained on the tiny profile for a test: the method, its models, the trained model, its saved
+    weights and its loss log."""
 
-    def __init__(self) -> None:
-        self.phases: list[tuple[str, int]] = []
-        self.rows: list[dict[str, Any]] = []
+    method: Any
+    models: Any
+    trained: Any
+    weights: Path
+    log: ListLog
 
-    def begin(self, phase: str, total: int) -> None:
-        self.phases.append((phase, total))
+    def prompt(self) -> str:
+        return f"a photo of a {self.trained.identifier} dog"
 
-    def __call__(self, iteration: int, **scalars: float) -> None:
-        self.rows.append({"iteration": iteration, **scalars})
+
+def train_tiny(name: str, overrides: dict[str, Any], concept: Any, root: Path) -> TrainedRun:
+    """Train registered method `name` with `overrides` on `concept` (tiny, CPU, seed 0), save it under `root`."""
+    from bench.config import build
+    from bench.models.loading import Models
+    from bench.models.profiles import get_profile
+    from bench.registry import get_method
+
+    cls = get_method(name)
+    method = cls(build(cls.Config, overrides))
+    models = Models(get_profile("tiny"), "cpu")
+    log = ListLog()
+    trained = method.train(concept, models, root / "work", 0, log)
+    trained.save(root / "weights")
+    return TrainedRun(method, models, trained, root / "weights", log)
+
+
+def pixels(image: Any) -> Any:
+    """An image as int16 pixels, for differences in 0..255 units."""
+    import numpy as np
+
+    return np.asarray(image).astype(np.int16)

@@ -10,7 +10,6 @@ attention differently from the default one (observed: 2/255 on a few pixels).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from bench.models import personalize, sampling
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
 from bench.registry import get_method
-from tests.helpers import ListLog, bench
+from tests.helpers import ListLog, TrainedRun, bench, train_tiny
 
 METHODS = ("textual_inversion", "custom_diffusion", "dreambooth", "lora")
 # Test configs: 2 iterations; learning rates raised so 2 steps change the image (the round trip is then not
@@ -42,18 +41,6 @@ ROUND_TRIP_TOLERANCE: dict[str, int] = {}
 """Per-method exceptions to TOLERANCE (none needed: diffusers' Custom Diffusion processors match within 1/255)."""
 
 
-@dataclasses.dataclass
-class Run:
-    method: Any
-    models: Models
-    trained: Any
-    weights: Path
-    log: ListLog
-
-    def prompt(self) -> str:
-        return f"a photo of a {self.trained.identifier} dog"
-
-
 @pytest.fixture(scope="module")
 def concept(dreambench_root):
     from bench.data import select_concepts
@@ -63,19 +50,12 @@ def concept(dreambench_root):
 
 @pytest.fixture(scope="module")
 def runs(concept, tmp_path_factory):
-    """name -> Run, trained on first use and kept for the module."""
-    done: dict[str, Run] = {}
+    """name -> TrainedRun, trained on first use and kept for the module."""
+    done: dict[str, TrainedRun] = {}
 
-    def get(name: str) -> Run:
+    def get(name: str) -> TrainedRun:
         if name not in done:
-            cls = get_method(name)
-            method = cls(build(cls.Config, OVERRIDES[name]))
-            models = Models(get_profile("tiny"), "cpu")
-            root = tmp_path_factory.mktemp(name)
-            log = ListLog()
-            trained = method.train(concept, models, root / "work", 0, log)
-            trained.save(root / "weights")
-            done[name] = Run(method, models, trained, root / "weights", log)
+            done[name] = train_tiny(name, OVERRIDES[name], concept, tmp_path_factory.mktemp(name))
         return done[name]
 
     return get
@@ -99,7 +79,7 @@ def _embedding_key(text_encoder) -> str:
     return next(k for k, v in text_encoder.state_dict().items() if v.data_ptr() == weight.data_ptr())
 
 
-def _only_new_row_changed(run: Run, token: str) -> None:
+def _only_new_row_changed(run: TrainedRun, token: str) -> None:
     """Every text-encoder weight bit-identical except one new embedding row, which moved from its init."""
     models = run.models
     pristine = models.get_pristine("student_text_encoder")

@@ -6,10 +6,7 @@ kept so its weights can be checked) is trained once per module and shared.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,19 +19,10 @@ from bench.models.loading import Models
 from bench.models.profiles import get_profile
 from bench.models.training import IMAGENET_TEMPLATES
 from bench.registry import get_method
-from tests.helpers import ListLog, bench
+from tests.helpers import ListLog, TrainedRun, bench, pixels, train_tiny
 
 SEED = 3
 OVERRIDES = {"iterations": 2, "lr": 2e-2, "keep_text_encoder": True}
-
-
-@dataclasses.dataclass
-class Run:
-    method: Any
-    models: Models
-    trained: Any
-    weights: Path
-    log: ListLog
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +33,8 @@ def concept(dreambench_root):
 
 
 @pytest.fixture(scope="module")
-def run(concept, tmp_path_factory) -> Run:
-    cls = get_method("cones2")
-    method = cls(build(cls.Config, OVERRIDES))
-    models = Models(get_profile("tiny"), "cpu")
-    root = tmp_path_factory.mktemp("cones2")
-    log = ListLog()
-    trained = method.train(concept, models, root / "work", 0, log)
-    trained.save(root / "weights")
-    return Run(method, models, trained, root / "weights", log)
-
-
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image).astype(np.int16)
+def run(concept, tmp_path_factory) -> TrainedRun:
+    return train_tiny("cones2", OVERRIDES, concept, tmp_path_factory.mktemp("cones2"))
 
 
 def _changed(module: torch.nn.Module, pristine: torch.nn.Module) -> set[str]:
@@ -144,7 +121,7 @@ def test_residual_changes_the_image_and_matches_plain_diffusers(run, tmp_path) -
     strong = Cones2Model(run.trained.config, run.models.pipeline_parts(), "dog", run.trained.subject,
                          run.trained.residual * 100)
     strong.save(tmp_path)
-    ours = _pixels(strong.generate([prompt], [SEED])[0])
+    ours = pixels(strong.generate([prompt], [SEED])[0])
     pipe = StableDiffusionPipeline.from_pretrained(ensure_built() / "sd-turbo", safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     size = run.models.latent_size
@@ -178,7 +155,7 @@ def test_saved_files_and_load_gives_identical_samples(run) -> None:
     assert fresh.identifier == "dog" and fresh.eval_phrase == "{class_noun}"
     prompts, seeds = ["a dog in the jungle", "a red dog on the moon"], [SEED, 0]
     for a, b in zip(run.trained.generate(prompts, seeds), fresh.generate(prompts, seeds)):
-        assert np.array_equal(_pixels(a), _pixels(b))
+        assert np.array_equal(pixels(a), pixels(b))
 
 
 def test_evaluation_prompt_is_the_class_word_alone(run, concept) -> None:

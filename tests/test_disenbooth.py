@@ -7,10 +7,7 @@ checked) and shared by the tests below.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,22 +19,10 @@ from bench.models import sampling
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
 from bench.registry import get_method
-from tests.helpers import ListLog, bench
+from tests.helpers import ListLog, TrainedRun, bench, pixels, train_tiny
 
 SEED = 3
 OVERRIDES = {"iterations": 2, "lr": 1e-2, "fuse": False}
-
-
-@dataclasses.dataclass
-class Run:
-    method: Any
-    models: Models
-    trained: Any
-    weights: Path
-    log: ListLog
-
-    def prompt(self) -> str:
-        return f"a photo of a {self.trained.identifier} dog"
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +33,11 @@ def concept(dreambench_root):
 
 
 @pytest.fixture(scope="module")
-def run(concept, tmp_path_factory) -> Run:
-    cls = get_method("disenbooth")
-    method = cls(build(cls.Config, OVERRIDES))
-    models = Models(get_profile("tiny"), "cpu")
-    root = tmp_path_factory.mktemp("disenbooth")
-    log = ListLog()
-    trained = method.train(concept, models, root / "work", 0, log)
-    trained.save(root / "weights")
-    return Run(method, models, trained, root / "weights", log)
+def run(concept, tmp_path_factory) -> TrainedRun:
+    return train_tiny("disenbooth", OVERRIDES, concept, tmp_path_factory.mktemp("disenbooth"))
 
 
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image).astype(np.int16)
-
-
-def _initial_trainables(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _initial_trainables(run: TrainedRun) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The LoRA and adapter weights as training started (same seed, same order of initialisation)."""
     from peft import LoraConfig
 
@@ -145,7 +119,7 @@ def _pipeline_image(pipe, prompt: str, latent_size: int) -> np.ndarray:
 
 
 def test_saved_lora_loads_into_plain_diffusers(run) -> None:
-    ours = _pixels(run.trained.generate([run.prompt()], [SEED])[0])
+    ours = pixels(run.trained.generate([run.prompt()], [SEED])[0])
     pipe = _plain_pipeline()
     base = _pipeline_image(pipe, run.prompt(), run.models.latent_size)
     pipe.load_lora_weights(run.weights)
@@ -180,7 +154,7 @@ def test_method_load_gives_identical_samples(run) -> None:
     assert not any(".lora_" in k for k in fresh.parts["unet"].state_dict()), "fused on load"
     prompts, seeds = [run.prompt(), f"a {run.trained.identifier} dog in the snow"], [SEED, 0]
     for a, b in zip(run.trained.generate(prompts, seeds), fresh.generate(prompts, seeds)):
-        assert np.abs(_pixels(a) - _pixels(b)).max() <= 1
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
 
 
 def test_identifier_resolution() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,25 +15,12 @@ from bench.config import build
 from bench.models import sampling
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
-from bench.registry import get_method
-from tests.helpers import ListLog, bench
+from tests.helpers import TrainedRun, bench, pixels, train_tiny
 
 # Two steps (the LoRA A matrices get a gradient only once B has moved); learning rates raised so two steps change
 # the image; unfused so the base weights can be checked.
 OVERRIDES = {"iterations": 2, "batch_size": 2, "lr": 5e-2, "emb_lr": 5e-2, "fuse": False}
 SEED = 3
-
-
-@dataclasses.dataclass
-class Run:
-    method: Any
-    models: Models
-    trained: Any
-    weights: Path
-    log: ListLog
-
-    def prompt(self) -> str:
-        return f"a photo of a {self.trained.identifier} dog"
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +31,8 @@ def concept(dreambench_root):
 
 
 @pytest.fixture(scope="module")
-def run(concept, tmp_path_factory) -> Run:
-    cls = get_method("textboost")
-    method = cls(build(cls.Config, OVERRIDES))
-    models = Models(get_profile("tiny"), "cpu")
-    root = tmp_path_factory.mktemp("textboost")
-    log = ListLog()
-    trained = method.train(concept, models, root / "work", 0, log)
-    trained.save(root / "weights")
-    return Run(method, models, trained, root / "weights", log)
-
-
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image).astype(np.int16)
+def run(concept, tmp_path_factory) -> TrainedRun:
+    return train_tiny("textboost", OVERRIDES, concept, tmp_path_factory.mktemp("textboost"))
 
 
 def test_trains_only_text_encoder_lora_and_the_new_rows(run) -> None:
@@ -116,7 +91,7 @@ def _pipeline_image(pipe, prompt: str, latent_size: int) -> np.ndarray:
 
 
 def test_saved_files_load_into_plain_diffusers(run) -> None:
-    ours = _pixels(run.trained.generate([run.prompt()], [SEED])[0])
+    ours = pixels(run.trained.generate([run.prompt()], [SEED])[0])
     pipe = _plain_pipeline()
     base = _pipeline_image(pipe, run.prompt(), run.models.latent_size)
     files = sorted(str(p) for p in run.weights.glob("<*>.safetensors"))
@@ -134,12 +109,12 @@ def test_method_load_gives_identical_samples_and_fuses(run) -> None:
     assert fresh.identifier == run.trained.identifier
     prompts, seeds = [run.prompt(), f"a {run.trained.identifier} dog in the snow"], [SEED, 0]
     for a, b in zip(run.trained.generate(prompts, seeds), fresh.generate(prompts, seeds)):
-        assert np.array_equal(_pixels(a), _pixels(b))
+        assert np.array_equal(pixels(a), pixels(b))
     fused = run.method.__class__(build(run.method.Config, {})).load(run.weights, Models(get_profile("tiny"), "cpu"))
     te = fused.parts["text_encoder"]
     assert not any(".lora_" in k or ".base_layer." in k for k in te.state_dict()), "a plain encoder after fusing"
     a, b = run.trained.generate([run.prompt()], [SEED])[0], fused.generate([run.prompt()], [SEED])[0]
-    assert np.abs(_pixels(a) - _pixels(b)).max() <= 1
+    assert np.abs(pixels(a) - pixels(b)).max() <= 1
 
 
 def test_vector_names_and_their_load_order() -> None:

@@ -21,10 +21,7 @@ as they were before they were added. `--weights` groups: `flux` and `omini`.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -148,25 +145,9 @@ def tiny_flux_root() -> Path:
 
 def ensure_tiny_flux() -> Path:
     """Build the tiny FLUX.1 stand-ins and LoRA into the cache unless there (atomically); return the folder."""
-    root = tiny_flux_root()
-    if (root / "BUILT").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-flux-build-", dir=root.parent))
-    import torch
+    from bench.models.tiny import build_once
 
-    try:
-        with torch.random.fork_rng(devices=[]):
-            build_tiny(tmp)
-        (tmp / "BUILT").write_text(json.dumps({"version": TINY_FLUX_VERSION}))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not (root / "BUILT").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return build_once(tiny_flux_root(), TINY_FLUX_VERSION, build_tiny)
 
 
 def write_t5_tokenizer(out: Path) -> None:

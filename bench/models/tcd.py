@@ -18,10 +18,7 @@ them.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -172,25 +169,9 @@ def tiny_tcd_root() -> Path:
 
 def ensure_tiny() -> Path:
     """Build the tiny SDXL, TCD LoRA and IP-Adapter into the cache unless there; return their folder."""
-    root = tiny_tcd_root()
-    if (root / "BUILT").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-tcd-build-", dir=root.parent))
-    import torch
+    from bench.models.tiny import build_once
 
-    try:
-        with torch.random.fork_rng(devices=[]):
-            _build_tiny(tmp)
-        (tmp / "BUILT").write_text(json.dumps({"version": TINY_TCD_VERSION}))
-        try:
-            os.rename(tmp, root)  # atomic; another process may have finished first
-        except OSError:
-            if not (root / "BUILT").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return build_once(tiny_tcd_root(), TINY_TCD_VERSION, _build_tiny)
 
 
 def tiny_sdxl_unet() -> Any:

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TINY_VERSION = 3
 """Bump when a builder below changes: the cache folder name carries it, so stale builds are never reused."""
@@ -29,9 +30,31 @@ def tiny_root() -> Path:
 
 def ensure_built() -> Path:
     """Build every tiny component into the cache unless it is already there; return the cache folder."""
-    root = tiny_root()
+    return build_once(tiny_root(), TINY_VERSION, _build_all)
+
+
+def build_once(root: Path, version: int, build: Any) -> Path:
+    """`build(folder)` into `root` once, atomically: built in a temporary folder beside it and renamed into place, so
+    concurrent processes (gpus workers) build at most once each and never see half a folder; the global RNG the
+    builders seed is restored afterwards. `root/BUILT` marks a finished build."""
     if (root / "BUILT").exists():
         return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-build-", dir=root.parent))
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # building seeds the global RNG; the caller's stream is kept
+            build(tmp)
+        (tmp / "BUILT").write_text(json.dumps({"version": version}))
+        try:
+            os.rename(tmp, root)  # atomic; fails if another process finished first, which is fine
+        except OSError:
+            if not (root / "BUILT").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root.parent))
     import torch
