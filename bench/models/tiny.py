@@ -55,22 +55,6 @@ def build_once(root: Path, version: int, build: Any) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root.parent))
-    import torch
-
-    try:
-        with torch.random.fork_rng(devices=[]):  # building seeds the global RNG; the caller's stream is kept
-            _build_all(tmp)
-        (tmp / "BUILT").write_text(json.dumps({"version": TINY_VERSION}))
-        try:
-            os.rename(tmp, root)  # atomic; fails if another process finished first, which is fine
-        except OSError:
-            if not (root / "BUILT").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 METHOD_MODELS = {"ip_adapter_tcd": "bench.models.tcd:ensure_tiny",
