@@ -42,7 +42,7 @@ import torch
 
 from bench.api import BenchError, Concept, Diverged, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
-from bench.models import sampling
+from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
@@ -284,18 +284,10 @@ class DisenBoothModel:
 
     def __init__(self, config: DisenBoothConfig, parts: dict[str, Any], adapter: ImageAdapter,
                  identifier: str) -> None:
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
         self.config, self.parts, self.adapter = config, parts, adapter
         self.identifier = identifier
         self.default_steps = config.sample_steps
-        unet = parts["unet"]
-        self.lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
-        self.lora_metadata = unet.peft_config["default"].to_dict()
-        if config.fuse:
-            unet.fuse_lora()
-            unet.unload_lora()
+        self.lora_layers, self.lora_metadata = personalize.take_unet_lora(parts["unet"], config.fuse)
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
         return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
@@ -303,12 +295,9 @@ class DisenBoothModel:
                                        sampler=self.config.sampler)
 
     def save(self, out_dir: Path) -> None:
-        from diffusers import StableDiffusionPipeline
         from safetensors.torch import save_file
 
-        StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=self.lora_layers,
-                                                  unet_lora_adapter_metadata=self.lora_metadata,
-                                                  safe_serialization=True)
+        personalize.save_unet_lora(out_dir, self.lora_layers, self.lora_metadata)
         state = {k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()}
         meta = {"identifier": self.identifier, "image_input": self.config.image_input,
                 "format": json.dumps({"module": "Image_adapter", "hidden_size": int(state["mask"].shape[0])})}

@@ -22,7 +22,7 @@ import torch
 
 from bench.api import Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
-from bench.models import sampling
+from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.training import TIMESTEP_POLICIES, TrainingBatches, load_pixels
@@ -155,19 +155,11 @@ class LoRAModel:
     """The personalised model: SD-Turbo with the adapter fused in; saves the adapter in diffusers' LoRA format."""
 
     def __init__(self, config: LoRAConfig, parts: dict[str, Any]) -> None:
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
         self.config, self.parts = config, parts
         self.identifier = config.identifier
         self.default_steps = config.sample_steps
-        unet = parts["unet"]
-        # What `save` writes, taken before fusing: the A/B matrices under diffusers' key names, and the config.
-        self.lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
-        self.lora_metadata = unet.peft_config["default"].to_dict()
-        if config.fuse:  # W <- W + (alpha / r) B A, then drop the peft wrappers: a plain UNet for sampling
-            unet.fuse_lora()
-            unet.unload_lora()
+        # What `save` writes, taken before fusing (`fuse`: a plain UNet for sampling).
+        self.lora_layers, self.lora_metadata = personalize.take_unet_lora(parts["unet"], config.fuse)
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
         return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
@@ -175,8 +167,4 @@ class LoRAModel:
                                        sampler=self.config.sampler)
 
     def save(self, out_dir: Path) -> None:
-        from diffusers import StableDiffusionPipeline
-
-        StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=self.lora_layers,
-                                                  unet_lora_adapter_metadata=self.lora_metadata,
-                                                  safe_serialization=True)
+        personalize.save_unet_lora(out_dir, self.lora_layers, self.lora_metadata)

@@ -300,3 +300,26 @@ def load_token(tokenizer: Any, text_encoder: Any, path: Path) -> str:
         emb = text_encoder.get_input_embeddings().weight
         emb[tokenizer.convert_tokens_to_ids(token)] = row.reshape(-1).to(emb)
     return token
+
+
+def take_unet_lora(unet: Any, fuse: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The UNet's peft LoRA adapter ("default") as diffusers saves it: (the A/B matrices under diffusers' key names,
+    the LoRA config), taken before an optional fuse, W <- W + (alpha / r) B A, after which the peft wrappers are
+    dropped so that sampling, and its timing, runs a plain UNet."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
+    metadata = unet.peft_config["default"].to_dict()
+    if fuse:
+        unet.fuse_lora()
+        unet.unload_lora()
+    return layers, metadata
+
+
+def save_unet_lora(out_dir: Path, layers: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """`pytorch_lora_weights.safetensors` with the LoRA config as metadata: `pipe.load_lora_weights(out_dir)`."""
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata,
+                                              safe_serialization=True)
