@@ -146,21 +146,23 @@ def test_estimate_counts_done_runs_and_uses_matching_perf_records(ctx, tmp_path)
     assert other_device["rows"][0]["source"] == "paper"  # a perf record of another device does not count
 
 
-def test_estimate_without_any_timing_source_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+def test_estimate_without_any_timing_source_is_one_line_exit_2(monkeypatch, capsys, tmp_path, dreambench_root):
     monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
     code, _out, err = bench(monkeypatch, capsys, "plan", "--method", "fake", "--concepts", "dog",
-                           "--results", tmp_path, "--perf", tmp_path)
+                           "--results", tmp_path, "--perf", tmp_path, "--data", dreambench_root)
     assert code == 2 and err.count("\n") == 1
     assert "no timing source for fake" in err and "bench perf --methods fake" in err
 
 
-def test_plan_command_table_and_json(monkeypatch, capsys, tmp_path):
+def test_plan_command_table_and_json(monkeypatch, capsys, tmp_path, dreambench_root):
     code, out, _ = bench(monkeypatch, capsys, "plan", "--method", "lora,echodistill", "--concepts", "dog,cat",
-                         "--profile", "paper", "--results", tmp_path, "--perf", tmp_path, "--shards", "2")
+                         "--profile", "paper", "--results", tmp_path, "--perf", tmp_path, "--shards", "2",
+                         "--data", dreambench_root)
     assert code == 0
     assert "| lora | default | 2 | 0 | 0 | 2 |" in out and "| 1/2 |" in out and "paper" in out
     code, out, _ = bench(monkeypatch, capsys, "plan", "--method", "lora", "--concepts", "dog,cat", "--profile",
-                         "paper", "--results", tmp_path, "--perf", tmp_path, "--format", "json", "--shard", "1/1")
+                         "paper", "--results", tmp_path, "--perf", tmp_path, "--format", "json", "--shard", "1/1",
+                         "--data", dreambench_root)
     result = json.loads(out)
     assert code == 0 and result["total"]["runs"] == 2 and result["shard"] == "1/1"
     assert result["rows"][0]["source"] == "paper"
@@ -193,9 +195,9 @@ def test_a_training_shared_by_two_sweeps_lands_in_one_shard(ctx):
 def test_bench_run_shard_runs_only_its_part(monkeypatch, capsys, tmp_path, dreambench_root):
     monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
     ctx = Context(data=dreambench_root, results=tmp_path, suite="tiny")
-    jobs = plan(["fake"], [("default", {})], ["dog", "cat", "teapot", "clock"], [0], "tiny")
+    jobs = plan(["fake"], [("default", {})], ["dog", "cat", "teapot", "can"], [0], "tiny")
     mine = shard_jobs(jobs, ctx, 2, 2)
-    code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,cat,teapot,clock",
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,cat,teapot,can",
                          "--results", tmp_path, "--data", dreambench_root, "--shard", "2/2")
     done = sorted(r["concept"] for r in store.iter_records(tmp_path))
     assert code == 0 and done == sorted(j.concept for j in mine) and 0 < len(done) < 4
