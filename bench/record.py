@@ -171,6 +171,8 @@ class Timing:
     """Training continued from a checkpoint."""
     reused_training: bool | None = None
     """`train_s`, `iterations` and `it_per_s` are those of the `trained_from` run."""
+    prepare_s: float | None = None
+    """A method without training (`trains: false`): conditioning the model on the photos, loading excluded."""
     extra: dict[str, Any] = field(default_factory=dict)
     absent: frozenset[str] = frozenset()
 
@@ -340,6 +342,10 @@ class RunRecord:
     # not stored
     run_dir: str | None = None
     """The run folder, set by the reader (`bench.store.iter_run_records`); never written."""
+    trains: bool | None = None
+    """False for a run of a method without training (absent for every other run): no `train_s`, no loss log."""
+    conditioning: list[str] | None = None
+    """A method without training: the file names of the photo(s) that condition its model."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this module does not know, kept as they were."""
     absent: frozenset[str] = frozenset()
@@ -383,6 +389,8 @@ class RunRecord:
 
 
 FAILED_KEYS = ("reason", "diverged", "traceback")
+NO_TRAINING_KEYS = ("trains", "conditioning")
+"""Keys only a run of a method without training has (results/README.md)."""
 """The keys a failed run adds (results/README.md, below the second table)."""
 _NAMES = [f.name for f in dataclasses.fields(RunRecord) if f.name not in ("extra", "absent", *NOT_STORED)]
 EVERY_RECORD = tuple(_NAMES[: _NAMES.index("identifier")])

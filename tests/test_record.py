@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench import store
-from bench.record import (DONE_KEYS, EVERY_RECORD, FAILED_KEYS, SCHEMA_VERSION, Evaluation, RunRecord, SuiteRef,
-                          VariantName)
+from bench.record import (DONE_KEYS, EVERY_RECORD, FAILED_KEYS, NO_TRAINING_KEYS, SCHEMA_VERSION, Evaluation,
+                          RunRecord, SuiteRef, VariantName)
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "records"
@@ -100,7 +100,7 @@ def test_a_fresh_run_writes_exactly_the_typed_record(dreambench_root, tmp_path, 
     run_dir = tmp_path / "tiny" / "fake" / "default" / "dog" / "seed0"
     data = json.loads((run_dir / "record.json").read_text())
     record = RunRecord.from_json(data)
-    assert record.extra == {} and record.absent == {"rescored", *FAILED_KEYS}
+    assert record.extra == {} and record.absent == {"rescored", *FAILED_KEYS, *NO_TRAINING_KEYS}
     assert record.to_json() == data and record.done and record.timing.train_s is not None
     assert store.read_run_record(run_dir).run_dir == str(run_dir)
     assert [r.label() for r in store.iter_run_records(tmp_path)] == ["tiny/fake/default/dog/seed0"]
