@@ -37,8 +37,8 @@ from bench.models import sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
-from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels,
-                                   masked_mse, noisy_and_target, sample_timesteps)
+from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, TrainingBatches,
+                                   load_pixels, masked_mse, noisy_and_target, sample_timesteps)
 
 RESIDUAL_FILE = "residual.safetensors"
 
@@ -166,11 +166,7 @@ class Cones2:
     version: ClassVar[int] = 1
     resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = Cones2Config
-    variants: ClassVar[dict[str, dict[str, Any]]] = {
-        "default": {},
-        "train4": {"timestep_policy": "four_step"},
-        "train1000": {"timestep_policy": "uniform"},
-    }
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS}
 
     def __init__(self, config: Cones2Config) -> None:
         self.config = config

@@ -46,8 +46,8 @@ from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
-from bench.models.training import (TIMESTEP_POLICIES, Latents, TrainingBatches, load_pixels, masked_mse,
-                                   noisy_and_target, sample_timesteps)
+from bench.models.training import (TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, TrainingBatches, load_pixels,
+                                   masked_mse, noisy_and_target, sample_timesteps)
 
 ADAPTER_FILE = "disenbooth_adapter.safetensors"
 IMAGE_INPUTS = ("released", "clip")
@@ -174,11 +174,7 @@ class DisenBooth:
     version: ClassVar[int] = 1
     resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = DisenBoothConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {
-        "default": {},
-        "train4": {"timestep_policy": "four_step"},
-        "train1000": {"timestep_policy": "uniform"},
-    }
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS}
 
     def __init__(self, config: DisenBoothConfig) -> None:
         self.config = config

@@ -31,7 +31,7 @@ from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.training import TIMESTEP_POLICIES, Batch, TrainingBatches, load_pixels, masked_mse
+from bench.models.training import TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Batch, TrainingBatches, load_pixels, masked_mse
 
 CLASS_PROMPT = "a {}"
 """Prompt of the generated class images and of the prior-preservation loss."""
@@ -158,12 +158,7 @@ class DreamBooth:
     sampling (README, "Fidelity")."""
     resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = DreamBoothConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {
-        "default": {},
-        "prior": {"prior_preservation": True},
-        "train4": {"timestep_policy": "four_step"},
-        "train1000": {"timestep_policy": "uniform"},
-    }
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, "prior": {"prior_preservation": True}}
 
     def __init__(self, config: DreamBoothConfig) -> None:
         self.config = config

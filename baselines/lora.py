@@ -25,7 +25,7 @@ from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.training import TIMESTEP_POLICIES, TrainingBatches, load_pixels
+from bench.models.training import TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, TrainingBatches, load_pixels
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,7 @@ class LoRA:
     sampling (README, "Fidelity")."""
     resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = LoRAConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {
-        "default": {},
-        "train4": {"timestep_policy": "four_step"},
-        "train1000": {"timestep_policy": "uniform"},
-    }
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS}
 
     def __init__(self, config: LoRAConfig) -> None:
         self.config = config

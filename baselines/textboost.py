@@ -37,7 +37,7 @@ from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.speed import autocast
-from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, Latents, noisy_and_target,
+from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, noisy_and_target,
                                    sample_timesteps)
 from baselines.textboost_data import (AUGMENTATION_TOKENS, KPL_STANDIN_PROMPTS, PairedAugmentation, PhotoBatches,
                                       PriorPrompts, read_prompt_file)
@@ -238,9 +238,7 @@ class TextBoost:
     resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = TextBoostConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
-        "default": {},
-        "train4": {"timestep_policy": "four_step"},
-        "train1000": {"timestep_policy": "uniform"},
+        **TRAIN_NFE_VARIANTS,
         "snr_weighted": {"timestep_policy": "snr_weighted"},
         "all_photos": {"reference_set": "all"},
     }

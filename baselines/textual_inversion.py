@@ -24,7 +24,7 @@ from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.training import TIMESTEP_POLICIES, TrainingBatches, load_pixels, templates_for
+from bench.models.training import TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, TrainingBatches, load_pixels, templates_for
 
 PHRASES = {"token": "{identifier}", "token_class": "{identifier} {class_noun}"}
 """What stands for the concept in training and evaluation prompts (`phrase`)."""
@@ -108,11 +108,7 @@ class TextualInversion:
     Euler ancestral / fp16 sampling (README, "Fidelity")."""
     resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = TextualInversionConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {
-        "default": {},
-        "train4": {"timestep_policy": "four_step"},
-        "train1000": {"timestep_policy": "uniform"},
-    }
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS}
 
     def __init__(self, config: TextualInversionConfig) -> None:
         self.config = config

@@ -216,6 +216,14 @@ TIMESTEP_POLICIES = {"t999": (999,), "four_step": (999, 749, 499, 249), "uniform
 """Which timesteps training sees (paper Table 5's "train NFE"): 1 -> t999, 4 -> four_step, 1000 -> uniform.
 A one-step student only ever sees t = 999 at inference, hence the default for one-step baselines."""
 
+TRAIN_NFE_VARIANTS: dict[str, dict[str, str]] = {
+    "default": {},
+    "train4": {"timestep_policy": "four_step"},
+    "train1000": {"timestep_policy": "uniform"},
+}
+"""The variants every one-step baseline offers for paper Table 5's train NFE (1, 4, 1000): spread into a method's
+own `variants` (`{**TRAIN_NFE_VARIANTS, "prior": {...}}`)."""
+
 
 def sample_timesteps(policy: str, batch: int, generator: torch.Generator, num_train_timesteps: int = 1000
                      ) -> torch.Tensor:

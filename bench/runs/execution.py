@@ -2,20 +2,7 @@
 
 A job is trained, sampled on the protocol's prompts x evaluation seeds, scored, timed, and recorded. Methods are
 reached only through the registry. Executors (`bench.executors`) call `execute_job` in whatever process runs it.
-
-What a re-run does with each run (`execute_job`):
-- done, same config hash: skipped (`--force` recomputes);
-- failed, same config hash: kept as failed and reported, NOT retried: a failure (divergence, a bug) is a result
-  and retrying it blindly would hide it or burn GPU hours. `--retry-failed` re-runs them;
-- recorded with another config hash (the config, the code's EVAL_VERSION or the models changed): recomputed;
-- locked by a live process (here, or elsewhere with a fresh heartbeat): left alone, reported `locked`;
-- interrupted (a `.partial` left by a killed process): redone from scratch, or with `--resume` continued from
-  the method's last checkpoint (same config hash only).
-
-Runs that differ only in sampling-only config fields (`bench.config.SAMPLING_ONLY`: step counts, guidance) have
-the same *training hash*. A run whose training hash matches a finished run of the same method, concept and seed
-(any variant) is not trained again: its method loads that run's weights (`Method.load`) and samples them with its
-own settings; the record names the source (`trained_from`) and carries its training time. `--force` retrains.
+What a re-run does with each kind of existing run, and how runs share a training: the `bench.runs` docstring.
 """
 
 from __future__ import annotations
