@@ -33,6 +33,7 @@ import torch
 
 from bench.api import BenchError, Concept, Diverged, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.data_textboost import check_reference_set, reference_images
 from bench.models import sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.sampling import Numerics, check_numerics
@@ -79,6 +80,10 @@ class Cones2Config(Numerics):
     reference also saves its whole tuned pipeline. Sampling never uses it: only the residual is applied."""
     sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
+    reference_set: str = "textboost_n1"
+    """Which photos it trains on: "textboost_n1" (default), the one photo per subject of TextBoost's DreamBench split,
+    as the paper did ("for DisenBooth and Cones 2, the reference images were taken from the training dataset in
+    TextBoost"; `bench.data_textboost`), or "all" (every photo of the concept; variant `all_photos`)."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
     checkpoint_every: int = field(default=500, metadata=NOT_HASHED)
@@ -88,6 +93,7 @@ class Cones2Config(Numerics):
 
     def __post_init__(self) -> None:
         check_numerics(self)
+        check_reference_set(self.reference_set)
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
         if self.timestep_policy not in TIMESTEP_POLICIES:
@@ -166,7 +172,7 @@ class Cones2:
     version: ClassVar[int] = 1
     resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = Cones2Config
-    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, "all_photos": {"reference_set": "all"}}
 
     def __init__(self, config: Cones2Config) -> None:
         self.config = config
@@ -202,7 +208,8 @@ class Cones2:
 
         # 4. Data: the concept's photos as they are (no augmentation), the one fixed prompt.
         factor = models.resolution // models.latent_size
-        batches = TrainingBatches(load_pixels(concept.images), prompt, cfg.batch_size, factor, seed, augment=False,
+        photos = load_pixels(reference_images(concept, cfg.reference_set))  # TextBoost's split by default
+        batches = TrainingBatches(photos, prompt, cfg.batch_size, factor, seed, augment=False,
                                   hflip=cfg.hflip, templates=("{}",), size=models.resolution)
         generator = torch.Generator().manual_seed(seed)
         encode = Latents(vae, cache=models.speed.latents == "cache")
