@@ -21,7 +21,7 @@ data: setup                         ## DreamBench at $(BENCH_DATA), cloned from 
 run: setup data                     ## the main job on the offline tiny profile: train, sample, score, table
 	$(BENCH) run --method custom_diffusion --concepts all --profile tiny && $(BENCH) table main --profile tiny
 
-main-table: setup data              ## every method of the main table on all 30 concepts (tiny: about 9 min on 2 CPU cores), then the table
+main-table: setup data              ## every method of the main table on all 30 concepts (tiny: about 5 min on 2 CPU cores), then the table
 	$(BENCH) run --method custom_diffusion --variant default,sd21 --concepts all --profile tiny --results $(RESULTS) --executor gpus --workers $(WORKERS)
 	$(BENCH) run --method echodistill,textual_inversion,dreambooth,lora --concepts all --profile tiny --results $(RESULTS) --executor gpus --workers $(WORKERS)
 	$(BENCH) run --method cones2,textboost,disenbooth,ip_adapter_tcd,ominicontrol --concepts all --profile tiny --results $(RESULTS) --executor gpus --workers $(WORKERS)
