@@ -221,11 +221,12 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
         for c in load_concepts(data_root(dataset_root(data, dataset))):
             typer.echo(f"{c.name}\t{c.class_noun}\t{'live' if c.live else 'object'}\t{len(c.images)} images")
     elif what == "runs":
+        from bench.metrics.declared import NAMES as METRIC_NAMES
         from bench.store import iter_run_records
 
         for r in iter_run_records(results, profile):
             metrics = r.metrics or {}
-            scores = " ".join(f"{k}={metrics[k]:.3f}" for k in ("clip_t", "clip_i", "dino") if k in metrics)
+            scores = " ".join(f"{k}={metrics[k]:.3f}" for k in METRIC_NAMES if k in metrics)
             typer.echo(f"{r.status:7} {r.label()}  {scores}")
     else:
         raise unknown("listing", what, ["methods", "concepts", "variants", "runs"])

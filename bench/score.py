@@ -24,6 +24,7 @@ from typing import Any
 
 from bench import store
 from bench.api import Concept
+from bench.metrics.declared import NAMES as METRIC_NAMES
 from bench.runs import Context, Job, resolve_job, job_hash, load_concept
 
 
@@ -117,7 +118,7 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
             new_rows = [{**row, **sc} for row, sc in zip(rows, scores)]
             target = record if part is None else record["views"][part]
             summary = aggregate([{**r, "concept": run.job.concept} for r in new_rows])
-            target.update(images=new_rows, metrics={k: summary[k] for k in ("clip_t", "clip_i", "dino")},
+            target.update(images=new_rows, metrics={k: summary[k] for k in METRIC_NAMES},
                           real_vs_real=ceiling(real_emb, max0=scorer.suite.cos_max0))
         record.update(metric_suite=suite, config_hash=run.new_hash,
                       rescored={"from_suite": run.record["metric_suite"].get("name"),

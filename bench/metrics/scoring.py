@@ -22,6 +22,7 @@ from PIL import Image
 
 from bench.api import BenchError
 from bench.hub import hub_offline, offline_mode
+from bench.metrics.declared import NAMES, accumulate, empty, means
 from bench.metrics.suites import ENV_CLIP, ENV_DINO, IMAGENET_MEAN, IMAGENET_STD, Suite, ensure_tiny, get_suite
 
 # --- pure functions on embeddings: the protocol ----------------------------------------------------------
@@ -59,7 +60,7 @@ def real_ceiling(real_emb: torch.Tensor, max0: bool = True) -> torch.Tensor:
     return (sim.sum(dim=1) - sim.diagonal()) / (m - 1)
 
 
-METRIC_KEYS = ("clip_t", "clip_i", "dino")
+METRIC_KEYS = NAMES  # the declared metrics (bench.metrics.declared)
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -79,32 +80,24 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     missing = {"concept", "eval_seed", *METRIC_KEYS, "n_real"} - set(rows[0])
     if missing:
         raise BenchError(f"score rows lack {', '.join(sorted(missing))}")
-    # per (concept, eval seed) and per eval seed: [images, sum CLIP-T, sum CLIP-I x n, sum DINO x n, sum n]
+    # per (concept, eval seed) and per eval seed: [images, sum per metric (per-pair ones x n_real), pairs]
     cells: dict[tuple[Any, Any], list[float]] = {}
     seeds: dict[Any, list[float]] = {}
     for r in rows:
-        n = r["n_real"]
-        add = (1, r["clip_t"], r["clip_i"] * n, r["dino"] * n, n)
-        for acc in (cells.setdefault((r["concept"], r["eval_seed"]), [0, 0.0, 0.0, 0.0, 0]),
-                    seeds.setdefault(r["eval_seed"], [0, 0.0, 0.0, 0.0, 0])):
-            for i, x in enumerate(add):
-                acc[i] += x
-    per_cell = {key: _means(acc) for key, acc in cells.items()}
+        values = tuple(r[k] for k in METRIC_KEYS)
+        accumulate(cells.setdefault((r["concept"], r["eval_seed"]), empty()), values, r["n_real"])
+        accumulate(seeds.setdefault(r["eval_seed"], empty()), values, r["n_real"])
+    per_cell = {key: means(acc) for key, acc in cells.items()}
     by_concept: dict[Any, list[dict[str, float]]] = {}
     for (concept, _), values in per_cell.items():
         by_concept.setdefault(concept, []).append(values)
     per_concept = {c: {k: _mean([v[k] for v in vs]) for k in METRIC_KEYS} for c, vs in sorted(by_concept.items())}
-    per_seed = [_means(acc) for acc in seeds.values()]
+    per_seed = [means(acc) for acc in seeds.values()]
     out: dict[str, Any] = {k: _mean([v[k] for v in per_concept.values()]) for k in METRIC_KEYS}
     out.update({f"{k}_pooled": _mean([v[k] for v in per_seed]) for k in METRIC_KEYS})
     out["per_concept"] = per_concept
     out["n_images"] = len(rows)
     return out
-
-
-def _means(acc: list[float]) -> dict[str, float]:
-    """[images, sum CLIP-T, sum CLIP-I x n, sum DINO x n, sum n] -> the mean CLIP-T per image, CLIP-I/DINO per pair."""
-    return {"clip_t": acc[1] / acc[0], "clip_i": acc[2] / acc[4], "dino": acc[3] / acc[4]}
 
 
 def _mean(xs: list[float]) -> float:

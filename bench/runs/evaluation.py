@@ -8,6 +8,7 @@ from typing import Any
 
 from bench.api import Concept
 from bench.config import to_dict
+from bench.metrics.declared import NAMES as METRIC_NAMES
 from bench.runs.planning import Context
 
 
@@ -57,7 +58,7 @@ def evaluate(trained: Any, concept: Concept, eval_seeds: tuple[int, ...], image_
     summary = aggregate(rows)
     return {
         "steps": steps,
-        "metrics": {k: summary[k] for k in ("clip_t", "clip_i", "dino")},
+        "metrics": {k: summary[k] for k in METRIC_NAMES},
         "real_vs_real": real_vs_real(scorer, reals),
         "images": [{k: v for k, v in r.items() if k != "concept"} for r in rows],
         "timing": {"infer_s_per_image": single.seconds, "infer_s_per_image_batched": batched.seconds / len(images),

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-METRICS = ("clip_t", "clip_i", "dino")
+from bench.metrics.declared import LABELS, NAMES
+
+METRICS = NAMES  # the declared metrics (bench.metrics.declared)
 
 
-METRIC_LABELS = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "dino": "DINO"}
+METRIC_LABELS = LABELS
 
 
 TABLES = ("main", "ablation", "echo", "nfe", "backbone", "alternatives", "shots")

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from bench.metrics.declared import METRICS as DECLARED
+from bench.metrics.declared import accumulate, empty, means
 from bench.tables.definitions import BEFORE_ECHO, METRICS
 
 BOOTSTRAP_SEED = 0
@@ -18,7 +20,7 @@ BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 1000
 
 
-_COLUMNS = itemgetter("eval_seed", "clip_t", "clip_i", "dino", "n_real")
+_COLUMNS = itemgetter("eval_seed", *METRICS, "n_real")
 
 
 @dataclass
@@ -52,36 +54,32 @@ def summarize_run(record: dict[str, Any], source: str = "metrics") -> RunSummary
     if not rows:
         return None
     by_seed: dict[Any, list[float]] = {}
-    for seed, ct, ci, dn, n in map(_COLUMNS, rows):  # tuples, not dict lookups: this loop dominates a full render
-        acc = by_seed.get(seed)
+    for row in map(_COLUMNS, rows):  # tuples, not dict lookups: this loop dominates a full render
+        acc = by_seed.get(row[0])
         if acc is None:
-            acc = by_seed[seed] = [0, 0.0, 0.0, 0.0, 0]
-        acc[0] += 1
-        acc[1] += ct
-        acc[2] += ci * n
-        acc[3] += dn * n
-        acc[4] += n
+            acc = by_seed[row[0]] = empty()
+        accumulate(acc, row[1:-1], row[-1])
     return RunSummary(by_seed, _seed_mean(by_seed), (evaluation.get("timing") or {}).get("infer_s_per_image"))
 
 
 def _seed_mean(by_seed: dict[Any, list[float]]) -> dict[str, float]:
-    """Per eval seed the mean over images (CLIP-T) or pairs (CLIP-I, DINO) of the sums, then the mean over seeds."""
+    """Per eval seed the mean over images (per-image metrics) or pairs (per-pair ones) of the sums, then the mean
+    over seeds."""
     k = len(by_seed)
-    return {"clip_t": sum(t[1] / t[0] for t in by_seed.values()) / k,
-            "clip_i": sum(t[2] / t[4] for t in by_seed.values()) / k,
-            "dino": sum(t[3] / t[4] for t in by_seed.values()) / k}
+    per_seed = [means(t) for t in by_seed.values()]
+    return {m: sum(v[m] for v in per_seed) / k for m in METRICS}
 
 
 def pooled(summaries: list[RunSummary]) -> dict[str, float]:
     """`bench.metrics.aggregate`'s `*_pooled` numbers for the union of these runs' images (one training seed):
     per eval seed the pooled mean over images (CLIP-T) or pairs (CLIP-I, DINO) of all of them, then the mean over
     eval seeds. Not the headline (that is the mean over concepts: `concept_mean`)."""
-    totals: dict[Any, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0])
+    totals: dict[Any, list[float]] = defaultdict(empty)
     for s in summaries:
         for seed, acc in s.by_eval_seed.items():
             t = totals[seed]
-            for i in range(5):
-                t[i] += acc[i]
+            for i, x in enumerate(acc):
+                t[i] += x
     return _seed_mean(totals)
 
 
@@ -208,14 +206,16 @@ def ceiling_stats(records: list[dict[str, Any]]) -> Stats | None:
     if not per:
         return None
     nan = math.nan
-    mean, lo, hi, pool, per_concept = {"clip_t": nan}, {"clip_t": nan}, {"clip_t": nan}, {"clip_t": nan}, {}
-    for m in ("clip_i", "dino"):
+    text = [m.name for m in DECLARED if not m.per_pair]  # one value per image and prompt: no real-vs-real value
+    mean, lo, hi, pool = ({m: nan for m in text} for _ in range(4))
+    per_concept: dict[str, dict[str, float]] = {}
+    for m in (m.name for m in DECLARED if m.per_pair):
         pairs = [(v[m], v.get("n_pairs", 1)) for v in per.values() if v.get(m) is not None and v[m] == v[m]]
         weight = sum(n for _, n in pairs)
         mean[m] = _mean([x for x, _ in pairs])
         pool[m] = sum(x * n for x, n in pairs) / weight if weight else nan
         lo[m], hi[m] = bootstrap_interval([x for x, _ in pairs])
     for c, v in sorted(per.items()):
-        per_concept[c] = {"clip_t": nan, "clip_i": v.get("clip_i", nan), "dino": v.get("dino", nan)}
+        per_concept[c] = {m.name: v.get(m.name, nan) if m.per_pair else nan for m in DECLARED}
     n = len(per)
     return Stats(mean, {m: nan for m in METRICS}, lo, hi, per_concept, n, n, 0, 0, 0, n, pooled=pool)
