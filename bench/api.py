@@ -68,6 +68,10 @@ class Diverged(RuntimeError):
     """Training produced a non-finite loss; the run is recorded as failed with this message as the reason."""
 
 
+LIVE_CLASSES = ("cat", "dog")
+"""Class nouns of living subjects: their concepts are `live` and take the living-subject prompt list."""
+
+
 DEFAULT_PHRASE = "{identifier} {class_noun}"
 """What stands for the concept in an evaluation prompt unless a trained model declares its own `eval_phrase`."""
 

@@ -22,14 +22,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from bench.api import BenchError, Concept
+from bench.api import LIVE_CLASSES, BenchError, Concept
 
 CC101_URL = "https://github.com/adobe-research/custom-diffusion"
 DATASET_JSON = "dataset.json"
 IMAGES_DIR = "benchmark_dataset"
 IMAGES_HINT = ("the photos are distributed apart from the repository as benchmark_dataset.zip (see the "
                "repository's customconcept101/README.md); pass it with --images ZIP_OR_FOLDER")
-_FIX = "run `bench data download --dataset customconcept101 DIR --images ZIP`, then pass `--data DIR`"
+FIX = "run `bench data download --dataset customconcept101 DIR --images ZIP`, then pass `--data DIR`"
 
 
 def find_cc101(root: Path) -> Path | None:
@@ -77,12 +77,12 @@ def _templates(path: Path) -> tuple[str, ...]:
 
 def load_customconcept101(root: Path) -> list[Concept]:
     """Every concept of a CustomConcept101 copy, sorted by name, with its photos and prompts."""
-    from bench.data import LIVE_CLASSES, image_files
+    from bench.photos import image_files
 
     folder = find_cc101(root)
     if folder is None:
         raise BenchError(f"CustomConcept101 not found: no {DATASET_JSON} and prompts/ in {root} or "
-                         f"{Path(root) / 'customconcept101'}; {_FIX}")
+                         f"{Path(root) / 'customconcept101'}; {FIX}")
     concepts = {}
     for e in _entries(folder):
         photos = (folder / e["instance_data_dir"]).resolve()
@@ -108,34 +108,13 @@ def load_customconcept101(root: Path) -> list[Concept]:
     return [concepts[n] for n in sorted(concepts)]
 
 
-def dataset_root(data: Path | None, dataset: str | None) -> Path | None:
-    """`--data` checked against `--dataset`, or the dataset's default folder when only `--dataset` is given
-    (`$BENCH_CC101`, else `./data/customconcept101`); None leaves the usual DreamBench default."""
-    from bench.data import DATASETS, find_dataset
-    from bench.registry import unknown
-
-    if dataset is None:
-        return data
-    if dataset not in DATASETS:
-        raise unknown("dataset", dataset, DATASETS)
-    if dataset == "dreambench":
-        if data is not None:
-            find_dataset(Path(data))  # one line when it is not DreamBench
-        return data
-    root = Path(data or os.environ.get("BENCH_CC101") or "data/customconcept101")
-    if find_cc101(root) is None:
-        raise BenchError(f"CustomConcept101 not found: no {DATASET_JSON} and prompts/ in {root} or "
-                         f"{root / 'customconcept101'}; {_FIX}")
-    return root
-
-
 def check_customconcept101(root: Path) -> dict[str, Any]:
     """Validate a copy end to end (every photo decodes) and summarise it."""
-    from bench.data import _decode_all
+    from bench.photos import decode_all
 
     concepts = load_customconcept101(root)
     images = [p for c in concepts for p in c.images]
-    _decode_all(images)
+    decode_all(images)
     return {"dataset": "customconcept101", "root": str(find_cc101(root)), "concepts": len(concepts),
             "images": len(images), "live": sum(c.live for c in concepts),
             "classes": len({c.class_noun for c in concepts}), "prompts": sum(len(c.prompts) for c in concepts)}

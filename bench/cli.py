@@ -122,7 +122,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
         speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
-    from bench.cc101 import dataset_root
+    from bench.data import dataset_root
     from bench.runs import SweepRequest, variants_for
 
     data = dataset_root(data, dataset)
@@ -214,7 +214,7 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
         for name in method_names():
             typer.echo(f"{name}: {', '.join(get_method(name).variants)}")
     elif what == "concepts":
-        from bench.cc101 import dataset_root
+        from bench.data import dataset_root
         from bench.data import load_concepts
         from bench.paths import data_root
 
@@ -331,7 +331,7 @@ def report(out: Optional[Path] = typer.Option(None, "--out", help="Folder for re
            results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
            data: Optional[Path] = DATA, dataset: Optional[str] = DATASET) -> None:
     """Every table, figures and qualitative grids in one Markdown file and one self-contained HTML page."""
-    from bench.cc101 import dataset_root
+    from bench.data import dataset_root
     from bench.report import build_report
 
     typer.echo(build_report(results, out, profile, dataset_root(data, dataset)))

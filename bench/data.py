@@ -11,24 +11,20 @@ import ast
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.api import BenchError, Concept
+from bench.api import LIVE_CLASSES, BenchError, Concept
+from bench.photos import IMAGE_SUFFIXES, decode_all, image_files, load_image  # noqa: F401 (re-exported)
 from bench.registry import unknown
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from PIL.Image import Image
+    pass
 
 DREAMBENCH_URL = "https://github.com/google/dreambooth"
 PROMPTS_FILE = "prompts_and_classes.txt"
 USER_PROMPTS_FILE = "prompts.txt"
-LIVE_CLASSES = ("cat", "dog")
 """Class nouns of live subjects: they get the live prompt list (outfits, hats) instead of the object one."""
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 _FIX = "run `bench data download DIR`, then pass `--data DIR` or set BENCH_DATA"
 
@@ -128,17 +124,6 @@ def _checked_template(template: str, where: str) -> str:
 # --- concepts ----------------------------------------------------------------------------------------------
 
 
-def image_files(folder: Path) -> tuple[Path, ...]:
-    """The image files in `folder`, sorted; hidden files (macOS `._01.jpg`) are skipped."""
-    return tuple(
-        sorted(
-            p
-            for p in Path(folder).iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        )
-    )
-
-
 def _read_prompt_file(dataset: Path) -> tuple[dict[str, str], list[str], list[str]]:
     path = dataset / PROMPTS_FILE
     try:
@@ -180,6 +165,27 @@ def load_concepts(root: Path) -> list[Concept]:
     if find_cc101(root) is not None and not (Path(root) / PROMPTS_FILE).is_file():
         return load_customconcept101(root)
     return load_dreambench(root)
+
+
+def dataset_root(data: Path | None, dataset: str | None) -> Path | None:
+    """`--data` checked against `--dataset`, or the dataset's default folder when only `--dataset` is given
+    (`$BENCH_CC101`, else `./data/customconcept101`); None leaves the usual DreamBench default."""
+    from bench.cc101 import DATASET_JSON, FIX, find_cc101
+    from bench.registry import unknown
+
+    if dataset is None:
+        return data
+    if dataset not in DATASETS:
+        raise unknown("dataset", dataset, DATASETS)
+    if dataset == "dreambench":
+        if data is not None:
+            find_dataset(Path(data))  # one line when it is not DreamBench
+        return data
+    root = Path(data or os.environ.get("BENCH_CC101") or "data/customconcept101")
+    if find_cc101(root) is None:
+        raise BenchError(f"CustomConcept101 not found: no {DATASET_JSON} and prompts/ in {root} or "
+                         f"{root / 'customconcept101'}; {FIX}")
+    return root
 
 
 def select_concepts(root: Path, spec: str) -> list[Concept]:
@@ -261,86 +267,7 @@ def user_concept_name(concept: Concept) -> str:
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", concept.name).strip("._") or "concept"
     return f"{folder}@{digest.hexdigest()[:10]}"
 
-# --- images ------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _strict_decoding() -> Iterator[None]:
-    """Make PIL raise on truncated files for the duration, whatever another library switched on."""
-    from PIL import ImageFile
-
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def load_image(path: Path, size: int | None = None) -> Image:
-    """An RGB image, upright per EXIF, optionally center-cropped to a square and resized to `size`."""
-    if size is not None and size <= 0:
-        raise BenchError(f"image size must be positive, got {size}")
-    with _strict_decoding():
-        return _load_rgb(Path(path), size)
-
-
-def _load_rgb(path: Path, size: int | None) -> Image:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode every byte now, so a truncated file fails here and not mid-run
-            img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
-    except UnidentifiedImageError:
-        reason = "empty file" if path.stat().st_size == 0 else "not an image, or a format PIL does not know"
-        raise BenchError(f"cannot read image {path}: {reason}") from None
-    except FileNotFoundError:
-        raise BenchError(f"cannot read image {path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
-        raise BenchError(f"cannot read image {path}: {str(exc) or type(exc).__name__}") from None
-    if size is not None and img.size != (size, size):
-        img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
-    return img
-
-
-def _to_rgb(img: Image) -> Image:
-    """RGB from any mode: alpha composited onto white, 16-bit and float scaled (not clipped) to 8 bit."""
-    from PIL import Image
-
-    if img.mode.startswith("I;16"):
-        img = img.convert("I")
-    if img.mode in ("I", "F"):
-        lo, hi = img.getextrema()
-        if img.mode == "I" and lo >= 0 and hi <= 65535:
-            scale, offset = 255 / 65535, 0.0  # 16-bit data (PNG, TIFF)
-        elif img.mode == "F" and lo >= 0 and hi <= 1:
-            scale, offset = 255.0, 0.0
-        else:
-            scale = 255 / (hi - lo) if hi > lo else 0.0
-            offset = -lo * scale
-        img = img.point(lambda v: v * scale + offset).convert("L")
-    if "A" in img.getbands() or "a" in img.getbands() or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        white.alpha_composite(rgba)
-        return white.convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
 # --- validation and download -------------------------------------------------------------------------------
-
-
-def _decode_all(paths: list[Path]) -> None:
-    """Decode every image (in threads: PIL releases the GIL); raise for the first bad one, in path order."""
-    with _strict_decoding(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for future in [pool.submit(_check_image, p) for p in paths]:
-            future.result()
-
-
-def _check_image(path: Path) -> None:
-    _load_rgb(path, None)  # the decoded image is dropped at once: 158 full-size photos would not fit
 
 
 def check_dataset(root: Path) -> dict[str, Any]:
@@ -349,7 +276,7 @@ def check_dataset(root: Path) -> dict[str, Any]:
     concepts = load_dreambench(root)
     _, object_prompts, live_prompts = _read_prompt_file(dataset)
     images = [p for c in concepts for p in c.images]
-    _decode_all(images)
+    decode_all(images)
     return {
         "root": str(dataset),
         "concepts": len(concepts),
@@ -369,7 +296,7 @@ def check_folder(folder: Path) -> dict[str, Any]:
     images = image_files(folder)
     if not images:
         raise BenchError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in concept folder {folder}")
-    _decode_all(list(images))
+    decode_all(list(images))
     return {"root": str(folder), "images": len(images), "prompts_file": (folder / USER_PROMPTS_FILE).is_file()}
 
 

@@ -45,7 +45,7 @@ def study_create(name: str = typer.Option(..., "--name", help="Study name, e.g. 
                                                          "every participant may vote on every trial)."),
                  references: int = typer.Option(3, "--references", help="Reference photos shown per trial.")) -> None:
     """Draw trials from finished runs into results/<profile>/_studies/<name>.sqlite."""
-    from bench.cc101 import dataset_root
+    from bench.data import dataset_root
     from bench.study import commands
     from bench.study.config import StudyConfig
 
