@@ -48,6 +48,15 @@ def real_dreambench_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def concept(dreambench_root):
+    """DreamBench's `dog` (real or fixture), the concept the method tests train on; a test module may define its
+    own `concept` instead."""
+    from bench.data import select_concepts
+
+    return select_concepts(dreambench_root, "dog")[0]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _bench_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every test session builds its tiny models once, in its own cache, unless BENCH_CACHE is set."""

@@ -42,13 +42,6 @@ ROUND_TRIP_TOLERANCE: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
-def concept(dreambench_root):
-    from bench.data import select_concepts
-
-    return select_concepts(dreambench_root, "dog")[0]
-
-
-@pytest.fixture(scope="module")
 def runs(concept, tmp_path_factory):
     """name -> TrainedRun, trained on first use and kept for the module."""
     done: dict[str, TrainedRun] = {}

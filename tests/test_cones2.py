@@ -26,13 +26,6 @@ OVERRIDES = {"iterations": 2, "lr": 2e-2, "keep_text_encoder": True}
 
 
 @pytest.fixture(scope="module")
-def concept(dreambench_root):
-    from bench.data import select_concepts
-
-    return select_concepts(dreambench_root, "dog")[0]
-
-
-@pytest.fixture(scope="module")
 def run(concept, tmp_path_factory) -> TrainedRun:
     return train_tiny("cones2", OVERRIDES, concept, tmp_path_factory.mktemp("cones2"))
 

@@ -13,13 +13,6 @@ from bench.contract_check import ContractViolation, check_declarations, check_me
 from bench.registry import method_names
 
 
-@pytest.fixture(scope="module")
-def concept(dreambench_root):
-    from bench.data import select_concepts
-
-    return select_concepts(dreambench_root, "dog")[0]
-
-
 @pytest.mark.parametrize("name", method_names())
 def test_method_contract(name: str, concept, tmp_path: Path) -> None:
     lines: list[str] = []

@@ -26,13 +26,6 @@ OVERRIDES = {"iterations": 2, "lr": 1e-2, "fuse": False}
 
 
 @pytest.fixture(scope="module")
-def concept(dreambench_root):
-    from bench.data import select_concepts
-
-    return select_concepts(dreambench_root, "dog")[0]
-
-
-@pytest.fixture(scope="module")
 def run(concept, tmp_path_factory) -> TrainedRun:
     return train_tiny("disenbooth", OVERRIDES, concept, tmp_path_factory.mktemp("disenbooth"))
 

@@ -24,13 +24,6 @@ from tests.helpers import bench
 
 
 @pytest.fixture(scope="module")
-def concept(dreambench_root):
-    from bench.data import select_concepts
-
-    return select_concepts(dreambench_root, "dog")[0]
-
-
-@pytest.fixture(scope="module")
 def prepared(concept):
     """Conditioned on every photo ("each"), so that each mode can be sampled from the same pipeline."""
     from baselines.ip_adapter_tcd import IPAdapterTCD, IPAdapterTCDConfig

@@ -11,13 +11,6 @@ from bench.data_textboost import reference_images
 from tests.helpers import train_tiny
 
 
-@pytest.fixture(scope="module")
-def concept(dreambench_root):
-    from bench.data import select_concepts
-
-    return select_concepts(dreambench_root, "dog")[0]
-
-
 @pytest.mark.parametrize("name", ["disenbooth", "cones2"])
 @pytest.mark.parametrize("reference_set", ["textboost_n1", "all"])
 def test_the_photos_a_method_trains_on(name, reference_set, concept, monkeypatch, tmp_path) -> None:

@@ -24,13 +24,6 @@ SEED = 3
 
 
 @pytest.fixture(scope="module")
-def concept(dreambench_root):
-    from bench.data import select_concepts
-
-    return select_concepts(dreambench_root, "dog")[0]
-
-
-@pytest.fixture(scope="module")
 def run(concept, tmp_path_factory) -> TrainedRun:
     return train_tiny("textboost", OVERRIDES, concept, tmp_path_factory.mktemp("textboost"))
 
