@@ -29,6 +29,7 @@ from typing import Any
 from bench import store
 from bench.api import BenchError
 from bench.paths import fsync_dir
+from bench.record import RunRecord
 
 VOLATILE = ("run_dir", "started_at", "finished_at", "host", "pid", "timing", "attempts", "resumed_from",
             "git_commit", "versions", "speed", "device", "trained_from", "traceback", "traceback_text")
@@ -59,22 +60,23 @@ class MergeOutcome:
         return f"merged into {dest}: " + ", ".join(parts)
 
 
-def result_view(record: dict[str, Any]) -> dict[str, Any]:
-    """A record without the fields that differ between machines: what two copies of one run must agree on."""
-    return {k: v for k, v in record.items() if k not in VOLATILE}
+def result_view(record: RunRecord) -> dict[str, Any]:
+    """A record's JSON without the fields that differ between machines: what two copies of one run must agree on
+    (compared as written, so a key an older bench did not write differs from one written as null)."""
+    return {k: v for k, v in record.to_json().items() if k not in VOLATILE}
 
 
-def _runs(root: Path) -> dict[str, dict[str, Any]]:
+def _runs(root: Path) -> dict[str, RunRecord]:
     """{relative run path: record} for every committed run under `root`."""
     out = {}
-    for record in store.iter_records(root):
-        rel = Path(record["run_dir"]).relative_to(root)
+    for record in store.iter_run_records(root):
+        rel = Path(record.run_dir or "").relative_to(root)
         if len(rel.parts) == 5:
             out[str(rel)] = record
     return out
 
 
-def _differs(a: dict[str, Any], b: dict[str, Any]) -> str:
+def _differs(a: RunRecord, b: RunRecord) -> str:
     """The first result field in which two records of one run differ, or ""."""
     va, vb = result_view(a), result_view(b)
     return next((k for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)), "")
@@ -90,21 +92,20 @@ def _check_roots(sources: list[Path], dest: Path) -> None:
             raise BenchError(f"merge source {src} is the destination itself; pass other folders")
 
 
-def plan_merge(sources: list[Path], dest: Path) -> tuple[dict[str, tuple[Path, dict[str, Any]]], MergeOutcome]:
+def plan_merge(sources: list[Path], dest: Path) -> tuple[dict[str, tuple[Path, RunRecord]], MergeOutcome]:
     """Which source run goes where ({relative path: (source run folder, record)}); every conflict found first."""
     outcome = MergeOutcome()
     mine = _runs(dest) if dest.is_dir() else {}
-    chosen: dict[str, tuple[Path, dict[str, Any]]] = {}
-    best: dict[str, tuple[Path, dict[str, Any]]] = {}
+    chosen: dict[str, tuple[Path, RunRecord]] = {}
+    best: dict[str, tuple[Path, RunRecord]] = {}
     for src in sources:
         for rel, record in _runs(src).items():
             here = best.get(rel)
-            if here is None or (here[1].get("status") != "done" and record.get("status") == "done"
-                                and here[1].get("config_hash") == record.get("config_hash")):
+            if here is None or (not here[1].done and record.done and here[1].config_hash == record.config_hash):
                 best[rel] = (src, record)
                 continue
-            if (here[1].get("config_hash") == record.get("config_hash") and here[1].get("status") == "done"
-                    and record.get("status") == "done" and (key := _differs(here[1], record))):
+            if (here[1].config_hash == record.config_hash and here[1].done and record.done
+                    and (key := _differs(here[1], record))):
                 raise BenchError(f"conflict: {here[0] / rel} and {src / rel} hold different finished records for "
                                  f"the same run and config hash (field '{key}'); remove the wrong one and merge "
                                  f"again")
@@ -112,16 +113,16 @@ def plan_merge(sources: list[Path], dest: Path) -> tuple[dict[str, tuple[Path, d
         held = mine.get(rel)
         if held is None:
             chosen[rel] = (src / rel, record)
-        elif held.get("config_hash") != record.get("config_hash"):
+        elif held.config_hash != record.config_hash:
             outcome.kept_other_hash.append(rel)
-        elif held.get("status") == "done" and record.get("status") == "done":
+        elif held.done and record.done:
             if key := _differs(held, record):
                 raise BenchError(f"conflict: {dest / rel} and {src / rel} hold different finished records for the "
                                  f"same run and config hash (field '{key}'); remove the wrong one and merge again")
             outcome.already.append(rel)
-        elif held.get("status") == "done":
+        elif held.done:
             outcome.kept_done_over_failed.append(rel)
-        elif record.get("status") == "done":
+        elif record.done:
             chosen[rel] = (src / rel, record)
         else:
             outcome.already.append(rel)  # failed in both: the destination's failure stands
@@ -144,9 +145,8 @@ def merge(sources: list[Path], dest: Path) -> MergeOutcome:
             continue
         try:
             store.recover(run_dir, keep_partial=True)
-            held = store.read_record(run_dir)
-            if held is not None and (held.get("status") == "done" or held.get("config_hash")
-                                     != record.get("config_hash")):
+            held = store.read_run_record(run_dir)
+            if held is not None and (held.done or held.config_hash != record.config_hash):
                 outcome.already.append(rel)  # finished here while we were merging: it stands
                 continue
             _copy_run(src_run, run_dir)

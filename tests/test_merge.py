@@ -100,3 +100,34 @@ def test_bad_sources_are_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "dest").mkdir()
     code, _, err = bench(monkeypatch, capsys, "merge", tmp_path / "dest", "--into", tmp_path / "dest")
     assert code == 2 and "destination itself" in err
+
+
+GOLDEN = Path(__file__).parent / "golden" / "records"
+
+
+def test_records_of_an_older_bench_merge_byte_for_byte(tmp_path):
+    """Records written before `trains`, `timing.prepare_s`, `eval_version` existed: copied as they were, a second
+    merge finds them already there, and one differing in a result is a conflict."""
+    import shutil
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    shutil.copytree(GOLDEN / "tiny" / "echodistill" / "default", src / "tiny" / "echodistill" / "default")
+    records = sorted(src.rglob("record.json"))
+    assert records and all("trains" not in json.loads(p.read_text()) for p in records)
+    out = merge([src], dest)
+    assert len(out.copied) == len(records)
+    for path in records:
+        assert (dest / path.relative_to(src)).read_bytes() == path.read_bytes()
+    again = merge([src], dest)
+    assert again.copied == [] and len(again.already) == len(records)
+    rel = records[0].parent.relative_to(src)
+    data = json.loads(records[0].read_text())
+    data["timing"] = {"train_s": 999.0}  # volatile: the same result
+    data["host"] = "elsewhere"
+    other = tmp_path / "other"
+    store.write_json_atomic(other / rel / "record.json", data)
+    assert merge([other], dest).already == [str(rel)]
+    data["metrics"] = {**data["metrics"], "clip_t": -1.0}
+    store.write_json_atomic(other / rel / "record.json", data)
+    with pytest.raises(BenchError, match="conflict.*metrics"):
+        merge([other], dest)
