@@ -55,6 +55,41 @@ def _trials(path: Path) -> list[tuple]:
 # --- create ----------------------------------------------------------------------------------------------------
 
 
+def test_draw_reads_records_of_an_older_bench(tmp_path: Path) -> None:
+    """The golden records (written before `trains` and `eval_version`): every image on disk is a candidate, a
+    missing file or an image row without one is left out, the identifier is replaced by the class noun."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from bench.data import load_concepts
+    from bench.study.draw import draw_trials
+
+    golden, results = Path(__file__).parent / "golden" / "records", tmp_path / "results"
+    for method in ("echodistill", "custom_diffusion"):
+        shutil.copytree(golden / "tiny" / method / "default", results / "tiny" / method / "default")
+    for path in results.rglob("record.json"):
+        assert "trains" not in json.loads(path.read_text())
+        for image in json.loads(path.read_text())["images"]:
+            (path.parent / image["file"]).parent.mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8)).save(path.parent / image["file"])
+    dog = results / "tiny/custom_diffusion/default/dog/seed0"
+    (dog / "images/p01_s1.png").unlink()
+    teapot = results / "tiny/echodistill/default/teapot/seed0/record.json"
+    data = json.loads(teapot.read_text())
+    del data["images"][0]["file"]
+    teapot.write_text(json.dumps(data))
+    concepts = {c.name: c for c in load_concepts(make_dataset(tmp_path / "data"))}
+    cfg = StudyConfig("old", "tiny", ("echodistill", "custom_diffusion"), ("default", "default"), (), (0,),
+                      None, 0, None)
+    trials = draw_trials(results, cfg, concepts)
+    assert sorted((t["concept"], t["prompt_index"], t["eval_seed"]) for t in trials) == [
+        ("dog", 0, 0), ("dog", 0, 1), ("dog", 1, 0), ("teapot", 0, 1), ("teapot", 1, 0), ("teapot", 1, 1)]
+    assert all(t["seed"] == 0 and "<new1>" not in t["prompt"] and len(t["candidates"]) == 2 for t in trials)
+
+
+
 def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch, capsys) -> None:
     results, data = world
     code, out, err = bench(monkeypatch, capsys, "study", "create", "--name", "t7", "--results", results, "--data",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError, Concept
+from bench.record import RunRecord
 from bench.study.config import StudyConfig
 
 
@@ -22,24 +23,27 @@ def display_prompt(prompt: str, identifier: str | None, class_noun: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _done_runs(results: Path, cfg: StudyConfig) -> dict[tuple[str, str, str, int], dict[str, Any]]:
-    from bench.store import iter_records
+def _done_runs(results: Path, cfg: StudyConfig) -> dict[tuple[str, str, str, int], RunRecord]:
+    from bench.store import iter_run_records
 
     wanted = set(zip(cfg.methods, cfg.variants))
     runs = {}
-    for r in iter_records(results, cfg.profile):
-        if r.get("status") == "done" and (r["method"], r["variant"]) in wanted and r["seed"] in cfg.seeds:
-            runs[(r["method"], r["variant"], r["concept"], r["seed"])] = r
+    for r in iter_run_records(results, cfg.profile):
+        if r.done and (r.method, r.variant) in wanted and r.seed in cfg.seeds:
+            runs[(r.method, r.variant, r.concept, r.seed)] = r
     return runs
 
 
-def _images(record: dict[str, Any]) -> dict[tuple[int, int], tuple[Path, str]]:
-    """(prompt index, eval seed) -> (saved image, prompt) for the run's images that exist on disk."""
+def _images(record: RunRecord) -> dict[tuple[int, int], tuple[Path, str]]:
+    """(prompt index, eval seed) -> (saved image, prompt) for the run's images that exist on disk (an image row
+    without a file or its indices is left out)."""
     out = {}
-    for row in record.get("images") or []:
-        path = Path(record["run_dir"]) / row["file"]
+    for image in record.evaluation.images:
+        if image.file is None or image.prompt_index is None or image.eval_seed is None:
+            continue
+        path = Path(record.run_dir or "") / image.file
         if path.is_file():
-            out[(int(row["prompt_index"]), int(row["eval_seed"]))] = (path, row.get("prompt", ""))
+            out[(int(image.prompt_index), int(image.eval_seed))] = (path, image.prompt or "")
     return out
 
 
@@ -82,7 +86,7 @@ def draw_trials(results: Path, cfg: StudyConfig, concepts: dict[str, Concept]) -
         entry = concepts[concept]
         order = list(range(len(pairs)))
         random.Random(f"{cfg.draw_seed}/{concept}/{seed}/{p}/{s}").shuffle(order)
-        prompt = display_prompt(images[0][(p, s)][1], recs[0].get("identifier"), entry.class_noun)
+        prompt = display_prompt(images[0][(p, s)][1], recs[0].identifier, entry.class_noun)
         trials.append({"concept": concept, "class_noun": entry.class_noun, "seed": seed, "prompt_index": p,
                        "eval_seed": s, "prompt": prompt,
                        "candidates": [(pairs[i][0], pairs[i][1], images[i][(p, s)][0]) for i in order],
