@@ -25,6 +25,7 @@ from typing import Any
 from bench import store
 from bench.api import Concept
 from bench.metrics.declared import NAMES as METRIC_NAMES
+from bench.record import Evaluation, ImageScore, Rescored, RunRecord
 from bench.runs import Context, Job, resolve_job, job_hash, load_concept
 
 
@@ -34,7 +35,7 @@ class _Run:
 
     job: Job
     run_dir: Path
-    record: dict[str, Any]
+    record: RunRecord
     new_hash: str
     concept: Concept
     parts: dict[str | None, list[int]] = field(default_factory=dict)
@@ -48,21 +49,21 @@ def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[st
     for job in jobs:
         profile, config, _, new_hash = resolve_job(job, ctx)
         run_dir = job.key.path(ctx.results)
-        typed = store.read_run_record(run_dir)
+        record = store.read_run_record(run_dir)
         label = job.key.label()
-        if typed is None or not typed.done:
+        if record is None or not record.done:
             skipped["not_done"].append(label)
             continue
-        old_suite = typed.metric_suite or {}
-        if not old_suite.get("name") or job_hash(job, config, profile.describe(), old_suite) != typed.config_hash:
+        old_suite = record.metric_suite or {}
+        if not old_suite.get("name") or job_hash(job, config, profile.describe(), old_suite) != record.config_hash:
             skipped["outdated"].append(label)  # trained or evaluated with another config: `bench run` redoes it
             continue
-        if typed.config_hash == new_hash and not ctx.force:  # the hash names the suite
+        if record.config_hash == new_hash and not ctx.force:  # the hash names the suite
             skipped["already"].append(label)
             continue
-        record = typed.to_json()
-        files = [path for _, rows, folder in _evaluations(record, run_dir) for path in _files(rows, folder)]
-        if not all(path.is_file() for path in files):
+        images = [(image, folder) for _, rows, folder in _evaluations(record, run_dir) for image in rows]
+        if not all(image.file and image.prompt_index is not None and (folder / image.file).is_file()
+                   for image, folder in images):
             skipped["missing_images"].append(label)  # deleted by hand: `bench run --force` samples them again
             continue
         if job.concept not in concepts:
@@ -89,7 +90,7 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
         for part, rows, folder in _evaluations(run.record, run.run_dir):
             run.parts[part] = list(range(len(files), len(files) + len(rows)))
             files += _files(rows, folder)
-            texts += [run.concept.clip_text(run.concept.prompts[int(row["prompt_index"])]) for row in rows]
+            texts += [run.concept.clip_text(run.concept.prompts[int(image.prompt_index)]) for image in rows]
     reals = sorted({p for run in runs for p in run.concept.images})
     scorer = load_scorer(ctx.suite, device)
     total = len(files) + len(reals)
@@ -115,42 +116,49 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
             idx = run.parts[part]
             scores = score_embedded({k: v[idx] for k, v in gen.items()}, text[idx], real_emb,
                                     max0=scorer.suite.cos_max0)
-            new_rows = [{**row, **sc} for row, sc in zip(rows, scores)]
-            target = record if part is None else record["views"][part]
+            new_rows = [{**image.to_json(), **sc} for image, sc in zip(rows, scores)]
+            target: RunRecord | Evaluation = record if part is None else (record.views or {})[part]
             summary = aggregate([{**r, "concept": run.job.concept} for r in new_rows])
-            target.update(images=new_rows, metrics={k: summary[k] for k in METRIC_NAMES},
-                          real_vs_real=ceiling(real_emb, max0=scorer.suite.cos_max0))
-        record.update(metric_suite=suite, config_hash=run.new_hash,
-                      rescored={"from_suite": run.record["metric_suite"].get("name"),
-                                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pass_images": total,
-                                "pass_s": outcome["embed_s"]})
+            _set(target, images=[ImageScore.from_json(r) for r in new_rows],
+                 metrics={k: summary[k] for k in METRIC_NAMES},
+                 real_vs_real=ceiling(real_emb, max0=scorer.suite.cos_max0))
+        _set(record, metric_suite=suite, config_hash=run.new_hash,
+             rescored=Rescored(from_suite=run.record.suite.name, at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               pass_images=total, pass_s=outcome["embed_s"]))
         outcome["rescored" if _commit(run, record) else "changed"].append(run.job.key.label())
     return outcome
 
 
-def _evaluations(record: dict[str, Any], run_dir: Path) -> list[tuple[str | None, list[dict[str, Any]], Path]]:
-    """(None, the run's own image rows, the folder their `file` is relative to), then the same for each view."""
-    out: list[tuple[str | None, list[dict[str, Any]], Path]] = [(None, record.get("images") or [], run_dir)]
-    out += [(name, view.get("images") or [], run_dir / "views") for name, view in (record.get("views") or {}).items()]
+def _set(part: RunRecord | Evaluation, **values: Any) -> None:
+    """Set fields of a record part, written from now on even where the record read lacked them."""
+    for name, value in values.items():
+        setattr(part, name, value)
+    part.absent = part.absent - set(values)
+
+
+def _evaluations(record: RunRecord, run_dir: Path) -> list[tuple[str | None, list[ImageScore], Path]]:
+    """(None, the run's own images, the folder their `file` is relative to), then the same for each view."""
+    out: list[tuple[str | None, list[ImageScore], Path]] = [(None, record.images or [], run_dir)]
+    out += [(name, view.images, run_dir / "views") for name, view in (record.views or {}).items()]
     return out
 
 
-def _files(rows: list[dict[str, Any]], folder: Path) -> list[Path]:
+def _files(rows: list[ImageScore], folder: Path) -> list[Path]:
     """The image files of an evaluation's rows (`file` is "images/p00_s0.png", or "<view>/p00_s0.png")."""
-    return [folder / row["file"] for row in rows]
+    return [folder / str(image.file) for image in rows]
 
 
-def _commit(run: _Run, record: dict[str, Any]) -> bool:
+def _commit(run: _Run, record: RunRecord) -> bool:
     """Replace the run's record under its lock, unless the run changed since it was read (then leave it)."""
     lock = store.RunLock(run.run_dir)
     if not lock.acquire():
         return False
     try:
         now = store.read_run_record(run.run_dir)
-        if not now or now.config_hash != run.record.get("config_hash") or now.finished_at != \
-                run.record.get("finished_at") or not lock.still_held():
+        if not now or now.config_hash != run.record.config_hash or now.finished_at != run.record.finished_at \
+                or not lock.still_held():
             return False
-        store.write_json_atomic(run.run_dir / store.RECORD, record)
+        store.write_json_atomic(run.run_dir / store.RECORD, record.to_json())
         return True
     finally:
         lock.release()

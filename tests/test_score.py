@@ -153,3 +153,26 @@ def test_one_pass_scores_equal_per_run_scores(dreambench_root):
     together = score_embedded(gen, txt, real)
     for key in ("clip_t", "clip_i", "dino", "n_real"):
         assert [r[key] for r in together] == pytest.approx([r[key] for r in per_run], abs=1e-6)
+
+
+def test_rescoring_keeps_a_record_of_an_older_bench_as_it_was(fake, other_suite, dreambench_root, tmp_path,
+                                                              monkeypatch, capsys):
+    """A record lacking keys a newer bench writes (`eval_version`, a view's `real_vs_real`) and holding one this
+    bench does not know: rescored, it keeps every other key as it was and gains the scored ones."""
+    common = ["--method", "fake", "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path]
+    assert bench(monkeypatch, capsys, "run", *common)[0] == 0
+    path = tmp_path / "tiny" / "fake" / "default" / "dog" / "seed0" / "record.json"
+    old = json.loads(path.read_text())
+    old.pop("eval_version", None)
+    del old["views"]["dim"]["real_vs_real"]
+    old["legacy_note"] = {"kept": True}
+    path.write_text(json.dumps(old))
+    code, out, err = bench(monkeypatch, capsys, "score", *common, "--suite", other_suite)
+    assert code == 0 and "1 rescored" in out, err
+    new = json.loads(path.read_text())
+    assert set(new) == set(old) | {"rescored"} and "eval_version" not in new and new["legacy_note"] == {"kept": True}
+    assert new["rescored"]["from_suite"] == "tiny" and new["views"]["dim"]["real_vs_real"]["n"] > 0
+    changed = {"metrics", "images", "real_vs_real", "metric_suite", "config_hash", "views", "rescored"}
+    assert {k: v for k, v in new.items() if k not in changed} == {k: v for k, v in old.items() if k not in changed}
+    assert [{k: v for k, v in r.items() if k not in ("clip_t", "clip_i", "dino")} for r in new["images"]] == \
+        [{k: v for k, v in r.items() if k not in ("clip_t", "clip_i", "dino")} for r in old["images"]]
