@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from bench.api import BenchError
+from bench.record import RunRecord
 
 
-def read_done_record(run_dir: Path) -> dict[str, Any]:
+def read_done_record(run_dir: Path) -> RunRecord:
     """The record of a finished run; one line for a folder that is not one."""
     from bench.store import read_run_record
 
@@ -24,10 +24,10 @@ def read_done_record(run_dir: Path) -> dict[str, Any]:
                          f"results/tiny/custom_diffusion/default/dog/seed0")
     if not record.done:
         raise BenchError(f"run {run_dir} is '{record.status}', not done; it has no trained weights")
-    return record.to_json()
+    return record
 
 
-def recorded_weights(record: dict[str, Any]) -> dict[str, str]:
+def recorded_weights(record: RunRecord) -> dict[str, str]:
     """`{group: source}` for every weights group whose recorded source is not the profile's own default: the
     `--weights` (or `BENCH_WEIGHTS`) the run was trained with, read back from `record.models.components`.
 
@@ -36,15 +36,15 @@ def recorded_weights(record: dict[str, Any]) -> dict[str, str]:
     """
     from bench.models.profiles import get_profile
 
-    components = (record.get("models") or {}).get("components") or {}
-    default = get_profile(record["profile"], record.get("backbone", "sd-turbo")).components
+    components = (record.models or {}).get("components") or {}
+    default = get_profile(record.profile, record.backbone or "sd-turbo").components
     out: dict[str, str] = {}
     for role, entry in sorted(components.items()):
         source = entry.get("source") if isinstance(entry, dict) else None
         if role not in default or not isinstance(source, str):
             continue  # a role this version no longer has, or a malformed entry: nothing to carry over
         comp = default[role]
-        if comp.group not in out and not _is_default(source, comp.source, record["profile"]):
+        if comp.group not in out and not _is_default(source, comp.source, record.profile):
             out[comp.group] = source
     return out
 
@@ -75,7 +75,7 @@ def _looks_local(source: str) -> bool:
 
 
 def load_trained(run_dir: Path, device: str | None = None, weights: list[str] | None = None,
-                 record: dict[str, Any] | None = None):
+                 record: RunRecord | None = None):
     """The trained model of a finished run, rebuilt from its record and saved weights.
 
     Each weights group comes from `weights` (`GROUP=PATH` items) if given there, else from the source the run
@@ -90,18 +90,18 @@ def load_trained(run_dir: Path, device: str | None = None, weights: list[str] | 
     from bench.store import check_safetensors
 
     check_safetensors(Path(run_dir) / "weights", f"run {run_dir}")  # only safetensors are ever loaded
-    cls = get_method(record["method"])
-    config = build(cls.Config, record["config"])
+    cls = get_method(record.method)
+    config = build(cls.Config, record.config)
     given = parse_weights(weights or [])
-    backbone = record.get("backbone", "sd-turbo")
-    get_profile(record["profile"], backbone, given)  # a mistyped group is named before the record is read
+    backbone = record.backbone or "sd-turbo"
+    get_profile(record.profile, backbone, given)  # a mistyped group is named before the record is read
     recorded = {g: s for g, s in recorded_weights(record).items() if g not in given}
     for group, source in recorded.items():
         if _looks_local(source) and not Path(source).expanduser().exists():
             raise BenchError(f"run {run_dir} was trained with --weights {group}={source}, which does not exist "
                              f"here; pass --weights {group}=/path/to/that/copy")
     weight_map = {**recorded, **given}
-    profile = get_profile(record["profile"], backbone, weight_map)
+    profile = get_profile(record.profile, backbone, weight_map)
     check_weight_paths(given)
     check_weight_paths({g: s for g, s in recorded.items() if _looks_local(s)})
     models = Models(profile, device)
@@ -113,15 +113,15 @@ def load_trained(run_dir: Path, device: str | None = None, weights: list[str] | 
         raise BenchError(f"cannot load the weights of {run_dir}: {str(err).strip().splitlines()[0][:200]}") from None
 
 
-def concept_class_noun(record: dict[str, Any], data: Path | None = None) -> str | None:
+def concept_class_noun(record: RunRecord, data: Path | None = None) -> str | None:
     """The class noun of the run's concept: DreamBench's (read from the dataset at `data`, else `$BENCH_DATA`,
     else ./data/dreambench), or None where it cannot be known (a user's own folder, `<folder>@<hash>`, whose
     noun the record does not keep; or no dataset at hand)."""
     from bench.data import load_concepts
     from bench.paths import data_root
 
-    name = record.get("concept")
-    if not isinstance(name, str) or "@" in name:
+    name = record.concept
+    if not isinstance(name, str) or not name or "@" in name:
         return None
     try:
         concepts = load_concepts(data_root(data))  # DreamBench or CustomConcept101, by the folder's layout
@@ -144,8 +144,8 @@ def generate_image(run_dir: Path, prompt: str, steps: int | None, seed: int, out
             raise BenchError(f"the prompt does not contain this run's identifier '{identifier}', e.g. "
                              f"{identifier_hint(identifier, concept_class_noun(record, data))}")
 
-    if isinstance(record.get("identifier"), str):
-        check(record["identifier"])  # before any model loads
+    if isinstance(record.identifier, str):
+        check(record.identifier)  # before any model loads
     trained = load_trained(run_dir, device, weights, record)
     check(trained.identifier)
     image = trained.generate([prompt], [seed], steps)[0]

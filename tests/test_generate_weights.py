@@ -81,8 +81,10 @@ def test_generate_uses_the_weights_the_run_was_trained_with(tmp_path, monkeypatc
     assert code == 0, err
     assert student_sources == [str(default)]
     from bench.generate import recorded_weights
+    from bench.record import RunRecord
 
-    assert recorded_weights(record) == {"student": str(mine)}  # the tiny profile's own models are not carried
+    # the tiny profile's own models are not carried
+    assert recorded_weights(RunRecord.from_json(record)) == {"student": str(mine)}
 
     shutil.rmtree(mine)  # the recorded copy is gone: one line naming it and the way out
     student_sources.clear()
@@ -98,17 +100,20 @@ def test_recorded_weights_of_a_paper_run_and_a_moved_tiny_cache(tmp_path) -> Non
     from bench.generate import recorded_weights
     from bench.models.profiles import get_profile
     from bench.models.tiny import tiny_root
+    from bench.record import RunRecord
 
-    paper = {"profile": "paper", "backbone": "sd-turbo", "models": get_profile("paper").describe()}
+    paper = RunRecord(profile="paper", backbone="sd-turbo", models=get_profile("paper").describe())
     assert recorded_weights(paper) == {}, "hub ids are the profile's defaults: nothing to carry over"
     local = {"student": "/models/sd-turbo", "dino1": "/models/vit_small_patch16_224.dino"}
-    paper["models"] = get_profile("paper", weights=local).describe()
+    paper.models = get_profile("paper", weights=local).describe()
     assert recorded_weights(paper) == local
+    older = RunRecord.from_json({"profile": "paper", "models": paper.models})  # before records named a backbone
+    assert older.backbone is None and recorded_weights(older) == local
     # a tiny run recorded under another $BENCH_CACHE: its built models are still the profile's own
     tiny = get_profile("tiny").describe()
     for entry in tiny["components"].values():
         entry["source"] = entry["source"].replace(str(tiny_root().parent), str(tmp_path / "old-cache"))
-    assert recorded_weights({"profile": "tiny", "backbone": "sd-turbo", "models": tiny}) == {}
+    assert recorded_weights(RunRecord(profile="tiny", backbone="sd-turbo", models=tiny)) == {}
 
 
 @pytest.mark.parametrize("concept, noun", [("teapot", "teapot"), ("dog", "dog")])
