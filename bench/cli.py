@@ -227,7 +227,7 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
         for r in iter_run_records(results, profile):
             metrics = r.metrics or {}
             scores = " ".join(f"{k}={metrics[k]:.3f}" for k in METRIC_NAMES if k in metrics)
-            typer.echo(f"{r.status:7} {r.label()}  {scores}")
+            typer.echo(f"{r.status or '?':7} {r.label()}  {scores}")
     else:
         raise unknown("listing", what, ["methods", "concepts", "variants", "runs"])
 

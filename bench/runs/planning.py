@@ -16,7 +16,7 @@ from typing import Any
 from bench import store
 from bench.api import BenchError, Concept
 from bench.config import build, stable_hash, to_dict, training_fields
-from bench.record import RunRecord, VariantName
+from bench.record import RunRecord, SuiteRef, VariantName
 from bench.registry import get_method, unknown
 
 
@@ -167,10 +167,9 @@ def outdated_reason(record: RunRecord, job: Job, config: Any, profile_desc: dict
     if record.eval_version != EVAL_VERSION or differs(hashed_config(config)):
         return (f"re-sample: evaluation version {record.eval_version} -> {EVAL_VERSION} or sampling config "
                 "changed (`bench run` samples and scores again, reusing the training where it still matches)")
-    old = record.metric_suite or {}
-    if (old.get("name"), old.get("version", 1)) != (suite["name"], suite.get("version", 1)):
-        return (f"re-score: metric suite {old.get('name')} v{old.get('version', 1)} -> {suite['name']} "
-                f"v{suite.get('version', 1)} (`bench score --suite {suite['name']}`)")
+    old, new = record.suite, SuiteRef.of(suite)
+    if old != new:
+        return f"re-score: metric suite {old} -> {new} (`bench score --suite {new.name}`)"
     return "recorded with another config hash; `bench run` recomputes it"
 
 
