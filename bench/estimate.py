@@ -21,6 +21,7 @@ perf records a machine holds), with the mean Table 5 timings for a method the pa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ def _config_facts(method: str, variant: str, overrides: str, profile_name: str, 
     """What the resolved config of a (method, variant, overrides, profile, backbone) gives every job of it: its
     training identity without the concept and seed, iterations, batch size, sampling steps and image count."""
     from bench.config import training_fields
+    from bench.contract import MethodInfo, is_sampling_only, is_step_count
     from bench.models.profiles import get_profile
     from bench.registry import get_method
     from bench.runs import Job, resolve_config
@@ -80,11 +82,12 @@ def _config_facts(method: str, variant: str, overrides: str, profile_name: str, 
     profile = get_profile(profile_name, backbone, dict(weights))
     config = resolve_config(Job(method, variant, "", 0, profile_name, backbone, overrides), profile.iteration_cap,
                             profile.step_cap)
-    cls = get_method(method)
-    training = {"method": method, "method_version": getattr(cls, "version", 1), "profile": profile_name,
+    info = MethodInfo.of(get_method(method))
+    training = {"method": method, "method_version": info.version, "profile": profile_name,
                 "backbone": backbone, "config": training_fields(config)}
-    iterations = int(getattr(config, "iterations", 0) or 0) if getattr(cls, "trains", True) else 0
-    steps = next((getattr(config, f) for f in ("eval_steps", "sample_steps") if hasattr(config, f)), 1)
+    iterations = int(getattr(config, "iterations", 0) or 0) if info.trains else 0  # the main stage (as bench perf)
+    sampling = [f.name for f in dataclasses.fields(config) if is_step_count(f) and is_sampling_only(f)]
+    steps = getattr(config, sampling[0]) if sampling else 1  # the evaluation's step count (`SAMPLING_STEPS`)
     return (training, iterations, getattr(config, "batch_size", None), int(steps or 1),
             PROMPTS_PER_CONCEPT * len(profile.eval_seeds))
 

@@ -148,7 +148,7 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     from bench.contract import MethodInfo, schedule_fields
 
     cls = get_method(name)
-    trains = getattr(cls, "trains", True)  # a method without training is timed preparing and sampling only
+    trains = MethodInfo.of(cls).trains  # a method without training is timed preparing and sampling only
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     overrides: dict[str, Any] = {}
     if trains:

@@ -313,8 +313,10 @@ def check_weight_paths(weight_map: dict[str, str]) -> None:
 
 
 def trains(method: str) -> bool:
-    """Whether a registered method has a training stage (`Method.trains`, default True)."""
-    return bool(getattr(get_method(method), "trains", True))
+    """Whether a registered method has a training stage (`MethodOptions.trains`, default True)."""
+    from bench.contract import MethodInfo
+
+    return MethodInfo.of(get_method(method)).trains
 
 
 def schedule_fields(config_cls: type) -> set[str]:
@@ -336,7 +338,7 @@ def check_no_training(methods: list[str], variants: list[tuple[str, dict[str, An
         cls = get_method(method)
         for _, overrides in variants:
             for key in overrides:
-                if key in schedule_fields(cls.Config) or key.endswith("_iters"):
+                if key in schedule_fields(cls.Config):
                     raise BenchError(f"--set {key}: method '{method}' does not train, so it has no iterations to "
                                      f"set; drop the override (its settings: "
                                      f"{', '.join(f.name for f in dataclasses.fields(cls.Config))})")
