@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -70,6 +72,21 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: while records are built nothing can be garbage, and the collections
+    that their hundreds of thousands of `ImageScore`s trigger tripled the time to read a full sweep. Readers of
+    many records (`bench.tables.load_records`, `as_records`) pause it around the whole batch."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 # --- small typed values ----------------------------------------------------------------------------------------
@@ -382,17 +399,10 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
-        """The record of a `record.json` object. The cyclic garbage collector pauses meanwhile: a finished run
-        holds hundreds of `ImageScore`s, and collections triggered while they are built (none of them can free
-        anything) tripled the time to read a full sweep."""
-        paused = gc.isenabled()
-        if paused:
-            gc.disable()
-        try:
+        """The record of a `record.json` object (`gc_paused` meanwhile: a finished run holds hundreds of
+        `ImageScore`s)."""
+        with gc_paused():
             return cls._from_json(data)
-        finally:
-            if paused:
-                gc.enable()
 
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> RunRecord:
