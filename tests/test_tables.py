@@ -336,3 +336,46 @@ def test_a_run_on_another_backbone_gets_its_own_row(records: list[RunRecord]) ->
     rows = [(t.name, r.variant) for t in tables if t.profile == "paper" for r in t.rows if r.kind == "measured"]
     assert ("backbone", "default@hyper-sd15") in rows
     assert ("main", "default@hyper-sd15") not in rows
+
+
+PLUGIN = '''
+class Plug:
+    """Never imported by the tables: its declarations are literals, read from this file."""
+
+    name = "plug"
+    label = "Plug-in Method"
+    table_view = "early"
+    table_view_note = "the early model where the run has one"
+
+    def train(self, concept, models, out_dir, seed, log): ...
+
+    def load(self, weights_dir, models): ...
+'''
+
+
+def test_a_plugin_method_gets_its_declared_label_and_table_view(tmp_path: Path, monkeypatch) -> None:
+    """No harness edit: a plug-in's `label` names its rows and `table_view` is what they read, in the table its
+    variant names choose (an ablation's by `bench ablate`'s names); an unregistered method shows by its name."""
+    from bench import plugins, registry
+
+    path = tmp_path / "plug.py"
+    path.write_text(PLUGIN + "\nraise RuntimeError('imported')\n")  # importing it would fail the test
+    monkeypatch.setattr(registry, "METHODS", {**registry.METHODS, "plug": f"{path}:Plug"})
+    monkeypatch.setattr(plugins, "_discovered", {"entry_points"})
+
+    def run(method: str, variant: str, concept: str, final: float, early: float) -> dict:
+        rec = {**_run(concept, 0, [(0, final, 2)]), "method": method, "variant": variant, "profile": "tiny",
+               "metric_suite": {"name": "tiny"}}
+        return {**rec, "views": {"early": {"images": _run(concept, 0, [(0, early, 2)])["images"]}}}
+
+    records = [run("plug", v, c, 0.9, 0.1) for v in ("default", "drop_x", "nfe2") for c in ("a", "b")]
+    records += [run("unloaded", "default", c, 0.9, 0.1) for c in ("a", "b")]
+    tables = {t.name: t for t in T.build_tables("all", records)}
+    main = {r.label: r for r in tables["main"].rows if r.kind == "measured"}
+    assert set(main) == {"Plug-in Method (default)", "unloaded (default)"}
+    assert main["Plug-in Method (default)"].stats.mean["clip_i"] == pytest.approx(0.1)  # the declared view
+    assert main["unloaded (default)"].stats.mean["clip_i"] == pytest.approx(0.9)  # no declaration: its own
+    assert "Plug-in Method rows: the early model where the run has one." in tables["main"].caption
+    assert [r.label for r in tables["ablation"].rows if r.kind == "measured"] == ["Plug-in Method w/o x"]
+    assert [r.label for r in tables["nfe"].rows if r.kind == "measured"] == ["Plug-in Method (nfe2)"]
+    assert T.METHOD_LABELS["plug"] == "Plug-in Method" and T.METHOD_LABELS.get("unloaded", "?") == "?"
