@@ -33,8 +33,7 @@ GRID_COLUMNS = ((CD, "sd21", "Custom Diffusion (SD 2.1)"), (CD, "default", "Cust
 GRID_CONCEPTS = 6
 LOSS_KEYS = ("loss_student", "loss_teacher", "mse", "id", "msswd", "adv_dino1", "adv_dino2", "adv_clip",
              "disc_dino1", "disc_dino2", "disc_clip", "loss")
-"""Loss-log scalars plotted, in this order, for any method whose log holds them (a log may hold others: gradients,
-accuracies)."""
+"""Loss-log scalars plotted, in this order, for any method logging them (a log may hold others: gradient norms)."""
 MAX_LOSS_PANELS = 12
 MAX_LOSS_VARIANTS = 8
 
@@ -178,9 +177,8 @@ def loss_figures(records: list[RunRecord], profile: str, suite: str) -> list[Fig
 
 
 def loss_curves(records: list[RunRecord], profile: str, suite: str, method: str) -> Figure | None:
-    """A method's logged losses per iteration (`LOSS_KEYS` its runs' loss logs hold): one panel per loss, one
-    line per variant (the mean over its runs, with the range over runs shaded); the phases the method declared
-    (`Log.begin`: train, or distill then echo, ...) follow each other along the x axis."""
+    """A method's logged losses (`LOSS_KEYS` in its logs) per iteration: a panel per loss, a line per variant (mean
+    over runs, range shaded); its phases (`Log.begin`: train, distill then echo, ...) follow each other along x."""
     by_variant: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
     for r in records:
         if r.method == method and r.status == "done" and r.run_dir:
