@@ -169,6 +169,7 @@ class ResidualTextEncoder(torch.nn.Module):
 
 class Cones2:
     name: ClassVar[str] = "cones2"
+    label: ClassVar[str] = "Cones 2"
     version: ClassVar[int] = 1
     resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = Cones2Config

@@ -101,6 +101,7 @@ def _grid() -> dict[str, dict[str, Any]]:
 
 class CustomDiffusion:
     name: ClassVar[str] = "custom_diffusion"
+    label: ClassVar[str] = "Custom Diffusion"
     version: ClassVar[int] = 2
     """2: first-token K/V detach, released init token, templates and augmentation, mask-sum loss, fp32 training,
     Euler ancestral / native-size / fp16 sampling (README, "Fidelity")."""

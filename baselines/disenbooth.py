@@ -177,6 +177,7 @@ def image_features(clip_vision: Any, pixels: torch.Tensor, image_input: str) -> 
 
 class DisenBooth:
     name: ClassVar[str] = "disenbooth"
+    label: ClassVar[str] = "DisenBooth"
     version: ClassVar[int] = 1
     resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = DisenBoothConfig

@@ -153,6 +153,7 @@ def prior_loss(n: int, weight: float):
 
 class DreamBooth:
     name: ClassVar[str] = "dreambooth"
+    label: ClassVar[str] = "DreamBooth"
     version: ClassVar[int] = 2
     """2: the released 25 templates, photos resized once (bilinear), fp32 training, Euler ancestral / fp16
     sampling (README, "Fidelity")."""

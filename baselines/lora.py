@@ -94,6 +94,7 @@ class LoRAConfig(Numerics):
 
 class LoRA:
     name: ClassVar[str] = "lora"
+    label: ClassVar[str] = "LoRA"
     version: ClassVar[int] = 2
     """2: the released 25 templates, photos resized once (bilinear), fp32 training, Euler ancestral / fp16
     sampling (README, "Fidelity")."""

@@ -94,6 +94,7 @@ class OminiControlConfig:
 
 class OminiControl:
     name: ClassVar[str] = "ominicontrol"
+    label: ClassVar[str] = "OminiControl"
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = OminiControlConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "each": {"conditioning": "each"}}

@@ -234,6 +234,7 @@ def snr_weighted_timesteps(scheduler: Any, batch: int, generator: torch.Generato
 
 class TextBoost:
     name: ClassVar[str] = "textboost"
+    label: ClassVar[str] = "TextBoost"
     version: ClassVar[int] = 1
     resumable: ClassVar[bool] = True  # checkpoint_every
     Config: ClassVar[type] = TextBoostConfig

@@ -103,6 +103,7 @@ def check_new_token(tokenizer: Any, token: str) -> None:
 
 class TextualInversion:
     name: ClassVar[str] = "textual_inversion"
+    label: ClassVar[str] = "Textual Inversion"
     version: ClassVar[int] = 2
     """2: the placeholder alone in prompts, the 27 templates, photos resized once (bilinear), fp32 training,
     Euler ancestral / fp16 sampling (README, "Fidelity")."""

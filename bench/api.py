@@ -214,6 +214,22 @@ class MethodOptions(Protocol):
     fields (`SCHEDULE`: the main `iterations` to the timed count, the others to 1), `batch_size` and
     `checkpoint_every`."""
 
+    label: ClassVar[str | None] = None
+    """The method's display name in tables, figures and the user-study table (`"Custom Diffusion"`); None: its
+    registry name. Every built-in method declares one. Written as a string literal in the class body, it is read
+    without importing the method (`bench.contract.presentation`), so `bench table` never loads torch for it."""
+
+    table_view: ClassVar[str | None] = None
+    """The view (`TrainedOptions.views`) the paper-style tables read for this method's runs where a run has it, in
+    place of the final model: rows of source `table_view` (`bench.tables.TABLE_VIEW`), and the rows of variants
+    no table lists. EchoDistill: `"student_before_echo"`, the student before its echo stage, as the paper reports
+    it. None: the run's own evaluation."""
+
+    table_view_note: ClassVar[str] = ""
+    """What the tables' caption says those rows show, as "<label> rows: <note>." (EchoDistill: "the student before
+    the echo stage where the run has one (the paper's convention)"); default "view `<table_view>` where the run
+    has one"."""
+
 
 class TrainedOptions(Protocol):
     """What a trained model MAY declare beside the `Trained` members; the values here are the defaults, read by

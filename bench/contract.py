@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from bench.api import MethodOptions
@@ -39,6 +41,12 @@ class MethodInfo:
     """`bench ablate` flag -> config field."""
     perf_overrides: dict[str, Any] = field(default_factory=dict)
     """Config overrides `bench perf` applies to time one main-stage iteration."""
+    label: str = ""
+    """Display name in tables and figures (the registry name where the method declares none)."""
+    table_view: str | None = MethodOptions.table_view
+    """The view the paper-style tables read for its runs where a run has it; None: the run's own evaluation."""
+    table_view_note: str = MethodOptions.table_view_note
+    """The caption's words for `table_view`."""
 
     @classmethod
     def of(cls, method: type) -> MethodInfo:
@@ -49,7 +57,13 @@ class MethodInfo:
 
         return cls(name=method.name, config=method.Config, variants=dict(method.variants),
                    version=declared("version"), trains=declared("trains"), resumable=declared("resumable"),
-                   ablations=dict(declared("ablations")), perf_overrides=dict(declared("perf_overrides")))
+                   ablations=dict(declared("ablations")), perf_overrides=dict(declared("perf_overrides")),
+                   label=declared("label") or method.name, table_view=declared("table_view"),
+                   table_view_note=declared("table_view_note"))
+
+    @property
+    def presentation(self) -> Presentation:
+        return Presentation(self.name, self.label or self.name, self.table_view, self.table_view_note)
 
     def ablation_field(self, flag: str) -> str:
         """The config field that `bench ablate --FLAG` sets; a one-line BenchError when the method has none."""
@@ -60,6 +74,98 @@ class MethodInfo:
             raise BenchError(f"method '{self.name}' declares no --{flag.replace('_', '-')} ablation; it offers: "
                              f"{offered} (MethodOptions.ablations)")
         return self.ablations[flag]
+
+
+# --- how tables and figures show a method ---------------------------------------------------------------------
+
+PRESENTATION_KEYS = ("label", "table_view", "table_view_note")
+"""The declarations `Presentation` carries (`bench.api.MethodOptions`)."""
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """The part of `MethodInfo` that tables, the report and the user-study table read for every method they show:
+    `presentation(name)` gives it without importing the method where it can."""
+
+    name: str
+    """Registry name."""
+    label: str
+    """Display name (`MethodOptions.label`; the registry name where none is declared or the method is unknown)."""
+    table_view: str | None = None
+    """`MethodOptions.table_view`."""
+    table_view_note: str = ""
+    """`MethodOptions.table_view_note`."""
+
+    @property
+    def caption(self) -> str:
+        """The tables' caption sentence for rows that read `table_view` ("" without one)."""
+        if not self.table_view:
+            return ""
+        return f"{self.label} rows: {self.table_view_note or f'view `{self.table_view}` where the run has one'}."
+
+
+def presentation(name: str) -> Presentation:
+    """How tables and figures show runs of method `name`. Cheap: the registry stays lazy (`bench.registry`), and
+    the declarations are read from the class body's literals (as `bench.plugins` finds a class's `name`) unless
+    the method is imported already, inherits, or computes one of them, when `MethodInfo.of` reads the class. A
+    name no registry knows (a plug-in not loaded in this process) or a class that cannot be loaded: its name."""
+    from bench.plugins import discover
+    from bench.registry import METHODS
+
+    discover(METHODS)
+    target = METHODS.get(name)
+    return Presentation(name, name) if target is None else _presentation(name, target)
+
+
+@cache
+def _presentation(name: str, target: str) -> Presentation:
+    literals = _class_literals(target, PRESENTATION_KEYS)
+    if literals is not None:
+        return Presentation(name, literals.get("label") or name, literals.get("table_view"),
+                            literals.get("table_view_note") or MethodOptions.table_view_note)
+    from bench.plugins import load
+
+    try:
+        return MethodInfo.of(load(target)).presentation
+    except Exception:  # noqa: BLE001 - a plug-in that does not load here still has its runs shown, by name
+        return Presentation(name, name)
+
+
+def _class_literals(target: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The class-body assignments of `keys` in the class a registry target names, when the module is not imported
+    yet, the class has no base class and each of them is a literal; None when only importing it can tell."""
+    import ast
+    import importlib.util
+    import sys
+
+    module, _, cls_name = target.rpartition(":")
+    try:
+        if module.endswith(".py"):
+            path = Path(module)
+        else:
+            if module in sys.modules:
+                return None
+            spec = importlib.util.find_spec(module)
+            if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+                return None
+            path = Path(spec.origin)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (ImportError, ValueError, OSError, SyntaxError):
+        return None
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name), None)
+    if node is None or node.bases or node.keywords:
+        return None
+    found: dict[str, Any] = {}
+    for item in node.body:
+        target_node = item.target if isinstance(item, ast.AnnAssign) else (
+            item.targets[0] if isinstance(item, ast.Assign) and len(item.targets) == 1 else None)
+        if not isinstance(target_node, ast.Name) or target_node.id not in keys:
+            continue
+        try:
+            found[target_node.id] = ast.literal_eval(item.value) if item.value is not None else None
+        except (ValueError, TypeError, SyntaxError):
+            return None
+    return found
 
 
 # --- config field roles --------------------------------------------------------------------------------------

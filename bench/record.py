@@ -11,7 +11,10 @@ parsed once here.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,15 +26,29 @@ NOT_STORED = ("run_dir",)
 
 T = TypeVar("T")
 
+_NAMES_OF: dict[type, frozenset[str]] = {}
+"""Per record part, its stored field names (`dataclasses.fields` is slow: reading 2000 records calls it a million
+times otherwise)."""
+
+NONE_ABSENT: frozenset[str] = frozenset()
+
+
+def _names(cls: type) -> frozenset[str]:
+    names = _NAMES_OF.get(cls)
+    if names is None:
+        names = _NAMES_OF[cls] = frozenset(f.name for f in dataclasses.fields(cls)) - {"extra", "absent"}
+    return names
+
 
 def _load(cls: type[T], data: dict[str, Any], nested: dict[str, Any] | None = None) -> T:
     """`cls` from a JSON object: known keys become fields (`nested` converts some), the rest goes to `extra`, and
     the fields the object lacks are remembered in `absent`."""
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "absent"}
+    names = _names(cls)
     values = {k: (nested[k](v) if nested and k in nested and v is not None else v)
               for k, v in data.items() if k in names}
     extra = {k: v for k, v in data.items() if k not in names}
-    absent = frozenset(n for n in names if n not in data and n not in NOT_STORED)
+    absent = frozenset(n for n in names if n not in data and n not in NOT_STORED) if len(values) < len(names) \
+        else NONE_ABSENT
     return cls(**values, extra=extra, absent=absent)
 
 
@@ -55,6 +72,21 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: while records are built nothing can be garbage, and the collections
+    that their hundreds of thousands of `ImageScore`s trigger tripled the time to read a full sweep. Readers of
+    many records (`bench.tables.load_records`, `as_records`) pause it around the whole batch."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 # --- small typed values ----------------------------------------------------------------------------------------
@@ -133,18 +165,32 @@ class ImageScore:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageScore:
-        known = {f.name for f in dataclasses.fields(cls)} - {"scores", "extra", "absent"}
-        scores = {k: v for k, v in data.items() if k not in known and isinstance(v, (int, float))
-                  and not isinstance(v, bool)}
-        rest = {k: v for k, v in data.items() if k not in scores}
-        image = _load(cls, rest)
-        image.scores = scores
-        return image
+        """The fields by name, every other number a score, anything else `extra` (a full sweep reads about a
+        million images: one pass over the keys, no per-image field introspection)."""
+        scores: dict[str, float] = {}
+        extra: dict[str, Any] = {}
+        for k, v in data.items():
+            if k in _IMAGE_KEYS:
+                continue
+            if isinstance(v, (int, float)) and v.__class__ is not bool:
+                scores[k] = v
+            else:
+                extra[k] = v
+        absent = NONE_ABSENT if len(data) - len(scores) - len(extra) == len(_IMAGE_FIELDS) else frozenset(
+            k for k in _IMAGE_FIELDS if k not in data)
+        get = data.get
+        return cls(get("file"), get("prompt_index"), get("eval_seed"), get("noise_seed"), get("prompt"),
+                   get("n_real"), scores, extra, absent)
 
     def to_json(self) -> dict[str, Any]:
         out = _dump(self)
         out.pop("scores", None)  # written flat, beside the other keys
         return {**out, **self.scores}
+
+
+_IMAGE_FIELDS = tuple(f.name for f in dataclasses.fields(ImageScore) if f.name not in ("scores", "extra", "absent"))
+"""`ImageScore`'s named keys, in field order (`from_json` passes them positionally)."""
+_IMAGE_KEYS = frozenset(_IMAGE_FIELDS)
 
 
 @dataclass
@@ -353,6 +399,13 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        """The record of a `record.json` object (`gc_paused` meanwhile: a finished run holds hundreds of
+        `ImageScore`s)."""
+        with gc_paused():
+            return cls._from_json(data)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> RunRecord:
         return _load(cls, data, {
             "images": lambda xs: [ImageScore.from_json(x) for x in xs],
             "views": lambda vs: {k: Evaluation.from_json(v) for k, v in vs.items()},

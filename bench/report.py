@@ -1,4 +1,4 @@
-"""One report from run records: every table, bar charts with intervals, CLIP-I vs CLIP-T scatters, EchoDistill
+"""One report from run records: every table, bar charts with intervals, CLIP-I vs CLIP-T scatters, each method's
 loss curves, and qualitative grids in the style of the paper's Figure 3; as Markdown (figures beside it as PNG)
 and as one self-contained HTML page (figures embedded as base64 data URIs, no external resources).
 
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.tables import (CD, ED, METHOD_LABELS, METRIC_LABELS, METRICS, Table, build_tables, load_records,
-                          md_rows, suite_name, to_markdown)
+from bench.contract import presentation
+from bench.record import RunRecord
+from bench.tables import (CD, ED, METRIC_LABELS, METRICS, Table, as_records, build_tables, load_records, md_rows,
+                          suite_name, to_markdown)
 
 GRID_COLUMNS = ((CD, "sd21", "Custom Diffusion (SD 2.1)"), (CD, "default", "Custom Diffusion"),
                 ("textual_inversion", "default", "Textual Inversion"), ("cones2", "default", "Cones 2"),
@@ -27,11 +29,11 @@ GRID_COLUMNS = ((CD, "sd21", "Custom Diffusion (SD 2.1)"), (CD, "default", "Cust
                 ("disenbooth", "default", "DisenBooth"), ("lora", "default", "LoRA"),
                 ("ip_adapter_tcd", "default", "IP-Adapter (TCD)"), ("ominicontrol", "default", "OminiControl (Flux)"),
                 (ED, "default", "EchoDistill"))
-"""Methods in the qualitative grid, left to right after the reference image (the paper's Figure 3 order)."""
+"""Methods in the qualitative grid, left to right after the reference image (the paper's Figure 3 order: data)."""
 GRID_CONCEPTS = 6
 LOSS_KEYS = ("loss_student", "loss_teacher", "mse", "id", "msswd", "adv_dino1", "adv_dino2", "adv_clip",
              "disc_dino1", "disc_dino2", "disc_clip", "loss")
-"""Loss-log scalars plotted, in this order, when present (a method's log may hold others: gradients, accuracies)."""
+"""Loss-log scalars plotted, in this order, for any method logging them (a log may hold others: gradient norms)."""
 MAX_LOSS_PANELS = 12
 MAX_LOSS_VARIANTS = 8
 
@@ -112,21 +114,21 @@ def bar_chart(t: Table) -> Figure | None:
         ax.set_yticks(ys, labels)
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{t.title} ({t.profile}, {t.suite.split(' ')[0]})", fontsize=10)
+    fig.suptitle(f"{t.title} ({t.profile}, {t.metric_suite})", fontsize=10)
     caption = (f"{t.title}, profile {t.profile}: bars are the cells (mean over concepts of per-concept means); "
                f"lines their "
                f"95% bootstrap interval over concepts (of the mean of per-concept means); x the paper's number"
                + (" (different hardware and weights)" if t.profile != "paper" else "") + ".")
-    return Figure(_slug(t.profile, t.suite.split(" ")[0], t.name, "bars") + ".png", caption, _png(fig))
+    return Figure(_slug(t.profile, t.metric_suite, t.name, "bars") + ".png", caption, _png(fig))
 
 
-def scatter(records: list[dict[str, Any]], profile: str, suite: str) -> Figure | None:
+def scatter(records: list[RunRecord], profile: str, suite: str) -> Figure | None:
     """CLIP-I against CLIP-T, one panel per method, one point per finished run, coloured by variant."""
     by_method: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        m = r.get("metrics") or {}
-        if r.get("status") == "done" and m.get("clip_t") is not None and m.get("clip_i") is not None:
-            by_method[r["method"]][r["variant"]].append((m["clip_t"], m["clip_i"]))
+        m = r.metrics or {}
+        if r.status == "done" and m.get("clip_t") is not None and m.get("clip_i") is not None:
+            by_method[r.method][r.variant].append((m["clip_t"], m["clip_i"]))
     if not by_method:
         return None
     plt = _plt()
@@ -140,7 +142,7 @@ def scatter(records: list[dict[str, Any]], profile: str, suite: str) -> Figure |
                        label=v if i < 10 else None)
             ax.scatter([sum(p[0] for p in pts) / len(pts)], [sum(p[1] for p in pts) / len(pts)], s=90, marker="X",
                        color=f"C{i % 10}", edgecolors="black")
-        ax.set_title(METHOD_LABELS.get(method, method))
+        ax.set_title(presentation(method).label)
         ax.set_xlabel("CLIP-T")
         ax.set_ylabel("CLIP-I")
         ax.grid(alpha=0.3)
@@ -168,15 +170,21 @@ def read_loss_log(run_dir: Path, name: str = "loss_log.jsonl") -> list[dict[str,
     return rows
 
 
-def loss_curves(records: list[dict[str, Any]], profile: str, suite: str) -> Figure | None:
-    """EchoDistill's logged losses per iteration: one panel per loss, one line per variant (the mean over its runs,
-    with the range over runs shaded); the phases (distill, echo, ...) follow each other along the x axis."""
+def loss_figures(records: list[RunRecord], profile: str, suite: str) -> list[Figure]:
+    """`loss_curves` for every method whose finished runs logged losses, in name order."""
+    methods = sorted({r.method for r in records if r.status == "done" and r.run_dir})
+    return [f for m in methods if (f := loss_curves([r for r in records if r.method == m], profile, suite, m))]
+
+
+def loss_curves(records: list[RunRecord], profile: str, suite: str, method: str) -> Figure | None:
+    """A method's logged losses (`LOSS_KEYS` in its logs) per iteration: a panel per loss, a line per variant (mean
+    over runs, range shaded); its phases (`Log.begin`: train, distill then echo, ...) follow each other along x."""
     by_variant: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
     for r in records:
-        if r["method"] == ED and r.get("status") == "done" and r.get("run_dir"):
-            log = read_loss_log(Path(r["run_dir"]), r.get("loss_log") or "loss_log.jsonl")
+        if r.method == method and r.status == "done" and r.run_dir:
+            log = read_loss_log(Path(r.run_dir), r.loss_log or "loss_log.jsonl")
             if log:
-                by_variant[r["variant"]].append(log)
+                by_variant[r.variant].append(log)
     variants = sorted(by_variant, key=lambda v: (v != "default", v))[:MAX_LOSS_VARIANTS]
     keys = [k for k in LOSS_KEYS if any(k in row for v in variants for log in by_variant[v] for row in log)]
     keys = keys[:MAX_LOSS_PANELS]
@@ -210,10 +218,10 @@ def loss_curves(records: list[dict[str, Any]], profile: str, suite: str) -> Figu
     axes.flat[0].legend(fontsize=6, title="variant (runs)", title_fontsize=6)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    caption = (f"EchoDistill losses per iteration (profile {profile}, suite {suite}), from each run's loss_log.jsonl: "
-               f"per variant the mean over its runs, shaded from the lowest to the highest run; dotted lines mark "
-               f"where a phase begins (in the first variant's log).")
-    return Figure(_slug(profile, suite, "losses") + ".png", caption, _png(fig))
+    caption = (f"{presentation(method).label} losses per iteration (profile {profile}, suite {suite}), from each "
+               f"run's loss_log.jsonl: per variant the mean over its runs, shaded from the lowest to the highest "
+               f"run; dotted lines mark where a phase begins (in the first variant's log).")
+    return Figure(_slug(profile, suite, method, "losses") + ".png", caption, _png(fig))
 
 
 def _phase_boundaries(log: list[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -264,14 +272,14 @@ def _dataset_folder(data: Path | None) -> tuple[Path | None, str | None]:
                       f"BENCH_DATA)")
 
 
-def qualitative_grid(records: list[dict[str, Any]], profile: str, suite: str, dataset: Path | None,
+def qualitative_grid(records: list[RunRecord], profile: str, suite: str, dataset: Path | None,
                      why_no_reference: str | None) -> Figure | None:
     """Figure 3 style: one row per concept (a reference photo, then each method's sample for the same prompt
     index and evaluation seed, from the lowest training seed that has every column's run)."""
-    runs: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    runs: dict[tuple[str, str, str], dict[int, RunRecord]] = defaultdict(dict)
     for r in records:
-        if r.get("status") == "done" and r.get("run_dir"):
-            runs[(r["method"], r["variant"], r["concept"])][r["seed"]] = r
+        if r.status == "done" and r.run_dir:
+            runs[(r.method, r.variant, r.concept)][r.seed] = r
     columns = [c for c in GRID_COLUMNS if any((c[0], c[1], k[2]) in runs for k in runs)]
     if not columns:
         return None
@@ -301,7 +309,7 @@ def qualitative_grid(records: list[dict[str, Any]], profile: str, suite: str, da
             if chosen:
                 seed, (p, s), _ = chosen
                 rec = runs.get((method, variant, concept), {}).get(seed)
-                path = Path(rec["run_dir"]) / "images" / f"p{p:02d}_s{s}.png" if rec else None
+                path = Path(rec.run_dir) / "images" / f"p{p:02d}_s{s}.png" if rec else None
                 if path is not None and path.is_file():
                     image = Image.open(path).convert("RGB")
             _tile(ax, image, "missing")
@@ -330,7 +338,7 @@ def _grid_choice(runs: dict, columns: list[tuple[str, str, str]], concept: str, 
     seeds = sorted(set.intersection(*[set(p) for p in present])) or sorted(present[0])
     seed = seeds[0]
     recs = [p[seed] for p in present if seed in p]
-    keys = [{(i["prompt_index"], i["eval_seed"]): i.get("prompt", "") for i in (r.get("images") or [])} for r in recs]
+    keys = [{(i.prompt_index, i.eval_seed): i.prompt or "" for i in (r.images or [])} for r in recs]
     common = sorted(set.intersection(*[set(k) for k in keys])) if keys else []
     if not common:
         return None
@@ -352,28 +360,29 @@ def _tile(ax: Any, image: Any, missing: str) -> None:
 # --- the report ---------------------------------------------------------------------------------------------
 
 
-def build_sections(records: list[dict[str, Any]], data: Path | None = None) -> list[Section]:
+def build_sections(records: list[RunRecord | dict[str, Any]], data: Path | None = None) -> list[Section]:
     """One section per (profile, metric suite) group: its tables with bar charts, scatter, losses, grid."""
+    records = as_records(records)
     tables = build_tables("all", records, "paper")
     dataset, why = _dataset_folder(data)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
-        if r.get("status") != "corrupt":  # unreadable records count in the tables only (expected, missing)
-            groups[(r["profile"], suite_name(r))].append(r)
+        if r.status != "corrupt":  # unreadable records count in the tables only (expected, missing)
+            groups[(r.profile, suite_name(r))].append(r)
     sections = []
     for (profile, suite), group in sorted(groups.items()):
-        mine = [t for t in tables if t.profile == profile and t.suite.split(" ")[0] == suite and t.rows]
+        mine = [t for t in tables if t.profile == profile and t.metric_suite == suite and t.rows]
         bars = {t.name: f for t in mine if (f := bar_chart(t)) is not None}
         figures = [f for f in (scatter(group, profile, suite),) if f is not None]
-        figures += [f for f in (loss_curves(group, profile, suite),) if f is not None]
+        figures += loss_figures(group, profile, suite)
         grid = qualitative_grid(group, profile, suite, dataset, why)
         figures += [grid] if grid is not None else []
         statuses = defaultdict(int)
         for r in group:
-            statuses[r.get("status", "unknown")] += 1
+            statuses[r.status or "unknown"] += 1
         counts = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
         notes = [f"{len(group)} record{'s' if len(group) != 1 else ''}: {counts}."]
-        empty = [t.title for t in tables if t.profile == profile and t.suite.split(" ")[0] == suite and not t.rows]
+        empty = [t.title for t in tables if t.profile == profile and t.metric_suite == suite and not t.rows]
         if empty:
             notes.append("No runs yet for: " + "; ".join(empty) + ".")
         if why and grid is not None:

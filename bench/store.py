@@ -123,9 +123,11 @@ def read_run_record(run_dir: Path) -> RunRecord | None:
     return record
 
 
-def iter_run_records(results: Path, profile: str | None = None) -> Iterator[RunRecord]:
-    """`iter_records` as typed `RunRecord`s (readable records only)."""
-    for data in iter_records(results, profile):
+def iter_run_records(results: Path, profile: str | None = None, corrupt: bool = False) -> Iterator[RunRecord]:
+    """`iter_records` as typed `RunRecord`s, `run_dir` set. With `corrupt`, an unreadable record also comes back,
+    as a stand-in `RunRecord` of status `corrupt` (`corrupt_stub`: identity from the path, the parse error as
+    `reason`, `run_dir` set), which tables count as expected but missing and `bench status` lists."""
+    for data in iter_records(results, profile, corrupt):
         run_dir = data.pop("run_dir")
         record = RunRecord.from_json(data)
         record.run_dir = run_dir
@@ -138,8 +140,9 @@ def is_done(run_dir: Path, config_hash: str) -> bool:
 
 
 def iter_records(results: Path, profile: str | None = None, corrupt: bool = False) -> Iterator[dict[str, Any]]:
-    """Every record under `results` (optionally one profile), with `run_dir` added; never a staged copy. With
-    `corrupt`, an unreadable record also comes back, as a `corrupt_stub` (`status: corrupt`)."""
+    """Every record under `results` (optionally one profile) as its JSON object, with `run_dir` added; never a
+    staged copy. With `corrupt`, an unreadable record also comes back, as a `corrupt_stub` (`status: corrupt`).
+    Readers that use the record's fields take `iter_run_records` (typed); this is for those that copy it."""
     root = Path(results) / profile if profile else Path(results)
     if not root.exists():
         return
@@ -297,10 +300,7 @@ def run_status(results: Path, profile: str | None = None) -> tuple[dict[str, int
     counts: dict[str, int] = {}
     entries: list[tuple[str, str, str]] = []
     root = Path(results) / profile if profile else Path(results)
-    for data in iter_records(results, profile, corrupt=True):
-        run_dir = data.pop("run_dir", None)
-        record = RunRecord.from_json(data)
-        record.run_dir = run_dir
+    for record in iter_run_records(results, profile, corrupt=True):
         note = record.reason if record.status == "corrupt" else failure_note(record) or failed_rerun_note(record)
         entries.append((record.status or "unknown", record.label(), note))
     if root.exists():

@@ -466,6 +466,10 @@ class EchoDistill:
     variants: ClassVar[dict[str, dict[str, Any]]] = VARIANTS
     ablations: ClassVar[dict[str, str]] = ABLATIONS
     perf_overrides: ClassVar[dict[str, Any]] = PERF_OVERRIDES
+    label: ClassVar[str] = "EchoDistill"
+    table_view: ClassVar[str | None] = "student_before_echo"
+    """The paper's main and ablation numbers are the student before the echo stage (method.md, variant `echo`)."""
+    table_view_note: ClassVar[str] = "the student before the echo stage where the run has one (the paper's convention)"
 
     def __init__(self, config: EchoDistillConfig | None = None) -> None:
         self.config = config or EchoDistillConfig()

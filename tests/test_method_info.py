@@ -99,3 +99,47 @@ def test_ablate_cli_refuses_an_undeclared_flag(monkeypatch, capsys, tmp_path) ->
     code, _, err = bench(monkeypatch, capsys, "ablate", "--method", "lora", "--teacher-first", "--concepts", "dog",
                          "--results", tmp_path)
     assert code == 2 and "declares no --teacher-first ablation" in err and len(err.strip().splitlines()) == 1
+
+
+LABELS = {"custom_diffusion": "Custom Diffusion", "echodistill": "EchoDistill",
+          "textual_inversion": "Textual Inversion", "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2",
+          "disenbooth": "DisenBooth", "ip_adapter_tcd": "IP-Adapter", "ominicontrol": "OminiControl",
+          "textboost": "TextBoost"}
+"""The display names the tables have always printed (formerly a dict in the harness, now each class's `label`)."""
+
+
+def test_presentation_is_the_declarations_read_without_importing_the_methods() -> None:
+    """Tables and the report read every method's label and table view from its class body (no torch), and that is
+    what `MethodInfo.of` reads from the imported class; every built-in method declares its label."""
+    import json
+    import subprocess
+    import sys
+
+    from bench.contract import presentation
+
+    code = ("import json, sys; from bench.contract import presentation; from bench.registry import method_names; "
+            "got = {n: list(vars(presentation(n)).values()) for n in method_names()}; "
+            "print(json.dumps([got, 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    static, imported_torch = json.loads(out)
+    assert not imported_torch
+    for name in method_names():
+        info = MethodInfo.of(get_method(name))
+        assert static[name] == list(vars(info.presentation).values()) == list(vars(presentation(name)).values())
+    assert {name: values[1] for name, values in static.items() if name in LABELS} == LABELS
+    assert static["echodistill"][2] == "student_before_echo"
+    assert [n for n, values in static.items() if values[2] and n in LABELS] == ["echodistill"]
+    assert presentation("not_registered").label == "not_registered"
+
+
+def test_a_computed_or_inherited_declaration_is_read_from_the_class(tmp_path, monkeypatch) -> None:
+    from bench import plugins, registry
+    from bench.contract import presentation
+
+    path = tmp_path / "derived.py"
+    path.write_text("from tests.test_method_info import _Bare\n\n"
+                    "class Derived(_Bare):\n    name = 'derived'\n    label = 'Der' + 'ived'\n")
+    monkeypatch.setattr(registry, "METHODS", {**registry.METHODS, "derived": f"{path}:Derived"})
+    monkeypatch.setattr(plugins, "_discovered", {"entry_points"})
+    assert presentation("derived").label == "Derived"
+    assert MethodInfo.of(_Bare).label == "bare" and MethodInfo.of(_Bare).table_view is None

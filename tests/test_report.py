@@ -84,8 +84,8 @@ def test_html_is_self_contained(built: dict) -> None:
 
 
 def test_loss_curves_read_the_logs(built: dict) -> None:
-    records = [r for r in R.load_records(built["results"], "tiny") if r["method"] == "echodistill"]
-    log = R.read_loss_log(Path(records[0]["run_dir"]))
+    records = [r for r in R.load_records(built["results"], "tiny") if r.method == "echodistill"]
+    log = R.read_loss_log(Path(records[0].run_dir))
     assert log and {"phase", "iteration", "loss_student"} <= set(log[0])
     assert [p for _, p in R._phase_boundaries(log)] == ["distill", "echo"]
 
@@ -100,14 +100,14 @@ def test_grid_shares_prompt_and_seed_across_methods(built: dict) -> None:
     records = R.load_records(built["results"], "tiny")
     runs: dict = {}
     for r in records:
-        if r["status"] == "done":
-            runs.setdefault((r["method"], r["variant"], r["concept"]), {})[r["seed"]] = r
+        if r.status == "done":
+            runs.setdefault((r.method, r.variant, r.concept), {})[r.seed] = r
     columns = [c for c in R.GRID_COLUMNS if (c[0], c[1], "dog") in runs]
     seed, (prompt_index, eval_seed), prompt = R._grid_choice(runs, columns, "dog", 0)
     for method, variant, _ in columns:
         rec = runs[(method, variant, "dog")][seed]
-        assert any((i["prompt_index"], i["eval_seed"]) == (prompt_index, eval_seed) for i in rec["images"])
-        assert (Path(rec["run_dir"]) / "images" / f"p{prompt_index:02d}_s{eval_seed}.png").is_file()
+        assert any((i.prompt_index, i.eval_seed) == (prompt_index, eval_seed) for i in rec.images)
+        assert (Path(rec.run_dir) / "images" / f"p{prompt_index:02d}_s{eval_seed}.png").is_file()
     assert "<new1> dog" in prompt
 
 

@@ -191,6 +191,20 @@ def test_iter_records_reads_run_folders_only(tmp_path) -> None:
     assert [r["run_dir"] for r in store.iter_records(tmp_path)] == [str(base / "seed0")]
 
 
+def test_iter_run_records_types_every_record_and_stands_in_for_a_corrupt_one(tmp_path) -> None:
+    base = tmp_path / "tiny" / "m" / "default" / "dog"
+    store.write_json_atomic(base / "seed0" / store.RECORD, {"schema": 1, "status": "done", "profile": "tiny",
+                                                             "method": "m", "variant": "default", "concept": "dog",
+                                                             "seed": 0, "images": [{"eval_seed": 0, "clip_i": 0.5}]})
+    (base / "seed1").mkdir()
+    (base / "seed1" / store.RECORD).write_text('{"schema": 1, "sta')
+    assert [r.seed for r in store.iter_run_records(tmp_path)] == [0]
+    done, corrupt = store.iter_run_records(tmp_path, corrupt=True)
+    assert done.run_dir == str(base / "seed0") and done.images[0].scores == {"clip_i": 0.5}
+    assert (corrupt.status, corrupt.method, corrupt.concept, corrupt.seed) == ("corrupt", "m", "dog", 1)
+    assert corrupt.run_dir == str(base / "seed1") and "JSONDecodeError" in corrupt.reason
+
+
 def test_check_safetensors(tmp_path) -> None:
     (tmp_path / "w").mkdir()
     with pytest.raises(BenchError, match="no .safetensors"):

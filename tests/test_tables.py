@@ -8,6 +8,7 @@ an ad-hoc override, a variant no table lists, two profiles).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import pytest
 
 from bench import tables as T
 from bench.api import BenchError
+from bench.record import RunRecord
 
 GOLDEN = Path(__file__).parent / "golden"
 RECORDS = GOLDEN / "records"
@@ -29,12 +31,12 @@ CASES += [("main", "md", "paper"), ("main", "csv", "paper"), ("ablation", "md", 
 
 
 @pytest.fixture(scope="module")
-def records() -> list[dict]:
+def records() -> list[RunRecord]:
     return T.load_records(RECORDS)
 
 
 @pytest.mark.parametrize("name,fmt,compare", CASES, ids=[f"{n}-{f}{'-paper' if c else ''}" for n, f, c in CASES])
-def test_golden(records: list[dict], name: str, fmt: str, compare: str | None) -> None:
+def test_golden(records: list[RunRecord], name: str, fmt: str, compare: str | None) -> None:
     text = T.render(T.build_tables(name, records, compare), fmt)
     path = GOLDEN / "tables" / f"{name}{'-paper' if compare else ''}.{fmt}"
     if UPDATE:
@@ -52,7 +54,7 @@ def _row(tables: list[T.Table], profile: str, label: str, variant: str | None = 
     raise AssertionError(f"no row {label!r} in profile {profile}")
 
 
-def test_failed_and_missing_runs_are_shown_in_the_cell(records: list[dict]) -> None:
+def test_failed_and_missing_runs_are_shown_in_the_cell(records: list[RunRecord]) -> None:
     main = T.build_tables("main", records)
     sd21 = _row(main, "tiny", "Custom Diffusion", "sd21")
     assert (sd21.stats.done, sd21.stats.expected, sd21.stats.failed, sd21.stats.missing) == (3, 4, 1, 0)
@@ -66,25 +68,25 @@ def test_failed_and_missing_runs_are_shown_in_the_cell(records: list[dict]) -> N
     assert complete.stats.complete and "(" not in T.metric_cell(complete, "clip_t")
 
 
-def test_cells_match_the_released_aggregation(records: list[dict]) -> None:
+def test_cells_match_the_released_aggregation(records: list[RunRecord]) -> None:
     """The cell is `bench.metrics.aggregate`'s headline: per run the mean over eval seeds of per-seed means, per
     concept the mean over its training seeds, then the mean over concepts; `pooled` is aggregate's `*_pooled`."""
     from bench.metrics import aggregate
 
     main = T.build_tables("main", records)
     row = _row(main, "tiny", "Custom Diffusion", "sd21")  # teapot seed 1 failed: dog has 2 runs, teapot 1
-    runs = [r for r in records if r["profile"] == "tiny" and r["method"] == "custom_diffusion"
-            and r["variant"] == "sd21" and r["status"] == "done"]
-    per_run = {(r["concept"], r["seed"]): aggregate([{**img, "concept": r["concept"]} for img in r["images"]])
+    runs = [r for r in records if r.profile == "tiny" and r.method == "custom_diffusion"
+            and r.variant == "sd21" and r.status == "done"]
+    per_run = {(r.concept, r.seed): aggregate([{**img.to_json(), "concept": r.concept} for img in r.images])
                for r in runs}
     for r in runs:  # the run's own metric, as `bench run` records it
-        assert T.summarize_run(r).values == pytest.approx({m: r["metrics"][m] for m in T.METRICS}, abs=1e-12)
-    seeds = sorted({r["seed"] for r in runs})
+        assert T.summarize_run(r).values == pytest.approx({m: r.metrics[m] for m in T.METRICS}, abs=1e-12)
+    seeds = sorted({r.seed for r in runs})
     per_seed = []
     for seed in seeds:
-        images = [{**img, "concept": r["concept"]} for r in runs if r["seed"] == seed for img in r["images"]]
+        images = [{**img.to_json(), "concept": r.concept} for r in runs if r.seed == seed for img in r.images]
         per_seed.append(aggregate(images))
-        assert T.pooled([T.summarize_run(r) for r in runs if r["seed"] == seed]) == pytest.approx(
+        assert T.pooled([T.summarize_run(r) for r in runs if r.seed == seed]) == pytest.approx(
             {m: per_seed[-1][f"{m}_pooled"] for m in T.METRICS}, abs=1e-12)
     for m in T.METRICS:
         concept = {c: [v[m] for (cc, _), v in per_run.items() if cc == c] for c in ("dog", "teapot")}
@@ -146,7 +148,7 @@ def test_run_value_is_mean_over_eval_seeds_of_seed_means() -> None:
     assert stats.per_concept["a"]["clip_t"] == pytest.approx(0.6) and stats.mean["dino"] == pytest.approx(0.6)
 
 
-def test_csv_carries_the_pooled_figure(records: list[dict]) -> None:
+def test_csv_carries_the_pooled_figure(records: list[RunRecord]) -> None:
     text = T.render(T.build_tables("main", records), "csv")
     head = text.splitlines()[0].split(",")
     assert {"clip_t_pooled", "clip_i_pooled", "dino_pooled"} <= set(head)
@@ -163,7 +165,7 @@ def test_bootstrap_is_deterministic_and_brackets_the_mean() -> None:
     assert all(math.isnan(x) for x in T.bootstrap_interval([0.5]))
 
 
-def test_real_vs_real_ceiling_row(records: list[dict]) -> None:
+def test_real_vs_real_ceiling_row(records: list[RunRecord]) -> None:
     row = _row(T.build_tables("main", records), "tiny", "Real vs real (ceiling)")
     # dog: 5 real images (20 pairs, clip_i 0.95), teapot: 3 (6 pairs, 0.93): the mean over concepts, like every
     # other row; pooled over pairs beside it
@@ -172,21 +174,21 @@ def test_real_vs_real_ceiling_row(records: list[dict]) -> None:
     assert math.isnan(row.stats.mean["clip_t"])
 
 
-def test_echo_table_reads_views_and_the_final_student(records: list[dict]) -> None:
+def test_echo_table_reads_views_and_the_final_student(records: list[RunRecord]) -> None:
     echo = [t for t in T.build_tables("echo", records) if t.profile == "paper"][0]
-    rec = [r for r in records if r["profile"] == "paper" and r["method"] == "echodistill"][0]
-    expect = {"Teacher, before echo": rec["views"]["teacher_before_echo"]["metrics"],
-              "Teacher, after echo": rec["views"]["teacher"]["metrics"],
-              "Student, before echo": rec["views"]["student_before_echo"]["metrics"],
-              "Student, after echo": rec["metrics"]}
+    rec = [r for r in records if r.profile == "paper" and r.method == "echodistill"][0]
+    expect = {"Teacher, before echo": rec.views["teacher_before_echo"].metrics,
+              "Teacher, after echo": rec.views["teacher"].metrics,
+              "Student, before echo": rec.views["student_before_echo"].metrics,
+              "Student, after echo": rec.metrics}
     for row in echo.rows:
         for m in T.METRICS:
             assert row.stats.mean[m] == pytest.approx(expect[row.label][m], abs=1e-9), (row.label, m)
 
 
-def test_every_run_lands_in_some_table(records: list[dict]) -> None:
+def test_every_run_lands_in_some_table(records: list[RunRecord]) -> None:
     shown = {(r.method, r.variant) for t in T.build_tables("all", records) for r in t.rows if r.kind == "measured"}
-    assert {(r["method"], r["variant"]) for r in records} <= shown
+    assert {(r.method, r.variant) for r in records} <= shown
 
 
 def test_paper_rows_resolve_and_the_shipped_csv_is_the_reference() -> None:
@@ -206,7 +208,7 @@ def test_variant_names() -> None:
     assert T.split_variant("drop_disc_clip+disc_dino1+lr=1e-05") == ("drop_disc_clip+disc_dino1", "lr=1e-05")
 
 
-def test_compare_caption_says_when_hardware_and_weights_differ(records: list[dict]) -> None:
+def test_compare_caption_says_when_hardware_and_weights_differ(records: list[RunRecord]) -> None:
     tables = T.build_tables("main", records, "paper")
     by_profile = {t.profile: t.caption for t in tables}
     assert "different hardware and weights" in by_profile["tiny"]
@@ -214,7 +216,7 @@ def test_compare_caption_says_when_hardware_and_weights_differ(records: list[dic
     assert "metric suite tiny" in by_profile["tiny"] and "Profile `tiny`" in by_profile["tiny"]
 
 
-def test_user_errors_are_one_line(tmp_path: Path, records: list[dict]) -> None:
+def test_user_errors_are_one_line(tmp_path: Path, records: list[RunRecord]) -> None:
     with pytest.raises(BenchError, match="unknown table 'mian'.*did you mean 'main'"):
         T.build_tables("mian", records)
     with pytest.raises(BenchError, match="unknown --compare target"):
@@ -290,8 +292,13 @@ T_DROPS = ("teacher", "discriminators", "disc_dino1", "disc_dino2", "disc_clip",
 
 
 def test_all_tables_from_2000_records_render_under_2s() -> None:
-    """CPU time of the render (process time: this machine's other jobs must not fail the test)."""
+    """CPU time of the render (process time: this machine's other jobs must not fail the test), from typed records:
+    converting the dicts (`RunRecord.from_json`, timed apart here) is part of reading them, which the on-disk test
+    below times whole."""
     records = synthetic_records()
+    cpu = time.process_time()
+    records = T.as_records(records)
+    print(f"\n2000 synthetic records typed (RunRecord.from_json): {time.process_time() - cpu:.2f} s CPU")
     T.build_tables("main", records[:10])  # imports (numpy) outside the timed part
     cpu, wall = time.process_time(), time.perf_counter()
     tables = T.build_tables("all", records, "paper")
@@ -322,10 +329,53 @@ def test_a_bad_table_name_is_reported_before_reading_results(tmp_path: Path) -> 
         T.table_command("mian", tmp_path / "empty", None, "md", None, None)
 
 
-def test_a_run_on_another_backbone_gets_its_own_row(records: list[dict]) -> None:
-    other = [{**r, "backbone": "hyper-sd15"} for r in records
-             if r["profile"] == "paper" and r["method"] == "echodistill" and r["variant"] == "default"]
+def test_a_run_on_another_backbone_gets_its_own_row(records: list[RunRecord]) -> None:
+    other = [dataclasses.replace(r, backbone="hyper-sd15") for r in records
+             if r.profile == "paper" and r.method == "echodistill" and r.variant == "default"]
     tables = T.build_tables("all", records + other)
     rows = [(t.name, r.variant) for t in tables if t.profile == "paper" for r in t.rows if r.kind == "measured"]
     assert ("backbone", "default@hyper-sd15") in rows
     assert ("main", "default@hyper-sd15") not in rows
+
+
+PLUGIN = '''
+class Plug:
+    """Never imported by the tables: its declarations are literals, read from this file."""
+
+    name = "plug"
+    label = "Plug-in Method"
+    table_view = "early"
+    table_view_note = "the early model where the run has one"
+
+    def train(self, concept, models, out_dir, seed, log): ...
+
+    def load(self, weights_dir, models): ...
+'''
+
+
+def test_a_plugin_method_gets_its_declared_label_and_table_view(tmp_path: Path, monkeypatch) -> None:
+    """No harness edit: a plug-in's `label` names its rows and `table_view` is what they read, in the table its
+    variant names choose (an ablation's by `bench ablate`'s names); an unregistered method shows by its name."""
+    from bench import plugins, registry
+
+    path = tmp_path / "plug.py"
+    path.write_text(PLUGIN + "\nraise RuntimeError('imported')\n")  # importing it would fail the test
+    monkeypatch.setattr(registry, "METHODS", {**registry.METHODS, "plug": f"{path}:Plug"})
+    monkeypatch.setattr(plugins, "_discovered", {"entry_points"})
+
+    def run(method: str, variant: str, concept: str, final: float, early: float) -> dict:
+        rec = {**_run(concept, 0, [(0, final, 2)]), "method": method, "variant": variant, "profile": "tiny",
+               "metric_suite": {"name": "tiny"}}
+        return {**rec, "views": {"early": {"images": _run(concept, 0, [(0, early, 2)])["images"]}}}
+
+    records = [run("plug", v, c, 0.9, 0.1) for v in ("default", "drop_x", "nfe2") for c in ("a", "b")]
+    records += [run("unloaded", "default", c, 0.9, 0.1) for c in ("a", "b")]
+    tables = {t.name: t for t in T.build_tables("all", records)}
+    main = {r.label: r for r in tables["main"].rows if r.kind == "measured"}
+    assert set(main) == {"Plug-in Method (default)", "unloaded (default)"}
+    assert main["Plug-in Method (default)"].stats.mean["clip_i"] == pytest.approx(0.1)  # the declared view
+    assert main["unloaded (default)"].stats.mean["clip_i"] == pytest.approx(0.9)  # no declaration: its own
+    assert "Plug-in Method rows: the early model where the run has one." in tables["main"].caption
+    assert [r.label for r in tables["ablation"].rows if r.kind == "measured"] == ["Plug-in Method w/o x"]
+    assert [r.label for r in tables["nfe"].rows if r.kind == "measured"] == ["Plug-in Method (nfe2)"]
+    assert T.METHOD_LABELS["plug"] == "Plug-in Method" and T.METHOD_LABELS.get("unloaded", "?") == "?"

@@ -1,9 +1,12 @@
 """The paper's tables from run records only (they never train or score), as Markdown and CSV.
 
 Each table is a list of rows (`RowSpec`) that say which records feed them (registry method name, variant names,
-and which evaluation of the record: the final student, a view, or the real-vs-real ceiling) and which row of the
-paper's `reference/paper_tables.csv` they correspond to. Records are grouped by (profile, metric suite): one
-rendered table per group, since numbers from different suites or models are not comparable.
+and which evaluation of the record: the final model, a view, the view the method declares for the tables
+(`MethodOptions.table_view`), or the real-vs-real ceiling) and which row of the paper's `reference/paper_tables.csv`
+they correspond to. Records are grouped by (profile, metric suite): one rendered table per group, since numbers
+from different suites or models are not comparable. Records are typed (`bench.record.RunRecord`, read by
+`load_records`); the logic reads a method's declarations (`bench.contract.presentation`: its label and table
+view), never its name.
 
 Aggregation of one cell (one row, one metric), as the authors' released evaluation writes its result ("Average
 over Instances") and then honestly:
@@ -30,17 +33,19 @@ from records), `building` (tables from records), `rendering` (Markdown, CSV and 
 from __future__ import annotations
 
 from bench.tables.definitions import (BEFORE_ECHO, CD, CHOICES, COMPARE, DEFS, ED, FORMATS, METHOD_LABELS,
-                                      METRIC_LABELS, METRICS, TABLES, paper_rows, RowSpec, split_variant, TableDef,
-                                      variant_key)
-from bench.tables.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval, ceiling_stats,
-                                     cell_stats, concept_mean, pooled, RunSummary, Stats, summarize_run)
+                                      METRIC_LABELS, METRICS, TABLE_VIEW, TABLES, paper_rows, RowSpec, split_variant,
+                                      TableDef, variant_key)
+from bench.tables.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, as_records, bootstrap_interval,
+                                     ceiling_stats, cell_stats, concept_mean, pooled, RunSummary, Stats,
+                                     summarize_run)
 from bench.tables.building import (build_tables, load_records, Row, suite_name, Table)
 from bench.tables.rendering import (CSV_COLUMNS, PAPER_COLUMNS, csv_rows, md_rows, metric_cell, render,
                                     table_command, to_markdown)
 
 __all__ = ["BEFORE_ECHO", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "CD", "CHOICES", "COMPARE", "CSV_COLUMNS", "DEFS",
            "ED", "FORMATS", "METHOD_LABELS", "METRICS", "METRIC_LABELS", "PAPER_COLUMNS", "Row", "RowSpec",
-           "RunSummary", "Stats", "TABLES", "Table", "TableDef", "bootstrap_interval", "build_tables",
+           "RunSummary", "Stats", "TABLES", "TABLE_VIEW", "Table", "TableDef", "as_records", "bootstrap_interval",
+           "build_tables",
            "ceiling_stats", "cell_stats", "concept_mean", "csv_rows", "load_records", "md_rows", "metric_cell",
            "paper_rows", "pooled", "render", "split_variant", "suite_name", "summarize_run", "table_command",
            "to_markdown", "variant_key"]

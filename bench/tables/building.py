@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
-from bench.tables.definitions import (BEFORE_ECHO, CHOICES, COMPARE, DEFS, ED, FORMATS, TABLES, RowSpec, TableDef,
-                                     _catch_table, _extra_label, _owners, _paper_values, split_variant, variant_key)
-from bench.tables.statistics import Stats, ceiling_stats, cell_stats
+from bench.record import RunRecord, SuiteRef
+from bench.tables.definitions import (CHOICES, COMPARE, DEFS, FORMATS, TABLE_VIEW, TABLES, RowSpec, TableDef,
+                                      _catch_table, _extra_label, _owners, _paper_values, split_variant, variant_key)
+from bench.tables.statistics import Stats, as_records, ceiling_stats, cell_stats
 
 
 @dataclass
@@ -43,21 +45,22 @@ class Table:
     timings: bool = False
     compare: bool = False
     notes: list[str] = field(default_factory=list)
+    metric_suite: str = ""
+    """The suite's name alone (`tiny`), which `suite` describes."""
 
     @property
     def measured(self) -> list[Row]:
         return [r for r in self.rows if r.kind in ("measured", "ceiling")]
 
 
-def suite_name(record: dict[str, Any]) -> str:
-    from bench.record import SuiteRef
+def suite_name(record: RunRecord) -> str:
+    """The name of the suite that scored the record (`SuiteRef`; an old record's bare string as it is)."""
+    suite = record.metric_suite
+    return SuiteRef.of(suite).name if isinstance(suite, dict) or not suite else str(suite)
 
-    suite = record.get("metric_suite") or {}
-    return SuiteRef.of(suite).name if isinstance(suite, dict) else str(suite)
 
-
-def _suite_desc(records: list[dict[str, Any]]) -> str:
-    suite = next((r["metric_suite"] for r in records if isinstance(r.get("metric_suite"), dict)), {})
+def _suite_desc(records: list[RunRecord]) -> str:
+    suite = next((r.metric_suite for r in records if isinstance(r.metric_suite, dict)), {})
     parts = [p for p in (suite.get("clip_arch"), suite.get("dino_arch")) if p]
     return f"{suite_name(records[0])}" + (f" (CLIP {parts[0]}, DINO {parts[1]})" if len(parts) == 2 else "")
 
@@ -73,37 +76,41 @@ def _check_options(name: str, fmt: str, compare: str | None) -> None:
         raise unknown("--compare target", compare, COMPARE)
 
 
-def build_tables(name: str, records: list[dict[str, Any]], compare: str | None = None) -> list[Table]:
-    """Tables `name` (or every table for "all") from records, one per (profile, metric suite) group."""
+def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compare: str | None = None) -> list[Table]:
+    """Tables `name` (or every table for "all") from records, one per (profile, metric suite) group. Records are
+    `RunRecord`s (`load_records`); `record.json` objects are converted here, once (`as_records`)."""
     _check_options(name, "md", compare)
+    records = as_records(records)
     if not records:
         raise BenchError("no run records found; run `bench run ...` first, or pass --results DIR / --profile")
     names = TABLES if name == "all" else (name,)
     concepts_by_profile: dict[str, set[str]] = defaultdict(set)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    corrupt: dict[str, list[dict[str, Any]]] = defaultdict(list)  # unreadable records: no suite is known
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    corrupt: dict[str, list[RunRecord]] = defaultdict(list)  # unreadable records: no suite is known
     for r in records:
-        concepts_by_profile[r["profile"]].add(r["concept"])
-        if r.get("status") == "corrupt":
-            corrupt[r["profile"]].append(r)
+        concepts_by_profile[r.profile].add(r.concept)
+        if r.status == "corrupt":
+            corrupt[r.profile].append(r)
         else:
-            groups[(r["profile"], suite_name(r))].append(r)
+            groups[(r.profile, suite_name(r))].append(r)
     for (profile, _), group in groups.items():
         group += corrupt[profile]  # expected in every table of their profile, and never done
     cache: dict = {}
     out = []
-    for (profile, _suite), group in sorted(groups.items()):
+    for (profile, suite), group in sorted(groups.items()):
         for n in names:
             out.append(_build_one(DEFS[n], group, sorted(concepts_by_profile[profile]), profile,
-                                  _suite_desc(group), compare is not None, cache))
+                                  _suite_desc(group), compare is not None, cache, suite))
     return out
 
 
-def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], profile: str, suite: str,
-               compare: bool, cache: dict) -> Table:
-    by_variant: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profile: str, suite: str,
+               compare: bool, cache: dict, suite_id: str) -> Table:
+    from bench.contract import presentation
+
+    by_variant: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
-        by_variant[(r["method"], variant_key(r))].append(r)
+        by_variant[(r.method, variant_key(r))].append(r)
     owners = _owners()
     # (spec, variant) pairs this table shows: the specs' named variants, ad-hoc runs of those variants where this
     # table owns them, and variants listed nowhere that fall to this table.
@@ -122,13 +129,13 @@ def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], 
                         if m == spec.method and "+" in full and split_variant(full)[0] == v and full != v]
     for (method, full) in sorted(by_variant):
         base = split_variant(full)[0]
-        if (method, base) not in owners and _catch_table(method, base) == d.name:
-            spec = RowSpec(_extra_label(method, base), method, (full,), optional=True,
-                           source=BEFORE_ECHO if method == ED else "metrics")
+        if (method, base) not in owners and _catch_table(base) == d.name:
+            spec = RowSpec(_extra_label(method, base, d.name), method, (full,), optional=True,
+                           source=TABLE_VIEW if presentation(method).table_view else "metrics")
             planned.append((spec, full, bool(split_variant(full)[1])))
     # The expected runs of every row: the profile's concepts x the training seeds this table's runs used.
     feeding = [r for spec, v, _ in planned if v is not None for r in by_variant[(spec.method, v)]]
-    seeds = sorted({r["seed"] for r in feeding})
+    seeds = sorted({r.seed for r in feeding})
     rows: list[Row] = []
     for spec, variant, ad_hoc in planned:
         label = spec.label + (f" [{split_variant(variant)[1]}]" if ad_hoc and split_variant(variant)[1] else "")
@@ -137,7 +144,7 @@ def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], 
         common = dict(label=label, method=spec.method, model=spec.model, train_nfe=spec.train_nfe,
                       infer_nfe=spec.infer_nfe, source=spec.source, paper=paper,
                       note=spec.note if not ad_hoc else "ad-hoc override; not compared with the paper",
-                      trains=spec.trains and not (runs and all(r.get("trains") is False for r in runs)))
+                      trains=spec.trains and not (runs and all(r.trains is False for r in runs)))
         if spec.source == "real_vs_real":
             stats = ceiling_stats(records)
             if stats is not None:
@@ -154,7 +161,9 @@ def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], 
             rows.append(Row(variant=variant, kind="measured", stats=stats, **common))
     if not feeding:
         rows = []
-    caption = _caption(profile, suite, concepts, seeds, compare, any(r.source == BEFORE_ECHO for r in rows),
+    viewed = [presentation(m).caption for m in dict.fromkeys(r.method for r in rows if r.source == TABLE_VIEW)
+              if m is not None]
+    caption = _caption(profile, suite, concepts, seeds, compare, [v for v in viewed if v],
                        _caps(feeding)) if rows else ""
     notes = []
     for r in rows:
@@ -168,12 +177,12 @@ def _build_one(d: TableDef, records: list[dict[str, Any]], concepts: list[str], 
             notes.append(f"Missing, {r.label} ({r.method}/{r.variant}): " + ", ".join(shown) + more)
     if not rows:
         notes.append(f"No runs recorded for this table; run `{d.hint}`.")
-    return Table(d.name, d.title, profile, suite, caption, rows, d.timings, compare, notes)
+    return Table(d.name, d.title, profile, suite, caption, rows, d.timings, compare, notes, suite_id)
 
 
-def _caps(records: list[dict[str, Any]]) -> str:
+def _caps(records: list[RunRecord]) -> str:
     """The profile's schedule caps the records ran under ("at most 10 iterations per stage, 5 sampling steps")."""
-    found = {((r.get("models") or {}).get("iteration_cap"), (r.get("models") or {}).get("step_cap")) for r in records}
+    found = {((r.models or {}).get("iteration_cap"), (r.models or {}).get("step_cap")) for r in records}
     parts = []
     for name, unit in ((0, "iterations per training stage"), (1, "sampling steps")):
         values = sorted({str(f[name]) for f in found if f[name]})
@@ -183,7 +192,8 @@ def _caps(records: list[dict[str, Any]]) -> str:
 
 
 def _caption(profile: str, suite: str, concepts: list[str], seeds: list[int], compare: bool,
-             before_echo: bool, caps: str = "") -> str:
+             viewed: list[str], caps: str = "") -> str:
+    """The table's caption; `viewed`: a sentence per method whose rows read its declared table view."""
     text = (f"Profile `{profile}`, metric suite {suite}. Cells: mean over concepts of per-concept means (per "
             f"concept: the mean over training seeds of the run's mean over evaluation seeds of its per-seed mean "
             f"over images or image-real pairs; the released evaluation's \"Average over Instances\"), ± std over "
@@ -191,8 +201,8 @@ def _caption(profile: str, suite: str, concepts: list[str], seeds: list[int], co
             f"means]; the pooled mean over all images or pairs is in the CSV (`*_pooled`). "
             f"Runs: done/expected, expected = {len(concepts)} concept(s) x {len(seeds)} training seed(s) "
             f"({', '.join(map(str, seeds))}); failed and missing runs are counted in the cell.")
-    if before_echo:
-        text += " EchoDistill rows: the student before the echo stage where the run has one (the paper's convention)."
+    for sentence in viewed:
+        text += f" {sentence}"
     if caps:
         text += f" Capped by the profile: at most {caps}; rows keep the paper's labels."
     if compare:
@@ -202,10 +212,13 @@ def _caption(profile: str, suite: str, concepts: list[str], seeds: list[int], co
     return text
 
 
-def load_records(results: Path, profile: str | None = None) -> list[dict[str, Any]]:
-    from bench.store import iter_records
+def load_records(results: Path, profile: str | None = None) -> list[RunRecord]:
+    """Every record under `results` (optionally one profile), typed; an unreadable one as its `corrupt` stand-in."""
+    from bench.record import gc_paused
+    from bench.store import iter_run_records
 
-    records = list(iter_records(results, profile, corrupt=True))  # unreadable ones count as expected but missing
+    with gc_paused():
+        records = list(iter_run_records(results, profile, corrupt=True))  # unreadable: expected but missing
     if not records:
         where = f"{results}" + (f" for profile '{profile}'" if profile else "")
         raise BenchError(f"no run records found under {where}; run `bench run ...` first, or pass --results DIR")

@@ -6,9 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from bench.record import RunRecord
 
 from bench.metrics.declared import LABELS, NAMES
 
@@ -31,12 +35,18 @@ COMPARE = ("paper",)
 
 
 CD, ED = "custom_diffusion", "echodistill"
+"""Registry names the paper's rows below name (data: the harness logic never branches on a method's name)."""
 
 
-BEFORE_ECHO = "before_echo"
-"""Source of EchoDistill rows in the ablation-style tables: the student before the echo stage when the run has
-one (view `student_before_echo`), else the final student (runs without an echo stage). The paper's main and
-ablation numbers are before echo (method.md, variant `echo`); the echo table shows the stage's effect."""
+TABLE_VIEW = "before_echo"
+"""Source of rows that read the view the method declares for the tables (`MethodOptions.table_view`) where a run
+has it, else the run's own evaluation. EchoDistill declares its student before the echo stage: the paper's main
+and ablation numbers are before echo (method.md, variant `echo`); the echo table shows the stage's effect. The
+value is the CSV's `source` as it has always read."""
+
+
+BEFORE_ECHO = TABLE_VIEW
+"""The former name of `TABLE_VIEW`."""
 
 
 def _paper(table: int, section: str, method: str, model: str, variant: str = "", train: int | None = 1,
@@ -60,7 +70,8 @@ class RowSpec:
     infer_nfe: int | None = 1
     paper: tuple[str, ...] | None = None
     source: str = "metrics"
-    """"metrics" (the record's own evaluation), "view:<name>" (one of its `views`), BEFORE_ECHO, "real_vs_real"."""
+    """"metrics" (the record's own evaluation), "view:<name>" (one of its `views`), TABLE_VIEW (the view the
+    method declares for the tables, else its own evaluation), "real_vs_real"."""
     optional: bool = False
     """Shown only when it has records (or, with a paper row, under --compare paper)."""
     note: str = ""
@@ -99,7 +110,7 @@ def _baseline(label: str, method: str) -> RowSpec:
 
 
 def _ablation(label: str, variant: str, paper_variant: str) -> RowSpec:
-    return RowSpec(label, ED, (variant,), source=BEFORE_ECHO,
+    return RowSpec(label, ED, (variant,), source=TABLE_VIEW,
                    paper=_paper(8, "extended_ablation", "EchoDistill", "SD Turbo", paper_variant))
 
 
@@ -122,7 +133,7 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
                 _paper(5, "main_timed", "OminiControl", "Flux", "", None, 1), trains=False,
                 note="encoder-based, no training: FLUX.1-schnell + OminiControl subject LoRA, one step, conditioned "
                      "on the first photo (variant each: every photo in turn)"),
-        RowSpec("EchoDistill, before echo", ED, ("default",), source=BEFORE_ECHO,
+        RowSpec("EchoDistill, before echo", ED, ("default",), source=TABLE_VIEW,
                 paper=_paper(5, "main_timed", "EchoDistill", "SD Turbo"),
                 note="student before the echo stage (the paper's main numbers); train time covers the whole run"),
         RowSpec("EchoDistill, after echo", ED, ("default",),
@@ -141,7 +152,7 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
         _ablation("w/o DINOv1 discriminator", "drop_disc_dino1", "w/o DINOv1 discriminator"),
         _ablation("w/o DINOv2 discriminator", "drop_disc_dino2", "w/o DINOv2 discriminator"),
         _ablation("w/o CLIP discriminator", "drop_disc_clip", "w/o CLIP discriminator"),
-        RowSpec("w/o echo stage", ED, ("drop_echo",), source=BEFORE_ECHO, optional=True),
+        RowSpec("w/o echo stage", ED, ("drop_echo",), source=TABLE_VIEW, optional=True),
     ), hint="bench ablate --drop teacher (and the other --drop names)"),
     TableDef("echo", "Table 3 (echo): teacher and student before and after the echo stage", (
         RowSpec("Teacher, before echo", ED, ("default",), "SD 2.1", None, None,
@@ -158,34 +169,34 @@ DEFS: dict[str, TableDef] = {d.name: d for d in (
     TableDef("nfe", "Table 3 (inference NFEs): the student sampled with 1, 2 and 4 steps", tuple(
         RowSpec(f"{n} step{'s' if n > 1 else ''}", ED, (f"nfe{n}",), "SD Turbo", 1, n,
                 _paper(3, "infer_nfe", "EchoDistill", "SD Turbo", f"{n} step{'s' if n > 1 else ''}", 1, n),
-                source=BEFORE_ECHO) for n in (1, 2, 4)), hint="bench ablate --nfe 1,2,4"),
+                source=TABLE_VIEW) for n in (1, 2, 4)), hint="bench ablate --nfe 1,2,4"),
     TableDef("backbone", "Table 3 (backbone): SD-Turbo and Hyper-SD 1.5 students", (
         RowSpec("Hyper-SD 1.5 (teacher SD 1.5)", ED, ("backbone_hyper-sd15",), "Hyper-SD1.5",
-                paper=_paper(3, "backbone", "EchoDistill", "Hyper-SD1.5"), source=BEFORE_ECHO),
+                paper=_paper(3, "backbone", "EchoDistill", "Hyper-SD1.5"), source=TABLE_VIEW),
         RowSpec("SD Turbo (teacher SD 2.1)", ED, ("default",), paper=_paper(3, "backbone", "EchoDistill", "SD Turbo"),
-                source=BEFORE_ECHO),
+                source=TABLE_VIEW),
     ), hint="bench ablate --backbone hyper-sd15"),
     TableDef("alternatives", "Table 6: alternative designs (teacher first, separate text encoders)", (
         RowSpec("Teacher-first", ED, ("teacher_first",), paper=_paper(6, "alternatives", "Teacher-first", "SD Turbo"),
-                source=BEFORE_ECHO),
+                source=TABLE_VIEW),
         RowSpec("Remove STE", ED, ("drop_ste",), paper=_paper(6, "alternatives", "Remove STE", "SD Turbo"),
-                source=BEFORE_ECHO),
+                source=TABLE_VIEW),
         RowSpec("EchoDistill", ED, ("default",), paper=_paper(6, "alternatives", "EchoDistill", "SD Turbo"),
-                source=BEFORE_ECHO),
+                source=TABLE_VIEW),
     ), hint="bench ablate --teacher-first; bench ablate --drop ste"),
     TableDef("shots", "Table 9: one-shot personalisation", (
         RowSpec("one-shot", ED, ("shots1", "one_shot"), paper=_paper(9, "shots", "EchoDistill", "SD Turbo", "one-shot"),
-                source=BEFORE_ECHO),
+                source=TABLE_VIEW),
         RowSpec("few-shot (all images)", ED, ("default",),
-                paper=_paper(9, "shots", "EchoDistill", "SD Turbo", "few-shot"), source=BEFORE_ECHO),
+                paper=_paper(9, "shots", "EchoDistill", "SD Turbo", "few-shot"), source=TABLE_VIEW),
     ), hint="bench ablate --shots 1"),
 )}
 
 
-def variant_key(record: dict[str, Any]) -> str:
+def variant_key(record: RunRecord) -> str:
     """The record's variant, marked `@<backbone>` when a run used another backbone than its variant says (e.g.
     `bench run --backbone hyper-sd15`), so that runs on different models never share a row."""
-    variant, backbone = record["variant"], record.get("backbone") or "sd-turbo"
+    variant, backbone = record.variant, record.backbone or "sd-turbo"
     if backbone == "sd-turbo" or variant.startswith(f"backbone_{backbone}"):
         return variant
     return f"{variant}@{backbone}"
@@ -212,27 +223,63 @@ def _owners() -> dict[tuple[str, str], str]:
     return owners
 
 
-def _catch_table(method: str, base: str) -> str:
-    """Where a variant no table lists is shown, so that no recorded run is left out of every table."""
-    if method != ED:
-        return "main"
-    for prefix, name in (("nfe", "nfe"), ("backbone_", "backbone"), ("shots", "shots")):
-        if base.startswith(prefix):
+ABLATION_TABLES = (("nfe", "nfe"), ("backbone_", "backbone"), ("shots", "shots"), ("@", "backbone"),
+                   ("drop_", "ablation"), ("teacher_first", "ablation"))
+"""Where a variant no table lists is shown, by its name, first match: the names `bench ablate` gives
+(`bench.ablations.ablation_variants`, the same for every method that declares ablation flags), and `@<backbone>`
+for a run on another backbone (`variant_key`; a prefix except for `@`, which may stand anywhere)."""
+
+
+def _catch_table(base: str) -> str:
+    """The table for a variant no table lists, so that no recorded run is left out of every table: by
+    `ABLATION_TABLES`, else main."""
+    for mark, name in ABLATION_TABLES:
+        if (mark in base) if mark == "@" else base.startswith(mark):
             return name
-    if "@" in base:
-        return "backbone"
-    return "ablation"
+    return "main"
 
 
-def _extra_label(method: str, base: str) -> str:
-    if method == ED and base.startswith("drop_"):
-        return "w/o " + " + ".join(base.removeprefix("drop_").split("+"))
-    return f"{METHOD_LABELS.get(method, method)} ({base})"
+@cache
+def _subject(table: str) -> str | None:
+    """The one method every row of `table` names (EchoDistill for its ablation tables), else None."""
+    methods = {spec.method for spec in DEFS[table].rows if spec.method is not None}
+    return methods.pop() if len(methods) == 1 else None
 
 
-METHOD_LABELS = {CD: "Custom Diffusion", ED: "EchoDistill", "textual_inversion": "Textual Inversion",
-                 "dreambooth": "DreamBooth", "lora": "LoRA", "cones2": "Cones 2", "disenbooth": "DisenBooth",
-                 "ip_adapter_tcd": "IP-Adapter", "ominicontrol": "OminiControl", "textboost": "TextBoost"}
+def _extra_label(method: str, base: str, table: str) -> str:
+    """The label of a row for a variant no table lists: "w/o a + b" for a drop ablation (prefixed with the
+    method's label in a table about another method), else "<label> (<variant>)"."""
+    from bench.contract import presentation
+
+    label = presentation(method).label
+    if base.startswith("drop_"):
+        text = "w/o " + " + ".join(base.removeprefix("drop_").split("+"))
+        return text if _subject(table) == method else f"{label} {text}"
+    return f"{label} ({base})"
+
+
+class _Labels(Mapping[str, str]):
+    """Every registered method's display name (`MethodOptions.label`, read by `bench.contract.presentation`
+    without importing the method), computed on use: a plug-in registered later is in it too."""
+
+    def _table(self) -> dict[str, str]:
+        from bench.contract import presentation
+        from bench.registry import method_names
+
+        return {name: presentation(name).label for name in method_names()}
+
+    def __getitem__(self, name: str) -> str:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+METHOD_LABELS: Mapping[str, str] = _Labels()
+"""Registry name -> display name, for every registered method (`.get(name, name)` for any other)."""
 
 
 @lru_cache(maxsize=1)

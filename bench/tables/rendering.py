@@ -117,7 +117,7 @@ def md_rows(t: Table) -> tuple[list[str], list[list[str]]]:
 
 
 def to_markdown(t: Table) -> str:
-    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.suite.split(' ')[0]}`", ""]
+    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`", ""]
     lines += [t.caption, ""] if t.caption else []
     if t.rows:
         head, body = md_rows(t)
@@ -151,7 +151,7 @@ def csv_rows(t: Table) -> list[dict[str, str]]:
     out = []
     for r in t.rows:
         s, p = r.stats, r.paper or {}
-        row = {"table": t.name, "profile": t.profile, "metric_suite": t.suite.split(" ")[0], "row": r.label,
+        row = {"table": t.name, "profile": t.profile, "metric_suite": t.metric_suite, "row": r.label,
                "kind": r.kind, "method": r.method or "", "variant": r.variant, "model": r.model,
                "train_nfe": _c(r.train_nfe), "infer_nfe": _c(r.infer_nfe), "source": r.source, "note": r.note}
         for m in METRICS:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
 from bench.metrics.declared import METRICS as DECLARED
 from bench.metrics.declared import accumulate, empty, means
-from bench.tables.definitions import BEFORE_ECHO, METRICS
+from bench.record import ImageScore, RunRecord, Timing, gc_paused
+from bench.tables.definitions import METRICS, TABLE_VIEW
 
 BOOTSTRAP_SEED = 0
 
@@ -20,7 +22,15 @@ BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 1000
 
 
-_COLUMNS = itemgetter("eval_seed", *METRICS, "n_real")
+_SCORES = itemgetter(*METRICS) if len(METRICS) > 1 else (lambda scores: (scores[METRICS[0]],))
+"""An image's scores in `METRICS` order, as one tuple (the aggregation loop below dominates a full render)."""
+
+
+def as_records(records: Iterable[RunRecord | dict[str, Any]]) -> list[RunRecord]:
+    """Records as `RunRecord`s: the entry of `build_tables` and the cell functions, for callers that hold
+    `record.json` objects (dicts, converted once here); everything past it reads attributes."""
+    with gc_paused():
+        return [r if isinstance(r, RunRecord) else RunRecord.from_json(r) for r in records]
 
 
 @dataclass
@@ -34,32 +44,39 @@ class RunSummary:
     infer_s: float | None
 
 
-def _evaluation(record: dict[str, Any], source: str) -> dict[str, Any] | None:
-    views = record.get("views") or {}
+def _evaluation(record: RunRecord, source: str) -> tuple[list[ImageScore] | None, Timing | None] | None:
+    """(images, sampling timing) of the evaluation `source` names; None where the run has no such view."""
     if source == "metrics":
-        return record
-    if source == BEFORE_ECHO:
-        return views.get("student_before_echo") or record
+        return record.images, record.timing
+    if source == TABLE_VIEW:
+        from bench.contract import presentation
+
+        view = (record.views or {}).get(presentation(record.method).table_view or "")
+        return (view.images, view.timing) if view is not None else (record.images, record.timing)
     if source.startswith("view:"):
-        return views.get(source.removeprefix("view:"))
+        view = (record.views or {}).get(source.removeprefix("view:"))
+        return (view.images, view.timing) if view is not None else None
     raise ValueError(source)
 
 
-def summarize_run(record: dict[str, Any], source: str = "metrics") -> RunSummary | None:
-    """None when the run has no scored images for `source` (failed, or the view is absent)."""
-    if record.get("status") != "done":
+def summarize_run(record: RunRecord | dict[str, Any], source: str = "metrics") -> RunSummary | None:
+    """None when the run has no scored images for `source` (failed, or the view is absent). A `record.json`
+    object is converted first (`as_records`)."""
+    if not isinstance(record, RunRecord):
+        record = RunRecord.from_json(record)
+    if record.status != "done":
         return None
     evaluation = _evaluation(record, source)
-    rows = (evaluation or {}).get("images") or []
-    if not rows:
+    images, timing = evaluation if evaluation is not None else (None, None)
+    if not images:
         return None
     by_seed: dict[Any, list[float]] = {}
-    for row in map(_COLUMNS, rows):  # tuples, not dict lookups: this loop dominates a full render
-        acc = by_seed.get(row[0])
+    for image in images:  # attributes and one itemgetter, no per-image dicts: this loop dominates a full render
+        acc = by_seed.get(image.eval_seed)
         if acc is None:
-            acc = by_seed[row[0]] = empty()
-        accumulate(acc, row[1:-1], row[-1])
-    return RunSummary(by_seed, _seed_mean(by_seed), (evaluation.get("timing") or {}).get("infer_s_per_image"))
+            acc = by_seed[image.eval_seed] = empty()
+        accumulate(acc, _SCORES(image.scores), image.n_real)
+    return RunSummary(by_seed, _seed_mean(by_seed), timing.infer_s_per_image if timing is not None else None)
 
 
 def _seed_mean(by_seed: dict[Any, list[float]]) -> dict[str, float]:
@@ -150,18 +167,18 @@ def _std(xs: list[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def cell_stats(records: list[dict[str, Any]], source: str, concepts: list[str], seeds: list[int],
+def cell_stats(records: Iterable[RunRecord | dict[str, Any]], source: str, concepts: list[str], seeds: list[int],
                cache: dict | None = None) -> Stats:
     """The statistics of one row from its records (all of one method and variant, one profile and suite)."""
     cache = {} if cache is None else cache
-    by_key = {(r["concept"], r["seed"]): r for r in records}
-    used: dict[int, list[tuple[str, RunSummary, dict]]] = defaultdict(list)
+    by_key = {(r.concept, r.seed): r for r in as_records(records)}
+    used: dict[int, list[tuple[str, RunSummary, RunRecord]]] = defaultdict(list)
     failures, absent = [], []
     for concept in concepts:
         for seed in seeds:
             r = by_key.get((concept, seed))
-            if r is None or r.get("status") == "corrupt":
-                absent.append(f"{concept}/seed{seed}" + (f" (corrupt record: {r['reason']})" if r else ""))
+            if r is None or r.status == "corrupt":
+                absent.append(f"{concept}/seed{seed}" + (f" (corrupt record: {r.reason})" if r else ""))
                 continue
             ck = (id(r), source)
             if ck not in cache:
@@ -169,9 +186,8 @@ def cell_stats(records: list[dict[str, Any]], source: str, concepts: list[str], 
             s = cache[ck]
             if s is not None:
                 used[seed].append((concept, s, r))
-            elif r.get("status") != "done":
-                failures.append(f"{concept}/seed{seed}: {r.get('status', '?')}"
-                                + (f" ({r['reason']})" if r.get("reason") else ""))
+            elif r.status != "done":
+                failures.append(f"{concept}/seed{seed}: {r.status or '?'}" + (f" ({r.reason})" if r.reason else ""))
             else:
                 absent.append(f"{concept}/seed{seed} (no '{source}' evaluation)")
     mean, per_concept = concept_mean([(c, s) for runs in used.values() for c, s, _ in runs])
@@ -183,26 +199,25 @@ def cell_stats(records: list[dict[str, Any]], source: str, concepts: list[str], 
         pool[m] = _mean([p[m] for p in pooled_per_seed])
         lo[m], hi[m] = bootstrap_interval([v[m] for v in per_concept.values()])
     runs = [(s, r) for group in used.values() for _, s, r in group]
-    iters = [float((r.get("timing") or {}).get("iterations")) for _, r in runs
-             if (r.get("timing") or {}).get("iterations") is not None]
+    iters = [float(r.timing.iterations) for _, r in runs if r.timing is not None and r.timing.iterations is not None]
     done = len(runs)
     return Stats(mean, std, lo, hi, per_concept, done, len(concepts) * len(seeds), len(failures),
                  len(concepts) * len(seeds) - done - len(failures), len(used), len(per_concept),
-                 train_s=_mean([(r.get("timing") or {}).get("train_s") for _, r in runs]),
+                 train_s=_mean([r.timing.train_s if r.timing is not None else None for _, r in runs]),
                  infer_s=_mean([s.infer_s for s, _ in runs]),
                  iterations=(min(iters), max(iters)) if iters else (math.nan, math.nan),
                  failures=failures, absent=absent, pooled=pool)
 
 
-def ceiling_stats(records: list[dict[str, Any]]) -> Stats | None:
+def ceiling_stats(records: Iterable[RunRecord | dict[str, Any]]) -> Stats | None:
     """The real-vs-real row: per concept, its real images against each other (the same for every run of the
     concept under one suite, so the first done record is used); the mean over concepts like every other row, the
     pooled mean over all pairs beside it, interval over concepts."""
     per: dict[str, dict[str, float]] = {}
-    for r in records:
-        rvr = r.get("real_vs_real")
-        if r.get("status") == "done" and rvr and r["concept"] not in per:
-            per[r["concept"]] = rvr
+    for r in as_records(records):
+        rvr = r.real_vs_real
+        if r.status == "done" and rvr and r.concept not in per:
+            per[r.concept] = rvr
     if not per:
         return None
     nan = math.nan
