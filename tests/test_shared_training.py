@@ -302,8 +302,8 @@ def test_a_damaged_record_is_listed_as_corrupt_and_counted_missing(fake, tmp_pat
     from bench.tables import cell_stats, load_records
 
     records = load_records(results, "tiny")  # what every table reads: the corrupt run comes back as a stub
-    assert [r["status"] for r in records if r["seed"] == 1] == ["corrupt"]
-    stats = cell_stats([r for r in records if r["method"] == "fake"], "metrics", ["dog"], [0, 1])
+    assert [r.status for r in records if r.seed == 1] == ["corrupt"]
+    stats = cell_stats([r for r in records if r.method == "fake"], "metrics", ["dog"], [0, 1])
     assert (stats.done, stats.expected, stats.missing) == (1, 2, 1)
     assert any("corrupt record" in a for a in stats.absent)
 
