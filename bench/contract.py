@@ -170,28 +170,16 @@ def _class_literals(target: str, keys: tuple[str, ...]) -> dict[str, Any] | None
 
 # --- config field roles --------------------------------------------------------------------------------------
 
-LEGACY_NAMES = True
-"""Deprecated fallback: an int field with none of the role metadata is still read by its name (`iterations` or
-`*_iters` a schedule length, `steps` or `*_steps` a step count), as before field metadata existed. Declare `SCHEDULE` or
-`SAMPLING_STEPS` / `STEP_COUNT` instead; the fallback goes once every method in use declares its fields."""
-
-
 def is_schedule(f: dataclasses.Field) -> bool:
-    """A schedule length (iterations of a training stage): capped on a capped profile, shortened by `bench perf`."""
-    if "schedule" in f.metadata:
-        return bool(f.metadata["schedule"])
-    if _has_role(f):
-        return False
-    return LEGACY_NAMES and (f.name == "iterations" or f.name.endswith("_iters"))
+    """A schedule length (iterations of a training stage, `SCHEDULE`): capped on a capped profile, shortened by
+    `bench perf`. Declared only: a field's name never makes it one."""
+    return bool(f.metadata.get("schedule"))
 
 
 def is_step_count(f: dataclasses.Field) -> bool:
-    """A sampling step count (of evaluation or of a training-time sampler): capped on a capped profile."""
-    if "steps" in f.metadata:
-        return bool(f.metadata["steps"])
-    if _has_role(f):
-        return False
-    return LEGACY_NAMES and (f.name == "steps" or f.name.endswith("_steps"))
+    """A sampling step count (of evaluation or of a training-time sampler; `SAMPLING_STEPS`, `STEP_COUNT`): capped
+    on a capped profile. Declared only: a field's name never makes it one."""
+    return bool(f.metadata.get("steps"))
 
 
 def is_sampling_only(f: dataclasses.Field) -> bool:
@@ -202,12 +190,6 @@ def is_sampling_only(f: dataclasses.Field) -> bool:
 def is_hashed(f: dataclasses.Field) -> bool:
     """Part of the config hash (False for settings that never change a result, `NOT_HASHED`)."""
     return f.metadata.get("hash", True) is not False
-
-
-def _has_role(f: dataclasses.Field) -> bool:
-    """Whether the field's metadata says whether it is a schedule length or a step count (`SAMPLING_ONLY` alone
-    does not: a `sample_steps` field marked only sampling-only is still a step count by its name)."""
-    return any(key in f.metadata for key in ("schedule", "steps"))
 
 
 def schedule_fields(config: Any) -> list[str]:
@@ -221,10 +203,11 @@ def step_fields(config: Any) -> list[str]:
 
 
 def undeclared_fields(config: Any) -> list[str]:
-    """Fields read by name only (the deprecated fallback): what a method should annotate with metadata."""
+    """Int fields named like a schedule length or a step count (`iterations`, `*_iters`, `steps`, `*_steps`) that
+    declare neither role: the harness does not cap or shorten them. A hint for `bench check-method`, nothing more."""
     out = []
     for f in dataclasses.fields(config):
         by_name = f.name in ("iterations", "steps") or f.name.endswith(("_iters", "_steps"))
-        if by_name and not _has_role(f):
+        if by_name and not any(key in f.metadata for key in ("schedule", "steps")):
             out.append(f.name)
     return out

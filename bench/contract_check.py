@@ -70,7 +70,8 @@ def check_declarations(cls: Any, say: Callable[[str], None] = lambda _: None) ->
     _check(not bad_perf, "perf_overrides", f"not Config fields: {', '.join(bad_perf)}", say)
     legacy = undeclared_fields(cls.Config)
     say("ok  field metadata" if not legacy else
-        f"note: {', '.join(legacy)} read by name only; declare SCHEDULE / SAMPLING_STEPS (bench.config)")
+        f"note: {', '.join(legacy)} declare no role, so no profile caps them; declare SCHEDULE / "
+        f"SAMPLING_STEPS / STEP_COUNT (bench.config) if they are iterations or steps")
     return info
 
 

@@ -22,9 +22,9 @@ class _Config:
     echo_iters: int = field(default=40, metadata={"schedule": False})
     """Named like a schedule but declared not one: left alone."""
     iterations: int = 30
-    """No metadata: the deprecated name fallback still caps it."""
+    """No metadata: its conventional name does not make it a schedule (never capped)."""
     sample_steps: int = field(default=25, metadata=SAMPLING_ONLY)
-    """Sampling-only without a step declaration: a step count by its name (fallback)."""
+    """Sampling-only without a step declaration: not a step count, whatever its name."""
     guide_steps: int = field(default=25, metadata=STEP_COUNT)
     """A training-time step count."""
     n: int = field(default=9, metadata=SAMPLING_STEPS)
@@ -62,10 +62,10 @@ def test_registered_methods_declare_their_contract() -> None:
     assert step_fields(echo.config) == ["teacher_steps", "eval_steps"]
 
 
-def test_field_roles_follow_metadata_before_names() -> None:
+def test_field_roles_follow_metadata_never_names() -> None:
     roles = {f.name: (is_schedule(f), is_step_count(f)) for f in dataclasses.fields(_Config)}
-    assert roles == {"warmup": (True, False), "echo_iters": (False, False), "iterations": (True, False),
-                     "sample_steps": (False, True), "guide_steps": (False, True), "n": (False, True)}
+    assert roles == {"warmup": (True, False), "echo_iters": (False, False), "iterations": (False, False),
+                     "sample_steps": (False, False), "guide_steps": (False, True), "n": (False, True)}
     assert undeclared_fields(_Config) == ["iterations", "sample_steps"]
 
 
@@ -75,7 +75,7 @@ def test_resolve_config_caps_by_metadata(monkeypatch) -> None:
 
     monkeypatch.setitem(registry.METHODS, "bare", f"{__name__}:_Bare")
     config = resolve_config(Job("bare", "default", "dog", 0, "tiny"), iteration_cap=10, step_cap=5)
-    assert dataclasses.asdict(config) == {"warmup": 10, "echo_iters": 40, "iterations": 10, "sample_steps": 5,
+    assert dataclasses.asdict(config) == {"warmup": 10, "echo_iters": 40, "iterations": 30, "sample_steps": 25,
                                           "guide_steps": 5, "n": 5}
 
 

@@ -99,7 +99,7 @@ def resolve_config(job: Job, iteration_cap: int | None, step_cap: int | None = N
 
     `iteration_cap` applies to schedule lengths, the fields declared `SCHEDULE` (and `checkpoint_every` to half of
     it, so capped runs resume mid-run); `step_cap` to step counts, the fields declared `SAMPLING_STEPS` or
-    `STEP_COUNT` (`bench.contract`; fields without metadata are still read by name, a deprecated fallback).
+    `STEP_COUNT` (`bench.contract`; a field's name never gives it a role).
     """
     from bench.contract import is_schedule, is_step_count
 
