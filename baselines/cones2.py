@@ -31,15 +31,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Diverged, Log
+from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import sampling
-from bench.models.checkpoint import Checkpointer
+from bench.models.loop import DenoisingLoop, Step
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, TrainingBatches,
-                                   load_pixels, masked_mse, noisy_and_target, sample_timesteps)
+from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Batch, TrainingBatches,
+                                   load_pixels, masked_mse)
 
 RESIDUAL_FILE = "residual.safetensors"
 
@@ -170,7 +169,7 @@ class ResidualTextEncoder(torch.nn.Module):
 class Cones2:
     name: ClassVar[str] = "cones2"
     version: ClassVar[int] = 1
-    resumable: ClassVar[bool] = True  # checkpoint_every
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = Cones2Config
     variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, "all_photos": {"reference_set": "all"}}
 
@@ -181,7 +180,7 @@ class Cones2:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
-        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
         device = models.device
 
         # 1. The subject's tokens in the training prompt ("dog": position 1, after start of text).
@@ -211,39 +210,27 @@ class Cones2:
         photos = load_pixels(reference_images(concept, cfg.reference_set))  # TextBoost's split by default
         batches = TrainingBatches(photos, prompt, cfg.batch_size, factor, seed, augment=False,
                                   hflip=cfg.hflip, templates=("{}",), size=models.resolution)
-        generator = torch.Generator().manual_seed(seed)
-        encode = Latents(vae, cache=models.speed.latents == "cache")
 
-        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
-        state = dict(tensors={"text_encoder": params}, stateful={"optimizer": optimizer},
-                     generators={"noise": generator}, randoms={"batches": batches.rng})
-        first_it = ckpt.restore(**state)
-        log.begin("train", cfg.iterations)
-        for it in range(first_it, cfg.iterations):
-            batch = next(batches)
-            latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target_noise = noisy_and_target(parts["scheduler"], latents, noise, t)
+        # 5. The shared denoising loop (`bench.models.loop`): the context is the tuned copy's output for the prompt
+        #    (with gradient), the loss the denoising MSE plus the preservation norms against the untouched output.
+        def context(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             hidden = tuned(ids)[0]  # (1, 77, D), with gradient
+            return hidden.expand(len(batch.prompts), -1, -1), {"hidden": hidden}
+
+        def loss(step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            hidden = step.extras["hidden"]
             first = torch.linalg.vector_norm((hidden[0, :start] - target[0, :start]).float())
             second = torch.linalg.vector_norm((hidden[0, end:] - target[0, end:]).float())
             embed = cfg.loss_rate_first * first + cfg.loss_rate_second * second
-            with autocast(device, cfg.autocast_dtype):
-                pred = unet(noisy, t, hidden.expand(latents.shape[0], -1, -1)).sample.float()
-            mse = masked_mse(pred, target_noise, batch.masks.to(device))
-            loss = mse + embed
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-            optimizer.step()
-            log(it, loss=loss.item(), mse=mse.item(), embed=embed.item(), grad_norm=float(grad_norm),
-                t_mean=float(t.float().mean()))
-            ckpt.maybe_save(it + 1, **state)
+            mse = masked_mse(step.pred, step.target, step.batch.masks)
+            return mse + embed, {"mse": mse, "embed": embed}
 
-        # 5. The residual: mean over the templates of tuned minus untouched output at the subject's tokens.
+        loop = DenoisingLoop(parts, {"text_encoder": params}, optimizer, batches, cfg.timestep_policy, seed, device,
+                             cfg.autocast_dtype, cfg.grad_clip, loss_fn=loss, context_fn=context,
+                             cache_latents=models.speed.latents == "cache")
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
+
+        # 6. The residual: mean over the templates of tuned minus untouched output at the subject's tokens.
         tuned.requires_grad_(False).eval()
         with torch.no_grad():
             residual = (_subject_rows(tokenizer, tuned, templates, subject) - frozen).mean(0)  # (n, D)

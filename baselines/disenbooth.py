@@ -40,15 +40,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Diverged, Log
+from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import personalize, sampling
-from bench.models.checkpoint import Checkpointer
+from bench.models.loop import DenoisingLoop, Step
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, TrainingBatches, load_pixels,
-                                   masked_mse, noisy_and_target, sample_timesteps)
+from bench.models.training import TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Batch, TrainingBatches, load_pixels, masked_mse
 
 ADAPTER_FILE = "disenbooth_adapter.safetensors"
 IMAGE_INPUTS = ("released", "clip")
@@ -178,7 +176,7 @@ def image_features(clip_vision: Any, pixels: torch.Tensor, image_input: str) -> 
 class DisenBooth:
     name: ClassVar[str] = "disenbooth"
     version: ClassVar[int] = 1
-    resumable: ClassVar[bool] = True  # checkpoint_every
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = DisenBoothConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, "all_photos": {"reference_set": "all"}}
 
@@ -191,7 +189,7 @@ class DisenBooth:
         cfg = self.config
         identifier = resolve_identifier(cfg.identifier, concept.class_noun)
         parts = models.pipeline_parts()
-        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        unet, tokenizer, text_encoder = parts["unet"], parts["tokenizer"], parts["text_encoder"]
         clip_vision = models.get_pristine("clip_vision")  # frozen, shared read-only
         width, embed = text_encoder.config.hidden_size, clip_vision.config.projection_dim
         if width != embed:
@@ -214,46 +212,31 @@ class DisenBooth:
         batches = TrainingBatches(photos, f"{identifier} {concept.class_noun}",
                                   cfg.batch_size, factor, seed, augment=False, hflip=cfg.hflip, templates=("a {}",),
                                   size=models.resolution)
-        generator = torch.Generator().manual_seed(seed)
-        encode = Latents(vae, cache=models.speed.latents == "cache")
         with torch.no_grad():
             text = sampling.encode_text(tokenizer, text_encoder, [batches.templates[0].format(batches.phrase)])
 
-        # 3. Per step: denoise with f_s + f_i, weakly with f_s alone, and push f_i away from the mean of f_s.
-        unet.train()
-        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
-        state = dict(tensors={"lora": lora_params, "adapter": list(adapter.parameters())},
-                     stateful={"optimizer": optimizer}, generators={"noise": generator},
-                     randoms={"batches": batches.rng})
-        first_it = ckpt.restore(**state)
-        log.begin("train", cfg.iterations)
-        for it in range(first_it, cfg.iterations):
-            batch = next(batches)
-            pixels = batch.pixels.to(device)
-            latents = encode(pixels, batch.keys)
-            context = text.expand(latents.shape[0], -1, -1)
-            irrelevant = adapter(image_features(clip_vision, pixels, cfg.image_input))  # (B, 1, D)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-            mask = batch.masks.to(device)
-            with autocast(device, cfg.autocast_dtype):
-                pred_both = unet(noisy, t, context + irrelevant).sample.float()
-                pred_text = unet(noisy, t, context).sample.float()
-            denoise = masked_mse(pred_both, target, mask)
-            weak = masked_mse(pred_text, target, mask)
-            cosine = torch.nn.functional.cosine_similarity(context.mean(dim=1), irrelevant[:, 0], dim=1,
+        # 3. The shared denoising loop (`bench.models.loop`): the UNet sees f_s + f_i; the loss adds the weak,
+        #    text-only denoising (a second UNet pass with f_s) and the cosine that pushes f_i away from mean(f_s).
+        def context(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            text_states = text.expand(len(batch.prompts), -1, -1)
+            irrelevant = adapter(image_features(clip_vision, batch.pixels, cfg.image_input))  # (B, 1, D)
+            return text_states + irrelevant, {"text": text_states, "image": irrelevant}
+
+        def loss(step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            text_states, irrelevant = step.extras["text"], step.extras["image"]
+            denoise = masked_mse(step.pred, step.target, step.batch.masks)
+            weak = masked_mse(step.denoise(text_states), step.target, step.batch.masks)
+            cosine = torch.nn.functional.cosine_similarity(text_states.mean(dim=1), irrelevant[:, 0], dim=1,
                                                            eps=1e-6).mean()
-            loss = denoise + cfg.weak_denoise_weight * weak + cfg.contrastive_weight * cosine
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip or float("inf"))
-            optimizer.step()
-            log(it, loss=loss.item(), denoise=denoise.item(), weak_denoise=weak.item(), cosine=cosine.item(),
-                grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
-            ckpt.maybe_save(it + 1, **state)
+            total = denoise + cfg.weak_denoise_weight * weak + cfg.contrastive_weight * cosine
+            return total, {"denoise": denoise, "weak_denoise": weak, "cosine": cosine}
+
+        loop = DenoisingLoop(parts, {"lora": lora_params, "adapter": list(adapter.parameters())}, optimizer,
+                             batches, cfg.timestep_policy, seed, device, cfg.autocast_dtype, cfg.grad_clip,
+                             loss_fn=loss, context_fn=context, cache_latents=models.speed.latents == "cache",
+                             clipped=("lora",))
+        unet.train()
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         unet.eval()
         for p in [*lora_params, *adapter.parameters()]:
             p.requires_grad_(False)

@@ -29,7 +29,7 @@ import torch
 from bench.api import Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
-from bench.models.loop import DenoisingLoop
+from bench.models.loop import DenoisingLoop, LossFn, Step
 from bench.models.sampling import Numerics, check_numerics
 from bench.models.training import TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Batch, TrainingBatches, load_pixels, masked_mse
 
@@ -140,12 +140,13 @@ class WithPrior:
                      keys)
 
 
-def prior_loss(n: int, weight: float):
+def prior_loss(n: int, weight: float) -> LossFn:
     """Loss on the first `n` (concept) samples plus `weight` x the loss on the class samples after them."""
 
-    def loss(pred: torch.Tensor, target: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict]:
-        instance = masked_mse(pred[:n], target[:n], batch.masks[:n])
-        prior = masked_mse(pred[n:], target[n:], batch.masks[n:])
+    def loss(step: Step) -> tuple[torch.Tensor, dict]:
+        pred, target, masks = step.pred, step.target, step.batch.masks
+        instance = masked_mse(pred[:n], target[:n], masks[:n])
+        prior = masked_mse(pred[n:], target[n:], masks[n:])
         return instance + weight * prior, {"instance_loss": instance.detach(), "prior_loss": prior.detach()}
 
     return loss

@@ -30,15 +30,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Diverged, Log
+from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
-from bench.models.checkpoint import Checkpointer
+from bench.models.loop import DenoisingLoop, Step
 from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, noisy_and_target,
-                                   sample_timesteps)
+from bench.models.training import IMAGENET_TEMPLATES, SNR_WEIGHTED, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS
 from baselines.textboost_data import (AUGMENTATION_TOKENS, KPL_STANDIN_PROMPTS, PairedAugmentation, PhotoBatches,
                                       PriorPrompts, read_prompt_file)
 
@@ -46,7 +44,7 @@ TEMPLATES = {"imagenet_small": IMAGENET_TEMPLATES,
              "textboost": ("{}", "a {}", "one {}", "the {}", "photo of a {}")}
 """Training templates (`--template`): the 27 textual-inversion ones (what `run_textboost_db.py` uses) or
 TextBoost's five short ones."""
-TIMESTEPS = (*TIMESTEP_POLICIES, "snr_weighted")
+TIMESTEPS = (*TIMESTEP_POLICIES, SNR_WEIGHTED)
 INITS = ("released", "class")
 KPL_TYPES = ("cos", "mse")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -222,24 +220,14 @@ def init_text(concept: Concept, cfg: TextBoostConfig) -> str:
     return f"{word} {concept.class_noun}"
 
 
-def snr_weighted_timesteps(scheduler: Any, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """(B,) timesteps with p(t) proportional to max_t log SNR(t) - log SNR(t) (the paper's SNR-weighted sampling)."""
-    from diffusers import DDPMScheduler
-
-    ac = DDPMScheduler.from_config(scheduler.config).alphas_cumprod.double()
-    logsnr = (ac / (1 - ac)).log()
-    weights = logsnr.max() - logsnr
-    return torch.multinomial(weights / weights.sum(), batch, replacement=True, generator=generator)
-
-
 class TextBoost:
     name: ClassVar[str] = "textboost"
     version: ClassVar[int] = 1
-    resumable: ClassVar[bool] = True  # checkpoint_every
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = TextBoostConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         **TRAIN_NFE_VARIANTS,
-        "snr_weighted": {"timestep_policy": "snr_weighted"},
+        "snr_weighted": {"timestep_policy": SNR_WEIGHTED},
         "all_photos": {"reference_set": "all"},
     }
 
@@ -300,8 +288,6 @@ class TextBoost:
                     else KPL_STANDIN_PROMPTS)
         priors = PriorPrompts(captions, templates, concept.class_noun, cfg.batch_size, cfg.null_p, cfg.template_p,
                               seed)
-        generator = torch.Generator().manual_seed(seed)
-        encode_latents = Latents(vae, cache=False)  # every sample is augmented anew: nothing to reuse
 
         def encode(prompts: list[str]) -> torch.Tensor:
             context = sampling.encode_text(tokenizer, text_encoder, prompts).float()  # (B, 77, D)
@@ -311,27 +297,10 @@ class TextBoost:
             context = torch.where(empty, null.expand_as(context), context)
             return torch.cat([null[:1].expand(len(prompts), 1, -1), context[:, 1:]], dim=1)
 
-        # 4. The loop: denoising MSE + kpl_weight x (1 - cos) to the frozen encoder on unrelated prompts.
-        text_encoder.train()
-        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations,
-                            rows={"embedding": list(new_ids)})
-        state = dict(tensors={"lora": lora_params, "embedding": embedding}, stateful={"optimizer": optimizer},
-                     generators={"noise": generator}, randoms={"batches": batches.rng, "priors": priors.rng})
-        first_it = ckpt.restore(**state)
-        log.begin("train", cfg.iterations)
-        for it in range(first_it, cfg.iterations):
-            pixels, prompts = next(batches)
-            latents = encode_latents(pixels.to(device), None)  # (B, 4, h, w)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            if cfg.timestep_policy == "snr_weighted":
-                t = snr_weighted_timesteps(parts["scheduler"], latents.shape[0], generator).to(device)
-            else:
-                t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-            context = encode(prompts)
-            with autocast(device, cfg.autocast_dtype):
-                pred = unet(noisy, t, context).sample.float()
-            mse = torch.nn.functional.mse_loss(pred, target.float())
+        # 4. The shared denoising loop (`bench.models.loop`): the context is the LoRA encoder's (with gradient);
+        #    the loss is the denoising MSE + kpl_weight x (1 - cos) to the frozen encoder on unrelated prompts.
+        def loss(step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            mse = torch.nn.functional.mse_loss(step.pred, step.target.float())
             kpl = torch.zeros((), device=mse.device)
             if cfg.kpl_weight > 0:
                 prior_prompts = next(priors)
@@ -345,21 +314,22 @@ class TextBoost:
                     kpl = (1 - torch.nn.functional.cosine_similarity(current, original, dim=-1)).mean()
                 else:
                     kpl = torch.nn.functional.mse_loss(current, original)
-            loss = mse + cfg.kpl_weight * kpl
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip or float("inf"))
-            optimizer.step()
+            return mse + cfg.kpl_weight * kpl, {"mse": mse, "kpl": kpl}
+
+        def after_step() -> None:  # vocabulary rows back; the new rows no longer than the mean embedding norm
             with torch.no_grad():
                 personalize.restore_rows(text_encoder, original_rows, keep=new_ids)
                 rows = embedding[new_ids]
                 norms = rows.norm(dim=-1, keepdim=True)
                 embedding[new_ids] = rows * (norms.clamp(max=mean_norm) / norms)
-            log(it, loss=loss.item(), mse=mse.item(), kpl=kpl.item(), grad_norm=float(grad_norm),
-                t_mean=float(t.float().mean()))
-            ckpt.maybe_save(it + 1, **state)
+
+        loop = DenoisingLoop(parts, {"lora": lora_params, "embedding": embedding}, optimizer, batches,
+                             cfg.timestep_policy, seed, device, cfg.autocast_dtype, cfg.grad_clip, loss_fn=loss,
+                             after_step=after_step, cache_latents=False,  # every sample is augmented anew
+                             rows={"embedding": list(new_ids)}, extra_randoms={"priors": priors.rng},
+                             context_fn=lambda batch: (encode(batch.prompts), {}), clipped=("lora",))
+        text_encoder.train()
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         text_encoder.eval()
         embedding.requires_grad_(False)
         for p in lora_params:

@@ -156,7 +156,7 @@ def test_paired_augmentation_names_each_op_by_its_token() -> None:
 def test_snr_weighted_timesteps_favour_high_noise() -> None:
     from diffusers import EulerDiscreteScheduler
 
-    from baselines.textboost import snr_weighted_timesteps
+    from bench.models.training import snr_weighted_timesteps
 
     t = snr_weighted_timesteps(EulerDiscreteScheduler(), 4000, torch.Generator().manual_seed(0))
     assert t.min() >= 1 and t.max() <= 999, "t = 0 has the largest log-SNR: weight 0"
