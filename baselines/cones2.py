@@ -36,9 +36,9 @@ from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import sampling
 from bench.models.loop import DenoisingLoop, Step
-from bench.models.sampling import Numerics, check_numerics
-from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Batch, TrainingBatches,
-                                   load_pixels, masked_mse)
+from bench.models.recipe import ALL_PHOTOS, check_recipe, concept_batches, scaled_lr
+from bench.models.sampling import Numerics
+from bench.models.training import (IMAGENET_TEMPLATES, TRAIN_NFE_VARIANTS, Batch, masked_mse)
 
 RESIDUAL_FILE = "residual.safetensors"
 
@@ -91,20 +91,8 @@ class Cones2Config(Numerics):
     0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_numerics(self)
+        check_recipe(self)
         check_reference_set(self.reference_set)
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
-        if self.timestep_policy not in TIMESTEP_POLICIES:
-            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
-                             f"not '{self.timestep_policy}'")
-        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, not {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
         if self.loss_rate_first < 0 or self.loss_rate_second < 0:
             raise ValueError("loss_rate_first and loss_rate_second must be >= 0")
         if self.token_num < 0:
@@ -171,7 +159,7 @@ class Cones2:
     version: ClassVar[int] = 1
     resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = Cones2Config
-    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, "all_photos": {"reference_set": "all"}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, **ALL_PHOTOS}
 
     def __init__(self, config: Cones2Config) -> None:
         self.config = config
@@ -202,14 +190,11 @@ class Cones2:
         # 3. A copy of the text encoder that learns, all of it; the run's own encoder stays untouched.
         tuned = copy.deepcopy(text_encoder).requires_grad_(True).train()
         params = list(tuned.parameters())
-        lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=scaled_lr(cfg, cfg.batch_size), weight_decay=cfg.weight_decay)
 
         # 4. Data: the concept's photos as they are (no augmentation), the one fixed prompt.
-        factor = models.resolution // models.latent_size
-        photos = load_pixels(reference_images(concept, cfg.reference_set))  # TextBoost's split by default
-        batches = TrainingBatches(photos, prompt, cfg.batch_size, factor, seed, augment=False,
-                                  hflip=cfg.hflip, templates=("{}",), size=models.resolution)
+        photos = reference_images(concept, cfg.reference_set)  # TextBoost's split by default
+        batches = concept_batches(models, photos, prompt, cfg, seed, templates=("{}",))
 
         # 5. The shared denoising loop (`bench.models.loop`): the context is the tuned copy's output for the prompt
         #    (with gradient), the loss the denoising MSE plus the preservation norms against the untouched output.
@@ -225,9 +210,8 @@ class Cones2:
             mse = masked_mse(step.pred, step.target, step.batch.masks)
             return mse + embed, {"mse": mse, "embed": embed}
 
-        loop = DenoisingLoop(parts, {"text_encoder": params}, optimizer, batches, cfg.timestep_policy, seed, device,
-                             cfg.autocast_dtype, cfg.grad_clip, loss_fn=loss, context_fn=context,
-                             cache_latents=models.speed.latents == "cache")
+        loop = DenoisingLoop.for_recipe(cfg, models, parts, {"text_encoder": params}, optimizer, batches, seed,
+                                        loss_fn=loss, context_fn=context)
         loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
 
         # 6. The residual: mean over the templates of tuned minus untouched output at the subject's tokens.
@@ -289,9 +273,7 @@ class Cones2Model:
             if find_subject(sampling.tokenize(tokenizer, [prompt], "cpu")[0], self.subject) is None:
                 raise BenchError(f"cones2: the prompt '{prompt}' does not contain the class noun "
                                  f"'{self.class_noun}' as a word, e.g. \"a {self.class_noun} on the moon\"")
-        return sampling.generate_parts(self.sampling_parts, prompts, seeds, steps or self.default_steps,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
-                                       sampler=self.config.sampler)
+        return sampling.generate_config(self.sampling_parts, self.config, prompts, seeds, steps)
 
     def save(self, out_dir: Path) -> None:
         from safetensors.torch import save_file

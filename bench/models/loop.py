@@ -127,6 +127,15 @@ class DenoisingLoop:
     """The `params` groups the gradient clip (and the logged norm) covers; None = all (DisenBooth and TextBoost
     clip only their LoRA, as released)."""
 
+    @classmethod
+    def for_recipe(cls, cfg: Any, models: Any, parts: dict[str, Any], params: dict[str, Any],
+                   optimizer: torch.optim.Optimizer, batches: Iterator[Batch], seed: int, **hooks: Any
+                   ) -> DenoisingLoop:
+        """The loop with a baseline config's `timestep_policy`, `autocast_dtype` and `grad_clip`, the models'
+        device and latent cache (speed switch `latents`); `hooks`: any further field."""
+        return cls(parts, params, optimizer, batches, cfg.timestep_policy, seed, models.device, cfg.autocast_dtype,
+                   cfg.grad_clip, **{"cache_latents": models.speed.latents == "cache", **hooks})
+
     def run(self, iterations: int, out_dir: Path | None, checkpoint_every: int, log: Log, phase: str = "train"
             ) -> None:
         """`iterations` optimiser steps, resumed from the newest checkpoint under `out_dir/phase` if there is one."""
