@@ -31,15 +31,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Diverged, Log
+from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import sampling
-from bench.models.checkpoint import Checkpointer
-from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, TrainingBatches,
-                                   load_pixels, masked_mse, noisy_and_target, sample_timesteps)
+from bench.models.loop import DenoisingLoop, Step
+from bench.models.recipe import ALL_PHOTOS, check_recipe, concept_batches, scaled_lr
+from bench.models.sampling import Numerics
+from bench.models.training import (IMAGENET_TEMPLATES, TRAIN_NFE_VARIANTS, Batch, masked_mse)
 
 RESIDUAL_FILE = "residual.safetensors"
 
@@ -92,20 +91,8 @@ class Cones2Config(Numerics):
     0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_numerics(self)
+        check_recipe(self)
         check_reference_set(self.reference_set)
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
-        if self.timestep_policy not in TIMESTEP_POLICIES:
-            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
-                             f"not '{self.timestep_policy}'")
-        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, not {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
         if self.loss_rate_first < 0 or self.loss_rate_second < 0:
             raise ValueError("loss_rate_first and loss_rate_second must be >= 0")
         if self.token_num < 0:
@@ -171,9 +158,9 @@ class Cones2:
     name: ClassVar[str] = "cones2"
     label: ClassVar[str] = "Cones 2"
     version: ClassVar[int] = 1
-    resumable: ClassVar[bool] = True  # checkpoint_every
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = Cones2Config
-    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, "all_photos": {"reference_set": "all"}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, **ALL_PHOTOS}
 
     def __init__(self, config: Cones2Config) -> None:
         self.config = config
@@ -182,7 +169,7 @@ class Cones2:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
-        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
         device = models.device
 
         # 1. The subject's tokens in the training prompt ("dog": position 1, after start of text).
@@ -204,47 +191,31 @@ class Cones2:
         # 3. A copy of the text encoder that learns, all of it; the run's own encoder stays untouched.
         tuned = copy.deepcopy(text_encoder).requires_grad_(True).train()
         params = list(tuned.parameters())
-        lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=scaled_lr(cfg, cfg.batch_size), weight_decay=cfg.weight_decay)
 
         # 4. Data: the concept's photos as they are (no augmentation), the one fixed prompt.
-        factor = models.resolution // models.latent_size
-        photos = load_pixels(reference_images(concept, cfg.reference_set))  # TextBoost's split by default
-        batches = TrainingBatches(photos, prompt, cfg.batch_size, factor, seed, augment=False,
-                                  hflip=cfg.hflip, templates=("{}",), size=models.resolution)
-        generator = torch.Generator().manual_seed(seed)
-        encode = Latents(vae, cache=models.speed.latents == "cache")
+        photos = reference_images(concept, cfg.reference_set)  # TextBoost's split by default
+        batches = concept_batches(models, photos, prompt, cfg, seed, templates=("{}",))
 
-        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
-        state = dict(tensors={"text_encoder": params}, stateful={"optimizer": optimizer},
-                     generators={"noise": generator}, randoms={"batches": batches.rng})
-        first_it = ckpt.restore(**state)
-        log.begin("train", cfg.iterations)
-        for it in range(first_it, cfg.iterations):
-            batch = next(batches)
-            latents = encode(batch.pixels.to(device), batch.keys)  # (B, 4, h, w)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target_noise = noisy_and_target(parts["scheduler"], latents, noise, t)
+        # 5. The shared denoising loop (`bench.models.loop`): the context is the tuned copy's output for the prompt
+        #    (with gradient), the loss the denoising MSE plus the preservation norms against the untouched output.
+        def context(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             hidden = tuned(ids)[0]  # (1, 77, D), with gradient
+            return hidden.expand(len(batch.prompts), -1, -1), {"hidden": hidden}
+
+        def loss(step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            hidden = step.extras["hidden"]
             first = torch.linalg.vector_norm((hidden[0, :start] - target[0, :start]).float())
             second = torch.linalg.vector_norm((hidden[0, end:] - target[0, end:]).float())
             embed = cfg.loss_rate_first * first + cfg.loss_rate_second * second
-            with autocast(device, cfg.autocast_dtype):
-                pred = unet(noisy, t, hidden.expand(latents.shape[0], -1, -1)).sample.float()
-            mse = masked_mse(pred, target_noise, batch.masks.to(device))
-            loss = mse + embed
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-            optimizer.step()
-            log(it, loss=loss.item(), mse=mse.item(), embed=embed.item(), grad_norm=float(grad_norm),
-                t_mean=float(t.float().mean()))
-            ckpt.maybe_save(it + 1, **state)
+            mse = masked_mse(step.pred, step.target, step.batch.masks)
+            return mse + embed, {"mse": mse, "embed": embed}
 
-        # 5. The residual: mean over the templates of tuned minus untouched output at the subject's tokens.
+        loop = DenoisingLoop.for_recipe(cfg, models, parts, {"text_encoder": params}, optimizer, batches, seed,
+                                        loss_fn=loss, context_fn=context)
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
+
+        # 6. The residual: mean over the templates of tuned minus untouched output at the subject's tokens.
         tuned.requires_grad_(False).eval()
         with torch.no_grad():
             residual = (_subject_rows(tokenizer, tuned, templates, subject) - frozen).mean(0)  # (n, D)
@@ -303,9 +274,7 @@ class Cones2Model:
             if find_subject(sampling.tokenize(tokenizer, [prompt], "cpu")[0], self.subject) is None:
                 raise BenchError(f"cones2: the prompt '{prompt}' does not contain the class noun "
                                  f"'{self.class_noun}' as a word, e.g. \"a {self.class_noun} on the moon\"")
-        return sampling.generate_parts(self.sampling_parts, prompts, seeds, steps or self.default_steps,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
-                                       sampler=self.config.sampler)
+        return sampling.generate_config(self.sampling_parts, self.config, prompts, seeds, steps)
 
     def save(self, out_dir: Path) -> None:
         from safetensors.torch import save_file

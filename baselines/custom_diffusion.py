@@ -22,8 +22,9 @@ from bench.api import Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop, mse_loss
-from bench.models.sampling import Numerics, check_numerics
-from bench.models.training import LOSS_NORMALISATIONS, TIMESTEP_POLICIES, TrainingBatches, load_pixels, templates_for
+from bench.models.recipe import check_recipe, concept_batches, scaled_lr
+from bench.models.sampling import Numerics
+from bench.models.training import LOSS_NORMALISATIONS, templates_for
 
 
 @dataclass(frozen=True)
@@ -73,23 +74,13 @@ class CustomDiffusionConfig(Numerics):
     Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_numerics(self)
+        check_recipe(self)
         for name, value, valid in (("init", self.init, personalize.INIT_SOURCES),
                                    ("loss_normalisation", self.loss_normalisation, LOSS_NORMALISATIONS)):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, not '{value}'")
         if self.base not in ("student", "teacher"):
             raise ValueError(f"base must be 'student' or 'teacher', not '{self.base}'")
-        if self.timestep_policy not in TIMESTEP_POLICIES:
-            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
-                             f"not '{self.timestep_policy}'")
-        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.checkpoint_every < 0:
-            raise ValueError("checkpoint_every must be >= 0 (0 = off)")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
 
 
 def _grid() -> dict[str, dict[str, Any]]:
@@ -122,32 +113,25 @@ class CustomDiffusion:
         torch.manual_seed(seed)
         parts = models.pipeline_parts(self.config.base)
         unet, tokenizer, text_encoder = parts["unet"], parts["tokenizer"], parts["text_encoder"]
-        device = models.device
 
         # 1. The new token, initialised as the released code does (or per class); only its embedding row learns.
         word, lookup = personalize.init_for(concept.name, concept.class_noun, cfg.init, in_dataset=concept.dataset)
         token_id = personalize.add_token(tokenizer, text_encoder, cfg.token, word, lookup=lookup)
-        original_rows = text_encoder.get_input_embeddings().weight.detach().clone()
+        restore_rows = personalize.keep_other_rows(text_encoder, keep=[token_id])
         token_weight = personalize.train_token_row(text_encoder, [token_id])
         kv = personalize.cross_attention_kv(unet, cfg.kv_detach_first_token)
-        lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
-        optimizer = torch.optim.AdamW([{"params": kv}, {"params": [token_weight], "weight_decay": 0.0}], lr=lr,
-                                      weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW([{"params": kv}, {"params": [token_weight], "weight_decay": 0.0}],
+                                      lr=scaled_lr(cfg, cfg.batch_size), weight_decay=cfg.weight_decay)
 
         # 2. Data: the concept's photos with Custom Diffusion's augmentation; prompts "... <new1> dog".
-        factor = models.resolution // models.latent_size
-        batches = TrainingBatches(load_pixels(concept.images), f"{cfg.token} {concept.class_noun}", cfg.batch_size,
-                                  factor, seed, augment=cfg.augment, hflip=cfg.hflip,
-                                  templates=templates_for(cfg.augment),
-                                  size=models.resolution)
+        batches = concept_batches(models, concept.images, f"{cfg.token} {concept.class_noun}", cfg, seed,
+                                  augment=cfg.augment, templates=templates_for(cfg.augment))
 
         # 3. The shared denoising loop (`bench.models.loop`): masked MSE against the scheduler's own target, the
         #    token's other rows put back after every step; checkpoints keep only the token's row of the table.
-        loop = DenoisingLoop(parts, {"kv": kv, "token_embedding": token_weight}, optimizer, batches,
-                             cfg.timestep_policy, seed, device, cfg.autocast_dtype, cfg.grad_clip, text_grad=True,
-                             loss_fn=mse_loss(cfg.loss_normalisation),
-                             after_step=lambda: personalize.restore_rows(text_encoder, original_rows, keep=[token_id]),
-                             cache_latents=models.speed.latents == "cache", rows={"token_embedding": [token_id]})
+        loop = DenoisingLoop.for_recipe(cfg, models, parts, {"kv": kv, "token_embedding": token_weight}, optimizer,
+                                        batches, seed, text_grad=True, loss_fn=mse_loss(cfg.loss_normalisation),
+                                        after_step=restore_rows, rows={"token_embedding": [token_id]})
         text_encoder.train()
         loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         text_encoder.eval()
@@ -172,10 +156,7 @@ class CustomDiffusionModel:
         self.default_steps = config.sample_steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
-                                       guidance=self.config.guidance, batch_size=self.config.sample_batch_size,
-                                       precision=self.config.sample_dtype,
-                                       sampler=self.config.sampler)
+        return sampling.generate_config(self.parts, self.config, prompts, seeds, steps, guidance=self.config.guidance)
 
     def save(self, out_dir: Path) -> None:
         personalize.save_custom_diffusion(self.parts["unet"], out_dir)

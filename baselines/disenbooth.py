@@ -40,15 +40,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Diverged, Log
+from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import personalize, sampling
-from bench.models.checkpoint import Checkpointer
-from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, TrainingBatches, load_pixels,
-                                   masked_mse, noisy_and_target, sample_timesteps)
+from bench.models.loop import DenoisingLoop, Step
+from bench.models.recipe import ALL_PHOTOS, check_lora, check_recipe, concept_batches
+from bench.models.sampling import Numerics
+from bench.models.training import TRAIN_NFE_VARIANTS, Batch, masked_mse
 
 ADAPTER_FILE = "disenbooth_adapter.safetensors"
 IMAGE_INPUTS = ("released", "clip")
@@ -108,27 +107,9 @@ class DisenBoothConfig(Numerics):
     bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_numerics(self)
+        check_recipe(self, non_negative=("weak_denoise_weight", "contrastive_weight"))
         check_reference_set(self.reference_set)
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
-        if self.timestep_policy not in TIMESTEP_POLICIES:
-            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
-                             f"not '{self.timestep_policy}'")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer (released: 4), not {self.rank}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 (or unset for alpha = rank), not {self.alpha}")
-        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, not {self.lr}")
-        for name in ("weight_decay", "grad_clip", "weak_denoise_weight", "contrastive_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if not self.target_modules:
-            raise ValueError("target_modules must name at least one module, e.g. to_q")
+        check_lora(self, "to_q")
         if self.image_input not in IMAGE_INPUTS:
             raise ValueError(f"image_input must be one of {', '.join(IMAGE_INPUTS)}, not '{self.image_input}'")
         word = self.identifier.replace("{class}", "dog")
@@ -179,20 +160,18 @@ class DisenBooth:
     name: ClassVar[str] = "disenbooth"
     label: ClassVar[str] = "DisenBooth"
     version: ClassVar[int] = 1
-    resumable: ClassVar[bool] = True  # checkpoint_every
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = DisenBoothConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, "all_photos": {"reference_set": "all"}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS, **ALL_PHOTOS}
 
     def __init__(self, config: DisenBoothConfig) -> None:
         self.config = config
 
     def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> DisenBoothModel:
-        from peft import LoraConfig
-
         cfg = self.config
         identifier = resolve_identifier(cfg.identifier, concept.class_noun)
         parts = models.pipeline_parts()
-        unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
+        unet, tokenizer, text_encoder = parts["unet"], parts["tokenizer"], parts["text_encoder"]
         clip_vision = models.get_pristine("clip_vision")  # frozen, shared read-only
         width, embed = text_encoder.config.hidden_size, clip_vision.config.projection_dim
         if width != embed:
@@ -202,66 +181,44 @@ class DisenBooth:
         torch.manual_seed(seed)  # the Gaussian init of the LoRA A matrices and the adapter's Linear init
 
         # 1. Trainable: LoRA on the UNet attention projections, and the image adapter.
-        unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
-                                    init_lora_weights="gaussian", target_modules=list(cfg.target_modules)))
-        lora_params = [p for p in unet.parameters() if p.requires_grad]
+        lora_params = list(personalize.add_unet_lora(unet, cfg.rank, cfg.alpha, cfg.target_modules).values())
         adapter = ImageAdapter(width).to(device)
         optimizer = torch.optim.AdamW([{"params": lora_params}, {"params": list(adapter.parameters())}],
                                       lr=cfg.lr, weight_decay=cfg.weight_decay)
 
         # 2. Data: the photos, one prompt "a dog</w> dog"; its embedding f_s is fixed (frozen text encoder).
-        factor = models.resolution // models.latent_size
-        photos = load_pixels(reference_images(concept, cfg.reference_set))  # TextBoost's split by default
-        batches = TrainingBatches(photos, f"{identifier} {concept.class_noun}",
-                                  cfg.batch_size, factor, seed, augment=False, hflip=cfg.hflip, templates=("a {}",),
-                                  size=models.resolution)
-        generator = torch.Generator().manual_seed(seed)
-        encode = Latents(vae, cache=models.speed.latents == "cache")
+        photos = reference_images(concept, cfg.reference_set)  # TextBoost's split by default
+        batches = concept_batches(models, photos, f"{identifier} {concept.class_noun}", cfg, seed, templates=("a {}",))
         with torch.no_grad():
             text = sampling.encode_text(tokenizer, text_encoder, [batches.templates[0].format(batches.phrase)])
 
-        # 3. Per step: denoise with f_s + f_i, weakly with f_s alone, and push f_i away from the mean of f_s.
-        unet.train()
-        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations)
-        state = dict(tensors={"lora": lora_params, "adapter": list(adapter.parameters())},
-                     stateful={"optimizer": optimizer}, generators={"noise": generator},
-                     randoms={"batches": batches.rng})
-        first_it = ckpt.restore(**state)
-        log.begin("train", cfg.iterations)
-        for it in range(first_it, cfg.iterations):
-            batch = next(batches)
-            pixels = batch.pixels.to(device)
-            latents = encode(pixels, batch.keys)
-            context = text.expand(latents.shape[0], -1, -1)
-            irrelevant = adapter(image_features(clip_vision, pixels, cfg.image_input))  # (B, 1, D)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-            mask = batch.masks.to(device)
-            with autocast(device, cfg.autocast_dtype):
-                pred_both = unet(noisy, t, context + irrelevant).sample.float()
-                pred_text = unet(noisy, t, context).sample.float()
-            denoise = masked_mse(pred_both, target, mask)
-            weak = masked_mse(pred_text, target, mask)
-            cosine = torch.nn.functional.cosine_similarity(context.mean(dim=1), irrelevant[:, 0], dim=1,
+        # 3. The shared denoising loop (`bench.models.loop`): the UNet sees f_s + f_i; the loss adds the weak,
+        #    text-only denoising (a second UNet pass with f_s) and the cosine that pushes f_i away from mean(f_s).
+        def context(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            text_states = text.expand(len(batch.prompts), -1, -1)
+            irrelevant = adapter(image_features(clip_vision, batch.pixels, cfg.image_input))  # (B, 1, D)
+            return text_states + irrelevant, {"text": text_states, "image": irrelevant}
+
+        def loss(step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            text_states, irrelevant = step.extras["text"], step.extras["image"]
+            denoise = masked_mse(step.pred, step.target, step.batch.masks)
+            weak = masked_mse(step.denoise(text_states), step.target, step.batch.masks)
+            cosine = torch.nn.functional.cosine_similarity(text_states.mean(dim=1), irrelevant[:, 0], dim=1,
                                                            eps=1e-6).mean()
-            loss = denoise + cfg.weak_denoise_weight * weak + cfg.contrastive_weight * cosine
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip or float("inf"))
-            optimizer.step()
-            log(it, loss=loss.item(), denoise=denoise.item(), weak_denoise=weak.item(), cosine=cosine.item(),
-                grad_norm=float(grad_norm), t_mean=float(t.float().mean()))
-            ckpt.maybe_save(it + 1, **state)
+            total = denoise + cfg.weak_denoise_weight * weak + cfg.contrastive_weight * cosine
+            return total, {"denoise": denoise, "weak_denoise": weak, "cosine": cosine}
+
+        trainable = {"lora": lora_params, "adapter": list(adapter.parameters())}
+        loop = DenoisingLoop.for_recipe(cfg, models, parts, trainable, optimizer, batches, seed, loss_fn=loss,
+                                        context_fn=context, clipped=("lora",))
+        unet.train()
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         unet.eval()
         for p in [*lora_params, *adapter.parameters()]:
             p.requires_grad_(False)
         return DisenBoothModel(cfg, parts, adapter.eval(), identifier)
 
     def load(self, weights_dir: Path, models: Any) -> DisenBoothModel:
-        from diffusers import StableDiffusionPipeline
         from safetensors import safe_open
         from safetensors.torch import load_file
 
@@ -274,10 +231,7 @@ class DisenBooth:
         adapter = ImageAdapter(state["mask"].shape[0])
         adapter.load_state_dict(state, strict=True)
         parts = models.pipeline_parts()
-        lora, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
-        StableDiffusionPipeline.load_lora_into_unet(lora, alphas, parts["unet"], adapter_name="default",
-                                                    metadata=metadata)
-        parts["unet"].requires_grad_(False)
+        personalize.load_unet_lora(parts["unet"], weights_dir)
         return DisenBoothModel(self.config, parts, adapter.to(models.device).eval().requires_grad_(False),
                                meta["identifier"])
 
@@ -291,17 +245,15 @@ class DisenBoothModel:
         self.config, self.parts, self.adapter = config, parts, adapter
         self.identifier = identifier
         self.default_steps = config.sample_steps
-        self.lora_layers, self.lora_metadata = personalize.take_unet_lora(parts["unet"], config.fuse)
+        self.lora = personalize.take_unet_lora(parts["unet"], config.fuse)  # what `save` writes, before fusing
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
-                                       sampler=self.config.sampler)
+        return sampling.generate_config(self.parts, self.config, prompts, seeds, steps)
 
     def save(self, out_dir: Path) -> None:
         from safetensors.torch import save_file
 
-        personalize.save_unet_lora(out_dir, self.lora_layers, self.lora_metadata)
+        self.lora.save(out_dir)
         state = {k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()}
         meta = {"identifier": self.identifier, "image_input": self.config.image_input,
                 "format": json.dumps({"module": "Image_adapter", "hidden_size": int(state["mask"].shape[0])})}

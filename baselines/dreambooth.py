@@ -29,9 +29,10 @@ import torch
 from bench.api import Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
-from bench.models.loop import DenoisingLoop
-from bench.models.sampling import Numerics, check_numerics
-from bench.models.training import TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Batch, TrainingBatches, load_pixels, masked_mse
+from bench.models.loop import DenoisingLoop, LossFn, Step
+from bench.models.recipe import check_recipe, check_word, concept_batches, scaled_lr
+from bench.models.sampling import Numerics
+from bench.models.training import TRAIN_NFE_VARIANTS, Batch, TrainingBatches, load_pixels, masked_mse
 
 CLASS_PROMPT = "a {}"
 """Prompt of the generated class images and of the prior-preservation loss."""
@@ -75,21 +76,8 @@ class DreamBoothConfig(Numerics):
     run from it, bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_numerics(self)
-        if self.timestep_policy not in TIMESTEP_POLICIES:
-            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
-                             f"not '{self.timestep_policy}'")
-        for name in ("iterations", "batch_size", "num_class_images", "sample_steps", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, not {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.prior_weight < 0:
-            raise ValueError("weight_decay, grad_clip and prior_weight must be >= 0")
-        if not self.identifier.strip() or any(c.isspace() for c in self.identifier):
-            raise ValueError(f"identifier must be one word without spaces, not '{self.identifier}'")
+        check_recipe(self, counts=("num_class_images",), non_negative=("prior_weight",))
+        check_word("identifier", self.identifier)
 
 
 def class_images(models: Any, class_noun: str, count: int, batch_size: int = 25) -> list[Path]:
@@ -140,12 +128,13 @@ class WithPrior:
                      keys)
 
 
-def prior_loss(n: int, weight: float):
+def prior_loss(n: int, weight: float) -> LossFn:
     """Loss on the first `n` (concept) samples plus `weight` x the loss on the class samples after them."""
 
-    def loss(pred: torch.Tensor, target: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict]:
-        instance = masked_mse(pred[:n], target[:n], batch.masks[:n])
-        prior = masked_mse(pred[n:], target[n:], batch.masks[n:])
+    def loss(step: Step) -> tuple[torch.Tensor, dict]:
+        pred, target, masks = step.pred, step.target, step.batch.masks
+        instance = masked_mse(pred[:n], target[:n], masks[:n])
+        prior = masked_mse(pred[n:], target[n:], masks[n:])
         return instance + weight * prior, {"instance_loss": instance.detach(), "prior_loss": prior.detach()}
 
     return loss
@@ -175,24 +164,21 @@ class DreamBooth:
         params = list(trainable.values())
         for p in params:
             p.requires_grad_(True)
-        lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=scaled_lr(cfg, cfg.batch_size), weight_decay=cfg.weight_decay)
 
         # 2. Data: the concept's photos with "a photo of a sks dog"; under prior preservation also generated
         #    class images with "a dog".
-        factor = models.resolution // models.latent_size
-        batches = TrainingBatches(load_pixels(concept.images), f"{cfg.identifier} {concept.class_noun}",
-                                  cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip,
-                                  size=models.resolution)
+        batches = concept_batches(models, concept.images, f"{cfg.identifier} {concept.class_noun}", cfg, seed,
+                                  augment=cfg.augment)
         prior = None
         if cfg.prior_preservation:
+            factor = models.resolution // models.latent_size
             paths = class_images(models, concept.class_noun, cfg.num_class_images, cfg.sample_batch_size)
             prior = TrainingBatches(load_pixels(paths, models.resolution), concept.class_noun, cfg.batch_size,
                                     factor, seed + 1, augment=False, hflip=cfg.hflip, templates=(CLASS_PROMPT,))
         # 3. The shared denoising loop (`bench.models.loop`); concept and class images share one forward pass (the
         #    DreamBooth script's way), the text encoder is frozen.
-        loop = DenoisingLoop(parts, trainable, optimizer, batches, cfg.timestep_policy, seed, models.device,
-                             cfg.autocast_dtype, cfg.grad_clip, cache_latents=models.speed.latents == "cache")
+        loop = DenoisingLoop.for_recipe(cfg, models, parts, trainable, optimizer, batches, seed)
         if prior is not None:
             loop.batches = WithPrior(batches, prior)
             loop.loss_fn = prior_loss(cfg.batch_size, cfg.prior_weight)
@@ -224,9 +210,7 @@ class DreamBoothModel:
         self.default_steps = config.sample_steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
-                                       sampler=self.config.sampler)
+        return sampling.generate_config(self.parts, self.config, prompts, seeds, steps)
 
     def save(self, out_dir: Path) -> None:
         self.parts["unet"].save_pretrained(out_dir / "unet", safe_serialization=True)

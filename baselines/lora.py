@@ -24,8 +24,9 @@ from bench.api import Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
-from bench.models.sampling import Numerics, check_numerics
-from bench.models.training import TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, TrainingBatches, load_pixels
+from bench.models.recipe import check_lora, check_recipe, check_word, concept_batches, scaled_lr
+from bench.models.sampling import Numerics
+from bench.models.training import TRAIN_NFE_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -69,27 +70,9 @@ class LoRAConfig(Numerics):
     0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_numerics(self)
-        if self.timestep_policy not in TIMESTEP_POLICIES:
-            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
-                             f"not '{self.timestep_policy}'")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer (paper: 4), not {self.rank}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 (or unset for alpha = rank), not {self.alpha}")
-        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, not {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
-        if not self.target_modules:
-            raise ValueError("target_modules must name at least one module, e.g. to_q")
-        if not self.identifier.strip() or any(c.isspace() for c in self.identifier):
-            raise ValueError(f"identifier must be one word without spaces, not '{self.identifier}'")
+        check_recipe(self)
+        check_lora(self, "to_q")
+        check_word("identifier", self.identifier)
 
 
 class LoRA:
@@ -106,29 +89,21 @@ class LoRA:
         self.config = config
 
     def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> LoRAModel:
-        from peft import LoraConfig
-
         cfg = self.config
         torch.manual_seed(seed)  # also seeds the Gaussian init of the A matrices
         parts = models.pipeline_parts()
         unet = parts["unet"]
 
         # 1. The adapters: W x + (alpha / r) B A x on every target projection; only A and B learn.
-        unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
-                                    init_lora_weights="gaussian", target_modules=list(cfg.target_modules)))
-        trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}  # the lora_A / lora_B weights
+        trainable = personalize.add_unet_lora(unet, cfg.rank, cfg.alpha, cfg.target_modules)  # lora_A / lora_B
         params = list(trainable.values())
-        lr = cfg.lr * cfg.batch_size if cfg.scale_lr else cfg.lr
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=scaled_lr(cfg, cfg.batch_size), weight_decay=cfg.weight_decay)
 
         # 2. Data: the concept's photos with "a photo of a sks dog".
-        factor = models.resolution // models.latent_size
-        batches = TrainingBatches(load_pixels(concept.images), f"{cfg.identifier} {concept.class_noun}",
-                                  cfg.batch_size, factor, seed, augment=cfg.augment, hflip=cfg.hflip,
-                                  size=models.resolution)
+        batches = concept_batches(models, concept.images, f"{cfg.identifier} {concept.class_noun}", cfg, seed,
+                                  augment=cfg.augment)
         # 3. The shared denoising loop (`bench.models.loop`); the text encoder is frozen (no gradient to the prompt).
-        loop = DenoisingLoop(parts, trainable, optimizer, batches, cfg.timestep_policy, seed, models.device,
-                             cfg.autocast_dtype, cfg.grad_clip, cache_latents=models.speed.latents == "cache")
+        loop = DenoisingLoop.for_recipe(cfg, models, parts, trainable, optimizer, batches, seed)
         unet.train()
         loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         unet.eval()
@@ -137,14 +112,8 @@ class LoRA:
         return LoRAModel(cfg, parts)
 
     def load(self, weights_dir: Path, models: Any) -> LoRAModel:
-        from diffusers import StableDiffusionPipeline
-
         parts = models.pipeline_parts()
-        # diffusers' own loader (what `pipe.load_lora_weights(dir)` runs), with the saved LoRA config as metadata.
-        state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
-        StableDiffusionPipeline.load_lora_into_unet(state, alphas, parts["unet"], adapter_name="default",
-                                                    metadata=metadata)
-        parts["unet"].requires_grad_(False)
+        personalize.load_unet_lora(parts["unet"], weights_dir)  # what `pipe.load_lora_weights(dir)` runs
         return LoRAModel(self.config, parts)
 
 
@@ -156,12 +125,10 @@ class LoRAModel:
         self.identifier = config.identifier
         self.default_steps = config.sample_steps
         # What `save` writes, taken before fusing (`fuse`: a plain UNet for sampling).
-        self.lora_layers, self.lora_metadata = personalize.take_unet_lora(parts["unet"], config.fuse)
+        self.lora = personalize.take_unet_lora(parts["unet"], config.fuse)
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
-                                       sampler=self.config.sampler)
+        return sampling.generate_config(self.parts, self.config, prompts, seeds, steps)
 
     def save(self, out_dir: Path) -> None:
-        personalize.save_unet_lora(out_dir, self.lora_layers, self.lora_metadata)
+        self.lora.save(out_dir)

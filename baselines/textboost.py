@@ -30,15 +30,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Diverged, Log
+from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
-from bench.models.checkpoint import Checkpointer
-from bench.models.sampling import Numerics, check_numerics
-from bench.models.speed import autocast
-from bench.models.training import (IMAGENET_TEMPLATES, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, Latents, noisy_and_target,
-                                   sample_timesteps)
+from bench.models.loop import DenoisingLoop, Step
+from bench.models.recipe import ALL_PHOTOS, check_lora, check_recipe, check_word
+from bench.models.sampling import Numerics
+from bench.models.training import IMAGENET_TEMPLATES, SNR_WEIGHTED, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS
 from baselines.textboost_data import (AUGMENTATION_TOKENS, KPL_STANDIN_PROMPTS, PairedAugmentation, PhotoBatches,
                                       PriorPrompts, read_prompt_file)
 
@@ -46,7 +45,7 @@ TEMPLATES = {"imagenet_small": IMAGENET_TEMPLATES,
              "textboost": ("{}", "a {}", "one {}", "the {}", "photo of a {}")}
 """Training templates (`--template`): the 27 textual-inversion ones (what `run_textboost_db.py` uses) or
 TextBoost's five short ones."""
-TIMESTEPS = (*TIMESTEP_POLICIES, "snr_weighted")
+TIMESTEPS = (*TIMESTEP_POLICIES, SNR_WEIGHTED)
 INITS = ("released", "class")
 KPL_TYPES = ("cos", "mse")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -138,35 +137,21 @@ class TextBoostConfig(Numerics):
     bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_numerics(self)
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
-        for name, value, valid in (("timestep_policy", self.timestep_policy, TIMESTEPS), ("init", self.init, INITS),
-                                   ("templates", self.templates, tuple(TEMPLATES)),
+        check_recipe(self, non_negative=("kpl_weight",), policies=TIMESTEPS)
+        for name, value, valid in (("init", self.init, INITS), ("templates", self.templates, tuple(TEMPLATES)),
                                    ("kpl_type", self.kpl_type, KPL_TYPES)):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, not '{value}'")
         check_reference_set(self.reference_set)
-        for name in ("iterations", "batch_size", "sample_steps", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer (reference: 4), not {self.rank}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 (or unset for alpha = rank), not {self.alpha}")
-        if self.lr <= 0 or self.emb_lr <= 0:
-            raise ValueError(f"lr and emb_lr must be > 0, not {self.lr} and {self.emb_lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.kpl_weight < 0:
-            raise ValueError("weight_decay, grad_clip and kpl_weight must be >= 0")
+        check_lora(self, "q_proj")
+        if self.emb_lr <= 0:
+            raise ValueError(f"emb_lr must be > 0, not {self.emb_lr}")
         for name in ("augment_p", "color_p", "null_p", "template_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
         if self.null_p + self.template_p > 1.0:
             raise ValueError("null_p + template_p must be <= 1")
-        if not self.target_modules:
-            raise ValueError("target_modules must name at least one module, e.g. q_proj")
-        if not self.token.strip() or any(c.isspace() for c in self.token):
-            raise ValueError(f"token must be one word without spaces, not '{self.token}'")
+        check_word("token", self.token)
         if self.augment and self.augment_tokens and self.token in AUGMENTATION_TOKENS:
             raise ValueError(f"token '{self.token}' is one of the augmentation tokens "
                              f"({', '.join(AUGMENTATION_TOKENS)}); choose another, such as '<tb>'")
@@ -222,26 +207,16 @@ def init_text(concept: Concept, cfg: TextBoostConfig) -> str:
     return f"{word} {concept.class_noun}"
 
 
-def snr_weighted_timesteps(scheduler: Any, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """(B,) timesteps with p(t) proportional to max_t log SNR(t) - log SNR(t) (the paper's SNR-weighted sampling)."""
-    from diffusers import DDPMScheduler
-
-    ac = DDPMScheduler.from_config(scheduler.config).alphas_cumprod.double()
-    logsnr = (ac / (1 - ac)).log()
-    weights = logsnr.max() - logsnr
-    return torch.multinomial(weights / weights.sum(), batch, replacement=True, generator=generator)
-
-
 class TextBoost:
     name: ClassVar[str] = "textboost"
     label: ClassVar[str] = "TextBoost"
     version: ClassVar[int] = 1
-    resumable: ClassVar[bool] = True  # checkpoint_every
+    resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = TextBoostConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         **TRAIN_NFE_VARIANTS,
-        "snr_weighted": {"timestep_policy": "snr_weighted"},
-        "all_photos": {"reference_set": "all"},
+        "snr_weighted": {"timestep_policy": SNR_WEIGHTED},
+        **ALL_PHOTOS,
     }
 
     def __init__(self, config: TextBoostConfig) -> None:
@@ -249,13 +224,12 @@ class TextBoost:
 
     def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> TextBoostModel:
         from diffusers.utils.peft_utils import set_adapter_layers
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import inject_adapter_in_model
 
         cfg = self.config
         torch.manual_seed(seed)  # also seeds the Gaussian init of the LoRA A matrices
         parts = models.pipeline_parts()
         unet, tokenizer, text_encoder, vae = parts["unet"], parts["tokenizer"], parts["text_encoder"], parts["vae"]
-        device = models.device
         for module in (unet, vae, text_encoder):
             module.requires_grad_(False)
         with torch.no_grad():  # the frozen encoder's output for "" (the reference's null embedding)
@@ -272,14 +246,14 @@ class TextBoost:
                 plan += aug_plan
         new_tokens = [name for name, _ in plan]
         new_ids = add_vectors(tokenizer, text_encoder, plan)
-        original_rows = text_encoder.get_input_embeddings().weight.detach().clone()
-        mean_norm = float(original_rows.norm(dim=-1).mean())  # over every row, the new ones included (reference)
+        restore_rows = personalize.keep_other_rows(text_encoder, keep=new_ids)
+        # the mean norm over every row, the new ones included (reference)
+        mean_norm = float(text_encoder.get_input_embeddings().weight.detach().norm(dim=-1).mean())
 
         # 2. LoRA on q/k/v of the text encoder (only the adapters trainable), then the new embedding rows.
         # peft's own injection (transformers' `add_adapter` wants a newer peft than diffusers pins); registered
         # as transformers registers it, so diffusers' save/fuse helpers and `load_lora_weights` see an adapter.
-        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
-                          init_lora_weights="gaussian", target_modules=list(cfg.target_modules))
+        lora = personalize.lora_config(cfg.rank, cfg.alpha, cfg.target_modules)
         inject_adapter_in_model(lora, text_encoder, adapter_name="default")
         text_encoder.peft_config, text_encoder._hf_peft_config_loaded = {"default": lora}, True
         text_encoder.requires_grad_(False)
@@ -301,8 +275,6 @@ class TextBoost:
                     else KPL_STANDIN_PROMPTS)
         priors = PriorPrompts(captions, templates, concept.class_noun, cfg.batch_size, cfg.null_p, cfg.template_p,
                               seed)
-        generator = torch.Generator().manual_seed(seed)
-        encode_latents = Latents(vae, cache=False)  # every sample is augmented anew: nothing to reuse
 
         def encode(prompts: list[str]) -> torch.Tensor:
             context = sampling.encode_text(tokenizer, text_encoder, prompts).float()  # (B, 77, D)
@@ -312,27 +284,10 @@ class TextBoost:
             context = torch.where(empty, null.expand_as(context), context)
             return torch.cat([null[:1].expand(len(prompts), 1, -1), context[:, 1:]], dim=1)
 
-        # 4. The loop: denoising MSE + kpl_weight x (1 - cos) to the frozen encoder on unrelated prompts.
-        text_encoder.train()
-        ckpt = Checkpointer(out_dir / "train", every=cfg.checkpoint_every, total=cfg.iterations,
-                            rows={"embedding": list(new_ids)})
-        state = dict(tensors={"lora": lora_params, "embedding": embedding}, stateful={"optimizer": optimizer},
-                     generators={"noise": generator}, randoms={"batches": batches.rng, "priors": priors.rng})
-        first_it = ckpt.restore(**state)
-        log.begin("train", cfg.iterations)
-        for it in range(first_it, cfg.iterations):
-            pixels, prompts = next(batches)
-            latents = encode_latents(pixels.to(device), None)  # (B, 4, h, w)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            if cfg.timestep_policy == "snr_weighted":
-                t = snr_weighted_timesteps(parts["scheduler"], latents.shape[0], generator).to(device)
-            else:
-                t = sample_timesteps(cfg.timestep_policy, latents.shape[0], generator).to(device)
-            noisy, target = noisy_and_target(parts["scheduler"], latents, noise, t)
-            context = encode(prompts)
-            with autocast(device, cfg.autocast_dtype):
-                pred = unet(noisy, t, context).sample.float()
-            mse = torch.nn.functional.mse_loss(pred, target.float())
+        # 4. The shared denoising loop (`bench.models.loop`): the context is the LoRA encoder's (with gradient);
+        #    the loss is the denoising MSE + kpl_weight x (1 - cos) to the frozen encoder on unrelated prompts.
+        def loss(step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            mse = torch.nn.functional.mse_loss(step.pred, step.target.float())
             kpl = torch.zeros((), device=mse.device)
             if cfg.kpl_weight > 0:
                 prior_prompts = next(priors)
@@ -346,21 +301,22 @@ class TextBoost:
                     kpl = (1 - torch.nn.functional.cosine_similarity(current, original, dim=-1)).mean()
                 else:
                     kpl = torch.nn.functional.mse_loss(current, original)
-            loss = mse + cfg.kpl_weight * kpl
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite loss at iteration {it}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(lora_params, cfg.grad_clip or float("inf"))
-            optimizer.step()
+            return mse + cfg.kpl_weight * kpl, {"mse": mse, "kpl": kpl}
+
+        def after_step() -> None:  # vocabulary rows back; the new rows no longer than the mean embedding norm
             with torch.no_grad():
-                personalize.restore_rows(text_encoder, original_rows, keep=new_ids)
+                restore_rows()
                 rows = embedding[new_ids]
                 norms = rows.norm(dim=-1, keepdim=True)
                 embedding[new_ids] = rows * (norms.clamp(max=mean_norm) / norms)
-            log(it, loss=loss.item(), mse=mse.item(), kpl=kpl.item(), grad_norm=float(grad_norm),
-                t_mean=float(t.float().mean()))
-            ckpt.maybe_save(it + 1, **state)
+
+        loop = DenoisingLoop.for_recipe(cfg, models, parts, {"lora": lora_params, "embedding": embedding}, optimizer,
+                                        batches, seed, loss_fn=loss, after_step=after_step,
+                                        cache_latents=False,  # every sample is augmented anew
+                                        rows={"embedding": list(new_ids)}, extra_randoms={"priors": priors.rng},
+                                        context_fn=lambda batch: (encode(batch.prompts), {}), clipped=("lora",))
+        text_encoder.train()
+        loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         text_encoder.eval()
         embedding.requires_grad_(False)
         for p in lora_params:
@@ -423,9 +379,7 @@ class TextBoostModel:
             text_encoder._hf_peft_config_loaded = False
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
-                                       sampler=self.config.sampler)
+        return sampling.generate_config(self.parts, self.config, prompts, seeds, steps)
 
     def save(self, out_dir: Path) -> None:
         from diffusers import StableDiffusionPipeline

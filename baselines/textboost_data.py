@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from bench.data_textboost import crop_square
+from bench.models.training import Batch
 
 AUGMENTATION_TOKENS = {
     "<grayscale>": "grayscale", "<zoom-in>": "zoom in", "<zoom-out>": "far away", "<collage>": "photo collage",
@@ -185,7 +186,8 @@ class PairedAugmentation:
 
 
 class PhotoBatches:
-    """Endless seeded batches: (B, 3, S, S) pixels in [-1, 1] and their prompts.
+    """Endless seeded batches (`bench.models.training.Batch`): (B, 3, S, S) pixels in [-1, 1], their prompts, and
+    an all-ones (B, 1, 1, 1) mask (the loss counts everywhere); no cache keys, every sample is drawn anew.
 
     Per sample: a photo, a template formatted with the concept's phrase, the paired augmentation (if any), then
     the loader's Lanczos resize and a random (or, without augmentation, centre) square crop of side `size`.
@@ -197,7 +199,7 @@ class PhotoBatches:
         self.batch_size, self.size, self.augmentation, self.random_crop = batch_size, size, augmentation, random_crop
         self.rng = random.Random(seed)
 
-    def __next__(self) -> tuple[torch.Tensor, list[str]]:
+    def __next__(self) -> Batch:
         pixels, prompts = [], []
         for _ in range(self.batch_size):
             image = self.photos[self.rng.randrange(len(self.photos))]
@@ -208,7 +210,7 @@ class PhotoBatches:
             arr = np.asarray(image, dtype=np.float32)
             pixels.append(torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0)
             prompts.append(prompt)
-        return torch.stack(pixels), prompts
+        return Batch(torch.stack(pixels), torch.ones(len(pixels), 1, 1, 1), prompts)
 
 
 class PriorPrompts:

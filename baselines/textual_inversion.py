@@ -23,8 +23,9 @@ from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
-from bench.models.sampling import Numerics, check_numerics
-from bench.models.training import TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS, TrainingBatches, load_pixels, templates_for
+from bench.models.recipe import check_recipe, check_word, concept_batches, scaled_lr
+from bench.models.sampling import Numerics
+from bench.models.training import TRAIN_NFE_VARIANTS, templates_for
 
 PHRASES = {"token": "{identifier}", "token_class": "{identifier} {class_noun}"}
 """What stands for the concept in training and evaluation prompts (`phrase`)."""
@@ -70,23 +71,10 @@ class TextualInversionConfig(Numerics):
     0 = off. Not part of the config hash: it never changes the result."""
 
     def __post_init__(self) -> None:
-        check_numerics(self)
-        if self.timestep_policy not in TIMESTEP_POLICIES:
-            raise ValueError(f"timestep_policy must be one of {', '.join(TIMESTEP_POLICIES)}, "
-                             f"not '{self.timestep_policy}'")
-        for name in ("iterations", "batch_size", "grad_accumulation", "sample_steps", "sample_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 (0 = off), not {self.checkpoint_every}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, not {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
+        check_recipe(self, counts=("grad_accumulation",))
         if self.phrase not in PHRASES:
             raise ValueError(f"phrase must be one of {', '.join(PHRASES)}, not '{self.phrase}'")
-        if not self.token.strip() or any(c.isspace() for c in self.token):
-            raise ValueError(f"token must be one word without spaces, not '{self.token}'")
+        check_word("token", self.token)
 
 
 def check_new_token(tokenizer: Any, token: str) -> None:
@@ -119,30 +107,26 @@ class TextualInversion:
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
         tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
-        device = models.device
 
         # 1. The new token, initialised from a descriptive word; the only row of the embedding matrix that learns.
         check_new_token(tokenizer, cfg.token)
         init = cfg.init_word or personalize.init_word(concept.class_noun)
         token_id = personalize.add_token(tokenizer, text_encoder, cfg.token, init)
-        original_rows = text_encoder.get_input_embeddings().weight.detach().clone()  # (V+1, D)
+        restore_rows = personalize.keep_other_rows(text_encoder, keep=[token_id])
         token_weight = personalize.train_token_row(text_encoder, [token_id])
-        lr = cfg.lr * cfg.batch_size * cfg.grad_accumulation if cfg.scale_lr else cfg.lr
+        lr = scaled_lr(cfg, cfg.batch_size, cfg.grad_accumulation)
         optimizer = torch.optim.AdamW([token_weight], lr=lr, weight_decay=cfg.weight_decay)
 
         # 2. Data: the concept's photos (no random-scale augmentation), the recipe's 27 templates (25 without
         #    "close" if augmenting) with the placeholder alone: "a photo of a <new1>".
-        factor = models.resolution // models.latent_size
         phrase = PHRASES[cfg.phrase].format(identifier=cfg.token, class_noun=concept.class_noun)
-        batches = TrainingBatches(load_pixels(concept.images), phrase, cfg.batch_size, factor, seed,
-                                  augment=cfg.augment, hflip=cfg.hflip, templates=templates_for(cfg.augment),
-                                  size=models.resolution)
+        batches = concept_batches(models, concept.images, phrase, cfg, seed, augment=cfg.augment,
+                                  templates=templates_for(cfg.augment))
         # 3. The shared denoising loop (`bench.models.loop`), `grad_accumulation` batches per step; gradients reach
         #    the row through the frozen UNet and text encoder, and every other row is put back after each step.
-        loop = DenoisingLoop(parts, {"token_embedding": token_weight}, optimizer, batches, cfg.timestep_policy, seed,
-                             device, cfg.autocast_dtype, cfg.grad_clip, cfg.grad_accumulation, text_grad=True,
-                             after_step=lambda: personalize.restore_rows(text_encoder, original_rows, keep=[token_id]),
-                             cache_latents=models.speed.latents == "cache", rows={"token_embedding": [token_id]})
+        loop = DenoisingLoop.for_recipe(cfg, models, parts, {"token_embedding": token_weight}, optimizer, batches, seed,
+                                        accumulation=cfg.grad_accumulation, text_grad=True, after_step=restore_rows,
+                                        rows={"token_embedding": [token_id]})
         text_encoder.train()
         loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         text_encoder.eval()
@@ -166,9 +150,7 @@ class TextualInversionModel:
         self.default_steps = config.sample_steps
 
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None) -> list:
-        return sampling.generate_parts(self.parts, prompts, seeds, steps or self.default_steps,
-                                       batch_size=self.config.sample_batch_size, precision=self.config.sample_dtype,
-                                       sampler=self.config.sampler)
+        return sampling.generate_config(self.parts, self.config, prompts, seeds, steps)
 
     def save(self, out_dir: Path) -> None:
         personalize.save_token(self.parts["tokenizer"], self.parts["text_encoder"], self.config.token,

@@ -62,3 +62,47 @@ def pixels(image: Any) -> Any:
     import numpy as np
 
     return np.asarray(image).astype(np.int16)
+
+
+def plain_pipeline() -> Any:
+    """The tiny profile's SD-Turbo as a plain diffusers pipeline (what the ecosystem would load), quiet."""
+    from diffusers import StableDiffusionPipeline
+
+    from bench.models.tiny import ensure_built
+
+    pipe = StableDiffusionPipeline.from_pretrained(ensure_built() / "sd-turbo", safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_image(pipe: Any, latent_size: int, seed: int, prompt: str | None = None, **kwargs: Any) -> Any:
+    """One step, no guidance, from the harness's seeded noise for `seed` (the pipeline itself multiplies by
+    `init_noise_sigma`, so the raw noise goes in), as int16 pixels; `kwargs` go to the pipeline (`prompt_embeds`)."""
+    import numpy as np
+
+    from bench.models import sampling
+
+    noise = sampling.seeded_noise([seed], (pipe.unet.config.in_channels, latent_size, latent_size), "cpu")
+    image = pipe(prompt, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np",
+                 **kwargs).images[0]
+    return np.round(image * 255).astype(np.int16)
+
+
+def assert_one_line_error(code: int, err: str, needle: str, results: Path) -> None:
+    """A user mistake: exit 2, one `error: ` line holding `needle`, the last line (a mistake found once the run has
+    started follows the sweep's progress line), no traceback, and no run recorded under `results`."""
+    errors = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    assert "Traceback" not in err and needle in errors[0]
+    assert not list(results.rglob("record.json"))
+
+
+def trained_run(name: str, overrides: dict[str, Any]) -> Any:
+    """A module-scoped fixture `run`: method `name` trained once with `overrides` on the session's `concept`
+    (`train_tiny`), shared by the module's tests. Use as `run = trained_run("cones2", OVERRIDES)`."""
+
+    @pytest.fixture(scope="module")
+    def run(concept: Any, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+        return train_tiny(name, overrides, concept, tmp_path_factory.mktemp(name))
+
+    return run

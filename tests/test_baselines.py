@@ -24,7 +24,7 @@ from bench.models import personalize, sampling
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
 from bench.registry import get_method
-from tests.helpers import ListLog, TrainedRun, bench, train_tiny
+from tests.helpers import ListLog, TrainedRun, assert_one_line_error, bench, pipeline_image, plain_pipeline, train_tiny
 
 METHODS = ("textual_inversion", "custom_diffusion", "dreambooth", "lora")
 # Test configs: 2 iterations; learning rates raised so 2 steps change the image (the round trip is then not
@@ -133,23 +133,6 @@ def test_lora_trains_only_the_adapters(runs) -> None:
 
 # --- round trip through plain diffusers -----------------------------------------------------------------------
 
-def _plain_pipeline():
-    from diffusers import StableDiffusionPipeline
-
-    from bench.models.tiny import ensure_built
-
-    return StableDiffusionPipeline.from_pretrained(ensure_built() / "sd-turbo", safety_checker=None)
-
-
-def _pipeline_image(pipe, prompt: str, latent_size: int) -> np.ndarray:
-    """One step, no guidance, from the harness's seeded noise (the pipeline itself multiplies by
-    `init_noise_sigma`, so the raw noise goes in)."""
-    pipe.set_progress_bar_config(disable=True)
-    noise = sampling.seeded_noise([SEED], (pipe.unet.config.in_channels, latent_size, latent_size), "cpu")
-    image = pipe(prompt, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np").images[0]
-    return np.round(image * 255).astype(np.int16)
-
-
 def _load_into(pipe, name: str, weights: Path) -> None:
     """The saved weights, loaded with the ecosystem's own loaders."""
     if name == "textual_inversion":
@@ -173,10 +156,10 @@ def _load_into(pipe, name: str, weights: Path) -> None:
 def test_saved_weights_load_into_plain_diffusers(name: str, runs) -> None:
     run = runs(name)
     ours = _pixels(run.trained.generate([run.prompt()], [SEED])[0])
-    pipe = _plain_pipeline()
-    base = _pipeline_image(pipe, run.prompt(), run.models.latent_size)
+    pipe = plain_pipeline()
+    base = pipeline_image(pipe, run.models.latent_size, SEED, run.prompt())
     _load_into(pipe, name, run.weights)
-    theirs = _pipeline_image(pipe, run.prompt(), run.models.latent_size)
+    theirs = pipeline_image(pipe, run.models.latent_size, SEED, run.prompt())
     assert np.abs(theirs - base).max() > 2, "the trained weights change the image (the check is not vacuous)"
     diff = np.abs(theirs - ours)
     assert diff.max() <= ROUND_TRIP_TOLERANCE.get(name, TOLERANCE)
@@ -216,7 +199,7 @@ def test_lora_alpha_is_kept(runs, concept, tmp_path) -> None:
     method = cls(build(cls.Config, {"iterations": 1, "lr": 1e-2, "alpha": 16, "fuse": False}))
     trained = method.train(concept, Models(get_profile("tiny"), "cpu"), tmp_path / "work", 0, ListLog())
     trained.save(tmp_path / "w")
-    pipe = _plain_pipeline()
+    pipe = plain_pipeline()
     pipe.load_lora_weights(tmp_path / "w")
     layer = pipe.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
     assert layer.scaling[next(iter(layer.scaling))] == 4.0  # 16 / 4
@@ -279,10 +262,7 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, dreambench_root, tmp_pat
                          "--results", tmp_path)
     # A mistake found only once the run has started (the token check needs the tokenizer) follows the sweep's
     # progress line; the error itself is still one line, the last, and there is no traceback.
-    errors = [line for line in err.strip().splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
-    assert "Traceback" not in err and needle in errors[0]
-    assert not list(tmp_path.rglob("record.json"))
+    assert_one_line_error(code, err, needle, tmp_path)
 
 
 # --- one CLI run per method ----------------------------------------------------------------------------------------

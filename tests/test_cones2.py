@@ -19,15 +19,13 @@ from bench.models.loading import Models
 from bench.models.profiles import get_profile
 from bench.models.training import IMAGENET_TEMPLATES
 from bench.registry import get_method
-from tests.helpers import ListLog, TrainedRun, bench, pixels, train_tiny
+from tests.helpers import ListLog, assert_one_line_error, bench, pipeline_image, pixels, plain_pipeline, trained_run
 
 SEED = 3
 OVERRIDES = {"iterations": 2, "lr": 2e-2, "keep_text_encoder": True}
 
 
-@pytest.fixture(scope="module")
-def run(concept, tmp_path_factory) -> TrainedRun:
-    return train_tiny("cones2", OVERRIDES, concept, tmp_path_factory.mktemp("cones2"))
+run = trained_run("cones2", OVERRIDES)
 
 
 def _changed(module: torch.nn.Module, pristine: torch.nn.Module) -> set[str]:
@@ -104,32 +102,25 @@ def test_residual_changes_the_image_and_matches_plain_diffusers(run, tmp_path) -
     the saved residual at the class word (no Cones 2 loader exists; `prompt_embeds` is the ecosystem's way).
     The tiny UNet barely reacts to one of 77 context tokens, so the learnt residual is scaled up 100 times here
     to make the image move (the check is then not vacuous); the mechanics are the same."""
-    from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
     from baselines.cones2 import Cones2Model
-    from bench.models.tiny import ensure_built
 
     prompt = "a photo of a dog on the beach"
     strong = Cones2Model(run.trained.config, run.models.pipeline_parts(), "dog", run.trained.subject,
                          run.trained.residual * 100)
     strong.save(tmp_path)
     ours = pixels(strong.generate([prompt], [SEED])[0])
-    pipe = StableDiffusionPipeline.from_pretrained(ensure_built() / "sd-turbo", safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
-    size = run.models.latent_size
-    noise = sampling.seeded_noise([SEED], (pipe.unet.config.in_channels, size, size), "cpu")
+    pipe = plain_pipeline()
     ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         embeds = pipe.text_encoder(ids)[0]
-    base = pipe(prompt_embeds=embeds, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np")
+    base = pipeline_image(pipe, run.models.latent_size, SEED, prompt_embeds=embeds.clone())
     dog = pipe.tokenizer("dog", add_special_tokens=False).input_ids[0]
     embeds[0, ids[0].tolist().index(dog)] += load_file(tmp_path / "residual.safetensors")["residual"][0]
-    theirs = pipe(prompt_embeds=embeds, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np")
-    base_px = np.round(base.images[0] * 255).astype(np.int16)
-    theirs_px = np.round(theirs.images[0] * 255).astype(np.int16)
-    assert np.abs(theirs_px - base_px).max() > 2, "the residual changes the image (the check is not vacuous)"
-    assert np.abs(theirs_px - ours).max() <= 1
+    theirs = pipeline_image(pipe, run.models.latent_size, SEED, prompt_embeds=embeds)
+    assert np.abs(theirs - base).max() > 2, "the residual changes the image (the check is not vacuous)"
+    assert np.abs(theirs - ours).max() <= 1
 
 
 # --- saving and loading --------------------------------------------------------------------------------------
@@ -189,10 +180,7 @@ def test_a_weights_file_of_another_format_is_refused(run, tmp_path) -> None:
 def test_cli_bad_input_is_one_line_exit_2(args, needle, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "cones2", *args, "--concepts", "dog", "--data",
                          dreambench_root, "--results", tmp_path)
-    errors = [line for line in err.strip().splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
-    assert "Traceback" not in err and needle in errors[0]
-    assert not list(tmp_path.rglob("record.json"))
+    assert_one_line_error(code, err, needle, tmp_path)
 
 
 @pytest.mark.slow

@@ -15,19 +15,17 @@ import torch
 
 from bench.api import BenchError
 from bench.config import build
-from bench.models import sampling
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
 from bench.registry import get_method
-from tests.helpers import ListLog, TrainedRun, bench, pixels, train_tiny
+from tests.helpers import (ListLog, TrainedRun, assert_one_line_error, bench, pipeline_image, pixels, plain_pipeline,
+                           trained_run)
 
 SEED = 3
 OVERRIDES = {"iterations": 2, "lr": 1e-2, "fuse": False}
 
 
-@pytest.fixture(scope="module")
-def run(concept, tmp_path_factory) -> TrainedRun:
-    return train_tiny("disenbooth", OVERRIDES, concept, tmp_path_factory.mktemp("disenbooth"))
+run = trained_run("disenbooth", OVERRIDES)
 
 
 def _initial_trainables(run: TrainedRun) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -95,29 +93,13 @@ def test_image_branch_reaches_the_unet(run, concept, tmp_path) -> None:
     assert not torch.equal(trained.adapter.state_dict()["adapter.2.weight"], init["adapter.2.weight"])
 
 
-def _plain_pipeline():
-    from diffusers import StableDiffusionPipeline
-
-    from bench.models.tiny import ensure_built
-
-    pipe = StableDiffusionPipeline.from_pretrained(ensure_built() / "sd-turbo", safety_checker=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _pipeline_image(pipe, prompt: str, latent_size: int) -> np.ndarray:
-    noise = sampling.seeded_noise([SEED], (pipe.unet.config.in_channels, latent_size, latent_size), "cpu")
-    image = pipe(prompt, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np").images[0]
-    return np.round(image * 255).astype(np.int16)
-
-
 def test_saved_lora_loads_into_plain_diffusers(run) -> None:
     ours = pixels(run.trained.generate([run.prompt()], [SEED])[0])
-    pipe = _plain_pipeline()
-    base = _pipeline_image(pipe, run.prompt(), run.models.latent_size)
+    pipe = plain_pipeline()
+    base = pipeline_image(pipe, run.models.latent_size, SEED, run.prompt())
     pipe.load_lora_weights(run.weights)
     pipe.fuse_lora()
-    theirs = _pipeline_image(pipe, run.prompt(), run.models.latent_size)
+    theirs = pipeline_image(pipe, run.models.latent_size, SEED, run.prompt())
     assert np.abs(theirs - base).max() > 2, "the trained weights change the image (the check is not vacuous)"
     assert np.abs(theirs - ours).max() <= 1
 
@@ -170,10 +152,7 @@ def test_identifier_resolution() -> None:
 def test_cli_bad_input_is_one_line_exit_2(args, needle, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "disenbooth", *args, "--set", "iterations=1",
                          "--concepts", "dog", "--data", dreambench_root, "--results", tmp_path)
-    errors = [line for line in err.strip().splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
-    assert "Traceback" not in err and needle in errors[0]
-    assert not list(tmp_path.rglob("record.json"))
+    assert_one_line_error(code, err, needle, tmp_path)
 
 
 @pytest.mark.slow

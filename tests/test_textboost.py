@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from bench.config import build
-from bench.models import sampling
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
-from tests.helpers import TrainedRun, bench, pixels, train_tiny
+from tests.helpers import assert_one_line_error, bench, pipeline_image, pixels, plain_pipeline, trained_run
 
 # Two steps (the LoRA A matrices get a gradient only once B has moved); learning rates raised so two steps change
 # the image; unfused so the base weights can be checked.
@@ -23,9 +22,7 @@ OVERRIDES = {"iterations": 2, "batch_size": 2, "lr": 5e-2, "emb_lr": 5e-2, "fuse
 SEED = 3
 
 
-@pytest.fixture(scope="module")
-def run(concept, tmp_path_factory) -> TrainedRun:
-    return train_tiny("textboost", OVERRIDES, concept, tmp_path_factory.mktemp("textboost"))
+run = trained_run("textboost", OVERRIDES)
 
 
 def test_trains_only_text_encoder_lora_and_the_new_rows(run) -> None:
@@ -68,31 +65,16 @@ def test_new_rows_are_kept_under_the_mean_norm(run) -> None:
     assert emb[vocab:].norm(dim=-1).max() <= pristine.norm(dim=-1).mean() * 1.01
 
 
-def _plain_pipeline():
-    from diffusers import StableDiffusionPipeline
-
-    from bench.models.tiny import ensure_built
-
-    return StableDiffusionPipeline.from_pretrained(ensure_built() / "sd-turbo", safety_checker=None)
-
-
-def _pipeline_image(pipe, prompt: str, latent_size: int) -> np.ndarray:
-    pipe.set_progress_bar_config(disable=True)
-    noise = sampling.seeded_noise([SEED], (pipe.unet.config.in_channels, latent_size, latent_size), "cpu")
-    image = pipe(prompt, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np").images[0]
-    return np.round(image * 255).astype(np.int16)
-
-
 def test_saved_files_load_into_plain_diffusers(run) -> None:
     ours = pixels(run.trained.generate([run.prompt()], [SEED])[0])
-    pipe = _plain_pipeline()
-    base = _pipeline_image(pipe, run.prompt(), run.models.latent_size)
+    pipe = plain_pipeline()
+    base = pipeline_image(pipe, run.models.latent_size, SEED, run.prompt())
     files = sorted(str(p) for p in run.weights.glob("<*>.safetensors"))
     assert any(f.endswith("<tb_0>.safetensors") for f in files)
     pipe.load_textual_inversion(files)
     pipe.load_lora_weights(run.weights)
     assert any(".lora_" in k for k in pipe.text_encoder.state_dict()), "the text-encoder LoRA was loaded"
-    theirs = _pipeline_image(pipe, run.prompt(), run.models.latent_size)
+    theirs = pipeline_image(pipe, run.models.latent_size, SEED, run.prompt())
     assert np.abs(theirs - base).max() > 2, "the trained weights change the image (the check is not vacuous)"
     assert np.abs(theirs - ours).max() <= 1
 
@@ -156,7 +138,7 @@ def test_paired_augmentation_names_each_op_by_its_token() -> None:
 def test_snr_weighted_timesteps_favour_high_noise() -> None:
     from diffusers import EulerDiscreteScheduler
 
-    from baselines.textboost import snr_weighted_timesteps
+    from bench.models.training import snr_weighted_timesteps
 
     t = snr_weighted_timesteps(EulerDiscreteScheduler(), 4000, torch.Generator().manual_seed(0))
     assert t.min() >= 1 and t.max() <= 999, "t = 0 has the largest log-SNR: weight 0"
@@ -175,7 +157,4 @@ def test_snr_weighted_timesteps_favour_high_noise() -> None:
 def test_cli_bad_input_is_one_line_exit_2(args, needle, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "textboost", *args, "--concepts", "dog",
                          "--data", dreambench_root, "--results", tmp_path)
-    errors = [line for line in err.strip().splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
-    assert "Traceback" not in err and needle in errors[0]
-    assert not list(tmp_path.rglob("record.json"))
+    assert_one_line_error(code, err, needle, tmp_path)

@@ -8,11 +8,15 @@
   gradient through the key and value of token 0 blocked as diffusers' `CustomDiffusionAttnProcessor2_0(train_kv=
   True)` blocks it (`cross_attention_kv`, `remove_kv_detach`);
 - saving those in diffusers' Custom Diffusion format (`load_attn_procs`) and the token in the textual-inversion
-  format (`load_textual_inversion`), and loading them back.
+  format (`load_textual_inversion`), and loading them back;
+- the recipes' LoRA (`lora_config`): added to a UNet, taken (and fused) for saving in diffusers' LoRA format, and
+  loaded back (`add_unet_lora`, `take_unet_lora` -> `UnetLoRA.save`, `load_unet_lora`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +154,13 @@ def restore_rows(text_encoder: Any, original: torch.Tensor, keep: list[int]) -> 
         mask = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
         mask[keep] = False
         weight[mask] = original.to(weight.device)[mask]
+
+
+def keep_other_rows(text_encoder: Any, keep: list[int]) -> Callable[[], None]:
+    """Snapshot the embedding table now; the function returned copies every row but `keep` back from it (a loop's
+    `after_step`: weight decay and the optimiser's moments cannot move the frozen rows)."""
+    original = text_encoder.get_input_embeddings().weight.detach().clone()
+    return lambda: restore_rows(text_encoder, original, keep)
 
 
 def _detach_first_token(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
@@ -302,10 +313,54 @@ def load_token(tokenizer: Any, text_encoder: Any, path: Path) -> str:
     return token
 
 
-def take_unet_lora(unet: Any, fuse: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The UNet's peft LoRA adapter ("default") as diffusers saves it: (the A/B matrices under diffusers' key names,
-    the LoRA config), taken before an optional fuse, W <- W + (alpha / r) B A, after which the peft wrappers are
-    dropped so that sampling, and its timing, runs a plain UNet."""
+def lora_config(rank: int, alpha: float | None, target_modules: tuple[str, ...]) -> Any:
+    """The recipes' peft `LoraConfig`: rank r, alpha (None = r, scale 1), Gaussian A (std 1/r) and B = 0, on the
+    modules whose names end in `target_modules`."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
+                      target_modules=list(target_modules))
+
+
+def add_unet_lora(unet: Any, rank: int, alpha: float | None, target_modules: tuple[str, ...]
+                  ) -> dict[str, torch.nn.Parameter]:
+    """Add the LoRA adapter ("default", `lora_config`) to the UNet; returns its A/B matrices by name, the only
+    trainable weights (draws the Gaussian init from the global torch RNG)."""
+    unet.add_adapter(lora_config(rank, alpha, target_modules))
+    return {name: p for name, p in unet.named_parameters() if p.requires_grad}
+
+
+def load_unet_lora(unet: Any, weights_dir: Path) -> None:
+    """Load `UnetLoRA.save`'s file into the UNet through diffusers' own loader (what `pipe.load_lora_weights(dir)`
+    runs, the LoRA config read from the file's metadata); the UNet stays frozen."""
+    from diffusers import StableDiffusionPipeline
+
+    state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
+    StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet, adapter_name="default", metadata=metadata)
+    unet.requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class UnetLoRA:
+    """A UNet's LoRA adapter as diffusers saves it (`take_unet_lora`), kept apart from the UNet for `save`."""
+
+    layers: dict[str, Any]
+    """The A/B matrices under diffusers' key names."""
+    metadata: dict[str, Any]
+    """The peft LoRA config (rank, alpha, targets), written as the file's metadata."""
+
+    def save(self, out_dir: Path) -> None:
+        """`pytorch_lora_weights.safetensors` with the LoRA config as metadata: `pipe.load_lora_weights(out_dir)`."""
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=self.layers,
+                                                  unet_lora_adapter_metadata=self.metadata, safe_serialization=True)
+
+
+def take_unet_lora(unet: Any, fuse: bool) -> UnetLoRA:
+    """The UNet's peft LoRA adapter ("default") as diffusers saves it, taken before an optional fuse,
+    W <- W + (alpha / r) B A, after which the peft wrappers are dropped so that sampling, and its timing, runs a
+    plain UNet."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -314,12 +369,4 @@ def take_unet_lora(unet: Any, fuse: bool) -> tuple[dict[str, Any], dict[str, Any
     if fuse:
         unet.fuse_lora()
         unet.unload_lora()
-    return layers, metadata
-
-
-def save_unet_lora(out_dir: Path, layers: dict[str, Any], metadata: dict[str, Any]) -> None:
-    """`pytorch_lora_weights.safetensors` with the LoRA config as metadata: `pipe.load_lora_weights(out_dir)`."""
-    from diffusers import StableDiffusionPipeline
-
-    StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata,
-                                              safe_serialization=True)
+    return UnetLoRA(layers, metadata)

@@ -197,3 +197,11 @@ def generate_parts(parts: dict[str, Any], prompts: list[str], seeds: list[int], 
     with autocast(parts["unet"].device, precision):
         return generate(parts["unet"], parts["scheduler"], parts["vae"], parts["tokenizer"], parts["text_encoder"],
                         prompts, seeds, steps, latent_size, guidance=guidance, batch_size=batch_size, sampler=sampler)
+
+
+def generate_config(parts: dict[str, Any], config: Any, prompts: list[str], seeds: list[int], steps: int | None,
+                    guidance: float = 0.0) -> list:
+    """`generate_parts` as a baseline's trained model samples: `steps` (None = the config's `sample_steps`) with the
+    config's `sample_batch_size`, `sample_dtype` and `sampler`."""
+    return generate_parts(parts, prompts, seeds, steps or config.sample_steps, guidance=guidance,
+                          batch_size=config.sample_batch_size, precision=config.sample_dtype, sampler=config.sampler)

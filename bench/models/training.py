@@ -237,6 +237,28 @@ def sample_timesteps(policy: str, batch: int, generator: torch.Generator, num_tr
     return torch.tensor(choices)[idx]
 
 
+SNR_WEIGHTED = "snr_weighted"
+"""TextBoost's further policy (`draw_timesteps`): p(t) proportional to max log-SNR - log-SNR(t)."""
+
+
+def snr_weighted_timesteps(scheduler: Any, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """(B,) timesteps with p(t) proportional to max_t log SNR(t) - log SNR(t) (the paper's SNR-weighted sampling)."""
+    from diffusers import DDPMScheduler
+
+    ac = DDPMScheduler.from_config(scheduler.config).alphas_cumprod.double()
+    logsnr = (ac / (1 - ac)).log()
+    weights = logsnr.max() - logsnr
+    return torch.multinomial(weights / weights.sum(), batch, replacement=True, generator=generator)
+
+
+def draw_timesteps(policy: str, scheduler: Any, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """(B,) training timesteps: `sample_timesteps` for a `TIMESTEP_POLICIES` key, `snr_weighted_timesteps` for
+    `SNR_WEIGHTED` (the scheduler gives the noise schedule)."""
+    if policy == SNR_WEIGHTED:
+        return snr_weighted_timesteps(scheduler, batch, generator)
+    return sample_timesteps(policy, batch, generator)
+
+
 def noisy_and_target(scheduler: object, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """DDPM forward noising at `t` and the target the UNet is trained on, read from `prediction_type`.
