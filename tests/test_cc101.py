@@ -12,6 +12,7 @@ import pytest
 
 from bench import cc101, data
 from bench.api import BenchError
+from bench.record import RunRecord
 from tests.helpers import bench
 from tests.test_data import _jpeg
 
@@ -164,5 +165,5 @@ def test_report_grid_takes_reference_photos_from_cc101(tmp_path: Path) -> None:
         records.append({"status": "done", "run_dir": str(run), "method": method, "variant": variant,
                         "concept": "toy_bear", "seed": 0,
                         "images": [{"prompt_index": 0, "eval_seed": 0, "prompt": "a <new1> bear in times square."}]})
-    grid = qualitative_grid(records, "tiny", "tiny", folder, None)
+    grid = qualitative_grid([RunRecord.from_json(r) for r in records], "tiny", "tiny", folder, None)
     assert grid is not None and "Figures 11-12 (CustomConcept101)" in grid.caption and grid.png[:4] == b"\x89PNG"

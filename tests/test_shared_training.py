@@ -169,11 +169,11 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
 
     from bench import runs, store
     from bench.runs import execution
-    from bench.config import SAMPLING_ONLY
+    from bench.config import SAMPLING_ONLY, SAMPLING_STEPS
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        steps: int = dataclasses.field(default=1, metadata=SAMPLING_ONLY)
+        steps: int = dataclasses.field(default=1, metadata=SAMPLING_STEPS)
         sample_dtype: str = dataclasses.field(default="auto", metadata=SAMPLING_ONLY)
 
     calls: list[str] = []
