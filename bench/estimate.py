@@ -110,10 +110,11 @@ def _squash(name: str) -> str:
 def paper_label(method: str) -> str | None:
     """The method's name in Table 5: its table label, else the Table 5 method whose letters and digits begin the
     method's own (`cones2` -> Cones 2, `ip_adapter_tcd` -> IP-Adapter); None when the paper does not time it."""
-    from bench.tables import METHOD_LABELS
+    from bench.contract import presentation
 
-    if method in METHOD_LABELS:
-        return METHOD_LABELS[method]
+    label = presentation(method).label
+    if label != method:  # a declared label (an undeclared one is the registry name)
+        return label
     names = sorted({r["method"] for r in _table5()}, key=lambda n: -len(_squash(n)))
     return next((n for n in names if _squash(method).startswith(_squash(n))), None)
 
@@ -143,9 +144,9 @@ def paper_timing(method: str, backbone: str, steps: int) -> tuple[float, float] 
 @lru_cache(maxsize=1)
 def _paper_mean() -> tuple[float, float]:
     """The mean Table 5 timings over the methods it times: the reference cost of a method it does not."""
-    from bench.tables import METHOD_LABELS
+    from bench.registry import method_names
 
-    found = [t for m in METHOD_LABELS if (t := paper_timing(m, "sd-turbo", 1)) is not None and t[0] > 0]
+    found = [t for m in method_names() if (t := paper_timing(m, "sd-turbo", 1)) is not None and t[0] > 0]
     return sum(t[0] for t in found) / len(found), sum(t[1] for t in found) / len(found)
 
 

@@ -178,9 +178,7 @@ class ImageScore:
                 extra[k] = v
         absent = NONE_ABSENT if len(data) - len(scores) - len(extra) == len(_IMAGE_FIELDS) else frozenset(
             k for k in _IMAGE_FIELDS if k not in data)
-        get = data.get
-        return cls(get("file"), get("prompt_index"), get("eval_seed"), get("noise_seed"), get("prompt"),
-                   get("n_real"), scores, extra, absent)
+        return cls(*map(data.get, _IMAGE_FIELDS), scores, extra, absent)
 
     def to_json(self) -> dict[str, Any]:
         out = _dump(self)

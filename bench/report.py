@@ -179,13 +179,18 @@ def loss_figures(records: list[RunRecord], profile: str, suite: str) -> list[Fig
 def loss_curves(records: list[RunRecord], profile: str, suite: str, method: str) -> Figure | None:
     """A method's logged losses (`LOSS_KEYS` in its logs) per iteration: a panel per loss, a line per variant (mean
     over runs, range shaded); its phases (`Log.begin`: train, distill then echo, ...) follow each other along x."""
-    by_variant: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
+    runs: dict[str, list[RunRecord]] = defaultdict(list)
     for r in records:
         if r.method == method and r.status == "done" and r.run_dir:
-            log = read_loss_log(Path(r.run_dir), r.loss_log or "loss_log.jsonl")
-            if log:
-                by_variant[r.variant].append(log)
-    variants = sorted(by_variant, key=lambda v: (v != "default", v))[:MAX_LOSS_VARIANTS]
+            runs[r.variant].append(r)
+    by_variant: dict[str, list[list[dict[str, Any]]]] = {}
+    for variant in sorted(runs, key=lambda v: (v != "default", v)):  # logs are read only for the variants drawn
+        logs = [log for r in runs[variant] if (log := read_loss_log(Path(r.run_dir), r.loss_log or "loss_log.jsonl"))]
+        if logs:
+            by_variant[variant] = logs
+        if len(by_variant) == MAX_LOSS_VARIANTS:
+            break
+    variants = list(by_variant)
     keys = [k for k in LOSS_KEYS if any(k in row for v in variants for log in by_variant[v] for row in log)]
     keys = keys[:MAX_LOSS_PANELS]
     if not keys:

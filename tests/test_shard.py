@@ -168,10 +168,13 @@ def test_plan_command_table_and_json(monkeypatch, capsys, tmp_path, dreambench_r
     assert result["rows"][0]["source"] == "paper"
 
 
-def test_paper_timings_found_by_name_for_methods_without_a_table_label():
+def test_paper_timings_found_by_name_for_methods_without_a_table_label(monkeypatch):
+    from bench import registry
     from bench.estimate import paper_label, paper_timing
 
     assert paper_label("cones2") == "Cones 2" and paper_label("ip_adapter_tcd") == "IP-Adapter"
+    monkeypatch.setitem(registry.METHODS, "dreambooth_xl", "tests.fake_method:FakeMethod")  # registered, no label
+    assert paper_label("dreambooth_xl") == "DreamBooth" and paper_label("lora_plus") == "LoRA"
     assert paper_label("fake") is None and paper_timing("fake", "sd-turbo", 1) is None
     assert paper_timing("ip_adapter_tcd", "sd-turbo", 1) == (0.0, 0.39)  # encoder-based: no training time
     assert paper_timing("custom_diffusion", "sd-turbo", 25) == (0.541, 1.57)  # the row with the run's steps

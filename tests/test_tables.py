@@ -357,6 +357,7 @@ def test_a_plugin_method_gets_its_declared_label_and_table_view(tmp_path: Path, 
     """No harness edit: a plug-in's `label` names its rows and `table_view` is what they read, in the table its
     variant names choose (an ablation's by `bench ablate`'s names); an unregistered method shows by its name."""
     from bench import plugins, registry
+    from bench.contract import presentation
 
     path = tmp_path / "plug.py"
     path.write_text(PLUGIN + "\nraise RuntimeError('imported')\n")  # importing it would fail the test
@@ -378,4 +379,4 @@ def test_a_plugin_method_gets_its_declared_label_and_table_view(tmp_path: Path, 
     assert "Plug-in Method rows: the early model where the run has one." in tables["main"].caption
     assert [r.label for r in tables["ablation"].rows if r.kind == "measured"] == ["Plug-in Method w/o x"]
     assert [r.label for r in tables["nfe"].rows if r.kind == "measured"] == ["Plug-in Method (nfe2)"]
-    assert T.METHOD_LABELS["plug"] == "Plug-in Method" and T.METHOD_LABELS.get("unloaded", "?") == "?"
+    assert presentation("plug").label == "Plug-in Method" and presentation("unloaded").label == "unloaded"

@@ -226,11 +226,11 @@ def shard(args: argparse.Namespace) -> int:
 def pack(args: argparse.Namespace) -> int:
     """Copy every committed run's record and loss log (not weights or images) from --results into DEST, laid out
     as a results folder: what a shard uploads for the merge job."""
-    from bench.store import iter_run_records
+    from bench.store import iter_records
 
     root, dest, count = Path(args.results), Path(args.dest), 0
-    for record in iter_run_records(root, args.profile):
-        run_dir = Path(record.run_dir or "")
+    for record in iter_records(root, args.profile):  # copied, not read: the JSON object is enough
+        run_dir = Path(record["run_dir"])
         target = dest / run_dir.relative_to(root)
         target.mkdir(parents=True, exist_ok=True)
         for name in ("record.json", "loss_log.jsonl"):

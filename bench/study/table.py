@@ -68,7 +68,7 @@ def bootstrap(participants: list[Any], trials: list[int], choice: list[int], n_m
 
 def study_rows(votes: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> list[StudyRow]:
     """Table 7's rows: every compared (method, variant), most preferred first, then the paper's other methods."""
-    from bench.tables import METHOD_LABELS
+    from bench.contract import presentation
 
     paper = dict(PAPER_TABLE7)
     index = {pair: i for i, pair in enumerate(pairs)}
@@ -78,7 +78,7 @@ def study_rows(votes: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> lis
                               len(pairs))
     rows = []
     for i, (method, variant) in enumerate(pairs):
-        label = METHOD_LABELS.get(method, method) + ("" if variant == "default" else f" ({variant})")
+        label = presentation(method).label + ("" if variant == "default" else f" ({variant})")
         n = choice.count(i)
         rows.append(StudyRow(method, variant, label, n, 100.0 * n / len(votes) if votes else None,
                              low[i] if votes else None, high[i] if votes else None,

@@ -32,7 +32,7 @@ from records), `building` (tables from records), `rendering` (Markdown, CSV and 
 
 from __future__ import annotations
 
-from bench.tables.definitions import (BEFORE_ECHO, CD, CHOICES, COMPARE, DEFS, ED, FORMATS, METHOD_LABELS,
+from bench.tables.definitions import (BEFORE_ECHO, CD, CHOICES, COMPARE, DEFS, ED, FORMATS,
                                       METRIC_LABELS, METRICS, TABLE_VIEW, TABLES, paper_rows, RowSpec, split_variant,
                                       TableDef, variant_key)
 from bench.tables.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, as_records, bootstrap_interval,
@@ -43,7 +43,7 @@ from bench.tables.rendering import (CSV_COLUMNS, PAPER_COLUMNS, csv_rows, md_row
                                     table_command, to_markdown)
 
 __all__ = ["BEFORE_ECHO", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "CD", "CHOICES", "COMPARE", "CSV_COLUMNS", "DEFS",
-           "ED", "FORMATS", "METHOD_LABELS", "METRICS", "METRIC_LABELS", "PAPER_COLUMNS", "Row", "RowSpec",
+           "ED", "FORMATS", "METRICS", "METRIC_LABELS", "PAPER_COLUMNS", "Row", "RowSpec",
            "RunSummary", "Stats", "TABLES", "TABLE_VIEW", "Table", "TableDef", "as_records", "bootstrap_interval",
            "build_tables",
            "ceiling_stats", "cell_stats", "concept_mean", "csv_rows", "load_records", "md_rows", "metric_cell",

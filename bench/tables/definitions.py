@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
@@ -258,28 +257,6 @@ def _extra_label(method: str, base: str, table: str) -> str:
     return f"{label} ({base})"
 
 
-class _Labels(Mapping[str, str]):
-    """Every registered method's display name (`MethodOptions.label`, read by `bench.contract.presentation`
-    without importing the method), computed on use: a plug-in registered later is in it too."""
-
-    def _table(self) -> dict[str, str]:
-        from bench.contract import presentation
-        from bench.registry import method_names
-
-        return {name: presentation(name).label for name in method_names()}
-
-    def __getitem__(self, name: str) -> str:
-        return self._table()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._table())
-
-    def __len__(self) -> int:
-        return len(self._table())
-
-
-METHOD_LABELS: Mapping[str, str] = _Labels()
-"""Registry name -> display name, for every registered method (`.get(name, name)` for any other)."""
 
 
 @lru_cache(maxsize=1)

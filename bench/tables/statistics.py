@@ -170,7 +170,9 @@ def _std(xs: list[float]) -> float:
 def cell_stats(records: Iterable[RunRecord | dict[str, Any]], source: str, concepts: list[str], seeds: list[int],
                cache: dict | None = None) -> Stats:
     """The statistics of one row from its records (all of one method and variant, one profile and suite)."""
-    cache = {} if cache is None else cache
+    records = list(records)
+    if cache is None or any(isinstance(r, dict) for r in records):
+        cache = {}  # records converted here are temporaries: their ids must not key a cache that outlives the call
     by_key = {(r.concept, r.seed): r for r in as_records(records)}
     used: dict[int, list[tuple[str, RunSummary, RunRecord]]] = defaultdict(list)
     failures, absent = [], []
