@@ -217,8 +217,9 @@ class MethodOptions(Protocol):
     label: ClassVar[str | None] = None
     """The method's display name (`"Custom Diffusion"`) in the rows of variants no table lists, figure titles and
     the user-study table; the paper's own rows (`bench.tables.DEFS`) and the report's Figure 3 columns keep the
-    paper's wording. None: its registry name. Every built-in method declares one. Written as a string literal in the class body, it is read
-    without importing the method (`bench.contract.presentation`), so `bench table` never loads torch for it."""
+    paper's wording. None: its registry name. Every built-in method declares one. Written as a string literal in
+    the class body, it is read without importing the method (`bench.contract.presentation`), so `bench table`
+    never loads torch for it."""
 
     table_view: ClassVar[str | None] = None
     """The view (`TrainedOptions.views`) the paper-style tables read for this method's runs where a run has it, in

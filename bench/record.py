@@ -383,17 +383,26 @@ class RunRecord:
     """Training produced a non-finite loss."""
     traceback: str | None = None
     """The traceback file (`traceback.txt`)."""
-    # not stored
-    run_dir: str | None = None
-    """The run folder, set by the reader (`bench.store.iter_run_records`); never written."""
+    # runs of a method without training
     trains: bool | None = None
     """False for a run of a method without training (absent for every other run): no `train_s`, no loss log."""
     conditioning: list[str] | None = None
     """A method without training: the file names of the photo(s) that condition its model."""
+    # not stored
+    run_dir: str | None = None
+    """The run folder, set by the reader (`bench.store.iter_run_records`); never written."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this module does not know, kept as they were."""
     absent: frozenset[str] = frozenset()
     """Fields the JSON object lacked (an older record): not written back."""
+
+    @classmethod
+    def start(cls, **fields: Any) -> RunRecord:
+        """A record built in code (`bench.runs.execution`, where every run's record is made): only the given fields
+        are written, and each field set later with `set_fields`, so what a run writes is what it set."""
+        record = cls(**fields)
+        record.absent = _names(cls) - set(fields) - set(NOT_STORED)
+        return record
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
@@ -439,10 +448,22 @@ class RunRecord:
         return f"{self.profile}/{self.method}/{self.variant}/{self.concept}/seed{self.seed}"
 
 
+def set_fields(part: Any, **values: Any) -> None:
+    """Set fields of a record or one of its parts, written from now on even where the record read (or started)
+    lacked them; a name the part does not declare is a TypeError, never a stray key."""
+    names = _names(type(part))
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TypeError(f"{type(part).__name__} has no field {', '.join(unknown)}")
+    for name, value in values.items():
+        setattr(part, name, value)
+    part.absent = part.absent - set(values)
+
+
 FAILED_KEYS = ("reason", "diverged", "traceback")
+"""The keys a failed run adds (results/README.md, below the second table)."""
 NO_TRAINING_KEYS = ("trains", "conditioning")
 """Keys only a run of a method without training has (results/README.md)."""
-"""The keys a failed run adds (results/README.md, below the second table)."""
 _NAMES = [f.name for f in dataclasses.fields(RunRecord) if f.name not in ("extra", "absent", *NOT_STORED)]
 EVERY_RECORD = tuple(_NAMES[: _NAMES.index("identifier")])
 """The keys of every record (results/README.md's first table)."""

@@ -25,7 +25,7 @@ from typing import Any
 from bench import store
 from bench.api import Concept
 from bench.metrics.declared import NAMES as METRIC_NAMES
-from bench.record import Evaluation, ImageScore, Rescored, RunRecord
+from bench.record import Evaluation, ImageScore, Rescored, RunRecord, set_fields
 from bench.runs import Context, Job, resolve_job, job_hash, load_concept
 
 
@@ -119,21 +119,14 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
             new_rows = [{**image.to_json(), **sc} for image, sc in zip(rows, scores)]
             target: RunRecord | Evaluation = record if part is None else (record.views or {})[part]
             summary = aggregate([{**r, "concept": run.job.concept} for r in new_rows])
-            _set(target, images=[ImageScore.from_json(r) for r in new_rows],
-                 metrics={k: summary[k] for k in METRIC_NAMES},
-                 real_vs_real=ceiling(real_emb, max0=scorer.suite.cos_max0))
-        _set(record, metric_suite=suite, config_hash=run.new_hash,
-             rescored=Rescored(from_suite=run.record.suite.name, at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               pass_images=total, pass_s=outcome["embed_s"]))
+            set_fields(target, images=[ImageScore.from_json(r) for r in new_rows],
+                       metrics={k: summary[k] for k in METRIC_NAMES},
+                       real_vs_real=ceiling(real_emb, max0=scorer.suite.cos_max0))
+        set_fields(record, metric_suite=suite, config_hash=run.new_hash,
+                   rescored=Rescored(from_suite=run.record.suite.name, at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                     pass_images=total, pass_s=outcome["embed_s"]))
         outcome["rescored" if _commit(run, record) else "changed"].append(run.job.key.label())
     return outcome
-
-
-def _set(part: RunRecord | Evaluation, **values: Any) -> None:
-    """Set fields of a record part, written from now on even where the record read lacked them."""
-    for name, value in values.items():
-        setattr(part, name, value)
-    part.absent = part.absent - set(values)
 
 
 def _evaluations(record: RunRecord, run_dir: Path) -> list[tuple[str | None, list[ImageScore], Path]]:

@@ -108,3 +108,20 @@ def test_a_fresh_run_writes_exactly_the_typed_record(dreambench_root, tmp_path, 
     assert code == 0 and out.startswith("done    tiny/fake/default/dog/seed0  clip_t=")
     code, _, err = bench(monkeypatch, capsys, *common)
     assert code == 0 and "1 skipped" in err
+
+
+def test_a_record_built_in_code_writes_what_was_set_and_refuses_unknown_fields() -> None:
+    from bench.record import Timing, set_fields
+
+    record = RunRecord.start(status="running", method="m", variant="default", concept="dog", seed=0, profile="tiny")
+    assert record.to_json() == {"status": "running", "method": "m", "variant": "default", "concept": "dog",
+                                "seed": 0, "profile": "tiny"}
+    set_fields(record, status="failed", reason="ValueError: x", diverged=False,
+               timing=Timing.from_json({"load_s": 1.0}))
+    assert record.to_json()["reason"] == "ValueError: x" and record.to_json()["timing"] == {"load_s": 1.0}
+    assert "identifier" not in record.to_json() and "run_dir" not in record.to_json()
+    with pytest.raises(TypeError, match="RunRecord has no field traceback_txt"):
+        set_fields(record, traceback_txt="traceback.txt")  # a misspelt key is an error, never a stray key
+    evaluation = Evaluation.from_json({"steps": 1, "metrics": {}, "images": []})
+    set_fields(evaluation, real_vs_real={"clip_i": 0.9})  # a part the record read lacked is written from now on
+    assert evaluation.to_json()["real_vs_real"] == {"clip_i": 0.9}

@@ -22,7 +22,7 @@ from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
 from bench.api import views as api_views
 from bench.config import to_dict
-from bench.record import RunRecord
+from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, set_fields
 from bench.registry import get_method
 from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.loss_log import JsonlLog
@@ -72,12 +72,12 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         if state.record and state.record.status == "failed" and state.record.config_hash == config_hash:
             attempts += int(state.record.attempts or 1)  # --retry-failed: the failed tries count too
         record = _base_record(job, config, config_hash, profile, suite)
-        record.update(attempts=attempts, resumed_from=resumed_from or None, training_hash=train_hash)
+        set_fields(record, attempts=attempts, resumed_from=resumed_from or None, training_hash=train_hash)
         donor = find_trained(job, ctx, train_hash)
         try:
-            record.update(_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step,
-                                              resumed=bool(resumed_from), donor=donor))
-            record["status"] = "done"
+            set_fields(record, **_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step,
+                                                     resumed=bool(resumed_from), donor=donor))
+            set_fields(record, status="done")
         except BenchError:
             from bench.models.checkpoint import find_checkpoints
 
@@ -89,32 +89,29 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
             if cause is not None:  # the environment failed, not the method: stop, keep the attempt resumable
                 raise InfraError(f"{job.key.label()}: {cause}; the run is left unfinished (`bench run ... --resume` "
                                  f"continues it from its last checkpoint)") from err
-            record.update(status="failed", reason=f"{type(err).__name__}: {err}".strip()[:500],
-                          diverged=isinstance(err, Diverged))
             (partial / "traceback.txt").write_text(traceback.format_exc())
-            record["traceback"] = "traceback.txt"
+            set_fields(record, status="failed", reason=f"{type(err).__name__}: {err}".strip()[:500],
+                       diverged=isinstance(err, Diverged), traceback="traceback.txt")
         shutil.rmtree(partial / "work", ignore_errors=True)  # checkpoints are for kills, not for results
         (partial / ATTEMPT).unlink(missing_ok=True)
-        record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        set_fields(record, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         if not lock.still_held():  # frozen past the stale timeout and taken over: the new owner decides
             return {"job": job, "status": "lost_lock", "run_dir": run_dir,
                     "reason": "the run's lock was taken over by another process; nothing committed"}
         previous = store.read_run_record(run_dir)
-        if record["status"] == "failed" and previous and previous.done:
+        if record.status == "failed" and previous and previous.done:
             # never replace a finished result with a failure: keep the failure beside it
-            record["traceback_text"] = (partial / "traceback.txt").read_text()
-            store.write_json_atomic(store.failed_rerun_path(run_dir), record)
+            sidecar = {**record.to_json(), "traceback_text": (partial / "traceback.txt").read_text()}
+            store.write_json_atomic(store.failed_rerun_path(run_dir), sidecar)
             shutil.rmtree(partial, ignore_errors=True)
         else:
-            store.commit_run(partial, run_dir, RunRecord.from_json(record))  # the one place a run record is written
-        return _outcome(job, run_dir, record["status"], record)
+            store.commit_run(partial, run_dir, record)  # the one place a run record is written
+        return _outcome(job, run_dir, record.status, record)
     finally:
         lock.release()
 
 
-def _outcome(job: Job, run_dir: Path, status: str, record: RunRecord | dict[str, Any] | None) -> dict[str, Any]:
-    if isinstance(record, dict):  # the record this attempt just wrote
-        record = RunRecord.from_json(record)
+def _outcome(job: Job, run_dir: Path, status: str, record: RunRecord | None) -> dict[str, Any]:
     reason = record.reason if record and status in ("failed", "kept_failed") else None
     return {"job": job, "status": status, "run_dir": run_dir, "reason": reason}
 
@@ -149,16 +146,24 @@ def _stage(run_dir: Path, config_hash: str, resume: bool) -> tuple[Path, int, di
     return partial, attempts, find_checkpoints(partial / "work") if keep else {}
 
 
-def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: dict) -> dict[str, Any]:
-    return {
-        "schema": store.SCHEMA_VERSION, "status": "running", "method": job.method, "variant": job.variant,
-        "concept": job.concept, "seed": job.seed, "profile": job.profile, "backbone": job.backbone,
-        "method_version": _version(job.method), "eval_version": EVAL_VERSION, "config": to_dict(config),
-        "config_hash": config_hash,
-        "overrides": json.loads(job.overrides), "models": profile.describe(), "metric_suite": suite,
-        "versions": versions(), "git_commit": git_commit(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": os.uname().nodename, "pid": os.getpid(),
-    }
+def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: dict) -> RunRecord:
+    return RunRecord.start(
+        schema=store.SCHEMA_VERSION, status="running", method=job.method, variant=job.variant,
+        concept=job.concept, seed=job.seed, profile=job.profile, backbone=job.backbone,
+        method_version=_version(job.method), eval_version=EVAL_VERSION, config=to_dict(config),
+        config_hash=config_hash, overrides=json.loads(job.overrides), models=profile.describe(), metric_suite=suite,
+        versions=versions(), git_commit=git_commit(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        host=os.uname().nodename, pid=os.getpid())
+
+
+def _evaluated(evaluation: dict[str, Any], views: dict[str, Any], timing: dict[str, Any], **fields: Any
+               ) -> dict[str, Any]:
+    """The fields a finished run sets: its own evaluation (`evaluate`'s result), its views, its timing (the
+    evaluation's sampling timings joined in) and `fields`, as the record's typed parts."""
+    own = Evaluation.from_json(evaluation)
+    return {"steps": own.steps, "metrics": own.metrics, "images": own.images, "real_vs_real": own.real_vs_real,
+            "views": {k: v if isinstance(v, Evaluation) else Evaluation.from_json(v) for k, v in views.items()},
+            "timing": Timing.from_json({**timing, **evaluation["timing"]}), **fields}
 
 
 def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, run_dir: Path,
@@ -195,13 +200,12 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
     views = {}
     for name, view in api_views(trained).items():
         views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
-    return {
-        **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
-        "device": device_name(models.device), "trained_from": None, "speed": models.speed.resolved(models.device),
-        "timing": {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
-                   "it_per_s": log.iterations / train_s if train_s > 0 else None,
-                   "peak_memory": peak_memory(models.device), "resumed": resumed, **evaluation.pop("timing")},
-    }
+    timing = {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
+              "it_per_s": log.iterations / train_s if train_s > 0 else None,
+              "peak_memory": peak_memory(models.device), "resumed": resumed}
+    return _evaluated(evaluation, views, timing, identifier=trained.identifier, loss_log="loss_log.jsonl",
+                      device=device_name(models.device), trained_from=None,
+                      speed=models.speed.resolved(models.device))
 
 
 def _prepare_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, method: Any, models: Any,
@@ -216,13 +220,10 @@ def _prepare_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any
     prepare_s = max(sw.seconds - models.load_seconds, 0.0)  # model loading is not preparation
     trained.save(run_dir / "weights")
     evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
-    return {
-        **evaluation, "views": {}, "identifier": trained.identifier, "trains": False,
-        "conditioning": list(trained.conditioning), "loss_log": None, "device": device_name(models.device),
-        "trained_from": None, "speed": models.speed.resolved(models.device),
-        "timing": {"prepare_s": prepare_s, "load_s": models.load_seconds, "peak_memory": peak_memory(models.device),
-                   **evaluation.pop("timing")},
-    }
+    timing = {"prepare_s": prepare_s, "load_s": models.load_seconds, "peak_memory": peak_memory(models.device)}
+    return _evaluated(evaluation, {}, timing, identifier=trained.identifier, trains=False,
+                      conditioning=list(trained.conditioning), loss_log=None, device=device_name(models.device),
+                      trained_from=None, speed=models.speed.resolved(models.device))
 
 
 def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, method: Any, models: Any,
@@ -257,20 +258,19 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, conf
         if (same_evaluation and before and before.steps == view.default_steps
                 and (donor / "views" / name).is_dir()):
             store.link_tree(donor / "views" / name, run_dir / "views" / name)
-            views[name] = before.to_json()
+            views[name] = before
         else:
             views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
-    source = donor_record.trained_from.to_json() if donor_record.trained_from else {
+    source = donor_record.trained_from or TrainedFrom.from_json({
         "run": str(donor.relative_to(Path(ctx.results))), "variant": donor_record.variant or None,
-        "config_hash": donor_record.config_hash}
+        "config_hash": donor_record.config_hash})
     trained_timing = {k: v for k, v in (donor_record.timing.to_json() if donor_record.timing else {}).items()
                       if k in ("train_s", "iterations", "it_per_s", "resumed")}
-    return {
-        **evaluation, "views": views, "identifier": trained.identifier, "loss_log": "loss_log.jsonl",
-        "device": device_name(models.device), "trained_from": source, "speed": models.speed.resolved(models.device),
-        "timing": {**trained_timing, "load_s": models.load_seconds, "reused_training": True,
-                   "peak_memory": peak_memory(models.device), **evaluation.pop("timing")},
-    }
+    timing = {**trained_timing, "load_s": models.load_seconds, "reused_training": True,
+              "peak_memory": peak_memory(models.device)}
+    return _evaluated(evaluation, views, timing, identifier=trained.identifier, loss_log="loss_log.jsonl",
+                      device=device_name(models.device), trained_from=source,
+                      speed=models.speed.resolved(models.device))
 
 
 @lru_cache(maxsize=1)
