@@ -112,9 +112,9 @@ def paper_label(method: str) -> str | None:
     method's own (`cones2` -> Cones 2, `ip_adapter_tcd` -> IP-Adapter); None when the paper does not time it."""
     from bench.contract import presentation
 
-    label = presentation(method).label
-    if label != method:  # a declared label (an undeclared one is the registry name)
-        return label
+    shown = presentation(method)
+    if shown.label != shown.name:  # a declared label (without one, the label is the method's name)
+        return shown.label
     names = sorted({r["method"] for r in _table5()}, key=lambda n: -len(_squash(n)))
     return next((n for n in names if _squash(method).startswith(_squash(n))), None)
 
