@@ -18,6 +18,11 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread per test process (and per `bench` process a test starts): on a 2-core machine shared with
+# another busy process, torch's default of one thread per core oversubscribes and tiny models run 60x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 MINI_DREAMBENCH = REPO / "tests" / "fixtures" / "dreambench-mini"
 """The committed fixture dataset, written by tests/fixtures/make_dreambench_mini.py."""
