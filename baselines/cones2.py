@@ -38,7 +38,7 @@ from bench.models import sampling
 from bench.models.loop import DenoisingLoop, Step
 from bench.models.recipe import ALL_PHOTOS, check_recipe, concept_batches, scaled_lr
 from bench.models.sampling import Numerics
-from bench.models.training import (IMAGENET_TEMPLATES, TRAIN_NFE_VARIANTS, Batch, masked_mse)
+from bench.models.training import IMAGENET_TEMPLATES, TRAIN_NFE_VARIANTS, Batch, masked_mse
 
 RESIDUAL_FILE = "residual.safetensors"
 

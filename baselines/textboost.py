@@ -30,6 +30,14 @@ from typing import Any, ClassVar
 
 import torch
 
+from baselines.textboost_data import (
+    AUGMENTATION_TOKENS,
+    KPL_STANDIN_PROMPTS,
+    PairedAugmentation,
+    PhotoBatches,
+    PriorPrompts,
+    read_prompt_file,
+)
 from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
@@ -38,8 +46,6 @@ from bench.models.loop import DenoisingLoop, Step
 from bench.models.recipe import ALL_PHOTOS, check_lora, check_recipe, check_word
 from bench.models.sampling import Numerics
 from bench.models.training import IMAGENET_TEMPLATES, SNR_WEIGHTED, TIMESTEP_POLICIES, TRAIN_NFE_VARIANTS
-from baselines.textboost_data import (AUGMENTATION_TOKENS, KPL_STANDIN_PROMPTS, PairedAugmentation, PhotoBatches,
-                                      PriorPrompts, read_prompt_file)
 
 TEMPLATES = {"imagenet_small": IMAGENET_TEMPLATES,
              "textboost": ("{}", "a {}", "one {}", "the {}", "photo of a {}")}

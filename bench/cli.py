@@ -179,10 +179,9 @@ def plan_(method: Optional[str] = typer.Option(None, "--method", help="Method na
                                                         "(repeatable; default results/perf and RESULTS/perf)."),
           fmt: str = typer.Option("md", "--format", help="md | json")) -> None:
     """Runs per method and variant, how many are done, and the estimated GPU-hours left (never runs anything)."""
-    from bench.shard import plan_command
     from bench.registry import method_names
     from bench.runs import variants_for
-    from bench.shard import parse_shard
+    from bench.shard import parse_shard, plan_command
 
     part = parse_shard(shard) if shard is not None else None
     methods = method.split(",") if method else method_names()
@@ -214,8 +213,7 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
         for name in method_names():
             typer.echo(f"{name}: {', '.join(get_method(name).variants)}")
     elif what == "concepts":
-        from bench.data import dataset_root
-        from bench.data import load_concepts
+        from bench.data import dataset_root, load_concepts
         from bench.paths import data_root
 
         for c in load_concepts(data_root(dataset_root(data, dataset))):

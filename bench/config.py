@@ -11,7 +11,6 @@ from typing import Any
 from bench.api import BenchError
 from bench.registry import did_you_mean
 
-
 SAMPLING_ONLY = {"sampling": True}
 """Field metadata for a setting that only changes how a trained model is sampled (its step count, its guidance).
 Runs whose configs differ only in such fields share one training: `bench run` trains the first and samples the

@@ -141,11 +141,10 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     import torch
 
     from bench.config import build
+    from bench.contract import MethodInfo, schedule_fields
     from bench.models.loading import Models
     from bench.registry import get_method
     from bench.timing import Stopwatch, peak_memory, reset_peak_memory
-
-    from bench.contract import MethodInfo, schedule_fields
 
     cls = get_method(name)
     trains = MethodInfo.of(cls).trains  # a method without training is timed preparing and sampling only
@@ -261,12 +260,11 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
     `speed_label` and its ratios to the default row (`vs_default`: step time, latency at batch 1). With
     `score_images` > 0 (None: 3000 on a GPU, 0 on a CPU), also the time to score that many images in one pass
     (`measure_scoring`), measured first so that a suite that cannot load fails before any method is timed."""
-    from bench.models.speed import Speed, sweep_settings
-
     from bench.data import select_concepts
     from bench.models.profiles import get_profile
+    from bench.models.speed import Speed, sweep_settings
     from bench.registry import method_names, unknown
-    from bench.runs import versions, git_commit
+    from bench.runs import git_commit, versions
 
     for name in methods:
         if name not in method_names():

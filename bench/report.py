@@ -20,8 +20,19 @@ from typing import Any
 
 from bench.contract import presentation
 from bench.record import RunRecord
-from bench.tables import (CD, ED, METRIC_LABELS, METRICS, Table, as_records, build_tables, load_records, md_rows,
-                          suite_name, to_markdown)
+from bench.tables import (
+    CD,
+    ED,
+    METRIC_LABELS,
+    METRICS,
+    Table,
+    as_records,
+    build_tables,
+    load_records,
+    md_rows,
+    suite_name,
+    to_markdown,
+)
 
 GRID_COLUMNS = ((CD, "sd21", "Custom Diffusion (SD 2.1)"), (CD, "default", "Custom Diffusion"),
                 ("textual_inversion", "default", "Textual Inversion"), ("cones2", "default", "Cones 2"),
@@ -262,10 +273,9 @@ def reference_image(data_root: Path | None, concept: str) -> Path | None:
 def _dataset_folder(data: Path | None) -> tuple[Path | None, str | None]:
     """(folder holding the subjects, None) or (None, why the reference column is skipped)."""
     from bench.api import BenchError
+    from bench.cc101 import find_cc101
     from bench.data import find_dataset
     from bench.paths import data_root
-
-    from bench.cc101 import find_cc101
 
     root = data_root(data)
     try:

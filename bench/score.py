@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from bench import store
 from bench.api import Concept
 from bench.metrics.declared import NAMES as METRIC_NAMES
 from bench.record import Evaluation, ImageScore, Rescored, RunRecord, set_fields
-from bench.runs import Context, Job, resolve_job, job_hash, load_concept
+from bench.runs import Context, Job, job_hash, load_concept, resolve_job
 
 
 @dataclass

@@ -139,8 +139,8 @@ def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]],
                  device: str | None, weights: list[str] | None, perf_dirs: list[Path] | None, fmt: str,
                  shard: tuple[int, int] | None = None, shards: int | None = None) -> str:
     """`bench plan`: the estimate of a plan (or of its shard K/N) as Markdown or JSON, with the N shards' loads."""
-    from bench.models.loading import default_device
     from bench.estimate import estimate, render
+    from bench.models.loading import default_device
     from bench.runs import SweepRequest, prepare
     from bench.timing import device_name
 

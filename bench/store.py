@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
-from bench.paths import fsync_dir
 from bench.locks import RunLock, lock_stale_seconds  # noqa: F401 (re-exported: store.RunLock)
+from bench.paths import fsync_dir
 from bench.record import SCHEMA_VERSION, RunRecord
 
 RECORD = "record.json"

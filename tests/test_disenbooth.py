@@ -18,8 +18,16 @@ from bench.config import build
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
 from bench.registry import get_method
-from tests.helpers import (ListLog, TrainedRun, assert_one_line_error, bench, pipeline_image, pixels, plain_pipeline,
-                           trained_run)
+from tests.helpers import (
+    ListLog,
+    TrainedRun,
+    assert_one_line_error,
+    bench,
+    pipeline_image,
+    pixels,
+    plain_pipeline,
+    trained_run,
+)
 
 SEED = 3
 OVERRIDES = {"iterations": 2, "lr": 1e-2, "fuse": False}

@@ -16,8 +16,16 @@ import torch
 
 from bench.api import Concept
 from bench.models import sampling
-from bench.models.training import (IMAGENET_TEMPLATES, TRAIN_TEMPLATES, TrainingBatches, custom_diffusion_augment,
-                                   insert_after_first_word, masked_mse, resize, templates_for)
+from bench.models.training import (
+    IMAGENET_TEMPLATES,
+    TRAIN_TEMPLATES,
+    TrainingBatches,
+    custom_diffusion_augment,
+    insert_after_first_word,
+    masked_mse,
+    resize,
+    templates_for,
+)
 
 PROMPTS = ("a {0} {1} in the jungle", "a {0} {1} in the snow", "a red {0} {1}")
 

@@ -17,8 +17,15 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from bench.metrics import SUITE_VERSION, dino_transform, dinov2_pos_embed, get_suite, pre_resize, score_embedded
-from bench.metrics import scoring
+from bench.metrics import (
+    SUITE_VERSION,
+    dino_transform,
+    dinov2_pos_embed,
+    get_suite,
+    pre_resize,
+    score_embedded,
+    scoring,
+)
 from bench.metrics.suites import IMAGENET_MEAN, IMAGENET_STD, SUITES, Suite
 
 

@@ -27,8 +27,8 @@ from bench.metrics import (
     real_ceiling,
     real_vs_real,
     score_images,
+    scoring,
 )
-from bench.metrics import scoring
 
 R2 = math.sqrt(0.5)  # cos 45 degrees
 

@@ -9,13 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from baselines.ominicontrol import LORA_FILE, OminiControl, OminiControlConfig, condition_forward
 from bench.api import BenchError, Concept
 from bench.config import build
 from bench.models.flux import OMINI_LORA_FILE, OMINI_TARGETS
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
-
-from baselines.ominicontrol import LORA_FILE, OminiControl, OminiControlConfig, condition_forward
 
 # The modules the released subject LoRA adapts, as named in one double and one single block (the tiny transformer).
 ADAPTED = {"x_embedder", "transformer_blocks.0.norm1.linear", "transformer_blocks.0.attn.to_q",

@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 from bench import store
-from bench.record import (DONE_KEYS, EVERY_RECORD, FAILED_KEYS, NO_TRAINING_KEYS, SCHEMA_VERSION, Evaluation,
-                          RunRecord, SuiteRef, VariantName)
+from bench.record import (
+    DONE_KEYS,
+    EVERY_RECORD,
+    FAILED_KEYS,
+    NO_TRAINING_KEYS,
+    SCHEMA_VERSION,
+    Evaluation,
+    RunRecord,
+    SuiteRef,
+    VariantName,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "records"

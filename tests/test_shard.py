@@ -15,7 +15,7 @@ import pytest
 from bench import registry, store
 from bench.ablations import ablation_variants
 from bench.api import BenchError
-from bench.runs import Context, resolve_job, plan
+from bench.runs import Context, plan, resolve_job
 from bench.shard import SLACK, assign, group_jobs, parse_shard, shard_jobs
 from tests.helpers import bench
 

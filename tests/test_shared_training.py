@@ -168,8 +168,8 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
     import dataclasses
 
     from bench import runs, store
-    from bench.runs import execution
     from bench.config import SAMPLING_ONLY, SAMPLING_STEPS
+    from bench.runs import execution
 
     @dataclasses.dataclass(frozen=True)
     class Config:

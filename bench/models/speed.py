@@ -120,8 +120,9 @@ def autocast(device: Any, setting: str) -> Any:
     "none" (float32), "bf16", "fp16", or "auto" = fp16 on CUDA and float32 elsewhere. Weights, optimiser states and
     losses stay float32. These are config fields (in the config hash), not speed switches: they change results at
     their rounding."""
-    import torch
     from contextlib import nullcontext
+
+    import torch
 
     device = torch.device(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setting)

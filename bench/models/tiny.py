@@ -98,8 +98,7 @@ def _build_all(root: Path) -> None:
 
     quiet_libraries()
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           TCDScheduler)
+    from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline, TCDScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     def seeded(seed: int, build):

@@ -27,11 +27,33 @@ own settings; the record names the source (`trained_from`) and carries its train
 from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.execution import execute_job, find_trained, git_commit, versions
 from bench.runs.loss_log import JsonlLog, compact_loss_log
-from bench.runs.planning import (ATTEMPT, EVAL_VERSION, Context, Job, SweepRequest, Triage, check_device,
-                                 check_no_training, check_weight_paths, default_suite, hashed_config, job_hash,
-                                 load_concept, named_variants, outdated_reason, plan, prepare, resolve_config,
-                                 resolve_job, schedule_fields, training_hash, training_key, trains, triage,
-                                 variants_for)
+from bench.runs.planning import (
+                                 ATTEMPT,
+                                 EVAL_VERSION,
+                                 Context,
+                                 Job,
+                                 SweepRequest,
+                                 Triage,
+                                 check_device,
+                                 check_no_training,
+                                 check_weight_paths,
+                                 default_suite,
+                                 hashed_config,
+                                 job_hash,
+                                 load_concept,
+                                 named_variants,
+                                 outdated_reason,
+                                 plan,
+                                 prepare,
+                                 resolve_config,
+                                 resolve_job,
+                                 schedule_fields,
+                                 training_hash,
+                                 training_key,
+                                 trains,
+                                 triage,
+                                 variants_for,
+)
 from bench.runs.status import plan_status, status_report
 
 __all__ = ["ATTEMPT", "EVAL_VERSION", "Context", "Job", "JsonlLog", "SweepRequest", "Triage", "check_device",

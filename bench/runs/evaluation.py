@@ -12,7 +12,6 @@ from bench.metrics.declared import NAMES as METRIC_NAMES
 from bench.runs.planning import Context
 
 
-
 def same_view_sampling(config: Any, donor_config: dict[str, Any]) -> bool:
     """Whether a donor run sampled its views as `config` would: every sampling-only field other than the step
     counts (precision, sampler, guidance) equal; the views' own step counts are compared one by one."""
@@ -26,12 +25,11 @@ def same_view_sampling(config: Any, donor_config: dict[str, Any]) -> bool:
 def evaluate(trained: Any, concept: Concept, eval_seeds: tuple[int, ...], image_dir: Path, ctx: Context,
              device: Any) -> dict[str, Any]:
     """Sample the protocol's prompts x seeds, save PNGs, score them; with inference timings."""
+    from bench.api import eval_phrase
     from bench.data import load_image
     from bench.metrics import aggregate, load_scorer, real_vs_real, score_images
-    from bench.timing import Stopwatch
-
-    from bench.api import eval_phrase
     from bench.models.sampling import eval_noise_seed
+    from bench.timing import Stopwatch
 
     pairs = [(i, t, s) for i, t in enumerate(concept.prompts) for s in eval_seeds]
     prompts = [concept.prompt(t, trained.identifier, eval_phrase(trained)) for _, t, _ in pairs]

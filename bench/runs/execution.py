@@ -26,9 +26,18 @@ from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, set_fields
 from bench.registry import get_method
 from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.loss_log import JsonlLog
-from bench.runs.planning import (ATTEMPT, EVAL_VERSION, Context, Job, _version, load_concept, resolve_job,
-                                 training_hash, trains, triage)
-
+from bench.runs.planning import (
+    ATTEMPT,
+    EVAL_VERSION,
+    Context,
+    Job,
+    _version,
+    load_concept,
+    resolve_job,
+    training_hash,
+    trains,
+    triage,
+)
 
 
 def find_trained(job: Job, ctx: Context, train_hash: str) -> Path | None:
@@ -234,9 +243,8 @@ def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, conf
     it). A view sampled exactly as the donor sampled it (same steps) is not sampled again: its scores and images
     are taken over. Training time and iterations are the donor's, marked `reused_training`.
     """
-    from bench.timing import device_name, peak_memory
-
     from bench.metrics import get_suite
+    from bench.timing import device_name, peak_memory
 
     donor_record = store.read_run_record(donor) or RunRecord()
     # the donor's views can be taken over only if they were sampled and scored exactly as this run would do it

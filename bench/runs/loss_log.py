@@ -8,8 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-
-
 class JsonlLog:
     """The `Log` a method writes to: one JSON line per iteration, and a callback for live progress.
 

@@ -19,8 +19,6 @@ from bench.config import build, stable_hash, to_dict, training_fields
 from bench.record import RunRecord, SuiteRef, VariantName
 from bench.registry import get_method, unknown
 
-
-
 ATTEMPT = "attempt.json"
 """In a `.partial` folder: which config hash the attempt is for and how many attempts there were."""
 

@@ -7,9 +7,7 @@ from typing import Any
 
 from bench import store
 from bench.api import BenchError
-from bench.runs.planning import (Context, Job, SweepRequest, outdated_reason, prepare, resolve_job, triage,
-                                 variants_for)
-
+from bench.runs.planning import Context, Job, SweepRequest, outdated_reason, prepare, resolve_job, triage, variants_for
 
 
 def status_report(results: Path, profile: str | None = None, methods: list[str] | None = None,

@@ -32,15 +32,48 @@ from records), `building` (tables from records), `rendering` (Markdown, CSV and 
 
 from __future__ import annotations
 
-from bench.tables.definitions import (BEFORE_ECHO, CD, CHOICES, COMPARE, DEFS, ED, FORMATS,
-                                      METRIC_LABELS, METRICS, TABLE_VIEW, TABLES, paper_rows, RowSpec, split_variant,
-                                      TableDef, variant_key)
-from bench.tables.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, as_records, bootstrap_interval,
-                                     ceiling_stats, cell_stats, concept_mean, pooled, RunSummary, Stats,
-                                     summarize_run)
-from bench.tables.building import (build_tables, load_records, Row, suite_name, Table)
-from bench.tables.rendering import (CSV_COLUMNS, PAPER_COLUMNS, csv_rows, md_rows, metric_cell, render,
-                                    table_command, to_markdown)
+from bench.tables.building import Row, Table, build_tables, load_records, suite_name
+from bench.tables.definitions import (
+                                      BEFORE_ECHO,
+                                      CD,
+                                      CHOICES,
+                                      COMPARE,
+                                      DEFS,
+                                      ED,
+                                      FORMATS,
+                                      METRIC_LABELS,
+                                      METRICS,
+                                      TABLE_VIEW,
+                                      TABLES,
+                                      RowSpec,
+                                      TableDef,
+                                      paper_rows,
+                                      split_variant,
+                                      variant_key,
+)
+from bench.tables.rendering import (
+                                      CSV_COLUMNS,
+                                      PAPER_COLUMNS,
+                                      csv_rows,
+                                      md_rows,
+                                      metric_cell,
+                                      render,
+                                      table_command,
+                                      to_markdown,
+)
+from bench.tables.statistics import (
+                                      BOOTSTRAP_RESAMPLES,
+                                      BOOTSTRAP_SEED,
+                                      RunSummary,
+                                      Stats,
+                                      as_records,
+                                      bootstrap_interval,
+                                      ceiling_stats,
+                                      cell_stats,
+                                      concept_mean,
+                                      pooled,
+                                      summarize_run,
+)
 
 __all__ = ["BEFORE_ECHO", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "CD", "CHOICES", "COMPARE", "CSV_COLUMNS", "DEFS",
            "ED", "FORMATS", "METRICS", "METRIC_LABELS", "PAPER_COLUMNS", "Row", "RowSpec",

@@ -11,8 +11,22 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.record import RunRecord, SuiteRef
-from bench.tables.definitions import (CHOICES, COMPARE, DEFS, FORMATS, TABLE_VIEW, TABLES, RowSpec, TableDef,
-                                      _catch_table, _extra_label, _owners, _paper_values, split_variant, variant_key)
+from bench.tables.definitions import (
+    CHOICES,
+    COMPARE,
+    DEFS,
+    FORMATS,
+    TABLE_VIEW,
+    TABLES,
+    RowSpec,
+    TableDef,
+    _catch_table,
+    _extra_label,
+    _owners,
+    _paper_values,
+    split_variant,
+    variant_key,
+)
 from bench.tables.statistics import Stats, as_records, ceiling_stats, cell_stats
 
 
