@@ -324,6 +324,19 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
 
 
 @app.command()
+def compare(methods: list[str] = typer.Argument(..., help="Reference first, then the methods it is compared with: "
+                                                "method or method:variant (e.g. echodistill lora custom_diffusion)."),
+            fmt: str = typer.Option("md", "--format", help="md | csv | json"), results: Path = RESULTS,
+            profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
+            view: Optional[str] = typer.Option(None, "--view", help="table (default: what the tables read) | final "
+                                               "| a view name (e.g. teacher).")) -> None:
+    """Paired per-concept differences of the first method against each other one: mean, interval, p, wins."""
+    from bench.compare import compare_command
+
+    typer.echo(compare_command(methods, results, profile, fmt, view), nl=False)
+
+
+@app.command()
 def report(out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md, report.html, figures/ "
                                                                   "(default: RESULTS/report)."),
            results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
