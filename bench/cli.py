@@ -305,8 +305,9 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
           results: Path = RESULTS,
           profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
           out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR."),
-          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one).")
-          ) -> None:
+          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one)."),
+          against: Optional[str] = typer.Option(None, "--against", help="Add each row's paired difference to this "
+                                                "method, and mark cells not distinguishable from the best.")) -> None:
     """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
 
@@ -320,7 +321,7 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
         typer.echo(text, nl=False)
         return
 
-    typer.echo(table_command(name, results, profile, fmt, compare, out), nl=False)
+    typer.echo(table_command(name, results, profile, fmt, compare, out, against), nl=False)
 
 
 @app.command()
