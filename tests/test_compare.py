@@ -151,3 +151,69 @@ def test_bench_compare_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 def test_bad_format_is_one_line() -> None:
     with pytest.raises(BenchError, match="unknown format 'xml'"):
         C.render([], "xml")
+
+
+def _table(records: list[dict], against: str | None, compare: str | None):
+    from bench import tables as T
+    from bench.tables import paired
+
+    [table] = T.build_tables("main", records, compare)
+    return table, paired.annotate(table, against, compare is not None)
+
+
+def _index(table, label: str, method: str) -> int:
+    return next(i for i, r in enumerate(table.rows) if r.label == label and r.method == method)
+
+
+def test_table_against_gives_the_paired_difference_and_marks_ties_with_the_best() -> None:
+    from bench.tables import paired
+
+    records, known = beats_on_27()
+    # dreambooth equal to echodistill up to balanced noise: not distinguishable from the best
+    for i, c in enumerate(CONCEPTS):
+        value = next(r for r in records if r["method"] == "echodistill" and r["concept"] == c)["images"][0]["dino"]
+        x = 0.01 * random.Random(i // 2).random()
+        records.append(planted("dreambooth", c, 0, value + (x if i % 2 else -x)))
+        records.append(planted("base", c, 0, value + 0.5))  # the floor is never "best", even when highest
+    table, a = _table(records, "lora", None)
+    ed, lora = _index(table, "EchoDistill, before echo", "echodistill"), _index(table, "LoRA", "lora")
+    db, floor = _index(table, "DreamBooth", "dreambooth"), _index(table, "Base model (no personalization)", "base")
+    assert a.reference == lora and table.rows[floor].kind == "measured" and floor == 0
+    assert a.diffs[ed]["dino"].mean == pytest.approx(known) and a.diffs[ed]["dino"].lo > 0
+    assert a.best["dino"] in (ed, db) and floor not in a.best.values()
+    other = db if a.best["dino"] == ed else ed
+    assert "dino" in a.tied.get(other, {}) and "dino" not in a.tied.get(lora, {})
+    text = paired.render([table], "md", "lora")
+    assert f"{known:+.3f} [" in text and "(n=30)" in text and "Holm-adjusted over the column" in text
+    csv_text = paired.render([table], "csv", "lora")
+    assert "against_dino_ci_low" in csv_text.splitlines()[0]
+
+
+def test_compare_paper_counts_cells_inside_the_interval() -> None:
+    from bench.tables import paired
+
+    # echodistill's main row (paper: CLIP-T 0.252, CLIP-I 0.783, DINO 0.637); values spread around 0.25 per concept:
+    # only CLIP-T's paper value can lie inside the interval. LoRA (paper 0.212 / 0.585 / 0.160) far above all three.
+    records = []
+    for i, c in enumerate(CONCEPTS):
+        records.append(planted("echodistill", c, 0, 0.25 + (0.02 if i % 2 else -0.02)))
+        records.append(planted("lora", c, 0, 0.9))
+    table, a = _table(records, None, "paper")
+    ed, lora = _index(table, "EchoDistill, before echo", "echodistill"), _index(table, "LoRA", "lora")
+    assert a.agree[ed] == {"clip_t": True, "clip_i": False, "dino": False}
+    assert a.agree[lora] == {"clip_t": False, "clip_i": False, "dino": False}
+    text = paired.render([table], "md", None)
+    assert "1 of" in text and "CLIP-T 1/" in text and "| in |" in text
+
+
+def test_bench_table_against_and_compare_paper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from tests.helpers import bench
+
+    records, known = beats_on_27()
+    _write(tmp_path, records)
+    code, out, err = bench(monkeypatch, capsys, "table", "main", "--against", "echodistill", "--compare", "paper",
+                           "--results", str(tmp_path))
+    assert code == 0, err
+    assert "Δ DINO vs echodistill" in out and f"{-known:+.3f} [" in out and "Agreement with the paper:" in out
+    code, _, err = bench(monkeypatch, capsys, "table", "main", "--against", "echodistil", "--results", str(tmp_path))
+    assert code == 2 and "unknown --against method 'echodistil'" in err
