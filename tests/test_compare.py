@@ -132,7 +132,7 @@ def test_bench_compare_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     _write(tmp_path, records)
     code, out, err = bench(monkeypatch, capsys, "compare", "echodistill", "lora", "--results", str(tmp_path))
     assert code == 0, err
-    assert "| echodistill | lora | DINO | 30 |" in out and f"{known:+.3f}" in out and "27 / 3 / 0" in out
+    assert "| echodistill | lora | DINO | 30 |" in out and f"{known:+.4f}" in out and "27 / 3 / 0" in out
     code, out, _ = bench(monkeypatch, capsys, "compare", "echodistill", "lora", "--results", str(tmp_path),
                          "--format", "json")
     data = json.loads(out)
