@@ -305,7 +305,8 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
           results: Path = RESULTS,
           profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
           out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR."),
-          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one).")
+          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one)."),
+          exclude: Optional[str] = typer.Option(None, "--exclude", help="study: participants left out (e.g. p03).")
           ) -> None:
     """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
@@ -313,7 +314,8 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
     if name == "study":
         from bench.study import commands
 
-        text = commands.table(commands.resolve_study(results, profile, study), fmt)
+        path = commands.resolve_study(results, profile, study)
+        text = commands.table(path, fmt, commands.parse_exclude(path, exclude))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / f"study.{fmt}").write_text(text)

@@ -9,13 +9,15 @@ import threading
 import time
 from pathlib import Path
 
+from bench.study.config import PAPER_METHODS
 from tests.golden.make_records import record
 from tests.test_data import _tiny_dataset
 
-COLOURS = {"echodistill": (200, 40, 40), "custom_diffusion": (40, 40, 200), "lora": (40, 160, 40)}
+COLOURS = {"echodistill": (200, 40, 40), "custom_diffusion": (40, 40, 200), "cones2": (200, 160, 40),
+           "disenbooth": (140, 40, 160), "lora": (40, 160, 40)}
 
 
-def make_runs(results: Path, methods: tuple[str, ...] = ("echodistill", "custom_diffusion"),
+def make_runs(results: Path, methods: tuple[str, ...] = PAPER_METHODS,
               concepts: tuple[str, ...] = ("dog", "teapot"), seeds: tuple[int, ...] = (0,)) -> None:
     """Finished runs under `results/tiny/<method>/default/<concept>/seed<k>/`: the golden fixture's record with
     its 4 images (2 prompts x 2 eval seeds) written as small PNGs, one colour per method."""
@@ -31,6 +33,21 @@ def make_runs(results: Path, methods: tuple[str, ...] = ("echodistill", "custom_
                     shade = COLOURS.get(method, (90, 90, 90))
                     Image.new("RGB", (16, 16), tuple(min(255, c + 10 * i) for c in shade)).save(run / row["file"])
                 (run / "record.json").write_text(json.dumps(rec))
+
+
+def see(http, token: str, trial: dict) -> None:
+    """Fetch every candidate image of `trial` as participant `token` (what a browser showing it does)."""
+    for c in trial["candidates"]:
+        r = http.get(f"/img/{c['image']}", params={"t": token})
+        assert r.status_code == 200, r.text
+
+
+def see_in_db(conn, pid: int, trial: dict) -> None:
+    """Record every candidate image of `trial` as delivered to participant `pid` (as the server does on sending)."""
+    from bench.study import trials
+
+    for c in trial["candidates"]:
+        trials.deliver(conn, pid, c["image"])
 
 
 def make_dataset(root: Path) -> Path:
