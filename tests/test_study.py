@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from bench.api import BenchError
 from bench.study import db, trials
 from bench.study.config import StudyConfig
 from tests.helpers import bench
-from tests.study_helpers import StudyServer, make_dataset, make_runs, see, see_in_db
+from tests.study_helpers import create_study, make_dataset, make_runs, see_in_db, vote_all
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -28,19 +26,6 @@ def world(tmp_path: Path) -> tuple[Path, Path]:
     results = tmp_path / "results"
     make_runs(results)
     return results, make_dataset(tmp_path / "data")
-
-
-def _create(world: tuple[Path, Path], name: str = "s1", per_trial: int | None = None, trials: int | None = None,
-            methods: tuple[str, ...] = ("echodistill", "custom_diffusion")) -> tuple[Path, str]:
-    from bench.data import load_concepts
-    from bench.study.commands import study_path
-    from bench.study.draw import draw_trials
-
-    results, data = world
-    cfg = StudyConfig(name, "tiny", methods, ("default",) * len(methods), (), (0,), trials, 0, per_trial)
-    path = study_path(results, "tiny", name)
-    admin = db.create_database(path, cfg, draw_trials(results, cfg, {c.name: c for c in load_concepts(data)}))
-    return path, admin
 
 
 def _trials(path: Path) -> list[tuple]:
@@ -155,7 +140,7 @@ def test_create_refuses_bad_input_in_one_line(world, monkeypatch, capsys, args, 
 
 
 def test_assignment_is_balanced_resumable_and_never_repeats(world) -> None:
-    path, _ = _create(world, per_trial=2)
+    path, _ = create_study(world, per_trial=2)
     conn = db.open_study(path)
     (a, _), (b, _), (c, _) = db.add_participants(conn, 3)
     ids = {label: row["id"] for label, row in ((p, conn.execute("SELECT id FROM participants WHERE label = ?",
@@ -207,7 +192,7 @@ def test_open_study_refuses_foreign_and_newer_files(tmp_path: Path, world) -> No
     junk.write_bytes(b"not a database at all" * 100)
     with pytest.raises(BenchError, match="is not a study database"):
         db.open_study(junk)
-    path, _ = _create(world)
+    path, _ = create_study(world)
     conn = sqlite3.connect(path)
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.commit()
@@ -216,182 +201,7 @@ def test_open_study_refuses_foreign_and_newer_files(tmp_path: Path, world) -> No
         db.open_study(path)
 
 
-# --- the web app ------------------------------------------------------------------------------------------------
-
-
-def test_hostile_requests_are_refused_and_nothing_is_recorded_twice(world) -> None:
-    path, admin = _create(world)
-    conn = db.open_study(path)
-    [(_, token), (_, other)] = db.add_participants(conn, 2)
-    conn.close()
-    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=10) as http:
-        assert http.get("/api/next").status_code == 401
-        assert http.get("/api/next", params={"t": "nope"}).status_code == 403
-        assert http.get(f"/p/{token}").status_code == 200 and "Candidates" in http.get(f"/p/{token}").text
-        assert http.get("/p/nope").status_code == 403
-        trial = http.get("/api/next", params={"t": token}).json()
-        assert trial["instruction"].startswith("Select the best image") and len(trial["candidates"]) == 2
-        see(http, token, trial)
-        image = trial["candidates"][0]["image"]
-        assert http.get(f"/img/{image}").status_code == 401
-        assert http.get(f"/img/{image}", params={"t": "nope"}).status_code == 403
-        ok = http.get(f"/img/{image}", params={"t": token})
-        assert ok.status_code == 200 and ok.headers["content-type"] == "image/png" and ok.content[:4] == b"\x89PNG"
-        for bad in ("/img/../../../etc/passwd", "/img/%2e%2e%2fetc%2fpasswd", "/img/-1", "/img/1.png",
-                    "/img/etc/passwd", "/static/../record.json"):
-            r = http.get(bad, params={"t": token})
-            assert r.status_code == 404 and b"root:" not in r.content, bad
-        assert http.get("/img/9999", params={"t": token}).status_code == 404
-        vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][1]["id"]}
-        assert http.post("/api/vote", content=b"{nope").status_code == 400
-        assert http.post("/api/vote", json=[1, 2]).status_code == 400
-        assert http.post("/api/vote", json={**vote, "token": None}).status_code == 401
-        assert http.post("/api/vote", json={**vote, "token": "x"}).status_code == 403
-        assert http.post("/api/vote", json={**vote, "candidate": 10**6}).status_code == 400
-        assert http.post("/api/vote", json={**vote, "candidate": "1; DROP TABLE votes"}).status_code == 400
-        for bad in (vote["candidate"] + 0.9, True, str(vote["candidate"]), None, [vote["candidate"]]):
-            r = http.post("/api/vote", json={**vote, "candidate": bad})  # 1.9 is not 1, true is not 1
-            assert r.status_code == 400 and "must be a JSON integer id" in r.json()["error"], bad
-        assert http.post("/api/vote", json={**vote, "trial": True}).status_code == 400
-        assert http.post("/api/vote", json={**vote, "token": other}).status_code == 403  # not assigned to other
-        first = http.post("/api/vote", json=vote)
-        assert first.status_code == 200 and first.json()["progress"]["done"] == 1
-        replay = http.post("/api/vote", json=vote)
-        assert replay.status_code == 409 and "already voted" in replay.json()["error"]
-        assert http.get("/api/admin", params={"t": token}).status_code == 403  # a participant is not the admin
-        summary = http.get("/api/admin", params={"t": admin}).json()
-        assert summary["votes"] == 1 and {m["method"]: m["votes"] for m in summary["methods"]}[_chosen(path)] == 1
-        assert http.get(f"/admin/{admin}").status_code == 200 and http.get("/admin/wrong").status_code == 403
-    conn = db.open_study(path)
-    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
-    conn.close()
-
-
-def _chosen(path: Path) -> str:
-    conn = db.open_study(path)
-    method = trials.votes(conn)[0]["method"]
-    conn.close()
-    return method
-
-
-def test_a_changed_image_is_refused_by_server_and_cli(world, monkeypatch, capsys) -> None:
-    results, _ = world
-    path, _ = _create(world)
-    conn = db.open_study(path)
-    [(_, token)] = db.add_participants(conn, 1)
-    row = conn.execute("SELECT id, path FROM images WHERE path LIKE '%.png' ORDER BY id LIMIT 1").fetchone()
-    conn.close()
-    from PIL import Image
-
-    Image.new("RGB", (16, 16), (0, 255, 0)).save(row["path"])  # e.g. a forced re-run wrote a new sample
-    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", "1")
-    assert code == 2 and "1 image(s) of study 's1' differ" in err and "(changed)" in err
-    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=10) as http:
-        r = http.get(f"/img/{row['id']}", params={"t": token})
-        assert r.status_code == 409 and "changed since the study was created" in r.text
-
-
-def test_a_stopped_server_loses_no_vote_and_records_none_twice(world) -> None:
-    path, _ = _create(world)
-    conn = db.open_study(path)
-    [(_, token)] = db.add_participants(conn, 1)
-    conn.close()
-    server = StudyServer(path).start()
-    with httpx.Client(base_url=server.url, timeout=5) as http:
-        trial = http.get("/api/next", params={"t": token}).json()
-    server.stop()
-    vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][0]["id"]}
-    with httpx.Client(base_url=server.url, timeout=5) as http, pytest.raises(httpx.TransportError):
-        http.post("/api/vote", json=vote)
-    with StudyServer(path, port=server.port), httpx.Client(base_url=server.url, timeout=5) as http:
-        again = http.get("/api/next", params={"t": token}).json()
-        assert again["trial"] == trial["trial"]  # the open trial survived the restart
-        assert again["candidates"] == trial["candidates"]  # in the same order
-        see(http, token, again)
-        assert http.post("/api/vote", json=vote).status_code == 200
-        assert http.post("/api/vote", json=vote).status_code == 409
-    conn = db.open_study(path)
-    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
-    conn.close()
-
-
-def test_twenty_participants_at_once(world, capsys) -> None:
-    """20 simulated participants vote concurrently until nothing is left for them (bounded loop): every vote is
-    recorded exactly once, none is lost, and no trial gets more than its per_trial quota."""
-    path, _ = _create(world, per_trial=15)
-    conn = db.open_study(path)
-    tokens = [t for _, t in db.add_participants(conn, 20)]
-    conn.close()
-    accepted: list[tuple[str, int]] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(20)
-
-    def participant(token: str, http: httpx.Client) -> None:
-        barrier.wait()
-        for _ in range(12):  # bounded: at most 8 trials each
-            r = http.get("/api/next", params={"t": token})
-            if r.status_code != 200:
-                errors.append(f"next {r.status_code}")
-                return
-            trial = r.json()
-            if trial["done"]:
-                return
-            for c in trial["candidates"]:
-                if http.get(f"/img/{c['image']}", params={"t": token}).status_code != 200:
-                    errors.append("image not served")
-            vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][0]["id"]}
-            r = http.post("/api/vote", json=vote)
-            if r.status_code == 200:
-                with lock:
-                    accepted.append((token, trial["trial"]))
-                if http.post("/api/vote", json=vote).status_code != 409:  # the replay must be refused
-                    errors.append("replay accepted")
-            elif r.status_code != 409 or r.json().get("reason") != "trial_full":  # filled up meanwhile
-                errors.append(f"vote {r.status_code} {r.text}")
-
-    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=30,
-                                                   limits=httpx.Limits(max_connections=40)) as http:
-        threads = [threading.Thread(target=participant, args=(t, http)) for t in tokens]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        elapsed = time.perf_counter() - start
-    assert not errors, errors[:5]
-    conn = db.open_study(path)
-    rows = conn.execute("SELECT participant_id, trial_id FROM votes").fetchall()
-    per_trial = dict(conn.execute("SELECT trial_id, COUNT(*) FROM votes GROUP BY trial_id").fetchall())
-    conn.close()
-    assert len(rows) == len(accepted) == 8 * 15  # every trial filled to its quota, none lost
-    assert len(set(map(tuple, rows))) == len(rows)  # one vote per (participant, trial)
-    assert set(per_trial.values()) == {15}  # no trial over-assigned
-    with capsys.disabled():
-        print(f"\n[study concurrency] 20 participants, {len(rows)} votes recorded once each in {elapsed:.2f} s: "
-              f"{len(rows) / elapsed:.1f} votes/s (each with a GET /api/next, its 2 candidate images and a refused "
-              f"replay)")
-
-
 # --- table and export --------------------------------------------------------------------------------------------
-
-
-def _vote_all(path: Path, choices: dict[int, int]) -> None:
-    """Participant k votes on every trial: for EchoDistill on `choices[k]` trials in 10, else for another method."""
-    conn = db.open_study(path)
-    others = [m for m in db.study_config(conn).methods if m != "echodistill"]
-    people = db.add_participants(conn, len(choices))
-    for k, (label, _) in enumerate(people):
-        pid = conn.execute("SELECT id FROM participants WHERE label = ?", (label,)).fetchone()[0]
-        for _ in range(20):
-            t = trials.next_trial(conn, pid)
-            if t is None:
-                break
-            see_in_db(conn, pid, t)
-            rows = conn.execute("SELECT id, method FROM candidates WHERE trial_id = ?", (t["trial"],)).fetchall()
-            wanted = "echodistill" if (t["trial"] + k) % 10 < choices[k] else others[(t["trial"] + k) % len(others)]
-            trials.vote(conn, pid, t["trial"], next(r["id"] for r in rows if r["method"] == wanted))
-    conn.close()
 
 
 def test_table_of_the_paper_design_is_beside_the_paper(world, monkeypatch, capsys) -> None:
@@ -403,7 +213,7 @@ def test_table_of_the_paper_design_is_beside_the_paper(world, monkeypatch, capsy
     path = results / "tiny" / "_studies" / "t7.sqlite"
     code, out, _ = bench(monkeypatch, capsys, "table", "study", "--results", results)
     assert code == 0 and "No votes yet" in out and "| EchoDistill | 0 |" in out
-    _vote_all(path, {0: 10, 1: 7, 2: 6})  # 3 participants x 8 trials
+    vote_all(path, {0: 10, 1: 7, 2: 6})  # 3 participants x 8 trials
     code, out, err = bench(monkeypatch, capsys, "table", "study", "--results", results)
     assert code == 0, err
     assert "Best of 4: 4 candidates per trial, one per method (chance level 25%)" in out
@@ -443,8 +253,8 @@ def test_table_of_the_paper_design_is_beside_the_paper(world, monkeypatch, capsy
 
 def test_table_of_another_design_says_why_the_paper_is_not_beside_it(world, monkeypatch, capsys) -> None:
     results, _ = world
-    path, _ = _create(world)
-    _vote_all(path, {0: 10, 1: 10, 2: 7, 3: 5})  # 4 participants x 8 trials
+    path, _ = create_study(world)
+    vote_all(path, {0: 10, 1: 10, 2: 7, 3: 5})  # 4 participants x 8 trials
     code, out, err = bench(monkeypatch, capsys, "table", "study", "--results", results)
     assert code == 0, err
     assert "32 annotations from 4 participants on 8 trials" in out and "chance level 50%" in out
@@ -483,8 +293,8 @@ def test_bootstrap_interval_widens_with_fewer_participants() -> None:
 
 def test_report_shows_table7(world, monkeypatch, capsys, tmp_path: Path) -> None:
     results, data = world
-    path, _ = _create(world)
-    _vote_all(path, {0: 10, 1: 3})
+    path, _ = create_study(world)
+    vote_all(path, {0: 10, 1: 3})
     code, _, err = bench(monkeypatch, capsys, "report", "--results", results, "--data", data, "--out",
                          tmp_path / "rep")
     assert code == 0, err
@@ -494,27 +304,8 @@ def test_report_shows_table7(world, monkeypatch, capsys, tmp_path: Path) -> None
     assert "<h2>User study</h2>" in page and "<td>EchoDistill</td>" in page
 
 
-def test_serve_refuses_a_taken_port_and_a_bad_host(world, monkeypatch, capsys) -> None:
-    import socket
-
-    results, _ = world
-    _create(world)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", port)
-        assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "pass another --port" in err
-    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--host", "my-laptop")
-    assert code == 2 and "--host 'my-laptop' is not an IP address" in err
-    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", "70000")
-    assert code == 2 and "--port must be between 1 and 65535" in err
-    code, _, err = bench(monkeypatch, capsys, "study", "invite", "--results", results)
-    assert code == 2 and "nothing to do" in err
-
-
 def test_an_abandoned_assignment_frees_its_place_after_the_ttl(world) -> None:
-    path, _ = _create(world, per_trial=1, trials=1)
+    path, _ = create_study(world, per_trial=1, trials=1)
     conn = db.open_study(path)
     (a, _), (b, _) = db.add_participants(conn, 2)
     pa, pb = (conn.execute("SELECT id FROM participants WHERE label = ?", (x,)).fetchone()[0] for x in (a, b))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import time
@@ -260,16 +261,16 @@ def participant_labels(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT label FROM participants ORDER BY id")]
 
 
-TOKEN_MAX = 128
-"""Longest token read (issued tokens have 24 characters)."""
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a token can look like (issued tokens are 24 URL-safe base64 characters)."""
 
 
 def check_token(token: Any, who: str) -> str:
-    """`token` when it can be a token; 401 when missing, 400 when not a string of sane length."""
+    """`token` when it can be a token; 401 when missing, 400 when not a string of up to 128 URL-safe characters."""
     if token is None or token == "":
         raise Refused(401, f"missing {who} token; open the link you were given")
-    if not isinstance(token, str) or len(token) > TOKEN_MAX:
-        raise Refused(400, f"the {who} token must be a string of at most {TOKEN_MAX} characters")
+    if not isinstance(token, str) or not TOKEN.fullmatch(token):
+        raise Refused(400, f"the {who} token must be a string of up to 128 letters, digits, '-' or '_'")
     return token
 
 
