@@ -250,9 +250,19 @@ def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, 
            set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
            concepts: str = CONCEPTS, seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the plan."),
            backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
-           suite: Optional[str] = SUITE) -> None:
+           suite: Optional[str] = SUITE,
+           watch: bool = typer.Option(False, "--watch", help="A live table until Ctrl-C: runs per method, each "
+                                      "running run's iteration, loss and ETA; with --method, the sweep's ETA."),
+           interval: float = typer.Option(2.0, "--interval", help="--watch: seconds between refreshes.")) -> None:
     """Done, running, interrupted and failed runs (with reasons); with --method, also the plan's missing runs."""
     from bench.runs import status_report
+
+    if watch:
+        from bench.tracking.live import watch_status
+
+        return watch_status(results, profile, method.split(",") if method else None,
+                            variant.split(",") if variant else None, _sets(set_), concepts,
+                            _ints(seeds, "--seeds") if seeds else None, backbone, data, suite, interval)
 
     typer.echo(status_report(results, profile, method.split(",") if method else None,
                              variant.split(",") if variant else None, _sets(set_), concepts,

@@ -282,3 +282,65 @@ def test_missing_client_library_is_one_warning(monkeypatch) -> None:
         fanout = Fanout.open(("absent",), tracking.RunInfo("m", "v", "c", 0, "tiny"))
     assert fanout.names == [] and list(fanout.failed) == ["absent"]
     fanout.call("scalars", {"x": 1.0}, 1)  # nothing left to call: no error, no second warning
+
+
+def _text(renderable, width: int = 140) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=width, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_status_watch_renderable(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    """`bench status --watch`'s table: done / running / failed / left per method from the disk, a running run's
+    stage, iteration, loss and ETA from its progress file, and the sweep's ETA from `bench plan`'s costs."""
+    from bench import store
+    from bench.runs import SweepRequest, prepare, variants_for
+    from bench.tracking import live
+    from bench.tracking.live import ProgressFile, Snapshot, render, snapshot_plan, snapshot_results
+
+    _fake(monkeypatch)
+    monkeypatch.setattr(live, "WRITE_EVERY_S", 0.0)  # every step written (a run writes at most once a second)
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,cat", "--data",
+                         dreambench_root, "--results", tmp_path, "--set", "fail_on=cat")
+    assert code == 3, err  # one run failed
+    variants = variants_for(["fake"], ["default"], {"fail_on": "cat"})
+    jobs, ctx = prepare(SweepRequest(("fake",), tuple(variants), "dog,cat,teapot,backpack", (0,), "tiny",
+                                     data=dreambench_root, results=tmp_path), check_images=False)
+    teapot = next(j for j in jobs if j.concept == "teapot")
+    lock = store.RunLock(teapot.key.path(tmp_path))
+    assert lock.acquire()
+    try:
+        partial = store.partial_dir(teapot.key.path(tmp_path))
+        partial.mkdir(parents=True)
+        progress = ProgressFile(partial)
+        progress.begin("train", 10)
+        for it in range(4):
+            progress.step(it, {"loss": 0.5 / (it + 1), "grad_norm": 1.0})
+        state = json.loads((partial / "progress.json").read_text())
+        state.update(started=state["updated"] - 8.0)  # 4 iterations in 8 s: 12 s left for the other 6
+        (partial / "progress.json").write_text(json.dumps(state))
+        plan = snapshot_plan(jobs, ctx)
+        found = snapshot_results(tmp_path)
+    finally:
+        lock.release()
+    assert plan.counts == {"fake": {"done": 1, "failed": 1, "running": 1, "left": 1}}
+    assert found.counts == {"fake": {"done": 1, "failed": 1, "running": 1}}
+    [run] = plan.running
+    assert (run.label, run.phase, run.iteration, run.total, run.loss) == (
+        f"fake/{variants[0][0]}/teapot/seed0", "train", 4, 10, ("loss", 0.125))
+    assert 10.0 <= run.eta_s <= 12.0
+    text = _text(render(plan))
+    assert "fake" in text and "train" in text and "4/10" in text and "loss 0.125" in text and "12 s" in text
+    row = next(line for line in text.splitlines() if line.strip("│ ").startswith("fake "))
+    assert [c.strip() for c in row.strip("│ ").split("│")[1:]] == ["1", "1", "1", "1"]
+    assert "sweep ETA: unknown (no timing source for fake" in text  # no perf record, no paper timing for it
+    # a method the paper times: the sweep's ETA from `bench plan`'s costs, over the runs running at once
+    echo, ectx = prepare(SweepRequest(("echodistill",), (("default", {}),), "dog,cat", (0,), "tiny",
+                                      data=dreambench_root, results=tmp_path), check_images=False)
+    snap = snapshot_plan(echo, ectx)
+    assert snap.counts == {"echodistill": {"left": 2}} and snap.sweep.startswith("sweep ETA: ")
+    assert "2 runs not done" in snap.sweep and "GPU-h by `bench plan`" in snap.sweep
+    empty = _text(render(Snapshot({}, [], "sweep ETA: –", "r")))
+    assert "(none)" in empty and "sweep ETA: –" in empty

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.tracking.live import ProgressFile
+
 
 class JsonlLog:
     """The `Log` a method writes to: one JSON line per iteration, a callback for live progress, and an `observer`
@@ -20,12 +22,14 @@ class JsonlLog:
     def __init__(self, path: Path, on_step: Callable[[str, int, int, dict], None] | None = None,
                  observer: Any = None) -> None:
         self.path, self.on_step, self.observer = path, on_step, observer
+        self.progress = ProgressFile(path.parent)  # for `bench status --watch`; removed when training ends
         self.phase, self.total, self.iterations = "train", 0, 0
         self._appended = path.exists() and path.stat().st_size > 0
         self._file = open(path, "a", buffering=1)  # line-buffered: readable while the run goes
 
     def begin(self, phase: str, total: int) -> None:
         self.phase, self.total = phase, total
+        self.progress.begin(phase, total)
         if self.observer:
             self.observer.begin(phase, total)
         if self.on_step:
@@ -35,6 +39,7 @@ class JsonlLog:
         self.iterations += 1
         row = {"phase": self.phase, "iteration": iteration, **{k: float(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(row) + "\n")
+        self.progress.step(iteration, scalars)
         if self.observer:
             self.observer.step(self.phase, iteration, scalars)
         if self.on_step:
@@ -47,6 +52,7 @@ class JsonlLog:
 
     def close(self) -> None:
         self._file.close()
+        self.progress.close()
         if self._appended:
             compact_loss_log(self.path)
 
