@@ -110,3 +110,26 @@ def test_pack_copies_records_and_loss_logs_only(tmp_path, capsys):
                     if p.is_file())
     assert code == 0 and packed == ["paper/lora/default/dog/seed0/loss_log.jsonl",
                                     "paper/lora/default/dog/seed0/record.json"]
+
+
+def test_every_shard_runs_every_piece_even_after_an_empty_one(tmp_path, dreambench_root, monkeypatch, capsys):
+    """Two pieces with one training each, two shards: each shard has nothing in one piece and still runs the
+    other (the shard used to stop at its first empty piece, with exit 2)."""
+    from bench import registry
+    from tests.fake_method import FakeMethod
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    monkeypatch.setattr(FakeMethod, "variants", {**FakeMethod.variants, "longer": {"iterations": 7}})
+    module = load_script()
+    monkeypatch.setattr(module, "pieces", lambda methods: [module.Piece("main", "run", ("fake",)),
+                                                           module.Piece("longer", "run", ("fake",), ("longer",))])
+    common = ["--profile", "tiny", "--concepts", "dog", "--methods", "fake", "--data", str(dreambench_root)]
+    outs = []
+    for k in (1, 2):
+        code = module.main([*common, "--results", str(tmp_path / f"s{k}"), "shard", str(k), "2", "--executor",
+                            "local"])
+        outs.append(capsys.readouterr().out)
+        assert code == 0, outs[-1]
+    assert all(out.count("nothing in this shard") == 1 for out in outs), outs  # each shard skipped one piece
+    variants = sorted(p.parents[2].name for k in (1, 2) for p in (tmp_path / f"s{k}").rglob("record.json"))
+    assert variants == ["default", "longer"]

@@ -215,11 +215,15 @@ def shard(args: argparse.Namespace) -> int:
     mine = shard_pieces([(jobs, ctx) for _, jobs, ctx in plan], args.k, args.n)
     worst = 0
     for (piece, jobs, ctx), part in zip(plan, mine):
+        if not part:  # an empty piece is not a mistake: the shard goes on with the next one
+            print(f"piece {piece.name}: nothing in this shard ({args.k}/{args.n}; the plan's {len(jobs)} runs of it "
+                  f"are in other shards)", flush=True)
+            continue
         print(f"+ {piece.name} (bench {' '.join(piece.cli())}): shard {args.k}/{args.n}: {len(part)} of the "
               f"plan's {len(jobs)} runs", flush=True)
         outcome = run_jobs(part, ctx, options)
         print(summarize(outcome, ctx.results), file=sys.stderr, flush=True)
-        worst = worst or exit_code(outcome)
+        worst = max(worst, exit_code(outcome))
     return worst
 
 
