@@ -217,6 +217,10 @@ class Timing:
     """`train_s`, `iterations` and `it_per_s` are those of the `trained_from` run."""
     prepare_s: float | None = None
     """A method without training (`trains: false`): conditioning the model on the photos, loading excluded."""
+    attempts: list[dict[str, Any]] | None = None
+    """Every attempt of the training, oldest first (`bench.timing.AttemptClock`): `started_at`, `finished_at`,
+    `train_s`, `iterations` (done in that attempt), `resumed_from` ({checkpointer: iteration}) and `interrupted`
+    for a killed one. `train_s` above is their sum and `iterations` the run's total."""
     extra: dict[str, Any] = field(default_factory=dict)
     absent: frozenset[str] = frozenset()
 
