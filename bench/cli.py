@@ -305,7 +305,9 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
           results: Path = RESULTS,
           profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
           out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR."),
-          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one).")
+          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one)."),
+          dataset: Optional[str] = typer.Option(None, "--dataset", help="Only one dataset's tables: dreambench | "
+                                                "customconcept101 | yours (--concept-dir); default: each apart.")
           ) -> None:
     """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
@@ -320,7 +322,7 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
         typer.echo(text, nl=False)
         return
 
-    typer.echo(table_command(name, results, profile, fmt, compare, out), nl=False)
+    typer.echo(table_command(name, results, profile, fmt, compare, out, dataset), nl=False)
 
 
 @app.command()

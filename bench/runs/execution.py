@@ -22,7 +22,7 @@ from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
 from bench.api import views as api_views
 from bench.config import to_dict
-from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, set_fields
+from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, dataset_of, set_fields
 from bench.registry import get_method
 from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.loss_log import JsonlLog
@@ -81,7 +81,8 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         if state.record and state.record.status == "failed" and state.record.config_hash == config_hash:
             attempts += int(state.record.attempts or 1)  # --retry-failed: the failed tries count too
         record = _base_record(job, config, config_hash, profile, suite)
-        set_fields(record, attempts=attempts, resumed_from=resumed_from or None, training_hash=train_hash)
+        set_fields(record, dataset=dataset_of(job.concept, ctx.data), attempts=attempts,
+                   resumed_from=resumed_from or None, training_hash=train_hash)
         donor = find_trained(job, ctx, train_hash)
         try:
             set_fields(record, **_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step,

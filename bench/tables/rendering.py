@@ -117,7 +117,8 @@ def md_rows(t: Table) -> tuple[list[str], list[list[str]]]:
 
 
 def to_markdown(t: Table) -> str:
-    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`", ""]
+    whose = {"dreambench": "", "customconcept101": " — CustomConcept101", "yours": " — your concepts"}[t.dataset]
+    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`{whose}", ""]
     lines += [t.caption, ""] if t.caption else []
     if t.rows:
         head, body = md_rows(t)
@@ -151,7 +152,8 @@ def csv_rows(t: Table) -> list[dict[str, str]]:
     out = []
     for r in t.rows:
         s, p = r.stats, r.paper or {}
-        row = {"table": t.name, "profile": t.profile, "metric_suite": t.metric_suite, "row": r.label,
+        row = {"table": t.name, "dataset": t.dataset, "profile": t.profile, "metric_suite": t.metric_suite,
+               "row": r.label,
                "kind": r.kind, "method": r.method or "", "variant": r.variant, "model": r.model,
                "train_nfe": _c(r.train_nfe), "infer_nfe": _c(r.infer_nfe), "source": r.source, "note": r.note}
         for m in METRICS:
@@ -183,8 +185,10 @@ def render(tables: list[Table], fmt: str) -> str:
     if fmt == "md":
         return "\n".join(to_markdown(t) for t in tables)
     columns = CSV_COLUMNS + (PAPER_COLUMNS if any(t.compare for t in tables) else [])
+    if any(t.dataset != "dreambench" for t in tables):  # a column only where two datasets can meet
+        columns.insert(1, "dataset")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
+    writer = csv.DictWriter(buf, columns, restval="", extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for t in tables:
         writer.writerows(csv_rows(t))
@@ -192,10 +196,11 @@ def render(tables: list[Table], fmt: str) -> str:
 
 
 def table_command(name: str, results: Path, profile: str | None, fmt: str, compare: str | None,
-                  out: Path | None) -> str:
-    """`bench table`: render NAME (or all) to text; with `out`, also write `<out>/<table>.<fmt>` per table."""
+                  out: Path | None, dataset: str | None = None) -> str:
+    """`bench table`: render NAME (or all) to text; with `out`, also write `<out>/<table>.<fmt>` per table.
+    `dataset`: only that dataset's tables (default: DreamBench's, then each other dataset's apart)."""
     _check_options(name, fmt, compare)  # a typo is reported before the results folder is read
-    tables = build_tables(name, load_records(results, profile), compare)
+    tables = build_tables(name, load_records(results, profile), compare, dataset)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
