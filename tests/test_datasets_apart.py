@@ -59,3 +59,18 @@ def test_the_dataset_of_a_concept(tmp_path):
     (tmp_path / "prompts").mkdir()
     (tmp_path / "dataset.json").write_text("[]")
     assert dataset_of("pet_cat1", tmp_path) == "customconcept101"
+
+
+def test_compared_with_the_paper_only_dreambench_is_compared(fake, dreambench_root, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    folder = tmp_path / "dog"
+    shutil.copytree(dreambench_root / "dataset" / "dog", folder)
+    for extra in (["--concepts", "dog"], ["--concept-dir", folder, "--class-noun", "dog"]):
+        code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--data", dreambench_root, "--results",
+                             results, *extra)
+        assert code == 0, err
+    for fmt in ("md", "csv"):
+        code, text, err = bench(monkeypatch, capsys, "table", "main", "--results", results, "--compare", "paper",
+                                "--format", fmt)
+        assert code == 0, err
+        assert ("— your concepts" in text) if fmt == "md" else (",yours," in text)

@@ -116,9 +116,13 @@ def md_rows(t: Table) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def dataset_heading(t: Table) -> str:
+    """What a table's heading adds for a dataset other than DreamBench (the paper's)."""
+    return {"dreambench": "", "customconcept101": " — CustomConcept101", "yours": " — your concepts"}[t.dataset]
+
+
 def to_markdown(t: Table) -> str:
-    whose = {"dreambench": "", "customconcept101": " — CustomConcept101", "yours": " — your concepts"}[t.dataset]
-    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`{whose}", ""]
+    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`{dataset_heading(t)}", ""]
     lines += [t.caption, ""] if t.caption else []
     if t.rows:
         head, body = md_rows(t)
@@ -196,14 +200,22 @@ def render(tables: list[Table], fmt: str) -> str:
 
 
 def table_command(name: str, results: Path, profile: str | None, fmt: str, compare: str | None,
-                  out: Path | None, dataset: str | None = None) -> str:
+                  out: Path | None, against: str | None = None, dataset: str | None = None) -> str:
     """`bench table`: render NAME (or all) to text; with `out`, also write `<out>/<table>.<fmt>` per table.
-    `dataset`: only that dataset's tables (default: DreamBench's, then each other dataset's apart)."""
+    `against` and `compare` add the paired columns and the paper agreement (`bench.tables.paired`); `dataset`:
+    only that dataset's tables (default: DreamBench's, then each other dataset's apart)."""
+    from bench.tables import paired
+
     _check_options(name, fmt, compare)  # a typo is reported before the results folder is read
+    paired.check_against(against)
     tables = build_tables(name, load_records(results, profile), compare, dataset)
+
+    def text(group: list[Table]) -> str:
+        return paired.render(group, fmt, against) if against or compare else render(group, fmt)
+
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for n in TABLES if name == "all" else (name,):
-            (out / f"{n}.{fmt}").write_text(render([t for t in tables if t.name == n], fmt))
-    return render(tables, fmt)
+            (out / f"{n}.{fmt}").write_text(text([t for t in tables if t.name == n]))
+    return text(tables)
