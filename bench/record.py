@@ -329,6 +329,9 @@ class RunRecord:
     """`sd-turbo` or `hyper-sd15`."""
     method_version: int | None = None
     """The method class's `version`."""
+    presentation: dict[str, Any] | None = None
+    """How tables and figures show the run, from its method's declarations: `label`, `table_view`,
+    `table_view_note`, `model` (`bench.contract.recorded` reads it; None in records written before it was)."""
     eval_version: int | None = None
     """`bench.runs.EVAL_VERSION` the run was evaluated with."""
     config: dict[str, Any] = field(default_factory=dict)

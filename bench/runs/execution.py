@@ -160,10 +160,18 @@ def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: d
     return RunRecord.start(
         schema=store.SCHEMA_VERSION, status="running", method=job.method, variant=job.variant,
         concept=job.concept, seed=job.seed, profile=job.profile, backbone=job.backbone,
-        method_version=_version(job.method), eval_version=EVAL_VERSION, config=to_dict(config),
-        config_hash=config_hash, overrides=json.loads(job.overrides), models=profile.describe(), metric_suite=suite,
+        method_version=_version(job.method), presentation=_presentation(job), eval_version=EVAL_VERSION,
+        config=to_dict(config), config_hash=config_hash, overrides=json.loads(job.overrides),
+        models=profile.describe(), metric_suite=suite,
         versions=versions(), git_commit=git_commit(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         host=os.uname().nodename, pid=os.getpid())
+
+
+def _presentation(job: Job) -> dict[str, Any]:
+    """How tables and the report show the run (`RunRecord.presentation`), from the method's declarations."""
+    from bench.contract import MethodInfo
+
+    return MethodInfo.of(get_method(job.method)).presentation_for(job.backbone)
 
 
 def _evaluated(evaluation: dict[str, Any], views: dict[str, Any], timing: dict[str, Any], **fields: Any

@@ -24,6 +24,7 @@ from bench.tables.definitions import (
     _extra_label,
     _owners,
     _paper_values,
+    listed_methods,
     split_variant,
     variant_key,
 )
@@ -46,6 +47,13 @@ class Row:
     note: str = ""
     trains: bool = True
     """False for a method without training: "/" for its train time, iterations and train NFE."""
+    section: str = ""
+    """The table section the row is shown in: "" for the paper's rows, `OTHER_METHODS` for a method no table
+    lists (a plug-in)."""
+
+
+OTHER_METHODS = "Other methods"
+"""The section of rows whose method no table lists (`Row.section`): shown apart, below the paper's rows."""
 
 
 @dataclass
@@ -138,8 +146,9 @@ def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compa
 
 def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profile: str, suite: str,
                compare: bool, cache: dict, suite_id: str) -> Table:
-    from bench.contract import presentation
+    from bench.contract import recorded_by_method
 
+    shown = recorded_by_method(records)
     by_variant: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
         by_variant[(r.method, variant_key(r))].append(r)
@@ -162,8 +171,10 @@ def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profi
     for (method, full) in sorted(by_variant):
         base = split_variant(full)[0]
         if (method, base) not in owners and _catch_table(base) == d.name:
-            spec = RowSpec(_extra_label(method, base, d.name), method, (full,), optional=True,
-                           source=TABLE_VIEW if presentation(method).table_view else "metrics")
+            model = recorded_by_method(by_variant[(method, full)])[method].model  # its runs' own base model
+            spec = RowSpec(_extra_label(method, base, d.name, shown[method].label), method, (full,),
+                           model or "", optional=True,
+                           source=TABLE_VIEW if shown[method].table_view else "metrics")
             planned.append((spec, full, bool(split_variant(full)[1])))
     # The expected runs of every row: the profile's concepts x the training seeds this table's runs used.
     feeding = [r for spec, v, _ in planned if v is not None for r in by_variant[(spec.method, v)]]
@@ -176,7 +187,8 @@ def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profi
         common = dict(label=label, method=spec.method, model=spec.model, train_nfe=spec.train_nfe,
                       infer_nfe=spec.infer_nfe, source=spec.source, paper=paper,
                       note=spec.note if not ad_hoc else "ad-hoc override; not compared with the paper",
-                      trains=spec.trains and not (runs and all(r.trains is False for r in runs)))
+                      trains=spec.trains and not (runs and all(r.trains is False for r in runs)),
+                      section="" if spec.method is None or spec.method in listed_methods() else OTHER_METHODS)
         if spec.source == "real_vs_real":
             stats = ceiling_stats(records)
             if stats is not None:
@@ -193,8 +205,9 @@ def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profi
             rows.append(Row(variant=variant, kind="measured", stats=stats, **common))
     if not feeding:
         rows = []
-    viewed = [presentation(m).caption for m in dict.fromkeys(r.method for r in rows if r.source == TABLE_VIEW)
-              if m is not None]
+    rows = [r for r in rows if not r.section] + [r for r in rows if r.section]
+    viewed = [shown[m].caption for m in dict.fromkeys(r.method for r in rows if r.source == TABLE_VIEW)
+              if m in shown]  # methods with runs in this group: the others' rows show nothing to caption
     caption = _caption(profile, suite, concepts, seeds, compare, [v for v in viewed if v],
                        _caps(feeding)) if rows else ""
     notes = []

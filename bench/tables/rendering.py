@@ -126,9 +126,14 @@ def to_markdown(t: Table) -> str:
     lines += [t.caption, ""] if t.caption else []
     if t.rows:
         head, body = md_rows(t)
-        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
-        lines.append("")
+        sections: dict[str, list[list[str]]] = {}
+        for row, cells in zip(t.rows, body):
+            sections.setdefault(row.section, []).append(cells)
+        for section, cells_of in sections.items():  # the paper's rows first (`build_tables` orders them so)
+            lines += [f"#### {section}", ""] if section else []
+            lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in cells_of]
+            lines.append("")
     lines += [f"- {n}" for n in t.notes]
     return "\n".join(lines).rstrip() + "\n"
 
