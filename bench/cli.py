@@ -308,7 +308,10 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
           study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one)."),
           exclude: Optional[str] = typer.Option(None, "--exclude", help="study: participants left out (e.g. p03)."),
           against: Optional[str] = typer.Option(None, "--against", help="Add each row's paired difference to this "
-                                                "method, and mark cells not distinguishable from the best.")) -> None:
+                                                "method, and mark cells not distinguishable from the best."),
+          dataset: Optional[str] = typer.Option(None, "--dataset", help="Only one dataset's tables: dreambench | "
+                                                "customconcept101 | yours (--concept-dir); default: each apart.")
+          ) -> None:
     """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
 
@@ -323,7 +326,7 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
         typer.echo(text, nl=False)
         return
 
-    typer.echo(table_command(name, results, profile, fmt, compare, out, against), nl=False)
+    typer.echo(table_command(name, results, profile, fmt, compare, out, against, dataset), nl=False)
 
 
 @app.command()
