@@ -281,12 +281,14 @@ def test_tracking_reaches_worker_processes_and_changes_no_hash(dreambench_root, 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--report-to", "neptune"], "unknown --report-to 'neptune'; valid: tensorboard, wandb, mlflow"),
-    (["--sample-every", "-3"], "--sample-every must be an integer >= 0"),
+    (["run", "--method", "custom_diffusion", "--report-to", "neptune"],
+     "unknown --report-to 'neptune'; valid: tensorboard, wandb, mlflow"),
+    (["run", "--method", "custom_diffusion", "--sample-every", "-3"], "--sample-every must be an integer >= 0"),
+    (["ablate", "--drop", "disc_clip", "--report-to", "tensorboard,comet"], "unknown --report-to 'comet'"),
 ])
 def test_bad_tracking_options_are_one_line(args, message, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    code, _, err = bench(monkeypatch, capsys, "run", "--method", "custom_diffusion", "--concepts", "dog", "--data",
-                         dreambench_root, "--results", tmp_path, *args)
+    code, _, err = bench(monkeypatch, capsys, *args, "--concepts", "dog", "--data", dreambench_root, "--results",
+                         tmp_path)
     assert code == 2 and message in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
 
