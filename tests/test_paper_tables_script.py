@@ -170,3 +170,17 @@ def test_pack_keeps_only_the_runs_the_shard_owns_and_the_merge_says_what_is_miss
     assert code == 0 and f"**{len(theirs)} missing**" in coverage and "from shard(s) 2/2" in coverage
     assert "| 2/2 | " in coverage and "none (timed out" in coverage
     assert coverage in (tmp_path / "pub" / "tables" / "main.md").read_text()
+
+
+def test_the_readmes_cost_figures_are_what_the_script_prints(real_dreambench_root, tmp_path, capsys, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)  # no perf records here: the paper's timings, as the README says
+    code = load_script().main(["--profile", "paper", "--concepts", "all", "--seeds", "0", "--pieces", "all",
+                               "--results", str(tmp_path / "none"), "--data", str(real_dreambench_root),
+                               "--job-limit-h", "70", "--gpus-per-shard", "1", "estimate", "--shards", "4",
+                               "--summary"])
+    printed = capsys.readouterr().out.strip()
+    readme = (REPO / "README.md").read_text()
+    quoted = re.search(r"<!-- cost:begin -->\n> (.*?)\n<!-- cost:end -->", readme, re.S).group(1)
+    assert code == 0 and printed == quoted

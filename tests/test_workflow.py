@@ -32,7 +32,8 @@ def test_every_step_calls_the_project_script():
     assert all("\n" not in r.strip() for r in runs)  # one command per step: no shell logic in the workflow
     shard = workflow["jobs"]["shard"]
     assert any("shard" in r and "matrix.shard" in r for r in (s.get("run", "") for s in shard["steps"]))
-    assert workflow["jobs"]["merge"]["needs"] == "shard"
+    assert workflow["jobs"]["merge"]["needs"] == ["estimate", "shard"]
+    assert workflow.get("on", workflow.get(True))["workflow_dispatch"]["inputs"]["shards"]["default"] == "auto"
 
 
 def test_a_failed_or_timed_out_shard_still_packs_and_the_merge_publishes():

@@ -180,7 +180,7 @@ def estimate(args: argparse.Namespace) -> int:
     from bench.estimate import estimate as estimate_jobs
     from bench.estimate import render
     from bench.models.loading import default_device
-    from bench.shard import parse_shard, shard_loads, shard_pieces
+    from bench.shard import cost_summary, parse_shard, render_cost, shard_loads, shard_pieces
     from bench.timing import device_name
 
     part = parse_shard(args.shard) if args.shard else None
@@ -194,8 +194,18 @@ def estimate(args: argparse.Namespace) -> int:
         perf = [Path("results") / "perf", Path(args.results) / "perf"]
         rows += estimate_jobs(jobs, ctx, device, perf, paid)["rows"]
     total = {k: sum(r[k] for r in rows) for k in ("runs", "done", "failed", "left", "hours_left")}
-    result = {"device": device, "rows": rows, "total": total, **({"shards": loads} if loads else {})}
-    print(json.dumps(result, indent=1) if args.format == "json" else render(result, loads), end="")
+    cost = cost_summary(pairs, args.shards or 1, args.job_limit_h, args.gpus_per_shard)
+    result = {"device": device, "rows": rows, "total": total, **({"shards": loads} if loads else {}), "cost": cost}
+    if args.format == "json":
+        print(json.dumps(result, indent=1))
+    elif args.summary:
+        print(render_cost(cost), end="")
+    else:
+        print(render(result, loads) + "\n" + render_cost(cost), end="")
+        over = [s["shard"] for s in cost["shards"] if s["over_limit"]] if args.shards else []
+        for name in over:
+            print(f"warning: shard {name} is over the {args.job_limit_h:g} h limit; use "
+                  f"{cost['fits'] or 'more'} shards", file=sys.stderr)
     return 0
 
 
@@ -333,12 +343,27 @@ def check(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+@guarded
 def matrix(args: argparse.Namespace) -> int:
-    """`shards=[1, ..., N]`: one line for $GITHUB_OUTPUT, the workflow's shard matrix."""
-    if args.n < 1:
-        print(f"error: the number of shards must be >= 1, got {args.n}", file=sys.stderr)
+    """`shards=[1, ..., N]` and `n=N`: lines for $GITHUB_OUTPUT, the workflow's shard matrix. `auto`: the smallest N
+    whose largest shard fits the job limit on its GPUs (`bench.shard.fitting_shards`, the paper's timings)."""
+    if args.n == "auto":
+        from bench.shard import fitting_shards
+
+        fit = fitting_shards([(jobs, ctx) for _, jobs, ctx in build_plan(args, check_images=False)],
+                             args.job_limit_h * 3600, args.gpus_per_shard)
+        if fit is None:
+            print(f"error: no shard count fits the {args.job_limit_h:g} h limit: one training is longer; raise "
+                  f"--job-limit-h", file=sys.stderr)
+            return 2
+        n = fit[0]
+    elif args.n.isdigit() and int(args.n) >= 1:
+        n = int(args.n)
+    else:
+        print(f"error: the number of shards must be an integer >= 1 or auto, got {args.n}", file=sys.stderr)
         return 2
-    print(f"shards={json.dumps(list(range(1, args.n + 1)))}")
+    print(f"shards={json.dumps(list(range(1, n + 1)))}")
+    print(f"n={n}")
     return 0
 
 
@@ -353,16 +378,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=env("WEIGHTS"), help="local weights folder (paper profile)")
     p.add_argument("--pieces", default=env("PIECES", "all"), help="comma-separated piece names, or all")
     p.add_argument("--methods", default=env("METHODS"), help="methods of the main piece (default: every method)")
+    p.add_argument("--job-limit-h", type=float, default=float(env("JOB_LIMIT_H", "70")),
+                   help="hours a shard may run (the workflow's shard step: 70)")
+    p.add_argument("--gpus-per-shard", type=int, default=int(env("GPUS_PER_SHARD", "1")),
+                   help="GPUs each shard's runner has (its runs spread over them)")
     sub = p.add_subparsers(dest="step", required=True)
     sub.add_parser("check", help="the dataset and the weights are there")
     pk = sub.add_parser("pack", help="copy records and loss logs into DEST")
     pk.add_argument("dest")
     pk.add_argument("--shard", default=None, help="K/N: only the runs shard K owns under the current plan")
-    sub.add_parser("matrix", help="the shard matrix for N shards").add_argument("n", type=int)
+    sub.add_parser("matrix", help="the shard matrix for N shards (or auto)").add_argument("n")
     e = sub.add_parser("estimate", help="runs, done and GPU-hours left for the plan")
     e.add_argument("--shards", type=int, default=None, help="also show how N shards split the plan")
     e.add_argument("--shard", default=None, help="only part K/N of the plan, e.g. 2/4")
     e.add_argument("--format", choices=("md", "json"), default="md")
+    e.add_argument("--summary", action="store_true", help="only the cost in sentences (what the README quotes)")
     s = sub.add_parser("shard", help="run shard K of N")
     s.add_argument("k", type=int)
     s.add_argument("n", type=int)
