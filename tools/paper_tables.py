@@ -6,6 +6,8 @@
     python tools/paper_tables.py [options] shard K N                  run part K of N of every sweep of the plan
     python tools/paper_tables.py [options] pack DEST                  copy the records and loss logs (to upload)
     python tools/paper_tables.py [options] merge SRC... --into DEST   merge shards, then status, tables, report
+    python tools/paper_tables.py [options] slurm N [--partition P ...]  the plan as one SLURM job array, then tables
+    python tools/paper_tables.py [options] publish                   status, tables, report of one shared folder
 
 The plan is the paper's: every method's main run, the Custom Diffusion step grid, nine component ablations of
 EchoDistill, its NFE, teacher-first, one-shot and backbone variants (`pieces()`; `--pieces` picks some of them,
@@ -310,21 +312,67 @@ def publish_coverage(args: argparse.Namespace, out: Path) -> str | None:
 
 def merge(args: argparse.Namespace) -> int:
     """Merge the shards into DEST, then its status, every table (Markdown and CSV) and the report under --out."""
+    code = bench(["merge", *args.sources, "--into", args.into], metric_weights_env(args.weights, args.profile))
+    return code or publish(args, Path(args.into), Path(args.out or Path(args.into) / "published"))
+
+
+def publish(args: argparse.Namespace, into: Path, out: Path) -> int:
+    """Status, every table (Markdown and CSV), the report and the coverage of the results folder `into`."""
     env = metric_weights_env(args.weights, args.profile)
-    out = Path(args.out or Path(args.into) / "published")
-    steps = [["merge", *args.sources, "--into", args.into],
-             ["status", "--results", args.into, "--profile", args.profile]]
-    steps += [["table", "all", "--compare", "paper", "--format", fmt, "--results", args.into, "--profile",
+    steps = [["status", "--results", str(into), "--profile", args.profile]]
+    steps += [["table", "all", "--compare", "paper", "--format", fmt, "--results", str(into), "--profile",
                args.profile, "--out", str(out / "tables")] for fmt in ("md", "csv")]
     if not args.no_report:
-        steps.append(["report", "--results", args.into, "--profile", args.profile, "--out", str(out / "report"),
+        steps.append(["report", "--results", str(into), "--profile", args.profile, "--out", str(out / "report"),
                       *(["--data", args.data] if args.data else [])])
     for argv in steps:
         code = bench(argv, env)
         if code != 0:
             return code
+    args.into, args.sources = str(into), getattr(args, "sources", [])
     publish_coverage(args, out)
     return 0
+
+
+def forwarded(args: argparse.Namespace) -> list[str]:
+    """The plan's options, as a shard job on another node must be given them (paths made absolute)."""
+    out = ["--profile", args.profile, "--concepts", args.concepts, "--seeds", args.seeds, "--results",
+           str(Path(args.results).resolve()), "--pieces", args.pieces]
+    out += ["--data", str(Path(args.data).resolve())] if args.data else []
+    out += ["--weights", str(Path(args.weights).resolve())] if args.weights else []
+    return out + (["--methods", args.methods] if args.methods else [])
+
+
+@guarded
+def slurm(args: argparse.Namespace) -> int:
+    """The whole plan on a SLURM cluster: one job array of N shard jobs into one shared results folder
+    (`bench.cluster`), then (unless --no-wait) status, tables, report and coverage, as the CI merge job does."""
+    from bench.cluster import ClusterOptions, ShardTask, submit, wait
+
+    build_plan(args, check_images=True)  # every user mistake here, before anything is queued
+    opts = ClusterOptions(args.partition, args.time, args.gpus_per_job, args.cpus_per_job, args.mem, args.account,
+                          tuple(args.sbatch or ()), args.cluster, args.parallel)
+    env = {k: os.environ[k] for k in ("BENCH_MODULE", "PYTHONPATH", "HF_HUB_OFFLINE") if k in os.environ}
+    task = ShardTask(str(Path(__file__).resolve()), forwarded(args), args.n, args.shard_executor, env)
+    jobs = submit(task, opts, Path(args.results))
+    ids = ", ".join(str(j.job_id) for j in jobs)
+    print(f"submitted {len(jobs)} shard job(s) as one array ({ids}); logs in {Path(args.results) / '_slurm'}",
+          flush=True)
+    if args.no_wait:
+        print("when they have ended: python tools/paper_tables.py [the same options] publish", flush=True)
+        return 0
+    codes = wait(jobs, 2.0 if args.cluster == "local" else 30.0)
+    args.shards = args.n
+    for k, code in enumerate(codes, start=1):
+        print(f"shard {k}/{args.n}: exit {code}", flush=True)
+    out = Path(args.out or Path(args.results) / "published")
+    return publish(args, Path(args.results), out) or max(codes)
+
+
+def publish_results(args: argparse.Namespace) -> int:
+    """`publish`: status, tables, report and coverage of --results (after `slurm --no-wait`'s jobs ended)."""
+    args.sources = []
+    return publish(args, Path(args.results), Path(args.out or Path(args.results) / "published"))
 
 
 @guarded
@@ -404,6 +452,27 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default=None, help="where tables/ and report/ go (default INTO/published)")
     m.add_argument("--no-report", action="store_true", help="tables only")
     m.add_argument("--shards", type=int, default=None, help="N, when no shard uploaded its shard.json")
+    c = sub.add_parser("slurm", help="the whole plan as one SLURM job array of N shards, then the tables")
+    c.add_argument("n", type=int, help="shards (array tasks)")
+    c.add_argument("--partition", default=env("SLURM_PARTITION"))
+    c.add_argument("--time", type=int, default=int(env("SLURM_TIME", "4320")), help="minutes per shard job")
+    c.add_argument("--gpus-per-job", type=int, default=int(env("SLURM_GPUS", "1")))
+    c.add_argument("--cpus-per-job", type=int, default=None)
+    c.add_argument("--mem", default=env("SLURM_MEM"), help="memory per job, e.g. 64G")
+    c.add_argument("--account", default=env("SLURM_ACCOUNT"))
+    c.add_argument("--sbatch", action="append", help="extra sbatch option KEY=VALUE (repeatable), e.g. qos=high")
+    c.add_argument("--parallel", type=int, default=None, help="at most this many shard jobs at once")
+    c.add_argument("--cluster", choices=("slurm", "local"), default="slurm",
+                   help="local: the same job array on this machine (submitit's LocalExecutor)")
+    c.add_argument("--shard-executor", default="gpus", help="how a job runs its shard (gpus: one worker per GPU)")
+    c.add_argument("--no-wait", action="store_true", help="submit and return; `publish` once the jobs ended")
+    c.add_argument("--no-report", action="store_true", help="tables only")
+    c.add_argument("--out", default=None, help="where tables/ and report/ go (default RESULTS/published)")
+    c.add_argument("--shards", type=int, default=None, help=argparse.SUPPRESS)
+    pb = sub.add_parser("publish", help="status, tables, report and coverage of --results (one shared folder)")
+    pb.add_argument("--no-report", action="store_true", help="tables only")
+    pb.add_argument("--out", default=None, help="where tables/ and report/ go (default RESULTS/published)")
+    pb.add_argument("--shards", type=int, default=None, help="N of the plan's shards, for the coverage table")
     return p
 
 
@@ -411,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if os.environ.get("BENCH_MODULE"):  # e.g. tests.fake_bench: registers a test-only method on import
         importlib.import_module(os.environ["BENCH_MODULE"])
-    steps = {"check": check, "matrix": matrix, "pack": pack, "estimate": estimate, "shard": shard, "merge": merge}
+    steps = {"check": check, "matrix": matrix, "pack": pack, "estimate": estimate, "shard": shard, "merge": merge,
+             "slurm": slurm, "publish": publish_results}
     return steps[args.step](args)
 
 
