@@ -88,19 +88,12 @@ def pieces(main_methods: list[str]) -> list[Piece]:
             Piece("backbone", "ablate", backbone="hyper-sd15")]
 
 
-def weight_flags(root: str | None, profile: str, backbone: str) -> list[str]:
-    """`--weights GROUP=PATH` for the local weights folder (paper profile only; tiny builds its models)."""
-    if not root or profile != "paper":
-        return []
-    w = Path(root)
-    groups = {"image_encoder": w / "IP-Adapter", "dino1": w / "vit_small_patch16_224.dino",
-              "dinov2": w / "vit_large_patch14_dinov2.lvd142m"}
-    if backbone == "hyper-sd15":
-        groups |= {"student": w / "stable-diffusion-v1-5", "teacher": w / "stable-diffusion-v1-5",
-                   "hyper_lora": w / "Hyper-SD"}
-    else:
-        groups |= {"student": w / "sd-turbo", "teacher": w / "stable-diffusion-2-1"}
-    return [a for group, path in groups.items() for a in ("--weights", f"{group}={path}")]
+def weight_flags(root: str | None, profile: str, piece: Piece) -> list[str]:
+    """`--weights GROUP=PATH` for the local weights folder (paper profile only; tiny builds its models): every group
+    the piece's methods use on its backbone (`bench.manifest`, derived from the methods and the profiles)."""
+    from bench.manifest import weight_flags as flags
+
+    return flags(root, piece.methods, piece.backbone) if profile == "paper" else []
 
 
 def metric_weights_env(root: str | None, profile: str) -> dict[str, str]:
@@ -147,7 +140,7 @@ def build_plan(args: argparse.Namespace, check_images: bool) -> list[tuple[Piece
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = []
     for piece in selected(args):
-        weights = [w for w in weight_flags(args.weights, args.profile, piece.backbone) if w != "--weights"]
+        weights = [w for w in weight_flags(args.weights, args.profile, piece) if w != "--weights"]
         request = SweepRequest(tuple(piece.methods), tuple(piece.variant_list()), args.concepts, tuple(seeds),
                                args.profile, piece.backbone, Path(args.data) if args.data else None,
                                Path(args.results), weights=tuple(weights))
@@ -377,18 +370,32 @@ def publish_results(args: argparse.Namespace) -> int:
 
 @guarded
 def check(args: argparse.Namespace) -> int:
-    """The dataset decodes and every weights folder the plan needs exists (paper profile), before any run."""
+    """The dataset decodes and every role the plan needs has its weights under --weights (paper profile), before
+    any run: each missing one is a line naming the role and the folder expected (exit 1)."""
     if args.data:
         code = bench(["data", "check", args.data], {})
         if code != 0:
             return code
-    needed = {flag.split("=", 1)[1] for piece in selected(args)
-              for flag in weight_flags(args.weights, args.profile, piece.backbone) if "=" in flag}
-    needed |= set(metric_weights_env(args.weights, args.profile).values())
-    missing = sorted(p for p in needed if not Path(p).exists())
-    for path in missing:
-        print(f"missing {path}", file=sys.stderr)
-    return 1 if missing else 0
+    from bench.manifest import manifest, missing
+
+    if args.profile != "paper" or not args.weights:
+        return 0
+    lines = missing(args.weights, manifest([(p.methods, p.backbone) for p in selected(args)]))
+    lines += [f"missing metric weights: expected {path}" for path in
+              sorted(metric_weights_env(args.weights, args.profile).values()) if not Path(path).exists()]
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 1 if lines else 0
+
+
+def show_manifest(args: argparse.Namespace) -> int:
+    """The runner layout of the plan's weights (`bench.manifest`): what the workflow file's header lists."""
+    from bench.manifest import layout, manifest
+
+    print("\n".join(layout(manifest([(p.methods, p.backbone) for p in selected(args)]))))
+    print("$WEIGHTS/metrics/open_clip_model.safetensors (CLIP ViT-L/14-336), "
+          "$WEIGHTS/metrics/dinov2/model.safetensors (the metrics' DINOv2)")
+    return 0
 
 
 @guarded
@@ -432,6 +439,7 @@ def parser() -> argparse.ArgumentParser:
                    help="GPUs each shard's runner has (its runs spread over them)")
     sub = p.add_subparsers(dest="step", required=True)
     sub.add_parser("check", help="the dataset and the weights are there")
+    sub.add_parser("manifest", help="the weights the plan needs: the runner layout")
     pk = sub.add_parser("pack", help="copy records and loss logs into DEST")
     pk.add_argument("dest")
     pk.add_argument("--shard", default=None, help="K/N: only the runs shard K owns under the current plan")
@@ -481,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("BENCH_MODULE"):  # e.g. tests.fake_bench: registers a test-only method on import
         importlib.import_module(os.environ["BENCH_MODULE"])
     steps = {"check": check, "matrix": matrix, "pack": pack, "estimate": estimate, "shard": shard, "merge": merge,
-             "slurm": slurm, "publish": publish_results}
+             "slurm": slurm, "publish": publish_results, "manifest": show_manifest}
     return steps[args.step](args)
 
 
