@@ -62,8 +62,11 @@ class OminiControlConfig:
     max_sequence_length: int = field(default=512, metadata=SAMPLING_ONLY)
     """T5 prompt tokens (the released `generate` and FluxPipeline: 512). Sampling-only."""
     sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
-    """Sampling precision: "auto" = bf16 on CUDA (the released examples; FLUX overflows in fp16) and float32 on
-    CPU, "none" (float32) or "bf16". Sampling-only."""
+    """Sampling precision: "auto" = bf16 autocast on CUDA (the released examples; FLUX overflows in fp16), none on
+    CPU; "none" (no autocast: each model computes in the dtype it loaded in, the FLUX.1 transformer and T5 in bf16
+    on `paper`, everything in float32 on `tiny`) or "bf16" (autocast on any device). Inputs are cast to each
+    model's dtype where they cross from one model to the next, so every value works on every device.
+    Sampling-only."""
     sample_batch_size: int = 8
     """Images per transformer call."""
 
@@ -328,6 +331,9 @@ def condition_forward(transformer: Any, latents: torch.Tensor, text: torch.Tenso
     velocity. Text and image tokens take the frozen layers and `timestep` (0..1); condition tokens (B, M, 64)
     take the LoRA and `cond_timestep`. Without `cond` it computes exactly what `transformer(...)` does."""
     tr = transformer
+    out_dtype, dtype = latents.dtype, tr.dtype  # the boundary: CLIP's pooled vector is float32 beside a bf16 FLUX.1
+    latents, text, pooled = latents.to(dtype), text.to(dtype), pooled.to(dtype)
+    cond = None if cond is None else cond.to(dtype)
 
     def temb(t: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         t = t.to(latents.dtype) * 1000
@@ -350,4 +356,4 @@ def condition_forward(transformer: Any, latents: torch.Tensor, text: torch.Tenso
     for block in tr.single_transformer_blocks:
         _single_block(block, single, rope)
     image = single[0][0][:, txt.shape[1]:]
-    return tr.proj_out(tr.norm_out(image, main_temb))
+    return tr.proj_out(tr.norm_out(image, main_temb)).to(out_dtype)

@@ -220,3 +220,16 @@ def test_flux_roles_are_reserved_for_ominicontrol() -> None:
         assert not any(role.startswith(("flux_", "omini_")) for role in described), name
         assert described == {role: entry for role, entry in profile.describe()["components"].items()
                              if not profile.components[role].methods}, "only the roles shared by every method"
+
+
+@pytest.mark.parametrize("sample_dtype", ["none", "auto", "bf16"])
+def test_every_sample_dtype_works_with_paper_dtypes(photos, tmp_path, sample_dtype) -> None:
+    """`paper` loads the FLUX.1 transformer and T5 in bf16 and CLIP-L in float32: without autocast, CLIP's pooled
+    vector used to meet the bf16 time-text embedding ("mat1 and mat2 must have the same dtype")."""
+    model = _prepare(photos, tmp_path, sample_dtype=sample_dtype)
+    model.pipe.transformer.to(torch.bfloat16)  # the paper profile's dtypes, on the tiny stand-ins
+    model.pipe.text_encoder_2.to(torch.bfloat16)
+    model.tokens = model.tokens.to(torch.bfloat16)
+    assert model.pipe.text_encoder.dtype == torch.float32
+    images = model.generate([PROMPT], [5])
+    assert len(images) == 1 and np.asarray(images[0]).std() > 0
