@@ -42,6 +42,7 @@ from bench.api import BenchError, Concept, Log
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
+from bench.models.checkpoint import stable_lora_metadata
 from bench.models.loop import DenoisingLoop, Step
 from bench.models.recipe import ALL_PHOTOS, check_lora, check_recipe, check_word
 from bench.models.sampling import Numerics
@@ -372,7 +373,7 @@ class TextBoostModel:
         # What `save` writes, taken before fusing: A/B under diffusers' key names, and the adapter's config.
         self.lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder,
                                                                                      adapter_name="default"))
-        self.lora_metadata = text_encoder.peft_config["default"].to_dict()
+        self.lora_metadata = stable_lora_metadata(text_encoder.peft_config["default"].to_dict())
         self.embeddings = {t: text_encoder.get_input_embeddings().weight[tokenizer_id].detach().float().cpu().clone()
                            for t, tokenizer_id in zip(tokens, parts["tokenizer"].convert_tokens_to_ids(tokens))}
         if config.fuse:  # W <- W + (alpha / r) B A on q/k/v, then plain Linear layers again

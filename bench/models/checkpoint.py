@@ -388,3 +388,36 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --- reproducible weight files ---------------------------------------------------------------------------------
+
+
+def stable_lora_metadata(config: dict[str, Any]) -> dict[str, Any]:
+    """A peft LoRA config (`peft_config[name].to_dict()`) with its set-valued fields (`target_modules`,
+    `modules_to_save`, `exclude_modules`, ...) as sorted lists: peft keeps them as sets, whose order changes from
+    one process to the next, so the JSON written into a weight file's metadata, and the file's bytes, would too."""
+    def stable(value: Any) -> Any:
+        if isinstance(value, (set, frozenset)) or (isinstance(value, (list, tuple)) and value
+                                                    and all(isinstance(v, str) for v in value)):
+            return sorted(value)
+        return value
+
+    return {key: stable(value) for key, value in config.items()}
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(folder: Path) -> None:
+    """Give the files under `folder` the mode every other file gets (0666 less the umask). The safetensors writer
+    creates its files 0600 whatever the umask, so a run's weights were private while its images and record were
+    not."""
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) == 0o600 != mode:
+            path.chmod(mode)

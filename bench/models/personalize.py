@@ -364,8 +364,10 @@ def take_unet_lora(unet: Any, fuse: bool) -> UnetLoRA:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    from bench.models.checkpoint import stable_lora_metadata
+
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
-    metadata = unet.peft_config["default"].to_dict()
+    metadata = stable_lora_metadata(unet.peft_config["default"].to_dict())  # same run, same bytes
     if fuse:
         unet.fuse_lora()
         unet.unload_lora()
