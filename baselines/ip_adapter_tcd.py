@@ -119,6 +119,7 @@ def build_pipeline(models: Any, config: IPAdapterTCDConfig) -> Any:
     files are resolved first, so a missing one is the error named (before SDXL loads)."""
     from diffusers import StableDiffusionXLPipeline
 
+    from bench.models.lora_check import check_lora_complete
     from bench.models.tcd import ip_adapter_state, nested_ip_state
 
     adapter, lora, encoder = models.ip_adapter_sdxl, models.tcd_lora, models.sdxl_image_encoder
@@ -129,6 +130,8 @@ def build_pipeline(models: Any, config: IPAdapterTCDConfig) -> Any:
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:  # None on paper-random: a random UNet has nothing to distil
         pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="tcd")
+        check_lora_complete(lora, {"unet": pipe.unet, "text_encoder": pipe.text_encoder,
+                                   "text_encoder_2": pipe.text_encoder_2}, "tcd")  # all of it, or one line
         pipe.fuse_lora()
         pipe.unload_lora_weights()  # the fused weights stay; sampling runs a plain UNet
     if adapter is not None:

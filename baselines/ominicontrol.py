@@ -241,7 +241,10 @@ def _pipeline(models: Any) -> Any:
 def _load_adapter(pipe: Any, folder: Path, weight_name: str) -> None:
     """diffusers' own loader, as the released examples call it (`pipe.load_lora_weights(..., adapter_name=
     "subject")`); the adapter stays unfused, since it must act on the condition tokens only."""
+    from bench.models.lora_check import check_lora_complete
+
     pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=ADAPTER)
+    check_lora_complete(Path(folder) / weight_name, {"transformer": pipe.transformer}, ADAPTER)
     pipe.transformer.requires_grad_(False)
 
 

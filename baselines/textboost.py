@@ -333,6 +333,8 @@ class TextBoost:
     def load(self, weights_dir: Path, models: Any) -> TextBoostModel:
         from diffusers import StableDiffusionPipeline
 
+        from bench.models.lora_check import check_lora_complete
+
         parts = models.pipeline_parts()
         tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
         files = sorted((p for p in weights_dir.glob("*.safetensors") if p.name != LORA_FILE), key=_token_order)
@@ -342,6 +344,7 @@ class TextBoost:
                                                                           return_lora_metadata=True)
         StableDiffusionPipeline.load_lora_into_text_encoder(state, alphas, text_encoder, prefix="text_encoder",
                                                             adapter_name="default", metadata=metadata)
+        check_lora_complete(weights_dir / LORA_FILE, {"text_encoder": text_encoder}, "default")
         text_encoder.requires_grad_(False)
         return TextBoostModel(self.config, parts, vectors, tokens)
 

@@ -335,8 +335,11 @@ def load_unet_lora(unet: Any, weights_dir: Path) -> None:
     runs, the LoRA config read from the file's metadata); the UNet stays frozen."""
     from diffusers import StableDiffusionPipeline
 
+    from bench.models.lora_check import check_lora_complete
+
     state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
     StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet, adapter_name="default", metadata=metadata)
+    check_lora_complete(Path(weights_dir) / "pytorch_lora_weights.safetensors", {"unet": unet}, "default")
     unet.requires_grad_(False)
 
 
