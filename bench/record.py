@@ -217,6 +217,8 @@ class Timing:
     """`train_s`, `iterations` and `it_per_s` are those of the `trained_from` run."""
     prepare_s: float | None = None
     """A method without training (`trains: false`): conditioning the model on the photos, loading excluded."""
+    threads: int | None = None
+    """CPU intra-op threads torch used in the run's process (`bench.threads`)."""
     extra: dict[str, Any] = field(default_factory=dict)
     absent: frozenset[str] = frozenset()
 

@@ -29,7 +29,8 @@ def lora_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("loras")
     torch.manual_seed(0)
     model = tiny_sdxl_unet()
-    model.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(TCD_LORA_TARGETS)))
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                 target_modules=list(TCD_LORA_TARGETS)))
     peft_state = get_peft_model_state_dict(model)
     StableDiffusionXLPipeline.save_lora_weights(root / "peft", unet_lora_layers=peft_state, safe_serialization=True)
     # diffusers' train_lcm_distill_lora_sdxl.py: convert_state_dict_to_diffusers, then save_lora_weights.
