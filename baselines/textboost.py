@@ -38,8 +38,8 @@ from baselines.textboost_data import (
     PriorPrompts,
     read_prompt_file,
 )
-from bench.api import BenchError, Concept, Log
-from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.api import DEFAULT_PHRASE, BenchError, Concept, Log
+from bench.config import NOT_HASHED, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
 from bench.models.checkpoint import stable_lora_metadata
@@ -55,6 +55,8 @@ TextBoost's five short ones."""
 TIMESTEPS = (*TIMESTEP_POLICIES, SNR_WEIGHTED)
 INITS = ("released", "class")
 KPL_TYPES = ("cos", "mse")
+EVAL_PHRASES = ("released", "joined")
+"""`eval_phrase`: the reference evaluation's "<tb_0> dog <tb_1> dog", or "<tb_0> <tb_1> dog"."""
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 RELEASED_INIT_WORDS = {
@@ -134,6 +136,11 @@ class TextBoostConfig(Numerics):
     every photo of the concept."""
     fuse: bool = True
     """Fuse the adapter into the text encoder before sampling (plain encoder, same images within rounding)."""
+    eval_phrase: str = field(default="released", metadata=SAMPLING_ONLY)
+    """What stands for the concept in evaluation prompts: "released" = each vector followed by the class noun
+    ("a <tb_0> dog <tb_1> dog in the jungle", the reference's `eval_dreambooth.py` with its default token format
+    "<INSTANCE> SUBJECT"), "joined" = the vectors, then the class noun once ("a <tb_0> <tb_1> dog in the jungle").
+    The same for a one-vector token. Sampling-only."""
     sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
@@ -149,6 +156,8 @@ class TextBoostConfig(Numerics):
                                    ("kpl_type", self.kpl_type, KPL_TYPES)):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, not '{value}'")
+        if self.eval_phrase not in EVAL_PHRASES:
+            raise ValueError(f"eval_phrase must be one of {', '.join(EVAL_PHRASES)}, not '{self.eval_phrase}'")
         check_reference_set(self.reference_set)
         check_lora(self, "q_proj")
         if self.emb_lr <= 0:
@@ -362,6 +371,11 @@ def _augmentation_vector_names(tokens: list[str]) -> set[str]:
     return {t for t in tokens if t in AUGMENTATION_TOKENS or t.rpartition("_")[0] in stems}
 
 
+def released_phrase(vectors: list[str]) -> str:
+    """The reference evaluation's phrase, as an `eval_phrase` format: "<tb_0> {class_noun} <tb_1> {class_noun}"."""
+    return " ".join(f"{vector} {{class_noun}}" for vector in vectors)
+
+
 class TextBoostModel:
     """The personalised model: SD-Turbo with the adapted text encoder and the new tokens."""
 
@@ -370,7 +384,8 @@ class TextBoostModel:
         from peft.utils import get_peft_model_state_dict
 
         self.config, self.parts, self.tokens = config, parts, tokens
-        self.identifier = " ".join(vectors)  # "<tb_0> <tb_1>": prompts read "a <tb_0> <tb_1> dog"
+        self.identifier = " ".join(vectors)  # "<tb_0> <tb_1>"
+        self.eval_phrase = released_phrase(vectors) if config.eval_phrase == "released" else DEFAULT_PHRASE
         self.default_steps = config.sample_steps
         text_encoder = parts["text_encoder"]
         # What `save` writes, taken before fusing: A/B under diffusers' key names, and the adapter's config.
