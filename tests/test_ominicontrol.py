@@ -233,3 +233,22 @@ def test_every_sample_dtype_works_with_paper_dtypes(photos, tmp_path, sample_dty
     assert model.pipe.text_encoder.dtype == torch.float32
     images = model.generate([PROMPT], [5])
     assert len(images) == 1 and np.asarray(images[0]).std() > 0
+
+
+def test_weights_messages_name_the_role_and_the_missing_subfolder(monkeypatch, capsys, tmp_path,
+                                                                  dreambench_root) -> None:
+    from tests.helpers import bench
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "empty").mkdir()
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "ominicontrol", "--concepts", "dog", "--profile",
+                         "paper", "--weights", f"omini={tmp_path / 'empty'}", "--results", tmp_path / "r",
+                         "--data", dreambench_root)
+    assert code == 2 and "\n" not in err.strip()
+    assert "omini_lora" in err and OMINI_LORA_FILE in err
+    flux = tmp_path / "flux"
+    (flux / "vae").mkdir(parents=True)
+    (flux / "model_index.json").write_text("{}")
+    with pytest.raises(BenchError) as raised:
+        _ = Models(get_profile("paper", weights={"flux": str(flux)}), "cpu").flux_transformer
+    assert "\n" not in str(raised.value) and "no transformer/ folder" in str(raised.value)

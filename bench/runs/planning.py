@@ -301,13 +301,21 @@ def prepare(request: SweepRequest, check_images: bool = True) -> tuple[list[Job]
     return jobs, ctx
 
 
+def weights_label(group: str) -> str:
+    """`--weights GROUP` and what it must hold, for messages ("--weights omini (role omini_lora: ...)")."""
+    from bench.models.profiles import group_roles
+
+    roles = group_roles(group)
+    return f"--weights {group} ({roles})" if roles else f"--weights {group}"
+
+
 def check_weight_paths(weight_map: dict[str, str]) -> None:
     """`--weights GROUP=PATH`: a local path must exist and hold safetensors (pickles are never loaded)."""
     for group, source in weight_map.items():
         path = Path(source).expanduser()
         looks_local = source.startswith(("/", ".", "~")) or path.exists()
         if looks_local:
-            store.check_safetensors(path, f"--weights {group}")
+            store.check_safetensors(path, weights_label(group))
 
 
 def trains(method: str) -> bool:
