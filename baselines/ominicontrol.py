@@ -44,6 +44,11 @@ class OminiControlConfig:
     """Which reference photo(s) condition the model: "first" (default; the paper does not say, and OminiControl
     takes one photo) or "each" (every photo in turn across the evaluation images). "mean" is refused: the
     condition is the photo's VAE tokens, and an average of two photos' latents is a blend of both, not the subject."""
+    lora_file: str = "omini/subject_512.safetensors"
+    """The subject LoRA of `Yuanshi/OminiControl`: "omini/subject_512.safetensors" (default: the current release,
+    which the repository's subject example loads; "fine-tuned on a larger dataset") or
+    "experimental/subject.safetensors" (the README: "the model used in the paper"; variant `paper_lora`, with its
+    position shift (0, -32)). Both are read from the `--weights omini=` source."""
     position_delta: tuple[int, int] | None = None
     """(row, column) shift of the condition tokens' rotary positions; None = (0, width in tokens), the released
     (0, 32) of `omini/subject_512` at 512 px (the paper's earlier `experimental/subject` LoRA used (0, -32))."""
@@ -71,6 +76,10 @@ class OminiControlConfig:
     """Images per transformer call."""
 
     def __post_init__(self) -> None:
+        from bench.models.flux import OMINI_LORA_FILES
+
+        if self.lora_file not in OMINI_LORA_FILES:
+            raise ValueError(f"lora_file must be one of {', '.join(OMINI_LORA_FILES)}, not '{self.lora_file}'")
         if self.conditioning == "mean":
             raise ValueError("conditioning 'mean' is not meaningful for OminiControl: it conditions on one photo's "
                              "VAE tokens, and averaging photos' latents blends them; valid: first, each")
@@ -100,7 +109,9 @@ class OminiControl:
     label: ClassVar[str] = "OminiControl"
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = OminiControlConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "each": {"conditioning": "each"}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {}, "each": {"conditioning": "each"},
+        "paper_lora": {"lora_file": "experimental/subject.safetensors", "position_delta": (0, -32)}}
 
     def __init__(self, config: OminiControlConfig) -> None:
         self.config = config
@@ -110,7 +121,9 @@ class OminiControl:
 
         photos = sorted(concept.images, key=lambda p: p.name)
         photos = photos[:1] if self.config.conditioning == "first" else photos
-        lora = models.omini_lora  # first: a missing adapter is named before the large models load
+        from bench.models.flux import omini_lora_path
+
+        lora = omini_lora_path(models, self.config.lora_file)  # first: a missing file is named before FLUX loads
         pipe = _pipeline(models)
         if lora is None:  # paper-random: a random adapter of the released shape
             from peft import LoraConfig

@@ -252,3 +252,30 @@ def test_weights_messages_name_the_role_and_the_missing_subfolder(monkeypatch, c
     with pytest.raises(BenchError) as raised:
         _ = Models(get_profile("paper", weights={"flux": str(flux)}), "cpu").flux_transformer
     assert "\n" not in str(raised.value) and "no transformer/ folder" in str(raised.value)
+
+
+def test_paper_lora_variant_loads_the_experimental_file(photos, tmp_path, monkeypatch) -> None:
+    """OminiControl's README: `experimental/subject` is "the model used in the paper"; `omini/subject_512` (the
+    default, the example's) is the later one. Variant `paper_lora` loads the former with its (0, -32) shift."""
+    import baselines.ominicontrol as omini
+    from bench.models.flux import OMINI_PAPER_LORA_FILE
+
+    loaded: list = []
+    real = omini._load_adapter
+    monkeypatch.setattr(omini, "_load_adapter", lambda pipe, folder, name: (loaded.append(folder / name),
+                                                                             real(pipe, folder, name)))
+    paper = _prepare(photos, tmp_path, **OminiControl.variants["paper_lora"])
+    default = _prepare(photos, tmp_path)
+    assert [p.as_posix().endswith(f) for p, f in zip(loaded, (OMINI_PAPER_LORA_FILE, OMINI_LORA_FILE))] == [True] * 2
+    assert (paper.sample([PROMPT], [1], 1) - default.sample([PROMPT], [1], 1)).abs().max() > 1e-3  # shifted
+    with pytest.raises(BenchError, match="lora_file must be one of"):
+        build(OminiControlConfig, {"lora_file": "omini/other.safetensors"})
+    # A source holding only the default file: the variant names the missing one in one line.
+    from bench.models.flux import omini_lora_path
+
+    only = tmp_path / "omini-only"
+    (only / "omini").mkdir(parents=True)
+    (only / OMINI_LORA_FILE).write_bytes(b"x")
+    with pytest.raises(BenchError) as err:
+        omini_lora_path(Models(get_profile("paper", weights={"omini": str(only)}), "cpu"), OMINI_PAPER_LORA_FILE)
+    assert "\n" not in str(err.value) and OMINI_PAPER_LORA_FILE in str(err.value)
