@@ -37,7 +37,8 @@ RESULTS = typer.Option(Path("results"), "--results", help="Results root.")
 PROFILE = typer.Option("tiny", "--profile", help="Model profile: tiny | paper | paper-random.")
 CONCEPTS = typer.Option("all", "--concepts", help="'all' or a comma-separated list, e.g. dog,teapot.")
 SEEDS = typer.Option("0", "--seeds", help="Training seeds, comma-separated (e.g. 0,1,2,3).")
-SUITE = typer.Option(None, "--suite", help="Metric suite: paper | dreambooth | tiny (default: by profile).")
+SUITE = typer.Option(None, "--suite", help="Metric suite: paper | paper-timm | dreambooth | tiny (default: by "
+                                            "profile).")
 DEVICE = typer.Option(None, "--device", help="Torch device (default: cuda if available, else cpu).")
 SPEED = typer.Option(None, "--speed", help="Speed switch KEY=VALUE (repeatable): channels_last=auto|on|off, "
                                            "compile=off|regional, attention=sdpa|eager.")
