@@ -86,7 +86,9 @@ def named_variants(methods: list[str], names: list[str]) -> list[tuple[str, dict
 def variants_for(methods: list[str], names: list[str], overrides: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """`bench run --variant a,b --set k=v`: each named variant, with ad-hoc overrides forming their own name."""
     from bench.ablations import override_suffix
+    from bench.config import normalise_overrides
 
+    overrides = normalise_overrides([get_method(m).Config for m in methods], overrides)  # 1e1 is 10
     suffix = override_suffix(overrides) if overrides else ""
     return [(f"{name}+{suffix}" if suffix else name, {**base, **overrides})
             for name, base in named_variants(methods, names)]
