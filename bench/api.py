@@ -136,6 +136,17 @@ class Log(Protocol):
     def __call__(self, iteration: int, **scalars: float) -> None:
         """One finished iteration with its scalar values (losses, weights, accuracies, gradient norms)."""
 
+    # Optional: `sample_from(model)`, reached through `offer_samples`.
+
+
+def offer_samples(log: Log, model: Trained) -> None:
+    """Hand the harness the model being trained: a `Trained` whose `generate` samples the current weights. With
+    `--sample-every N` the harness samples a small fixed grid from it every N iterations of each stage (no gradient,
+    every random state put back: training is unchanged); a log that takes no samples ignores it."""
+    hook = getattr(log, "sample_from", None)
+    if hook is not None:
+        hook(model)
+
 
 @runtime_checkable
 class Trained(Protocol):
@@ -217,9 +228,14 @@ class MethodOptions(Protocol):
     label: ClassVar[str | None] = None
     """The method's display name (`"Custom Diffusion"`) in the rows of variants no table lists, figure titles and
     the user-study table; the paper's own rows (`bench.tables.DEFS`) and the report's Figure 3 columns keep the
-    paper's wording. None: its registry name. Every built-in method declares one. Written as a string literal in
-    the class body, it is read without importing the method (`bench.contract.presentation`), so `bench table`
-    never loads torch for it."""
+    paper's wording. None: its registry name. Every built-in method declares one. Each run writes it into its
+    record (`presentation`), so `bench table` and `bench report` show it without importing the method, and a
+    plug-in's label without `--include`."""
+
+    base_model: ClassVar[str | None] = None
+    """The base model its runs sample, as the tables' Model column names it for rows the paper's tables do not
+    list (`"Flux"`, `"TCD"`); None: the run's backbone (`"SD Turbo"`, `"Hyper-SD1.5"`). Written into every run's
+    record (`presentation.model`) with `label` and `table_view`, so tables and the report read it from there."""
 
     table_view: ClassVar[str | None] = None
     """The view (`TrainedOptions.views`) the paper-style tables read for this method's runs where a run has it, in

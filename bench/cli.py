@@ -63,6 +63,11 @@ DATASET = typer.Option(None, "--dataset", help="dreambench | customconcept101 (d
                                                "customconcept101 alone means $BENCH_CC101 or ./data/customconcept101).")
 THREADS = typer.Option(None, "--threads", help="CPU intra-op threads per process (also $BENCH_THREADS; default: "
                                                "the usable cores / the processes started, 1 on tiny).")
+# Watching runs as they train (bench.tracking): part of the run request, never of a method's config (no hash).
+REPORT_TO = typer.Option(None, "--report-to", help="Send losses, sample grids and scores live to a tracker "
+                                                   "(repeatable): tensorboard | wandb | mlflow.")
+SAMPLE_EVERY = typer.Option(0, "--sample-every", help="Sample a fixed grid from the model being trained every N "
+                                                      "iterations (saved in the run folder, sent to trackers).")
 SHARD = typer.Option(None, "--shard", help="Run only part K of N of the plan (1-based K/N, e.g. 2/3): a fixed, "
                                            "cost-balanced split; runs sharing a training stay together.")
 
@@ -97,6 +102,12 @@ def _exec_options(executor: str, workers: Optional[int], partition: Optional[str
                        slurm_array, not no_wait, cluster)
 
 
+def _tracking(report_to: Optional[list[str]], sample_every: int):
+    from bench.tracking import Tracking, parse_report_to
+
+    return Tracking(parse_report_to(report_to), sample_every)
+
+
 def _sweep(request, options, shard: Optional[str] = None) -> None:
     """Run a `SweepRequest` on the executor `options` describe (or its part `--shard K/N`); exit 3 on a failed run."""
     from bench.executors import sweep
@@ -124,6 +135,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
         speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD,
+        report_to: Optional[list[str]] = REPORT_TO, sample_every: int = SAMPLE_EVERY,
         threads: Optional[int] = THREADS) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
     from bench.data import dataset_root
@@ -139,7 +151,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
     variants = variants_for(method.split(","), variant.split(","), _sets(set_))
     request = SweepRequest(tuple(method.split(",")), tuple(variants), concepts, _ints(seeds, "--seeds"), profile,
                            backbone, data, results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           concept_dir, class_noun, tuple(speed or ()))
+                           concept_dir, class_noun, tuple(speed or ()), _tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -158,7 +170,8 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            gpus_per_job: Optional[int] = GPUS_PER_JOB, cpus_per_job: Optional[int] = CPUS_PER_JOB,
            mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH, slurm_array: bool = ARRAY,
            no_wait: bool = NO_WAIT, cluster: str = CLUSTER, speed: Optional[list[str]] = SPEED,
-           shard: Optional[str] = SHARD, threads: Optional[int] = THREADS) -> None:
+           shard: Optional[str] = SHARD, report_to: Optional[list[str]] = REPORT_TO,
+           sample_every: int = SAMPLE_EVERY, threads: Optional[int] = THREADS) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
     from bench.runs import SweepRequest
@@ -171,7 +184,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_), method=method)
     request = SweepRequest((method,), tuple(variants), concepts, _ints(seeds, "--seeds"), profile, backbone, data,
                            results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           speed=tuple(speed or ()))
+                           speed=tuple(speed or ()), tracking=_tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -247,9 +260,19 @@ def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, 
            set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
            concepts: str = CONCEPTS, seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the plan."),
            backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
-           suite: Optional[str] = SUITE) -> None:
+           suite: Optional[str] = SUITE,
+           watch: bool = typer.Option(False, "--watch", help="A live table until Ctrl-C: runs per method, each "
+                                      "running run's iteration, loss and ETA; with --method, the sweep's ETA."),
+           interval: float = typer.Option(2.0, "--interval", help="--watch: seconds between refreshes.")) -> None:
     """Done, running, interrupted and failed runs (with reasons); with --method, also the plan's missing runs."""
     from bench.runs import status_report
+
+    if watch:
+        from bench.tracking.live import watch_status
+
+        return watch_status(results, profile, method.split(",") if method else None,
+                            variant.split(",") if variant else None, _sets(set_), concepts,
+                            _ints(seeds, "--seeds") if seeds else None, backbone, data, suite, interval)
 
     typer.echo(status_report(results, profile, method.split(",") if method else None,
                              variant.split(",") if variant else None, _sets(set_), concepts,
@@ -315,7 +338,12 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
           results: Path = RESULTS,
           profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
           out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR."),
-          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one).")
+          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one)."),
+          exclude: Optional[str] = typer.Option(None, "--exclude", help="study: participants left out (e.g. p03)."),
+          against: Optional[str] = typer.Option(None, "--against", help="Add each row's paired difference to this "
+                                                "method, and mark cells not distinguishable from the best."),
+          dataset: Optional[str] = typer.Option(None, "--dataset", help="Only one dataset's tables: dreambench | "
+                                                "customconcept101 | yours (--concept-dir); default: each apart.")
           ) -> None:
     """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
@@ -323,14 +351,28 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
     if name == "study":
         from bench.study import commands
 
-        text = commands.table(commands.resolve_study(results, profile, study), fmt)
+        path = commands.resolve_study(results, profile, study)
+        text = commands.table(path, fmt, commands.parse_exclude(path, exclude))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / f"study.{fmt}").write_text(text)
         typer.echo(text, nl=False)
         return
 
-    typer.echo(table_command(name, results, profile, fmt, compare, out), nl=False)
+    typer.echo(table_command(name, results, profile, fmt, compare, out, against, dataset), nl=False)
+
+
+@app.command()
+def compare(methods: list[str] = typer.Argument(..., help="Reference first, then the methods it is compared with: "
+                                                "method or method:variant (e.g. echodistill lora custom_diffusion)."),
+            fmt: str = typer.Option("md", "--format", help="md | csv | json"), results: Path = RESULTS,
+            profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
+            view: Optional[str] = typer.Option(None, "--view", help="table (default: what the tables read) | final "
+                                               "| a view name (e.g. teacher).")) -> None:
+    """Paired per-concept differences of the first method against each other one: mean, interval, p, wins."""
+    from bench.compare import compare_command
+
+    typer.echo(compare_command(methods, results, profile, fmt, view), nl=False)
 
 
 @app.command()

@@ -127,9 +127,10 @@ def check_method(name: str, concept: Any = None, work: Path | None = None,
             _check(finite, "log values", "every logged value is finite", say)
         else:
             trained = method.prepare(concept, Models(profile, "cpu"), work / "work", 0)
-            chosen = list(getattr(trained, "conditioning", None) or [])
-            _check(bool(chosen) and set(chosen) <= {p.name for p in concept.images}, "conditioning",
-                   "prepare's model names the concept photo(s) that condition it (`conditioning`)", say)
+            chosen = getattr(trained, "conditioning", None)
+            _check(isinstance(chosen, list) and set(chosen) <= {p.name for p in concept.images}, "conditioning",
+                   "prepare's model names the concept photo(s) that condition it (`conditioning`; an empty list "
+                   "when none does, as the `base` floor)", say)
         _check(isinstance(trained, Trained), "Trained", "train (or prepare) must return a bench.api.Trained", say)
 
         prompts = [concept.prompt("a {0} {1} in the snow", trained.identifier)] * 2

@@ -113,8 +113,23 @@ def _ablation(label: str, variant: str, paper_variant: str) -> RowSpec:
                    paper=_paper(8, "extended_ablation", "EchoDistill", "SD Turbo", paper_variant))
 
 
+FLOOR = "base"
+"""Registry name of the floor: the model under test with no personalization (`baselines.base`)."""
+
+
+def _floor_rows() -> list[RowSpec]:
+    """The floor, one row per backbone (`bench run --method base [--backbone hyper-sd15]`): shown where it ran, so
+    the main table reads floor, methods, ceiling."""
+    note = "floor: no personalization, the class noun in place of the identifier"
+    return [RowSpec("Base model (no personalization)", FLOOR, ("default",), "SD Turbo", None, 1, optional=True,
+                    trains=False, note=note),
+            RowSpec("Base model (no personalization)", FLOOR, ("default@hyper-sd15",), "Hyper-SD1.5", None, 1,
+                    optional=True, trains=False, note=note)]
+
+
 DEFS: dict[str, TableDef] = {d.name: d for d in (
     TableDef("main", "Tables 1 and 5: main comparison on DreamBench", (
+        *_floor_rows(),
         RowSpec("Custom Diffusion", CD, ("sd21",), "SD 2.1", 1000, 25,
                 _paper(5, "main_timed", "Custom Diffusion", "SD 2.1", "", 1000, 25),
                 note="multi-step reference; paper Table 1 gives 0.269 / 0.752 / 0.519"),
@@ -245,18 +260,20 @@ def _subject(table: str) -> str | None:
     return methods.pop() if len(methods) == 1 else None
 
 
-def _extra_label(method: str, base: str, table: str) -> str:
-    """The label of a row for a variant no table lists: "w/o a + b" for a drop ablation (prefixed with the
-    method's label in a table about another method), else "<label> (<variant>)"."""
-    from bench.contract import presentation
-
-    label = presentation(method).label
+def _extra_label(method: str, base: str, table: str, label: str) -> str:
+    """The label of a row for a variant no table lists, from the method's `label`: "w/o a + b" for a drop ablation
+    (prefixed with the label in a table about another method), the label alone for its default variant (the
+    Variant column names it), else "<label> (<variant>)"."""
     if base.startswith("drop_"):
         text = "w/o " + " + ".join(base.removeprefix("drop_").split("+"))
         return text if _subject(table) == method else f"{label} {text}"
-    return f"{label} ({base})"
+    return label if base == "default" else f"{label} ({base})"
 
 
+@cache
+def listed_methods() -> frozenset[str]:
+    """The methods some table's rows name: any other method's rows are a section of their own."""
+    return frozenset(spec.method for d in DEFS.values() for spec in d.rows if spec.method is not None)
 
 
 @lru_cache(maxsize=1)
