@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.models.checkpoint import stable_lora_metadata
+from bench.models.checkpoint import sort_safetensors_metadata, stable_lora_metadata
 
 
 def _run(results: Path, data: Path, hash_seed: str) -> Path:
@@ -31,3 +31,29 @@ def test_identical_runs_give_identical_weight_files_with_the_umask_mode(dreamben
 def test_set_valued_lora_fields_are_sorted() -> None:
     meta = stable_lora_metadata({"target_modules": {"to_v", "to_k", "to_q"}, "r": 4, "layers": [3, 1]})
     assert meta == {"target_modules": ["to_k", "to_q", "to_v"], "r": 4, "layers": [3, 1]}
+
+
+def test_safetensors_metadata_sorted_in_place(tmp_path) -> None:
+    """The header's metadata keys in sorted order, the same byte count, the tensors untouched."""
+    import json
+    import struct
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.arange(4.0)}, path, metadata={"zeta": "1", "alpha": "2", "format": "pt"})
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items(), reverse=True))  # as a writer may order it
+    text = json.dumps(header, separators=(",", ":")).encode()
+    path.write_bytes(data[:8] + text + b" " * (size - len(text)) + data[8 + size:])
+    assert sort_safetensors_metadata(path)
+    again = path.read_bytes()
+    assert len(again) == len(data) and again[8 + size:] == data[8 + size:]
+    assert list(json.loads(again[8:8 + size])["__metadata__"]) == ["alpha", "format", "zeta"]
+    with safe_open(str(path), framework="pt") as f:
+        assert torch.equal(f.get_tensor("a"), torch.arange(4.0)) and f.metadata()["zeta"] == "1"
+    assert not sort_safetensors_metadata(path)  # already sorted: left alone
