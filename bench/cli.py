@@ -17,6 +17,7 @@ import typer
 
 from bench.api import BenchError, InfraError, infra_cause
 from bench.study.cli import study_app
+from bench.tracking.options import INTERVAL, REPORT_TO, SAMPLE_EVERY, WATCH, tracking
 
 EXIT_INFRA = 4
 """Exit code when the environment failed (disk full, device error, ...): the sweep stopped, nothing was recorded as
@@ -63,11 +64,6 @@ DATASET = typer.Option(None, "--dataset", help="dreambench | customconcept101 (d
                                                "customconcept101 alone means $BENCH_CC101 or ./data/customconcept101).")
 THREADS = typer.Option(None, "--threads", help="CPU intra-op threads per process (also $BENCH_THREADS; default: "
                                                "the usable cores / the processes started, 1 on tiny).")
-# Watching runs as they train (bench.tracking): part of the run request, never of a method's config (no hash).
-REPORT_TO = typer.Option(None, "--report-to", help="Send losses, sample grids and scores live to a tracker "
-                                                   "(repeatable): tensorboard | wandb | mlflow.")
-SAMPLE_EVERY = typer.Option(0, "--sample-every", help="Sample a fixed grid from the model being trained every N "
-                                                      "iterations (saved in the run folder, sent to trackers).")
 SHARD = typer.Option(None, "--shard", help="Run only part K of N of the plan (1-based K/N, e.g. 2/3): a fixed, "
                                            "cost-balanced split; runs sharing a training stay together.")
 
@@ -100,12 +96,6 @@ def _exec_options(executor: str, workers: Optional[int], partition: Optional[str
 
     return ExecOptions(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, tuple(sbatch or ()),
                        slurm_array, not no_wait, cluster)
-
-
-def _tracking(report_to: Optional[list[str]], sample_every: int):
-    from bench.tracking import Tracking, parse_report_to
-
-    return Tracking(parse_report_to(report_to), sample_every)
 
 
 def _sweep(request, options, shard: Optional[str] = None) -> None:
@@ -151,7 +141,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
     variants = variants_for(method.split(","), variant.split(","), _sets(set_))
     request = SweepRequest(tuple(method.split(",")), tuple(variants), concepts, _ints(seeds, "--seeds"), profile,
                            backbone, data, results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           concept_dir, class_noun, tuple(speed or ()), _tracking(report_to, sample_every))
+                           concept_dir, class_noun, tuple(speed or ()), tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -184,7 +174,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_), method=method)
     request = SweepRequest((method,), tuple(variants), concepts, _ints(seeds, "--seeds"), profile, backbone, data,
                            results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           speed=tuple(speed or ()), tracking=_tracking(report_to, sample_every))
+                           speed=tuple(speed or ()), tracking=tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -260,23 +250,14 @@ def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, 
            set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
            concepts: str = CONCEPTS, seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the plan."),
            backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
-           suite: Optional[str] = SUITE,
-           watch: bool = typer.Option(False, "--watch", help="A live table until Ctrl-C: runs per method, each "
-                                      "running run's iteration, loss and ETA; with --method, the sweep's ETA."),
-           interval: float = typer.Option(2.0, "--interval", help="--watch: seconds between refreshes.")) -> None:
+           suite: Optional[str] = SUITE, watch: bool = WATCH, interval: float = INTERVAL) -> None:
     """Done, running, interrupted and failed runs (with reasons); with --method, also the plan's missing runs."""
     from bench.runs import status_report
+    from bench.tracking.live import watch_status
 
-    if watch:
-        from bench.tracking.live import watch_status
-
-        return watch_status(results, profile, method.split(",") if method else None,
-                            variant.split(",") if variant else None, _sets(set_), concepts,
-                            _ints(seeds, "--seeds") if seeds else None, backbone, data, suite, interval)
-
-    typer.echo(status_report(results, profile, method.split(",") if method else None,
-                             variant.split(",") if variant else None, _sets(set_), concepts,
-                             _ints(seeds, "--seeds") if seeds else None, backbone, data, suite))
+    args = (results, profile, method.split(",") if method else None, variant.split(",") if variant else None,
+            _sets(set_), concepts, _ints(seeds, "--seeds") if seeds else None, backbone, data, suite)
+    watch_status(*args, interval) if watch else typer.echo(status_report(*args))
 
 
 @app.command()

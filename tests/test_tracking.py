@@ -160,6 +160,24 @@ def test_sample_grid_is_the_evaluation_prompts_and_noise(echo_runs) -> None:
         assert grid.size == (len(seeds) * cell[0] + (len(seeds) - 1) * 2, 4 * cell[1] + 3 * 2)
 
 
+def test_a_baseline_offers_its_live_model(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    """Custom Diffusion (through the shared denoising loop) offers the model it trains: grids every 2 iterations,
+    and the run trains exactly as without them (same loss log, weights and scores)."""
+    base = ["run", "--method", "custom_diffusion", "--concepts", "dog", "--data", dreambench_root,
+            "--set", "iterations=4"]
+    for name, extra in (("plain", []), ("watched", ["--sample-every", "2"])):
+        code, _, err = bench(monkeypatch, capsys, *base, "--results", tmp_path / name, *extra)
+        assert code == 0, err
+    plain, watched = (tmp_path / n / "tiny/custom_diffusion/default+iterations=4/dog/seed0" for n in ("plain",
+                                                                                                   "watched"))
+    assert sorted(p.name for p in (watched / "samples").glob("*.png")) == ["train_000002.png", "train_000004.png"]
+    assert (plain / "loss_log.jsonl").read_text() == (watched / "loss_log.jsonl").read_text()
+    a, b = (json.loads((d / "record.json").read_text()) for d in (plain, watched))
+    assert a["metrics"] == b["metrics"] and a["images"] == b["images"]
+    weights = sorted(p.relative_to(plain) for p in (plain / "weights").rglob("*") if p.is_file())
+    assert weights and all((plain / w).read_bytes() == (watched / w).read_bytes() for w in weights)
+
+
 def _fake(monkeypatch) -> None:
     from bench import registry
 
@@ -263,12 +281,14 @@ def test_tracking_reaches_worker_processes_and_changes_no_hash(dreambench_root, 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--report-to", "neptune"], "unknown --report-to 'neptune'; valid: tensorboard, wandb, mlflow"),
-    (["--sample-every", "-3"], "--sample-every must be an integer >= 0"),
+    (["run", "--method", "custom_diffusion", "--report-to", "neptune"],
+     "unknown --report-to 'neptune'; valid: tensorboard, wandb, mlflow"),
+    (["run", "--method", "custom_diffusion", "--sample-every", "-3"], "--sample-every must be an integer >= 0"),
+    (["ablate", "--drop", "disc_clip", "--report-to", "tensorboard,comet"], "unknown --report-to 'comet'"),
 ])
 def test_bad_tracking_options_are_one_line(args, message, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    code, _, err = bench(monkeypatch, capsys, "run", "--method", "custom_diffusion", "--concepts", "dog", "--data",
-                         dreambench_root, "--results", tmp_path, *args)
+    code, _, err = bench(monkeypatch, capsys, *args, "--concepts", "dog", "--data", dreambench_root, "--results",
+                         tmp_path)
     assert code == 2 and message in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
 

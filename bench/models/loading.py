@@ -16,7 +16,15 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.hub import hub_offline, offline_mode, quiet_libraries, quiet_loading  # noqa: F401 (re-exported)
-from bench.models.component import CONFIGS, Component, from_pretrained, hub_file, is_local, pretrained_tokenizer
+from bench.models.component import (
+    CONFIGS,
+    Component,
+    from_pretrained,
+    hub_file,
+    in_hub_cache,
+    is_local,
+    pretrained_tokenizer,
+)
 from bench.models.profiles import Profile
 
 _PRISTINE: dict[tuple, Any] = {}
@@ -111,8 +119,10 @@ def load_component(profile: Profile, role: str, device: Any) -> Any:
         raise
     except Exception as err:  # hub errors, missing files, bad configs: all become one actionable line
         folder = Path(comp.source).expanduser()
-        if not folder.exists() and hub_offline():
-            reason = "not in the local hub cache, and the hub is unreachable"
+        if not folder.exists() and hub_offline() and not in_hub_cache(comp.source):
+            from huggingface_hub import constants
+
+            reason = f"not in the local hub cache ({constants.HF_HUB_CACHE}), and the hub is unreachable"
         elif folder.is_dir() and comp.subfolder and not (folder / comp.subfolder).is_dir():
             reason = (f"no {comp.subfolder}/ folder in it: a diffusers repository keeps each part in its own folder "
                       f"(transformer/, vae/, text_encoder/, ...)")
