@@ -17,6 +17,7 @@ import typer
 
 from bench.api import BenchError, InfraError, infra_cause
 from bench.study.cli import study_app
+from bench.tracking.options import INTERVAL, REPORT_TO, SAMPLE_EVERY, WATCH, tracking
 
 EXIT_INFRA = 4
 """Exit code when the environment failed (disk full, device error, ...): the sweep stopped, nothing was recorded as
@@ -37,7 +38,8 @@ RESULTS = typer.Option(Path("results"), "--results", help="Results root.")
 PROFILE = typer.Option("tiny", "--profile", help="Model profile: tiny | paper | paper-random.")
 CONCEPTS = typer.Option("all", "--concepts", help="'all' or a comma-separated list, e.g. dog,teapot.")
 SEEDS = typer.Option("0", "--seeds", help="Training seeds, comma-separated (e.g. 0,1,2,3).")
-SUITE = typer.Option(None, "--suite", help="Metric suite: paper | dreambooth | tiny (default: by profile).")
+SUITE = typer.Option(None, "--suite", help="Metric suite: paper | paper-timm | dreambooth | tiny (default: by "
+                                            "profile).")
 DEVICE = typer.Option(None, "--device", help="Torch device (default: cuda if available, else cpu).")
 SPEED = typer.Option(None, "--speed", help="Speed switch KEY=VALUE (repeatable): channels_last=auto|on|off, "
                                            "compile=off|regional, attention=sdpa|eager.")
@@ -60,11 +62,8 @@ NO_WAIT = typer.Option(False, "--no-wait", help="slurm: submit and return; follo
 CLUSTER = typer.Option("slurm", "--cluster", help="slurm: slurm | local (same submission, on this machine).")
 DATASET = typer.Option(None, "--dataset", help="dreambench | customconcept101 (default: told by the --data folder; "
                                                "customconcept101 alone means $BENCH_CC101 or ./data/customconcept101).")
-# Watching runs as they train (bench.tracking): part of the run request, never of a method's config (no hash).
-REPORT_TO = typer.Option(None, "--report-to", help="Send losses, sample grids and scores live to a tracker "
-                                                   "(repeatable): tensorboard | wandb | mlflow.")
-SAMPLE_EVERY = typer.Option(0, "--sample-every", help="Sample a fixed grid from the model being trained every N "
-                                                      "iterations (saved in the run folder, sent to trackers).")
+THREADS = typer.Option(None, "--threads", help="CPU intra-op threads per process (also $BENCH_THREADS; default: "
+                                               "the usable cores / the processes started, 1 on tiny).")
 SHARD = typer.Option(None, "--shard", help="Run only part K of N of the plan (1-based K/N, e.g. 2/3): a fixed, "
                                            "cost-balanced split; runs sharing a training stay together.")
 
@@ -99,12 +98,6 @@ def _exec_options(executor: str, workers: Optional[int], partition: Optional[str
                        slurm_array, not no_wait, cluster)
 
 
-def _tracking(report_to: Optional[list[str]], sample_every: int):
-    from bench.tracking import Tracking, parse_report_to
-
-    return Tracking(parse_report_to(report_to), sample_every)
-
-
 def _sweep(request, options, shard: Optional[str] = None) -> None:
     """Run a `SweepRequest` on the executor `options` describe (or its part `--shard K/N`); exit 3 on a failed run."""
     from bench.executors import sweep
@@ -132,10 +125,14 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
         speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD,
-        report_to: Optional[list[str]] = REPORT_TO, sample_every: int = SAMPLE_EVERY) -> None:
+        report_to: Optional[list[str]] = REPORT_TO, sample_every: int = SAMPLE_EVERY,
+        threads: Optional[int] = THREADS) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
     from bench.data import dataset_root
     from bench.runs import SweepRequest, variants_for
+    from bench.threads import set_override
+
+    set_override(threads)
 
     data = dataset_root(data, dataset)
 
@@ -144,7 +141,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
     variants = variants_for(method.split(","), variant.split(","), _sets(set_))
     request = SweepRequest(tuple(method.split(",")), tuple(variants), concepts, _ints(seeds, "--seeds"), profile,
                            backbone, data, results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           concept_dir, class_noun, tuple(speed or ()), _tracking(report_to, sample_every))
+                           concept_dir, class_noun, tuple(speed or ()), tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -164,17 +161,20 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH, slurm_array: bool = ARRAY,
            no_wait: bool = NO_WAIT, cluster: str = CLUSTER, speed: Optional[list[str]] = SPEED,
            shard: Optional[str] = SHARD, report_to: Optional[list[str]] = REPORT_TO,
-           sample_every: int = SAMPLE_EVERY) -> None:
+           sample_every: int = SAMPLE_EVERY, threads: Optional[int] = THREADS) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
     from bench.runs import SweepRequest
+    from bench.threads import set_override
+
+    set_override(threads)
 
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_), method=method)
     request = SweepRequest((method,), tuple(variants), concepts, _ints(seeds, "--seeds"), profile, backbone, data,
                            results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           speed=tuple(speed or ()), tracking=_tracking(report_to, sample_every))
+                           speed=tuple(speed or ()), tracking=tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -250,23 +250,14 @@ def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, 
            set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
            concepts: str = CONCEPTS, seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the plan."),
            backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
-           suite: Optional[str] = SUITE,
-           watch: bool = typer.Option(False, "--watch", help="A live table until Ctrl-C: runs per method, each "
-                                      "running run's iteration, loss and ETA; with --method, the sweep's ETA."),
-           interval: float = typer.Option(2.0, "--interval", help="--watch: seconds between refreshes.")) -> None:
+           suite: Optional[str] = SUITE, watch: bool = WATCH, interval: float = INTERVAL) -> None:
     """Done, running, interrupted and failed runs (with reasons); with --method, also the plan's missing runs."""
     from bench.runs import status_report
+    from bench.tracking.live import watch_status
 
-    if watch:
-        from bench.tracking.live import watch_status
-
-        return watch_status(results, profile, method.split(",") if method else None,
-                            variant.split(",") if variant else None, _sets(set_), concepts,
-                            _ints(seeds, "--seeds") if seeds else None, backbone, data, suite, interval)
-
-    typer.echo(status_report(results, profile, method.split(",") if method else None,
-                             variant.split(",") if variant else None, _sets(set_), concepts,
-                             _ints(seeds, "--seeds") if seeds else None, backbone, data, suite))
+    args = (results, profile, method.split(",") if method else None, variant.split(",") if variant else None,
+            _sets(set_), concepts, _ints(seeds, "--seeds") if seeds else None, backbone, data, suite)
+    watch_status(*args, interval) if watch else typer.echo(status_report(*args))
 
 
 @app.command()
@@ -409,12 +400,15 @@ def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-se
                                           "each switch flipped on its own; report each one's effect as a ratio."),
          score_images: Optional[int] = typer.Option(None, "--score-images", help="Also time scoring this many "
                                                     "images in one pass (default: 3000 on a GPU, 0 = skip on a CPU).")
-         ) -> None:
+         , threads: Optional[int] = THREADS) -> None:
     """Seconds per training iteration, phase shares, FLOPs, peak memory and latency, per method."""
     from bench.models.profiles import parse_weights
     from bench.paths import data_root
     from bench.perf import run_perf
     from bench.registry import method_names
+    from bench.threads import set_override
+
+    set_override(threads)
 
     names = methods.split(",") if methods else method_names()
     from bench.models.speed import parse_speed

@@ -281,12 +281,14 @@ def test_tracking_reaches_worker_processes_and_changes_no_hash(dreambench_root, 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--report-to", "neptune"], "unknown --report-to 'neptune'; valid: tensorboard, wandb, mlflow"),
-    (["--sample-every", "-3"], "--sample-every must be an integer >= 0"),
+    (["run", "--method", "custom_diffusion", "--report-to", "neptune"],
+     "unknown --report-to 'neptune'; valid: tensorboard, wandb, mlflow"),
+    (["run", "--method", "custom_diffusion", "--sample-every", "-3"], "--sample-every must be an integer >= 0"),
+    (["ablate", "--drop", "disc_clip", "--report-to", "tensorboard,comet"], "unknown --report-to 'comet'"),
 ])
 def test_bad_tracking_options_are_one_line(args, message, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    code, _, err = bench(monkeypatch, capsys, "run", "--method", "custom_diffusion", "--concepts", "dog", "--data",
-                         dreambench_root, "--results", tmp_path, *args)
+    code, _, err = bench(monkeypatch, capsys, *args, "--concepts", "dog", "--data", dreambench_root, "--results",
+                         tmp_path)
     assert code == 2 and message in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
 
@@ -362,3 +364,18 @@ def test_status_watch_renderable(dreambench_root, tmp_path, monkeypatch, capsys)
     assert "2 runs not done" in snap.sweep and "GPU-h by `bench plan`" in snap.sweep
     empty = _text(render(Snapshot({}, [], "sweep ETA: –", "r")))
     assert "(none)" in empty and "sweep ETA: –" in empty
+
+
+def test_wandb_online_without_credentials_is_one_warning_not_a_prompt(tmp_path, monkeypatch) -> None:
+    """W&B online with no key anywhere would stop the run to ask for one: it is a warning instead."""
+    pytest.importorskip("wandb")
+    from bench import tracking
+    from bench.tracking.fanout import Fanout, TrackerWarning
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "netrc").write_text("machine example.org login u password p\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    with pytest.warns(TrackerWarning, match="not logged in to W&B"):
+        fanout = Fanout.open(("wandb",), tracking.RunInfo("m", "v", "c", 0, "tiny", results=tmp_path))
+    assert fanout.names == [] and not (tmp_path / "wandb").exists()
