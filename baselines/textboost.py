@@ -38,7 +38,7 @@ from baselines.textboost_data import (
     PriorPrompts,
     read_prompt_file,
 )
-from bench.api import BenchError, Concept, Log
+from bench.api import BenchError, Concept, Log, Models
 from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
@@ -228,7 +228,7 @@ class TextBoost:
     def __init__(self, config: TextBoostConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> TextBoostModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> TextBoostModel:
         from diffusers.utils.peft_utils import set_adapter_layers
         from peft import inject_adapter_in_model
 
@@ -329,7 +329,7 @@ class TextBoost:
             p.requires_grad_(False)
         return TextBoostModel(cfg, parts, vectors, new_tokens)
 
-    def load(self, weights_dir: Path, models: Any) -> TextBoostModel:
+    def load(self, weights_dir: Path, models: Models) -> TextBoostModel:
         from diffusers import StableDiffusionPipeline
 
         parts = models.pipeline_parts()

@@ -37,7 +37,7 @@ def recorded_weights(record: RunRecord) -> dict[str, str]:
     from bench.models.profiles import get_profile
 
     components = (record.models or {}).get("components") or {}
-    default = get_profile(record.profile, record.backbone or "sd-turbo").components
+    default = get_profile(record.profile, record.backbone or "sd-turbo").for_method(record.method).components
     out: dict[str, str] = {}
     for role, entry in sorted(components.items()):
         source = entry.get("source") if isinstance(entry, dict) else None
@@ -101,7 +101,7 @@ def load_trained(run_dir: Path, device: str | None = None, weights: list[str] | 
             raise BenchError(f"run {run_dir} was trained with --weights {group}={source}, which does not exist "
                              f"here; pass --weights {group}=/path/to/that/copy")
     weight_map = {**recorded, **given}
-    profile = get_profile(record.profile, backbone, weight_map)
+    profile = get_profile(record.profile, backbone, weight_map).for_method(cls)
     check_weight_paths(given)
     check_weight_paths({g: s for g, s in recorded.items() if _looks_local(s)})
     models = Models(profile, device)
