@@ -37,7 +37,10 @@ def recorded_weights(record: RunRecord) -> dict[str, str]:
     from bench.models.profiles import get_profile
 
     components = (record.models or {}).get("components") or {}
-    default = get_profile(record.profile, record.backbone or "sd-turbo").for_method(record.method).components
+    from bench.registry import method_names
+
+    profile = get_profile(record.profile, record.backbone or "sd-turbo")
+    default = (profile.for_method(record.method) if record.method in method_names() else profile).components
     out: dict[str, str] = {}
     for role, entry in sorted(components.items()):
         source = entry.get("source") if isinstance(entry, dict) else None

@@ -41,7 +41,7 @@ def clean_registry(monkeypatch):
 
     monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
     monkeypatch.setattr(plugins, "_discovered", set())
-    monkeypatch.delenv(plugins.INCLUDE_ENV, raising=False)
+    monkeypatch.setenv(plugins.INCLUDE_ENV, "")  # restored afterwards, even where `include` sets it
     return registry
 
 
