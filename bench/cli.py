@@ -17,6 +17,7 @@ import typer
 
 from bench.api import BenchError, InfraError, infra_cause
 from bench.study.cli import study_app
+from bench.tracking.options import INTERVAL, REPORT_TO, SAMPLE_EVERY, WATCH, tracking
 
 EXIT_INFRA = 4
 """Exit code when the environment failed (disk full, device error, ...): the sweep stopped, nothing was recorded as
@@ -120,7 +121,8 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         partition: Optional[str] = PARTITION, time: Optional[int] = TIME, gpus_per_job: Optional[int] = GPUS_PER_JOB,
         cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
-        speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD) -> None:
+        speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD,
+        report_to: Optional[list[str]] = REPORT_TO, sample_every: int = SAMPLE_EVERY) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
     from bench.data import dataset_root
     from bench.runs import SweepRequest, variants_for
@@ -132,7 +134,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
     variants = variants_for(method.split(","), variant.split(","), _sets(set_))
     request = SweepRequest(tuple(method.split(",")), tuple(variants), concepts, _ints(seeds, "--seeds"), profile,
                            backbone, data, results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           concept_dir, class_noun, tuple(speed or ()))
+                           concept_dir, class_noun, tuple(speed or ()), tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -151,7 +153,8 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            gpus_per_job: Optional[int] = GPUS_PER_JOB, cpus_per_job: Optional[int] = CPUS_PER_JOB,
            mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH, slurm_array: bool = ARRAY,
            no_wait: bool = NO_WAIT, cluster: str = CLUSTER, speed: Optional[list[str]] = SPEED,
-           shard: Optional[str] = SHARD) -> None:
+           shard: Optional[str] = SHARD, report_to: Optional[list[str]] = REPORT_TO,
+           sample_every: int = SAMPLE_EVERY) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
     from bench.runs import SweepRequest
@@ -161,7 +164,7 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_), method=method)
     request = SweepRequest((method,), tuple(variants), concepts, _ints(seeds, "--seeds"), profile, backbone, data,
                            results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           speed=tuple(speed or ()))
+                           speed=tuple(speed or ()), tracking=tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -237,13 +240,14 @@ def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, 
            set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
            concepts: str = CONCEPTS, seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the plan."),
            backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
-           suite: Optional[str] = SUITE) -> None:
+           suite: Optional[str] = SUITE, watch: bool = WATCH, interval: float = INTERVAL) -> None:
     """Done, running, interrupted and failed runs (with reasons); with --method, also the plan's missing runs."""
     from bench.runs import status_report
+    from bench.tracking.live import watch_status
 
-    typer.echo(status_report(results, profile, method.split(",") if method else None,
-                             variant.split(",") if variant else None, _sets(set_), concepts,
-                             _ints(seeds, "--seeds") if seeds else None, backbone, data, suite))
+    args = (results, profile, method.split(",") if method else None, variant.split(",") if variant else None,
+            _sets(set_), concepts, _ints(seeds, "--seeds") if seeds else None, backbone, data, suite)
+    watch_status(*args, interval) if watch else typer.echo(status_report(*args))
 
 
 @app.command()
@@ -308,7 +312,10 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
           study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one)."),
           exclude: Optional[str] = typer.Option(None, "--exclude", help="study: participants left out (e.g. p03)."),
           against: Optional[str] = typer.Option(None, "--against", help="Add each row's paired difference to this "
-                                                "method, and mark cells not distinguishable from the best.")) -> None:
+                                                "method, and mark cells not distinguishable from the best."),
+          dataset: Optional[str] = typer.Option(None, "--dataset", help="Only one dataset's tables: dreambench | "
+                                                "customconcept101 | yours (--concept-dir); default: each apart.")
+          ) -> None:
     """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
 
@@ -323,7 +330,7 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
         typer.echo(text, nl=False)
         return
 
-    typer.echo(table_command(name, results, profile, fmt, compare, out, against), nl=False)
+    typer.echo(table_command(name, results, profile, fmt, compare, out, against, dataset), nl=False)
 
 
 @app.command()

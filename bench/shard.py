@@ -125,13 +125,7 @@ def shard_pieces(pieces: list[tuple[list[Any], Any]], k: int, n: int) -> list[li
 
 def shard_loads(pieces: list[tuple[list[Any], Any]], n: int) -> list[dict[str, Any]]:
     """Per shard: its runs and its reference cost in seconds (for `bench plan --shards N`)."""
-    groups = group_pieces(pieces)
-    where = assign(groups, n)
-    out = [{"shard": f"{s + 1}/{n}", "runs": 0, "reference_s": 0.0} for s in range(n)]
-    for g in groups:
-        out[where[g.key]]["runs"] += len(g.jobs)
-        out[where[g.key]]["reference_s"] += g.cost
-    return out
+    return _loads(group_pieces(pieces), n)
 
 
 def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
@@ -161,3 +155,124 @@ def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]],
     if loads is not None:
         result["shards"] = loads
     return json.dumps(result, indent=1) + "\n" if fmt == "json" else render(result, loads)
+
+
+# --- what a shard owns, and what the merge is missing -------------------------------------------------------------
+
+
+def owned_runs(pieces: list[tuple[list[Any], Any]], k: int, n: int) -> list[str]:
+    """The relative run paths (`<profile>/<method>/<variant>/<concept>/seedK`) shard `k` of `n` owns under the
+    current plan: what it packs (never a run another shard owns, or one the plan no longer holds)."""
+    return sorted({str(job.key.path(Path("."))) for part in shard_pieces(pieces, k, n) for job in part})
+
+
+def coverage(pieces: list[tuple[list[Any], Any]], n: int, results: Path, packed: dict[int, int] | None
+             ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Per shard of `n`: its planned runs, how many are done, failed and missing in the merged `results`, and how
+    many records it uploaded (`packed[k]`: None when nothing came from it; `packed` None: not known). Totals
+    beside."""
+    from bench import store
+
+    states: dict[str, str] = {}
+    for record in store.iter_run_records(results):
+        rel = Path(record.run_dir or "").relative_to(results)
+        states[str(rel)] = "done" if record.done else "failed"
+    rows = []
+    for k in range(1, n + 1):
+        runs = owned_runs(pieces, k, n) if n > 1 else sorted({str(j.key.path(Path("."))) for js, _ in pieces
+                                                               for j in js})
+        done = sum(states.get(r) == "done" for r in runs)
+        failed = sum(states.get(r) == "failed" for r in runs)
+        rows.append({"shard": f"{k}/{n}", "planned": len(runs), "done": done, "failed": failed,
+                     "missing": len(runs) - done - failed,
+                     "packed": packed.get(k) if packed is not None else "?"})
+    total = {key: sum(r[key] for r in rows) for key in ("planned", "done", "failed", "missing")}
+    return rows, total
+
+
+def render_coverage(rows: list[dict[str, Any]], total: dict[str, int]) -> str:
+    """The coverage as Markdown: what the published tables hold of the plan, shard by shard."""
+    short = [r for r in rows if r["missing"] or r["packed"] is None]
+    lines = ["## Coverage of the plan", "",
+             f"{total['done']} of the plan's {total['planned']} runs done, {total['failed']} failed, "
+             f"**{total['missing']} missing**"
+             + (f" (from shard(s) {', '.join(r['shard'] for r in short)})." if short else "."), "",
+             "| shard | planned | done | failed | missing | records uploaded |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        uploaded = "none (timed out or failed before packing?)" if r["packed"] is None else str(r["packed"])
+        lines.append(f"| {r['shard']} | {r['planned']} | {r['done']} | {r['failed']} | {r['missing']} | {uploaded} |")
+    return "\n".join(lines) + "\n"
+
+
+JOB_LIMIT_H = 70.0
+"""A shard's time limit in hours: the workflow's shard step stops at 4200 min (the job's 72 h, less 2 h to pack and
+upload what finished)."""
+
+
+def fitting_shards(pieces: list[tuple[list[Any], Any]], limit_s: float, gpus: int = 1, most: int = 512
+                   ) -> tuple[int, list[dict[str, Any]]] | None:
+    """The smallest N whose largest shard, at the paper's timings (`reference_cost`) spread over `gpus` GPUs per
+    shard, fits in `limit_s`, and that N's loads; None when even `most` shards do not (one training is longer)."""
+    groups = group_pieces(pieces)
+    if groups and max(g.cost for g in groups) > limit_s:  # a group never splits (over GPUs either: one run each)
+        return None
+    for n in range(1, most + 1):
+        loads = _loads(groups, n)
+        if max(s["reference_s"] for s in loads) / max(gpus, 1) <= limit_s:
+            return n, loads
+    return None
+
+
+def _loads(groups: list[Group], n: int) -> list[dict[str, Any]]:
+    where = assign(groups, n)
+    out = [{"shard": f"{s + 1}/{n}", "runs": 0, "reference_s": 0.0} for s in range(n)]
+    for g in groups:
+        out[where[g.key]]["runs"] += len(g.jobs)
+        out[where[g.key]]["reference_s"] += g.cost
+    return out
+
+
+def cost_summary(pieces: list[tuple[list[Any], Any]], n: int, limit_h: float = JOB_LIMIT_H, gpus: int = 1
+                 ) -> dict[str, Any]:
+    """The plan's cost at the paper's timings, the N shards' loads (each flagged when over `limit_h` on `gpus`
+    GPUs) and the smallest N that fits: what `paper_tables.py estimate` prints and the README quotes."""
+    from bench.estimate import job_facts
+
+    groups = group_pieces(pieces)
+    loads = _loads(groups, n)
+    for s in loads:
+        s["hours_per_gpu"] = s["reference_s"] / 3600 / max(gpus, 1)
+        s["over_limit"] = s["hours_per_gpu"] > limit_h
+    fit = fitting_shards(pieces, limit_h * 3600, gpus)
+    extrapolated = sorted({f"{job.method}/{job.variant}" for jobs, ctx in pieces for job in jobs
+                           if _extrapolated(job_facts(job, ctx))})
+    runs = sum(len(g.jobs) for g in groups)
+    return {"runs": runs, "gpu_hours": sum(g.cost for g in groups) / 3600, "shards": loads, "limit_h": limit_h,
+            "gpus": gpus, "fits": fit[0] if fit else None,
+            "fit_largest_h": max(s["reference_s"] for s in fit[1]) / 3600 / max(gpus, 1) if fit else None,
+            "extrapolated": extrapolated}
+
+
+def _extrapolated(facts: Any) -> bool:
+    from bench.estimate import timed_variant
+
+    return timed_variant(facts.method, facts.variant, facts.backbone) is None
+
+
+def render_cost(summary: dict[str, Any]) -> str:
+    """The cost in three sentences (the README's figures are this text) and the shards over the limit."""
+    s, n = summary, len(summary["shards"])
+    largest = max(x["hours_per_gpu"] for x in s["shards"])
+    over = [x["shard"] for x in s["shards"] if x["over_limit"]]
+    gpus = f"{s['gpus']} GPU{'s' if s['gpus'] != 1 else ''} per shard"
+    text = (f"The plan is {s['runs']} runs, {s['gpu_hours']:.1f} GPU-hours at the paper's A40 timings (a training "
+            f"shared by two sweeps counted once). With {n} shard{'s' if n != 1 else ''} and {gpus} the largest "
+            f"shard takes {largest:.1f} h")
+    text += (f", over the {s['limit_h']:g} h limit (shard{'s' if len(over) > 1 else ''} {', '.join(over)})."
+             if over else f", within the {s['limit_h']:g} h limit.")
+    if s["fits"] is None:
+        text += " No shard count fits: one training alone is longer than the limit."
+    else:
+        text += (f" The smallest shard count that fits is {s['fits']} (largest shard {s['fit_largest_h']:.1f} h; "
+                 f"`matrix auto` picks it).")
+    return text + "\n"

@@ -110,3 +110,109 @@ def test_pack_copies_records_and_loss_logs_only(tmp_path, capsys):
                     if p.is_file())
     assert code == 0 and packed == ["paper/lora/default/dog/seed0/loss_log.jsonl",
                                     "paper/lora/default/dog/seed0/record.json"]
+
+
+def test_every_shard_runs_every_piece_even_after_an_empty_one(tmp_path, dreambench_root, monkeypatch, capsys):
+    """Two pieces with one training each, two shards: each shard has nothing in one piece and still runs the
+    other (the shard used to stop at its first empty piece, with exit 2)."""
+    from bench import registry
+    from tests.fake_method import FakeMethod
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    monkeypatch.setattr(FakeMethod, "variants", {**FakeMethod.variants, "longer": {"iterations": 7}})
+    module = load_script()
+    monkeypatch.setattr(module, "pieces", lambda methods: [module.Piece("main", "run", ("fake",)),
+                                                           module.Piece("longer", "run", ("fake",), ("longer",))])
+    common = ["--profile", "tiny", "--concepts", "dog", "--methods", "fake", "--data", str(dreambench_root)]
+    outs = []
+    for k in (1, 2):
+        code = module.main([*common, "--results", str(tmp_path / f"s{k}"), "shard", str(k), "2", "--executor",
+                            "local"])
+        outs.append(capsys.readouterr().out)
+        assert code == 0, outs[-1]
+    assert all(out.count("nothing in this shard") == 1 for out in outs), outs  # each shard skipped one piece
+    variants = sorted(p.parents[2].name for k in (1, 2) for p in (tmp_path / f"s{k}").rglob("record.json"))
+    assert variants == ["default", "longer"]
+
+
+def test_pack_keeps_only_the_runs_the_shard_owns_and_the_merge_says_what_is_missing(tmp_path, dreambench_root,
+                                                                                     monkeypatch, capsys):
+    """Records left in a shard's folder by another plan or another N are not packed; a shard that uploaded
+    nothing is named in the coverage, with its missing runs, in the tables and in coverage.md."""
+    import json
+
+    from bench import registry, store
+    from bench.shard import owned_runs
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    module = load_script()
+    common = ["--profile", "tiny", "--concepts", "dog,cat,teapot", "--pieces", "main", "--methods", "fake",
+              "--data", str(dreambench_root)]
+    args = module.parser().parse_args([*common, "--results", str(tmp_path / "s1"), "pack", "x"])
+    pairs = [(jobs, ctx) for _, jobs, ctx in module.build_plan(args, check_images=False)]
+    mine, theirs = owned_runs(pairs, 1, 2), owned_runs(pairs, 2, 2)
+    assert mine and theirs and not set(mine) & set(theirs)
+    assert module.main([*common, "--results", str(tmp_path / "s1"), "shard", "1", "2", "--executor", "local"]) == 0
+    stray = tmp_path / "s1" / theirs[0]  # a run shard 2 owns now (left by an earlier plan)
+    stray.mkdir(parents=True)
+    store.write_json_atomic(stray / "record.json", {"status": "done", "schema": 1})
+    capsys.readouterr()
+    assert module.main([*common, "--results", str(tmp_path / "s1"), "pack", str(tmp_path / "p1"), "--shard",
+                        "1/2"]) == 0
+    assert "1 not owned by shard 1/2" in capsys.readouterr().out
+    packed = sorted(str(p.parent.relative_to(tmp_path / "p1")) for p in (tmp_path / "p1").rglob("record.json"))
+    assert packed == mine
+    assert json.loads((tmp_path / "p1" / "shard.json").read_text())["runs"] == mine
+    monkeypatch.setenv("BENCH_MODULE", "tests.fake_bench")
+    code = module.main([*common, "--results", str(tmp_path / "m"), "merge", str(tmp_path / "p1"), "--into",
+                        str(tmp_path / "m"), "--out", str(tmp_path / "pub"), "--no-report", "--shards", "2"])
+    coverage = (tmp_path / "pub" / "coverage.md").read_text()
+    assert code == 0 and f"**{len(theirs)} missing**" in coverage and "from shard(s) 2/2" in coverage
+    assert "| 2/2 | " in coverage and "none (timed out" in coverage
+    assert coverage in (tmp_path / "pub" / "tables" / "main.md").read_text()
+
+
+def test_the_readmes_cost_figures_are_what_the_script_prints(real_dreambench_root, tmp_path, capsys, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)  # no perf records here: the paper's timings, as the README says
+    code = load_script().main(["--profile", "paper", "--concepts", "all", "--seeds", "0", "--pieces", "all",
+                               "--results", str(tmp_path / "none"), "--data", str(real_dreambench_root),
+                               "--job-limit-h", "70", "--gpus-per-shard", "1", "estimate", "--shards", "4",
+                               "--summary"])
+    printed = capsys.readouterr().out.strip()
+    readme = (REPO / "README.md").read_text()
+    quoted = re.search(r"<!-- cost:begin -->\n> (.*?)\n<!-- cost:end -->", readme, re.S).group(1)
+    assert code == 0 and printed == quoted
+
+
+def test_check_names_every_role_without_weights_before_any_run(tmp_path, capsys):
+    """The weights manifest comes from the methods and profiles: a weights folder without FLUX.1 fails `check`,
+    naming OminiControl's roles and the folders expected; `--weights` flags cover every group the plan uses."""
+    from bench.manifest import manifest
+
+    module = load_script()
+    groups = manifest([(("ominicontrol", "ip_adapter_tcd", "echodistill"), "sd-turbo")])
+    for entry in groups:  # every role's files, but FLUX.1's
+        if entry.folder == "FLUX.1-schnell":
+            continue
+        for inside in entry.roles.values():
+            (tmp_path / "w" / entry.folder / inside).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "w" / "metrics" / "dinov2").mkdir(parents=True)
+    (tmp_path / "w" / "metrics" / "open_clip_model.safetensors").write_bytes(b"")
+    (tmp_path / "w" / "metrics" / "dinov2" / "model.safetensors").write_bytes(b"")
+    argv = ["--profile", "paper", "--weights", str(tmp_path / "w"), "--pieces", "main", "--methods",
+            "ominicontrol,ip_adapter_tcd,echodistill"]
+    code = module.main([*argv, "check"])
+    err = capsys.readouterr().err
+    expected = tmp_path / "w" / "FLUX.1-schnell" / "transformer"
+    assert code == 1 and "role flux_transformer" in err and str(expected) in err
+    assert "sdxl" not in err and "tcd_lora" not in err
+    (tmp_path / "w" / "FLUX.1-schnell").mkdir()
+    for inside in next(g for g in groups if g.folder == "FLUX.1-schnell").roles.values():
+        (tmp_path / "w" / "FLUX.1-schnell" / inside).mkdir(parents=True, exist_ok=True)
+    assert module.main([*argv, "check"]) == 0
+    piece = module.Piece("main", "run", ("ominicontrol", "ip_adapter_tcd"))
+    flags = module.weight_flags(str(tmp_path / "w"), "paper", piece)
+    named = {f.split("=")[0] for f in flags if "=" in f}
+    assert {"flux", "omini", "sdxl", "tcd_lora", "ip_adapter_sdxl"} <= named

@@ -48,6 +48,8 @@ def sweep(request: SweepRequest, options: ExecOptions, shard: tuple[int, int] | 
 
         planned, jobs = len(jobs), shard_jobs(jobs, ctx, *shard)
         note = f"shard {shard[0]}/{shard[1]}: {len(jobs)} of the plan's {planned} runs\n"
+        if not jobs:  # a part of a plan can be empty (few concepts, many shards): nothing to do is not a mistake
+            return note + "nothing in this shard", 0
     with _sigterm_exits():
         outcome = run_jobs(jobs, ctx, options)
     return note + summarize(outcome, ctx.results), exit_code(outcome)

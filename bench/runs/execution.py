@@ -22,7 +22,7 @@ from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
 from bench.api import views as api_views
 from bench.config import to_dict
-from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, set_fields
+from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, dataset_of, set_fields
 from bench.registry import get_method
 from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.loss_log import JsonlLog
@@ -38,6 +38,7 @@ from bench.runs.planning import (
     trains,
     triage,
 )
+from bench.tracking import open_observer
 
 
 def find_trained(job: Job, ctx: Context, train_hash: str) -> Path | None:
@@ -81,11 +82,13 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         if state.record and state.record.status == "failed" and state.record.config_hash == config_hash:
             attempts += int(state.record.attempts or 1)  # --retry-failed: the failed tries count too
         record = _base_record(job, config, config_hash, profile, suite)
-        set_fields(record, attempts=attempts, resumed_from=resumed_from or None, training_hash=train_hash)
+        set_fields(record, dataset=dataset_of(job.concept, ctx.data), attempts=attempts,
+                   resumed_from=resumed_from or None, training_hash=train_hash)
         donor = find_trained(job, ctx, train_hash)
+        observer = open_observer(ctx.tracking, record, partial, ctx.results, concept, profile.eval_seeds)
         try:
             set_fields(record, **_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step,
-                                                     resumed=bool(resumed_from), donor=donor))
+                                                     resumed=resumed_from, donor=donor, observer=observer))
             set_fields(record, status="done")
         except BenchError:
             from bench.models.checkpoint import find_checkpoints
@@ -101,6 +104,9 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
             (partial / "traceback.txt").write_text(traceback.format_exc())
             set_fields(record, status="failed", reason=f"{type(err).__name__}: {err}".strip()[:500],
                        diverged=isinstance(err, Diverged), traceback="traceback.txt")
+        finally:
+            if observer is not None:  # final scores and status to the trackers; never raises
+                observer.close(record)
         shutil.rmtree(partial / "work", ignore_errors=True)  # checkpoints are for kills, not for results
         (partial / ATTEMPT).unlink(missing_ok=True)
         set_fields(record, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -148,7 +154,7 @@ def _stage(run_dir: Path, config_hash: str, resume: bool) -> tuple[Path, int, di
     except (OSError, ValueError):
         previous = None
     keep = resume and isinstance(previous, dict) and previous.get("config_hash") == config_hash
-    partial = store.staging_dir(run_dir, ("work", "loss_log.jsonl", ATTEMPT) if keep else ())
+    partial = store.staging_dir(run_dir, ("work", "loss_log.jsonl", "samples", ATTEMPT) if keep else ())
     attempts = int(previous.get("attempts", 1)) + 1 if keep else 1
     store.write_json_atomic(partial / ATTEMPT, {"config_hash": config_hash, "attempts": attempts,
                                                 "pid": os.getpid(), "host": os.uname().nodename})
@@ -184,12 +190,12 @@ def _evaluated(evaluation: dict[str, Any], views: dict[str, Any], timing: dict[s
 
 
 def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, run_dir: Path,
-                        on_step: Callable | None, resumed: bool = False, donor: Path | None = None
-                        ) -> dict[str, Any]:
+                        on_step: Callable | None, resumed: dict[str, int] | None = None, donor: Path | None = None,
+                        observer: Any = None) -> dict[str, Any]:
     import torch
 
     from bench.models.loading import Models
-    from bench.timing import Stopwatch, device_name, peak_memory, reset_peak_memory
+    from bench.timing import AttemptClock, Stopwatch, across_attempts, device_name, peak_memory, reset_peak_memory
 
     if profile.name == "tiny":  # build the tiny models (seeded) now, not at first use inside the seeded run
         from bench.models.tiny import ensure_built
@@ -205,21 +211,27 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
         return _sample_trained(job, ctx, concept, profile, config, method, models, run_dir, donor)
     if not trains(job.method):
         return _prepare_and_evaluate(job, ctx, concept, profile, method, models, run_dir)
-    log = JsonlLog(run_dir / "loss_log.jsonl", on_step)
+    def not_training() -> float:  # model loading and sample grids (`--sample-every`) are not training time
+        return models.load_seconds + (observer.sample_seconds if observer else 0.0)
+
+    clock = AttemptClock(run_dir / "work", resumed or None, not_training)
+    log = JsonlLog(run_dir / "loss_log.jsonl", observer=observer)
+    log.on_step = clock.steps(log, on_step)
     try:
         with Stopwatch(models.device) as sw:
             trained = method.train(concept, models, run_dir / "work", job.seed, log)
     finally:
         log.close()
-    train_s = max(sw.seconds - models.load_seconds, 0.0)  # model loading is not training time
+    attempts = clock.finish(max(sw.seconds - not_training(), 0.0), log.iterations)
+    train_s, iterations = across_attempts(attempts, run_dir / "loss_log.jsonl", log.iterations)
     trained.save(run_dir / "weights")
     evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
     views = {}
     for name, view in api_views(trained).items():
         views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
-    timing = {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
-              "it_per_s": log.iterations / train_s if train_s > 0 else None,
-              "peak_memory": peak_memory(models.device), "resumed": resumed}
+    timing = {"train_s": train_s, "load_s": models.load_seconds, "iterations": iterations,
+              "it_per_s": iterations / train_s if train_s > 0 else None,
+              "peak_memory": peak_memory(models.device), "resumed": bool(resumed), "attempts": attempts}
     return _evaluated(evaluation, views, timing, identifier=trained.identifier, loss_log="loss_log.jsonl",
                       device=device_name(models.device), trained_from=None,
                       speed=models.speed.resolved(models.device))

@@ -18,6 +18,7 @@ from bench.api import BenchError, Concept
 from bench.config import build, stable_hash, to_dict, training_fields
 from bench.record import RunRecord, SuiteRef, VariantName
 from bench.registry import get_method, unknown
+from bench.tracking import Tracking
 
 ATTEMPT = "attempt.json"
 """In a `.partial` folder: which config hash the attempt is for and how many attempts there were."""
@@ -65,6 +66,8 @@ class Context:
     """Re-run runs recorded as failed (with the same config hash); by default they are kept and reported."""
     speed: dict[str, str] = field(default_factory=dict)
     """Speed switches (`bench.models.speed.Speed` fields); recorded with each run, not part of its hash."""
+    tracking: Tracking | None = None
+    """Trackers and sample grids (`--report-to`, `--sample-every`); not part of any hash."""
 
 
 def default_suite(profile: str) -> str:
@@ -248,6 +251,8 @@ class SweepRequest:
     class_noun: str | None = None
     speed: tuple[str, ...] = ()
     """`--speed KEY=VALUE` items."""
+    tracking: Tracking | None = None
+    """`--report-to` trackers and `--sample-every` (`bench.tracking`); None: nothing watches the runs."""
 
     def __post_init__(self) -> None:  # lists from a caller are kept as tuples: a request never changes
         for name in ("methods", "variants", "seeds", "weights", "speed"):
@@ -282,7 +287,8 @@ def prepare(request: SweepRequest, check_images: bool = True) -> tuple[list[Job]
     from bench.models.speed import parse_speed
 
     ctx = Context(data=root, results=Path(r.results), suite=suite, device=device, weights=weight_map, force=r.force,
-                  resume=r.resume, retry_failed=r.retry_failed, speed=dataclasses.asdict(parse_speed(list(r.speed))))
+                  resume=r.resume, retry_failed=r.retry_failed, speed=dataclasses.asdict(parse_speed(list(r.speed))),
+                  tracking=r.tracking)
     if concept_dir is not None:
         if not class_noun:
             raise BenchError("--concept-dir needs --class-noun (e.g. --class-noun dog)")

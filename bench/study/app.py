@@ -12,7 +12,8 @@ Routes (every one but the static files needs a token; only hashes of tokens are 
 - `GET  /admin/{token}`, `GET /api/admin?t=TOKEN`   progress per participant and votes per method.
 No part of a request is ever used as a file path. Every answer carries the security headers (`SECURITY_HEADERS`);
 a request body over `BODY_LIMIT` bytes is refused with 413 before it is read (by its declared length, or while
-streaming a chunked one), and every malformed value is a 400 with one line.
+streaming a chunked one), every malformed value is a 400 with one line, and a database still locked after 30 s
+is a 503.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,8 @@ def create_app(db_path: Path) -> Any:
             conn = db.connect(db_path)
             try:
                 return fn(conn, *args)
+            except sqlite3.OperationalError:  # the write lock not granted within 30 s: a retry may work
+                raise db.Refused(503, "the study database is busy; try again in a moment") from None
             finally:
                 conn.close()
 

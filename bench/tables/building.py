@@ -69,6 +69,8 @@ class Table:
     notes: list[str] = field(default_factory=list)
     metric_suite: str = ""
     """The suite's name alone (`tiny`), which `suite` describes."""
+    dataset: str = "dreambench"
+    """Whose concepts the table counts (`bench.record.DATASET_NAMES`): one dataset per table, never averaged."""
 
     @property
     def measured(self) -> list[Row]:
@@ -98,31 +100,47 @@ def _check_options(name: str, fmt: str, compare: str | None) -> None:
         raise unknown("--compare target", compare, COMPARE)
 
 
-def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compare: str | None = None) -> list[Table]:
-    """Tables `name` (or every table for "all") from records, one per (profile, metric suite) group. Records are
-    `RunRecord`s (`load_records`); `record.json` objects are converted here, once (`as_records`)."""
+def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compare: str | None = None,
+                 dataset: str | None = None) -> list[Table]:
+    """Tables `name` (or every table for "all") from records, one per (profile, metric suite, dataset) group: the
+    paper's DreamBench tables count DreamBench concepts only; CustomConcept101 and your own concepts
+    (`--concept-dir`) get tables of their own (`dataset` keeps one of them), never compared with the paper's
+    numbers. Records are `RunRecord`s (`load_records`); `record.json` objects are converted here, once."""
+    from bench.record import DATASET_NAMES, record_dataset
+
     _check_options(name, "md", compare)
+    if dataset is not None and dataset not in DATASET_NAMES:
+        from bench.registry import unknown
+
+        raise unknown("--dataset", dataset, DATASET_NAMES)
     records = as_records(records)
     if not records:
         raise BenchError("no run records found; run `bench run ...` first, or pass --results DIR / --profile")
+    if dataset is not None:
+        records = [r for r in records if record_dataset(r) == dataset]
+        if not records:
+            raise BenchError(f"no run records of dataset '{dataset}' found; valid datasets: {', '.join(DATASET_NAMES)}")
     names = TABLES if name == "all" else (name,)
-    concepts_by_profile: dict[str, set[str]] = defaultdict(set)
-    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    corrupt: dict[str, list[RunRecord]] = defaultdict(list)  # unreadable records: no suite is known
+    concepts_by_profile: dict[tuple[str, str], set[str]] = defaultdict(set)
+    groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    corrupt: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)  # unreadable records: no suite is known
     for r in records:
-        concepts_by_profile[r.profile].add(r.concept)
+        where = record_dataset(r)
+        concepts_by_profile[(r.profile, where)].add(r.concept)
         if r.status == "corrupt":
-            corrupt[r.profile].append(r)
+            corrupt[(r.profile, where)].append(r)
         else:
-            groups[(r.profile, suite_name(r))].append(r)
-    for (profile, _), group in groups.items():
-        group += corrupt[profile]  # expected in every table of their profile, and never done
+            groups[(r.profile, suite_name(r), where)].append(r)
+    for (profile, _, where), group in groups.items():
+        group += corrupt[(profile, where)]  # expected in every table of their profile, and never done
     cache: dict = {}
     out = []
-    for (profile, suite), group in sorted(groups.items()):
+    for (profile, suite, where), group in sorted(groups.items(), key=lambda g: (DATASET_NAMES.index(g[0][2]), g[0])):
         for n in names:
-            out.append(_build_one(DEFS[n], group, sorted(concepts_by_profile[profile]), profile,
-                                  _suite_desc(group), compare is not None, cache, suite))
+            table = _build_one(DEFS[n], group, sorted(concepts_by_profile[(profile, where)]), profile,
+                               _suite_desc(group), compare is not None and where == "dreambench", cache, suite)
+            table.dataset = where
+            out.append(table)
     return out
 
 
