@@ -11,6 +11,7 @@ from bench.executors.progress import (
     report_failure,
 )
 from bench.runs import Context, Job, execute_job
+from bench.threads import apply_threads, choose_threads
 
 
 def run_local(jobs: list[Job], ctx: Context) -> list[dict[str, Any]]:
@@ -28,6 +29,7 @@ def run_local(jobs: list[Job], ctx: Context) -> list[dict[str, Any]]:
             for job in jobs:
                 progress.update(sweep_task, description=f"sweep {job.key.label()}")
                 progress.update(run_task, completed=0, visible=False)
+                apply_threads(choose_threads(1, job.profile))  # one process: all usable cores (1 on tiny)
                 outcome = execute_job(job, ctx, on_step)
                 results.append(outcome)
                 report_failure(progress, outcome)
