@@ -250,7 +250,7 @@ def test_weights_messages_name_the_role_and_the_missing_subfolder(monkeypatch, c
     (flux / "vae").mkdir(parents=True)
     (flux / "model_index.json").write_text("{}")
     with pytest.raises(BenchError) as raised:
-        _ = Models(get_profile("paper", weights={"flux": str(flux)}), "cpu").flux_transformer
+        _ = Models(get_profile("paper", weights={"flux": str(flux)}).for_method("ominicontrol"), "cpu").flux_transformer
     assert "\n" not in str(raised.value) and "no transformer/ folder" in str(raised.value)
 
 
@@ -277,5 +277,6 @@ def test_paper_lora_variant_loads_the_experimental_file(photos, tmp_path, monkey
     (only / "omini").mkdir(parents=True)
     (only / OMINI_LORA_FILE).write_bytes(b"x")
     with pytest.raises(BenchError) as err:
-        omini_lora_path(Models(get_profile("paper", weights={"omini": str(only)}), "cpu"), OMINI_PAPER_LORA_FILE)
+        omini_lora_path(Models(get_profile("paper", weights={"omini": str(only)}).for_method("ominicontrol"), "cpu"),
+                        OMINI_PAPER_LORA_FILE)
     assert "\n" not in str(err.value) and OMINI_PAPER_LORA_FILE in str(err.value)

@@ -231,6 +231,9 @@ def parse_weights(text: str | list[str]) -> dict[str, str]:
 def group_roles(group: str, backbone: str = "sd-turbo") -> str:
     """What `--weights GROUP=PATH` must hold, for messages: each role of the group on `paper` with the file or
     folder it reads, e.g. "role omini_lora: omini/subject_512.safetensors"; "" for an unknown group."""
+    roles = dict(_paper(backbone, random_init=False).components)
+    if not any(c.group == group for c in roles.values()):  # a method's own group (imports the registered methods)
+        roles = {role: c for own in declared_roles("paper").values() for role, c in own.items()}
     parts = [f"{role}: {c.file or (c.subfolder + '/' if c.subfolder else 'the folder itself')}"
-             for role, c in sorted(_paper(backbone, random_init=False).components.items()) if c.group == group]
+             for role, c in sorted(roles.items()) if c.group == group]
     return f"role{'s' if len(parts) > 1 else ''} {', '.join(parts)}" if parts else ""
