@@ -46,7 +46,9 @@ class Base:
     version: ClassVar[int] = 1
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = BaseConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "backbone_hyper-sd15": {}}
+    """`backbone_hyper-sd15`: the floor of the Hyper-SD 1.5 student, `bench ablate --method base --backbone
+    hyper-sd15` (its own variant, so its runs sit beside SD-Turbo's instead of replacing them)."""
 
     def __init__(self, config: BaseConfig) -> None:
         self.config = config
