@@ -159,7 +159,7 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     if "checkpoint_every" in fields:  # checkpoint writes are not the iteration's cost
         overrides["checkpoint_every"] = 0
     config = build(cls.Config, overrides)
-    models = Models(profile, device, speed)
+    models = Models(profile.for_method(cls), device, speed)
     log = PerfLog(models.device, warmup)
     reset_peak_memory(models.device)
     torch.manual_seed(0)

@@ -132,7 +132,7 @@ def test_bench_compare_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     _write(tmp_path, records)
     code, out, err = bench(monkeypatch, capsys, "compare", "echodistill", "lora", "--results", str(tmp_path))
     assert code == 0, err
-    assert "| echodistill | lora | DINO | 30 |" in out and f"{known:+.3f}" in out and "27 / 3 / 0" in out
+    assert "| echodistill | lora | DINO | 30 |" in out and f"{known:+.4f}" in out and "27 / 3 / 0" in out
     code, out, _ = bench(monkeypatch, capsys, "compare", "echodistill", "lora", "--results", str(tmp_path),
                          "--format", "json")
     data = json.loads(out)
@@ -184,7 +184,7 @@ def test_table_against_gives_the_paired_difference_and_marks_ties_with_the_best(
     other = db if a.best["dino"] == ed else ed
     assert "dino" in a.tied.get(other, {}) and "dino" not in a.tied.get(lora, {})
     text = paired.render([table], "md", "lora")
-    assert f"{known:+.3f} [" in text and "(n=30)" in text and "Holm-adjusted over the column" in text
+    assert f"{known:+.4f} [" in text and "(n=30)" in text and "Holm-adjusted over the column" in text
     csv_text = paired.render([table], "csv", "lora")
     assert "against_dino_ci_low" in csv_text.splitlines()[0]
 
@@ -214,6 +214,19 @@ def test_bench_table_against_and_compare_paper(tmp_path: Path, monkeypatch: pyte
     code, out, err = bench(monkeypatch, capsys, "table", "main", "--against", "echodistill", "--compare", "paper",
                            "--results", str(tmp_path))
     assert code == 0, err
-    assert "Δ DINO vs echodistill" in out and f"{-known:+.3f} [" in out and "Agreement with the paper:" in out
+    assert "Δ DINO vs echodistill" in out and f"{-known:+.4f} [" in out and "Agreement with the paper:" in out
     code, _, err = bench(monkeypatch, capsys, "table", "main", "--against", "echodistil", "--results", str(tmp_path))
     assert code == 2 and "unknown --against method 'echodistil'" in err
+
+
+def test_report_forest_plot_of_the_main_table() -> None:
+    from bench.report_compare import forest_figures
+
+    records, _ = beats_on_27()
+    from bench import tables as T
+
+    [figure] = forest_figures(T.build_tables("main", records))
+    assert figure.name.endswith("main-forest.png") and figure.png.startswith(b"\x89PNG")
+    assert "Paired" not in figure.caption and "difference to EchoDistill, before echo" in figure.caption
+    only_lora = [r for r in records if r["method"] == "lora"]
+    assert forest_figures(T.build_tables("main", only_lora)) == []  # no EchoDistill row: nothing to compare with
