@@ -70,7 +70,7 @@ class Table:
     metric_suite: str = ""
     """The suite's name alone (`tiny`), which `suite` describes."""
     dataset: str = "dreambench"
-    """Whose concepts the table counts (`bench.record.DATASET_NAMES`): one dataset per table, never averaged."""
+    """Whose concepts the table counts (`bench.concept_sets.DATASET_NAMES`): one dataset per table, never averaged."""
 
     @property
     def measured(self) -> list[Row]:
@@ -106,7 +106,7 @@ def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compa
     paper's DreamBench tables count DreamBench concepts only; CustomConcept101 and your own concepts
     (`--concept-dir`) get tables of their own (`dataset` keeps one of them), never compared with the paper's
     numbers. Records are `RunRecord`s (`load_records`); `record.json` objects are converted here, once."""
-    from bench.record import DATASET_NAMES, record_dataset
+    from bench.concept_sets import DATASET_NAMES, record_dataset
 
     _check_options(name, "md", compare)
     if dataset is not None and dataset not in DATASET_NAMES:
