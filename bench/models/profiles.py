@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.models.component import Component  # noqa: F401 (re-exported)
-from bench.registry import unknown
+from bench.naming import unknown
 
 PROFILES = ("tiny", "paper", "paper-random")
 BACKBONES = ("sd-turbo", "hyper-sd15")

@@ -80,7 +80,7 @@ def _suite_desc(records: list[RunRecord]) -> str:
 
 
 def _check_options(name: str, fmt: str, compare: str | None) -> None:
-    from bench.registry import unknown
+    from bench.naming import unknown
 
     if name not in CHOICES:
         raise unknown("table", name, CHOICES)
