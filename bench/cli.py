@@ -312,8 +312,9 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
           results: Path = RESULTS,
           profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
           out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR."),
-          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one).")
-          ) -> None:
+          study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one)."),
+          against: Optional[str] = typer.Option(None, "--against", help="Add each row's paired difference to this "
+                                                "method, and mark cells not distinguishable from the best.")) -> None:
     """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
 
@@ -327,7 +328,20 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
         typer.echo(text, nl=False)
         return
 
-    typer.echo(table_command(name, results, profile, fmt, compare, out), nl=False)
+    typer.echo(table_command(name, results, profile, fmt, compare, out, against), nl=False)
+
+
+@app.command()
+def compare(methods: list[str] = typer.Argument(..., help="Reference first, then the methods it is compared with: "
+                                                "method or method:variant (e.g. echodistill lora custom_diffusion)."),
+            fmt: str = typer.Option("md", "--format", help="md | csv | json"), results: Path = RESULTS,
+            profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
+            view: Optional[str] = typer.Option(None, "--view", help="table (default: what the tables read) | final "
+                                               "| a view name (e.g. teacher).")) -> None:
+    """Paired per-concept differences of the first method against each other one: mean, interval, p, wins."""
+    from bench.compare import compare_command
+
+    typer.echo(compare_command(methods, results, profile, fmt, view), nl=False)
 
 
 @app.command()

@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "ip_adapter_tcd": "baselines.ip_adapter_tcd:IPAdapterTCD",
     "ominicontrol": "baselines.ominicontrol:OminiControl",
     "textboost": "baselines.textboost:TextBoost",
+    "base": "baselines.base:Base",
 }
 
 

@@ -113,8 +113,23 @@ def _ablation(label: str, variant: str, paper_variant: str) -> RowSpec:
                    paper=_paper(8, "extended_ablation", "EchoDistill", "SD Turbo", paper_variant))
 
 
+FLOOR = "base"
+"""Registry name of the floor: the model under test with no personalization (`baselines.base`)."""
+
+
+def _floor_rows() -> list[RowSpec]:
+    """The floor, one row per backbone (`bench run --method base [--backbone hyper-sd15]`): shown where it ran, so
+    the main table reads floor, methods, ceiling."""
+    note = "floor: no personalization, the class noun in place of the identifier"
+    return [RowSpec("Base model (no personalization)", FLOOR, ("default",), "SD Turbo", None, 1, optional=True,
+                    trains=False, note=note),
+            RowSpec("Base model (no personalization)", FLOOR, ("default@hyper-sd15",), "Hyper-SD1.5", None, 1,
+                    optional=True, trains=False, note=note)]
+
+
 DEFS: dict[str, TableDef] = {d.name: d for d in (
     TableDef("main", "Tables 1 and 5: main comparison on DreamBench", (
+        *_floor_rows(),
         RowSpec("Custom Diffusion", CD, ("sd21",), "SD 2.1", 1000, 25,
                 _paper(5, "main_timed", "Custom Diffusion", "SD 2.1", "", 1000, 25),
                 note="multi-step reference; paper Table 1 gives 0.269 / 0.752 / 0.519"),

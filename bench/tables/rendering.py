@@ -192,13 +192,21 @@ def render(tables: list[Table], fmt: str) -> str:
 
 
 def table_command(name: str, results: Path, profile: str | None, fmt: str, compare: str | None,
-                  out: Path | None) -> str:
-    """`bench table`: render NAME (or all) to text; with `out`, also write `<out>/<table>.<fmt>` per table."""
+                  out: Path | None, against: str | None = None) -> str:
+    """`bench table`: render NAME (or all) to text; with `out`, also write `<out>/<table>.<fmt>` per table.
+    `against` and `compare` add the paired columns and the paper agreement (`bench.tables.paired`)."""
+    from bench.tables import paired
+
     _check_options(name, fmt, compare)  # a typo is reported before the results folder is read
+    paired.check_against(against)
     tables = build_tables(name, load_records(results, profile), compare)
+
+    def text(group: list[Table]) -> str:
+        return paired.render(group, fmt, against) if against or compare else render(group, fmt)
+
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for n in TABLES if name == "all" else (name,):
-            (out / f"{n}.{fmt}").write_text(render([t for t in tables if t.name == n], fmt))
-    return render(tables, fmt)
+            (out / f"{n}.{fmt}").write_text(text([t for t in tables if t.name == n]))
+    return text(tables)
