@@ -81,6 +81,7 @@ class IPAdapterTCDConfig:
 class IPAdapterTCD:
     name: ClassVar[str] = "ip_adapter_tcd"
     label: ClassVar[str] = "IP-Adapter"
+    base_model: ClassVar[str] = "TCD"
     version: ClassVar[int] = 1
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = IPAdapterTCDConfig

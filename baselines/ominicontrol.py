@@ -95,6 +95,7 @@ class OminiControlConfig:
 class OminiControl:
     name: ClassVar[str] = "ominicontrol"
     label: ClassVar[str] = "OminiControl"
+    base_model: ClassVar[str] = "Flux"
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = OminiControlConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "each": {"conditioning": "each"}}

@@ -217,9 +217,14 @@ class MethodOptions(Protocol):
     label: ClassVar[str | None] = None
     """The method's display name (`"Custom Diffusion"`) in the rows of variants no table lists, figure titles and
     the user-study table; the paper's own rows (`bench.tables.DEFS`) and the report's Figure 3 columns keep the
-    paper's wording. None: its registry name. Every built-in method declares one. Written as a string literal in
-    the class body, it is read without importing the method (`bench.contract.presentation`), so `bench table`
-    never loads torch for it."""
+    paper's wording. None: its registry name. Every built-in method declares one. Each run writes it into its
+    record (`presentation`), so `bench table` and `bench report` show it without importing the method, and a
+    plug-in's label without `--include`."""
+
+    base_model: ClassVar[str | None] = None
+    """The base model its runs sample, as the tables' Model column names it for rows the paper's tables do not
+    list (`"Flux"`, `"TCD"`); None: the run's backbone (`"SD Turbo"`, `"Hyper-SD1.5"`). Written into every run's
+    record (`presentation.model`) with `label` and `table_view`, so tables and the report read it from there."""
 
     table_view: ClassVar[str | None] = None
     """The view (`TrainedOptions.views`) the paper-style tables read for this method's runs where a run has it, in

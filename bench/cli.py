@@ -313,22 +313,27 @@ def table(name: str = typer.Argument("main", help="main|ablation|echo|nfe|backbo
           profile: Optional[str] = typer.Option(None, "--profile", help="Only records of this profile."),
           out: Optional[Path] = typer.Option(None, "--out", help="Also write <table>.<format> files into DIR."),
           study: Optional[str] = typer.Option(None, "--study", help="study: which study (default: the only one)."),
+          exclude: Optional[str] = typer.Option(None, "--exclude", help="study: participants left out (e.g. p03)."),
           against: Optional[str] = typer.Option(None, "--against", help="Add each row's paired difference to this "
-                                                "method, and mark cells not distinguishable from the best.")) -> None:
+                                                "method, and mark cells not distinguishable from the best."),
+          dataset: Optional[str] = typer.Option(None, "--dataset", help="Only one dataset's tables: dreambench | "
+                                                "customconcept101 | yours (--concept-dir); default: each apart.")
+          ) -> None:
     """Render the paper's tables from run records (never trains or scores); `study` renders Table 7 from votes."""
     from bench.tables import table_command
 
     if name == "study":
         from bench.study import commands
 
-        text = commands.table(commands.resolve_study(results, profile, study), fmt)
+        path = commands.resolve_study(results, profile, study)
+        text = commands.table(path, fmt, commands.parse_exclude(path, exclude))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / f"study.{fmt}").write_text(text)
         typer.echo(text, nl=False)
         return
 
-    typer.echo(table_command(name, results, profile, fmt, compare, out, against), nl=False)
+    typer.echo(table_command(name, results, profile, fmt, compare, out, against, dataset), nl=False)
 
 
 @app.command()

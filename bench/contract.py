@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from bench.api import MethodOptions
@@ -44,6 +43,8 @@ class MethodInfo:
     """Config overrides `bench perf` applies to time one main-stage iteration."""
     label: str = ""
     """Display name in tables and figures (the registry name where the method declares none)."""
+    base_model: str | None = MethodOptions.base_model
+    """The base model the tables' Model column names (None: the run's backbone)."""
     table_view: str | None = MethodOptions.table_view
     """The view the paper-style tables read for its runs where a run has it; None: the run's own evaluation."""
     table_view_note: str = MethodOptions.table_view_note
@@ -59,12 +60,19 @@ class MethodInfo:
         return cls(name=method.name, config=method.Config, variants=dict(method.variants),
                    version=declared("version"), trains=declared("trains"), resumable=declared("resumable"),
                    ablations=dict(declared("ablations")), perf_overrides=dict(declared("perf_overrides")),
-                   label=declared("label") or method.name, table_view=declared("table_view"),
+                   label=declared("label") or method.name, base_model=declared("base_model"),
+                   table_view=declared("table_view"),
                    table_view_note=declared("table_view_note"))
 
     @property
     def presentation(self) -> Presentation:
-        return Presentation(self.name, self.label or self.name, self.table_view, self.table_view_note)
+        return Presentation(self.name, self.label or self.name, self.table_view, self.table_view_note,
+                            self.base_model)
+
+    def presentation_for(self, backbone: str | None) -> dict[str, Any]:
+        """What a run of this method on `backbone` writes into its record (`RunRecord.presentation`)."""
+        return {"label": self.label or self.name, "table_view": self.table_view,
+                "table_view_note": self.table_view_note, "model": self.base_model or backbone_label(backbone)}
 
     def ablation_field(self, flag: str) -> str:
         """The config field that `bench ablate --FLAG` sets; a one-line BenchError when the method has none."""
@@ -79,14 +87,21 @@ class MethodInfo:
 
 # --- how tables and figures show a method ---------------------------------------------------------------------
 
-PRESENTATION_KEYS = ("label", "table_view", "table_view_note")
-"""The declarations `Presentation` carries (`bench.api.MethodOptions`)."""
+PRESENTATION_KEYS = ("label", "table_view", "table_view_note", "model")
+"""What a run records of how it is shown (`RunRecord.presentation`; `bench.api.MethodOptions`)."""
+
+BACKBONE_LABELS = {"sd-turbo": "SD Turbo", "hyper-sd15": "Hyper-SD1.5"}
+"""The tables' Model column for a backbone (`--backbone`), as the paper names it."""
+
+
+def backbone_label(backbone: str | None) -> str:
+    backbone = backbone or "sd-turbo"
+    return BACKBONE_LABELS.get(backbone, backbone)
 
 
 @dataclass(frozen=True)
 class Presentation:
-    """The part of `MethodInfo` that tables, the report and the user-study table read for every method they show:
-    `presentation(name)` gives it without importing the method where it can."""
+    """How tables, the report and the user-study table show a method's runs."""
 
     name: str
     """Registry name."""
@@ -96,6 +111,8 @@ class Presentation:
     """`MethodOptions.table_view`."""
     table_view_note: str = ""
     """`MethodOptions.table_view_note`."""
+    model: str | None = None
+    """The base model (`MethodOptions.base_model`, else the run's backbone); None where nothing says."""
 
     @property
     def caption(self) -> str:
@@ -105,11 +122,38 @@ class Presentation:
         return f"{self.label} rows: {self.table_view_note or f'view `{self.table_view}` where the run has one'}."
 
 
+def recorded(record: Any) -> Presentation:
+    """How a run is shown: what it recorded (`RunRecord.presentation`), never the registry or the method's source.
+    A record written before runs recorded it falls back to what this process knows: the method's declarations
+    when it is registered here (`presentation`; imports it, once per method), else its name; its model is then
+    its backbone's."""
+    shown = record.presentation
+    if isinstance(shown, dict) and shown.get("label"):
+        return Presentation(record.method, shown["label"], shown.get("table_view"),
+                            shown.get("table_view_note") or "", shown.get("model"))
+    known = presentation(record.method)
+    return dataclasses.replace(known, model=known.model or backbone_label(record.backbone))
+
+
+def recorded_by_method(records: Any) -> dict[str, Presentation]:
+    """Method name -> how its runs are shown: from the first of `records` that recorded it, else `recorded`'s
+    fallback."""
+    records = list(records)
+    out: dict[str, Presentation] = {}
+    for r in records:
+        if r.method not in out and r.presentation:
+            out[r.method] = recorded(r)
+    for r in records:  # methods none of whose runs recorded it (older records)
+        if r.method not in out:
+            out[r.method] = recorded(r)
+    return out
+
+
 def presentation(name: str) -> Presentation:
-    """How tables and figures show runs of method `name`. Cheap: the registry stays lazy (`bench.registry`), and
-    the declarations are read from the class body's literals (as `bench.plugins` finds a class's `name`) unless
-    the method is imported already, inherits, or computes one of them, when `MethodInfo.of` reads the class. A
-    name no registry knows (a plug-in not loaded in this process) or a class that cannot be loaded: its name."""
+    """How method `name` is shown by what this process knows of it: its declarations (`MethodInfo.of`, importing it
+    once) when it is registered here (a built-in, an entry point, an `--include`d file), else its name. Tables and
+    the report read runs' records instead (`recorded`); this serves records written before runs recorded it, and
+    the commands that name methods without records (`bench estimate`, the user-study table)."""
     from bench.plugins import discover
     from bench.registry import METHODS
 
@@ -120,53 +164,12 @@ def presentation(name: str) -> Presentation:
 
 @cache
 def _presentation(name: str, target: str) -> Presentation:
-    literals = _class_literals(target, PRESENTATION_KEYS)
-    if literals is not None:
-        return Presentation(name, literals.get("label") or name, literals.get("table_view"),
-                            literals.get("table_view_note") or MethodOptions.table_view_note)
     from bench.plugins import load
 
     try:
         return MethodInfo.of(load(target)).presentation
     except Exception:  # noqa: BLE001 - a plug-in that does not load here still has its runs shown, by name
         return Presentation(name, name)
-
-
-def _class_literals(target: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    """The class-body assignments of `keys` in the class a registry target names, when the module is not imported
-    yet, the class has no base class and each of them is a literal; None when only importing it can tell."""
-    import ast
-    import importlib.util
-    import sys
-
-    module, _, cls_name = target.rpartition(":")
-    try:
-        if module.endswith(".py"):
-            path = Path(module)
-        else:
-            if module in sys.modules:
-                return None
-            spec = importlib.util.find_spec(module)
-            if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-                return None
-            path = Path(spec.origin)
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (ImportError, ValueError, OSError, SyntaxError):
-        return None
-    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name), None)
-    if node is None or node.bases or node.keywords:
-        return None
-    found: dict[str, Any] = {}
-    for item in node.body:
-        target_node = item.target if isinstance(item, ast.AnnAssign) else (
-            item.targets[0] if isinstance(item, ast.Assign) and len(item.targets) == 1 else None)
-        if not isinstance(target_node, ast.Name) or target_node.id not in keys:
-            continue
-        try:
-            found[target_node.id] = ast.literal_eval(item.value) if item.value is not None else None
-        except (ValueError, TypeError, SyntaxError):
-            return None
-    return found
 
 
 # --- config field roles --------------------------------------------------------------------------------------

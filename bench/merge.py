@@ -8,18 +8,28 @@ the candidates are DEST's record, then each SRC's in the order given:
 - DEST failed, a source done with the same config hash: the done run replaces it (a failure is never kept over a
   result, and a result is never replaced by a failure);
 - the same config hash, both done, with the same results: nothing to do (so a second merge changes nothing);
+- the same config hash, both done, results that differ only by numerical noise (every number within
+  `REL_TOL` relative or `ABS_TOL` absolute, everything else equal: two GPUs, or two thread counts, computing one
+  run): not a conflict. The copy of the shard that owns the run under the current plan (`OWNERS`, written by
+  `tools/paper_tables.py pack`) wins, else the destination's, else the first source's; the summary says so;
 - the same config hash, both done, with *different* results: a conflict. Every conflict is found before anything
-  is copied, and the merge stops with one line (exit 2) naming both folders;
+  is copied, and the merge stops with one line (exit 2) naming both folders, the first field that differs, by
+  how much, and where each copy was computed;
 - another config hash: DEST's record is kept (reported); `bench run` recomputes whichever one the plan no longer
   matches.
 
 A run is copied into a folder beside its place (`<run>.merge-<pid>`), then renamed into place under the run's lock, so a
-killed merge leaves nothing that looks finished. Files are hard-linked where the filesystem allows (nothing in a
-results tree is modified in place), else copied.
+killed merge leaves nothing that looks finished; the next merge removes what a dead one left (its locks, judged
+by pid and host as `bench.locks.RunLock` does, and its `.merge-<pid>` folders). An unfinished attempt in the
+destination (`<run>.partial`) is removed when a finished copy of the run is merged over it. Files are hard-linked
+where the filesystem allows (nothing in a results tree is modified in place), else copied. A full disk stops the
+merge with one line (exit 4); the runs already copied stay.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -27,13 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from bench import store
-from bench.api import BenchError
+from bench.api import BenchError, InfraError, infra_cause
 from bench.paths import fsync_dir
 from bench.record import RunRecord
 
 VOLATILE = ("run_dir", "started_at", "finished_at", "host", "pid", "timing", "attempts", "resumed_from",
             "git_commit", "versions", "speed", "device", "trained_from", "traceback", "traceback_text")
 """Record fields that differ between two machines computing the same run; left out when results are compared."""
+REL_TOL = 1e-4
+ABS_TOL = 1e-6
+"""Two copies of one run whose numbers all agree within `REL_TOL` (relative) or `ABS_TOL` (absolute) differ only
+by numerical noise (another GPU, another thread count): one of them is kept, not a conflict."""
+OWNERS = "shard.json"
+"""In a packed shard folder: `{"shard": "K/N", "runs": [relative run paths]}`, the runs the shard owns."""
 
 
 @dataclass
@@ -46,6 +62,10 @@ class MergeOutcome:
     kept_other_hash: list[str] = field(default_factory=list)
     kept_done_over_failed: list[str] = field(default_factory=list)
     locked: list[str] = field(default_factory=list)
+    noise: list[str] = field(default_factory=list)
+    """Runs found twice with results equal up to numerical noise: one copy kept (the owner's)."""
+    tidied: list[str] = field(default_factory=list)
+    """What a dead merge or an unfinished attempt had left in the destination, removed."""
 
     def summary(self, dest: Path) -> str:
         parts = [f"{len(self.copied)} copied", f"{len(self.replaced_failed)} failed replaced by done",
@@ -57,6 +77,11 @@ class MergeOutcome:
                          f"{self.kept_other_hash[0]}; `bench run` recomputes outdated ones)")
         if self.locked:
             parts.append(f"{len(self.locked)} skipped: being written in {dest} right now (merge again later)")
+        if self.noise:
+            parts.append(f"{len(self.noise)} found twice with results equal up to numerical noise (numbers within "
+                         f"{REL_TOL:g} relative): the owner shard's copy kept (e.g. {self.noise[0]})")
+        if self.tidied:
+            parts.append(f"{len(self.tidied)} leftovers of a dead merge or unfinished attempts removed")
         return f"merged into {dest}: " + ", ".join(parts)
 
 
@@ -82,6 +107,79 @@ def _differs(a: RunRecord, b: RunRecord) -> str:
     return next((k for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)), "")
 
 
+def _first_difference(a: Any, b: Any, path: str, tolerant: bool) -> tuple[str, Any, Any] | None:
+    """(dotted path, value in a, value in b) of the first leaf where `a` and `b` differ (beyond the noise tolerance
+    when `tolerant`), or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else str(k), tolerant)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _first_difference(x, y, f"{path}[{i}]", tolerant)
+            if found:
+                return found
+        return None
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if numbers and tolerant and math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL):
+        return None
+    if numbers and a != a and b != b:  # NaN in both
+        return None
+    return None if a == b else (path, a, b)
+
+
+def compare(a: RunRecord, b: RunRecord) -> tuple[str, str]:
+    """("same" | "noise" | "differs", what differs): two finished records of one run and config hash."""
+    va, vb = result_view(a), result_view(b)
+    if va == vb:
+        return "same", ""
+    found = _first_difference(va, vb, "", tolerant=True)
+    if found is None:
+        return "noise", ""
+    key, x, y = found
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
+        gap = abs(x - y)
+        rel = gap / max(abs(x), abs(y)) if max(abs(x), abs(y)) else 0.0
+        how = f"{x!r} vs {y!r}: differs by {gap:.3g} ({rel:.2%}), beyond the noise tolerance ({REL_TOL:g} relative)"
+    else:
+        how = f"{_short(x)} vs {_short(y)}"
+    return "differs", f"field '{key}': {how}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _where(record: RunRecord) -> str:
+    threads = (record.speed or {}).get("threads") if isinstance(record.speed, dict) else None
+    return ", ".join(str(p) for p in (record.device or "device unknown", record.host or "host unknown",
+                                      f"{threads} threads" if threads else None) if p)
+
+
+def _conflict(first: Path, second: Path, a: RunRecord, b: RunRecord, how: str) -> BenchError:
+    computed = f"computed on {_where(a)} and on {_where(b)}"
+    cause = ("; two devices or thread counts compute a run a little differently, but not this much"
+             if _where(a) != _where(b) else "")
+    return BenchError(f"conflict: {first} and {second} hold different finished records for the same run and "
+                      f"config hash ({how}; {computed}{cause}); keep the copy you trust: delete the other run "
+                      f"folder and merge again")
+
+
+def _owners(sources: list[Path]) -> dict[str, Path]:
+    """{relative run path: the source folder whose packed shard owns it} (`OWNERS` files)."""
+    out: dict[str, Path] = {}
+    for src in sources:
+        try:
+            runs = json.loads((src / OWNERS).read_text()).get("runs") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        out.update({str(Path(rel)): src for rel in runs})
+    return out
+
+
 def _check_roots(sources: list[Path], dest: Path) -> None:
     if not sources:
         raise BenchError("bench merge needs at least one SRC folder, e.g. bench merge shard1 shard2 --into results")
@@ -96,6 +194,7 @@ def plan_merge(sources: list[Path], dest: Path) -> tuple[dict[str, tuple[Path, R
     """Which source run goes where ({relative path: (source run folder, record)}); every conflict found first."""
     outcome = MergeOutcome()
     mine = _runs(dest) if dest.is_dir() else {}
+    owners = _owners(sources)
     chosen: dict[str, tuple[Path, RunRecord]] = {}
     best: dict[str, tuple[Path, RunRecord]] = {}
     for src in sources:
@@ -104,11 +203,14 @@ def plan_merge(sources: list[Path], dest: Path) -> tuple[dict[str, tuple[Path, R
             if here is None or (not here[1].done and record.done and here[1].config_hash == record.config_hash):
                 best[rel] = (src, record)
                 continue
-            if (here[1].config_hash == record.config_hash and here[1].done and record.done
-                    and (key := _differs(here[1], record))):
-                raise BenchError(f"conflict: {here[0] / rel} and {src / rel} hold different finished records for "
-                                 f"the same run and config hash (field '{key}'); remove the wrong one and merge "
-                                 f"again")
+            if here[1].config_hash == record.config_hash and here[1].done and record.done:
+                verdict, how = compare(here[1], record)
+                if verdict == "differs":
+                    raise _conflict(here[0] / rel, src / rel, here[1], record, how)
+                if verdict == "noise":
+                    outcome.noise.append(rel)
+                    if owners.get(rel) == src:  # the owner shard's copy wins
+                        best[rel] = (src, record)
     for rel, (src, record) in sorted(best.items()):
         held = mine.get(rel)
         if held is None:
@@ -116,9 +218,11 @@ def plan_merge(sources: list[Path], dest: Path) -> tuple[dict[str, tuple[Path, R
         elif held.config_hash != record.config_hash:
             outcome.kept_other_hash.append(rel)
         elif held.done and record.done:
-            if key := _differs(held, record):
-                raise BenchError(f"conflict: {dest / rel} and {src / rel} hold different finished records for the "
-                                 f"same run and config hash (field '{key}'); remove the wrong one and merge again")
+            verdict, how = compare(held, record)
+            if verdict == "differs":
+                raise _conflict(dest / rel, src / rel, held, record, how)
+            if verdict == "noise" and rel not in outcome.noise:
+                outcome.noise.append(rel)  # the destination's copy stands
             outcome.already.append(rel)
         elif held.done:
             outcome.kept_done_over_failed.append(rel)
@@ -136,6 +240,22 @@ def merge(sources: list[Path], dest: Path) -> MergeOutcome:
     chosen, outcome = plan_merge(sources, dest)
     if chosen:
         store.check_writable(dest)
+    outcome.tidied += tidy_dead_merges(dest)
+    try:
+        _copy_chosen(chosen, dest, outcome)
+    except OSError as err:
+        cause = infra_cause(err)
+        if cause is None:
+            raise
+        done = len(outcome.copied) + len(outcome.replaced_failed)
+        raise InfraError(f"{cause} while merging into {dest}: {done} of {len(chosen)} runs copied, the rest not "
+                         f"(nothing half-copied is left); free space on that disk, then `bench run ... --results "
+                         f"{dest} --resume` finishes what is missing there, keeping every run already in place"
+                         ) from err
+    return outcome
+
+
+def _copy_chosen(chosen: dict[str, tuple[Path, RunRecord]], dest: Path, outcome: MergeOutcome) -> None:
     for rel, (src_run, record) in chosen.items():
         run_dir = dest / rel
         run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -151,9 +271,32 @@ def merge(sources: list[Path], dest: Path) -> MergeOutcome:
                 continue
             _copy_run(src_run, run_dir)
             (outcome.replaced_failed if held is not None else outcome.copied).append(rel)
+            if store.partial_dir(run_dir).exists():  # an unfinished attempt, merged away: `bench status` forgets it
+                shutil.rmtree(store.partial_dir(run_dir), ignore_errors=True)
+                outcome.tidied.append(f"{rel} (unfinished attempt)")
         finally:
             lock.release()
-    return outcome
+
+
+def tidy_dead_merges(dest: Path) -> list[str]:
+    """Remove what a killed merge left in `dest`: its run locks, when their owner is dead (`RunLock.is_stale`:
+    the pid is gone on this host, or the heartbeat is old), and its `.merge-<pid>` folders beside them."""
+    from bench.locks import _pid_alive
+
+    removed = []
+    if not dest.is_dir():
+        return removed
+    for path in sorted(dest.glob("*/*/*/*/*.merge-*")):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(str(path.relative_to(dest)))
+    for path in sorted(dest.glob("*/*/*/*/*.lock")):
+        lock = store.RunLock(path.with_name(path.name.removesuffix(".lock")))
+        if lock.is_stale() and lock.acquire():  # taken over under the take-over mutex, then let go
+            lock.release()
+            removed.append(str(path.relative_to(dest)))
+    return removed
 
 
 def _copy_run(src_run: Path, run_dir: Path) -> None:
@@ -163,6 +306,20 @@ def _copy_run(src_run: Path, run_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = run_dir.with_name(f"{run_dir.name}.merge-{os.getpid()}")
     tmp.mkdir(parents=True)
+    try:
+        _fill(src_run, tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk or a kill: nothing half-copied stays
+        raise
+    old = run_dir.with_name(f"{run_dir.name}.old-{os.getpid()}")
+    if run_dir.exists():
+        os.rename(run_dir, old)
+    os.rename(tmp, run_dir)
+    fsync_dir(run_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fill(src_run: Path, tmp: Path, run_dir: Path) -> None:
     for child in sorted(src_run.iterdir()):
         if child.name == store.RECORD:
             continue
@@ -175,9 +332,3 @@ def _copy_run(src_run: Path, run_dir: Path) -> None:
         shutil.copy2(sidecar, store.failed_rerun_path(run_dir))
     shutil.copy2(src_run / store.RECORD, tmp / store.RECORD)
     fsync_dir(tmp)
-    old = run_dir.with_name(f"{run_dir.name}.old-{os.getpid()}")
-    if run_dir.exists():
-        os.rename(run_dir, old)
-    os.rename(tmp, run_dir)
-    fsync_dir(run_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,9 +1,10 @@
 """Methods from outside the repository: a `bench.methods` entry point, or `--include path/to/module.py`.
 
-Both register lazily, as the built-in table does (`bench.registry.METHODS`, name -> target): an entry point's
-value (`"package.module:Class"`) is recorded without importing it; an included file is read (not run) to find its
-method classes, and imported when one of them is first asked for. A method class is a top-level class with a
-string literal `name = "..."` and a `train` (or `prepare`) and a `load` method (`bench.api.Method`).
+An entry point registers lazily, as the built-in table does (`bench.registry.METHODS`, name -> target): its value
+(`"package.module:Class"`) is recorded without importing it. An included file is imported (once per process, in
+the process that runs the command and in each worker) and its method classes registered: every class defined in
+it with a string `name` and a `train` (or `prepare`) and a `load` method (`bench.api.Method`), inherited ones
+included, so `class LoRA8(LoRA)` setting only `name`, `label` and `Config` is a method.
 
 An installed package declares its methods in its own `pyproject.toml`:
 
@@ -16,7 +17,6 @@ An installed package declares its methods in its own `pyproject.toml`:
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib
 import importlib.util
@@ -35,36 +35,50 @@ _discovered: set[str] = set()
 
 
 def method_classes(path: Path) -> dict[str, str]:
-    """`name -> "PATH:Class"` for every method class defined at the top of the Python file `path` (read, not run)."""
+    """`name -> "PATH:Class"` for every method class the Python file `path` defines (imports it: `load_file`)."""
     path = Path(path).resolve()
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except FileNotFoundError:
-        raise BenchError(f"--include {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise BenchError(f"--include {path}: cannot read it ({err})") from None
-    except SyntaxError as err:
-        raise BenchError(f"--include {path}: {err.msg} at line {err.lineno}") from None
+    module = load_file(path)
     found = {}
-    for node in tree.body:
-        if not isinstance(node, ast.ClassDef):
-            continue
-        name, defs = None, set()
-        for item in node.body:
-            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                defs.add(item.name)
-            target = item.target if isinstance(item, ast.AnnAssign) else (
-                item.targets[0] if isinstance(item, ast.Assign) and len(item.targets) == 1 else None)
-            value = getattr(item, "value", None)
-            if (isinstance(target, ast.Name) and target.id == "name" and isinstance(value, ast.Constant)
-                    and isinstance(value.value, str)):
-                name = value.value
-        if name and "load" in defs and defs & {"train", "prepare"}:
-            found[name] = f"{path}:{node.name}"
+    for attr, cls in vars(module).items():
+        if (isinstance(cls, type) and cls.__module__ == module.__name__ and isinstance(getattr(cls, "name", None), str)
+                and callable(getattr(cls, "load", None))
+                and any(callable(getattr(cls, m, None)) for m in ("train", "prepare"))):
+            found[cls.name] = f"{path}:{attr}"
     if not found:
-        raise BenchError(f"--include {path}: no method class in it (a top-level class with `name = \"...\"`, "
-                         "`train` and `load`; see bench.api.Method)")
+        raise BenchError(f"--include {path}: no method class in it (a class with `name = \"...\"`, `train` and "
+                         "`load`; see bench.api.Method)")
     return found
+
+
+def load_file(path: Path) -> Any:
+    """The module of an included file, imported once per process; a file that cannot be read or run is one line."""
+    key = _module_key(path)
+    if key in sys.modules:
+        return sys.modules[key]
+    if not path.is_file():
+        raise BenchError(f"--include {path}: no such file")
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"--include {path}: not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module  # before running it: dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        del sys.modules[key]
+        raise BenchError(f"--include {path}: {err.msg} at line {err.lineno}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        del sys.modules[key]
+        raise BenchError(f"--include {path}: cannot read it ({err})") from None
+    except Exception as err:  # noqa: BLE001 - the plug-in's own error, as one line
+        del sys.modules[key]
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise BenchError(f"--include {path}: importing it raised {type(err).__name__}: {first}") from err
+    return module
+
+
+def _module_key(path: Path) -> str:
+    return f"bench_included_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
 
 
 def register(methods: dict[str, str], name: str, target: str, source: str) -> None:
@@ -76,8 +90,8 @@ def register(methods: dict[str, str], name: str, target: str, source: str) -> No
 
 
 def include(paths: list[str], methods: dict[str, str]) -> list[str]:
-    """Register the method classes of each file in `paths` now (a bad file fails before any work) and pass the
-    files on to worker processes; the registered names."""
+    """Import each file in `paths` and register its method classes now (a bad file fails before any work), and
+    pass the files on to worker processes; the registered names."""
     names = []
     known = [p for p in os.environ.get(INCLUDE_ENV, "").split(os.pathsep) if p]
     for raw in paths:
@@ -107,24 +121,11 @@ def discover(methods: dict[str, str]) -> None:
 
 
 def load(target: str) -> Any:
-    """The class a registry target names: `"module:Class"`, or `"/path/file.py:Class"` (imported once)."""
+    """The class a registry target names: `"module:Class"`, or `"/path/file.py:Class"` (`load_file`)."""
     module_name, _, cls = target.rpartition(":")
     if not module_name.endswith(".py"):
         return getattr(importlib.import_module(module_name), cls)
-    path = Path(module_name)
-    key = f"bench_included_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        if spec is None or spec.loader is None:
-            raise BenchError(f"--include {path}: not an importable Python file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # before running it: dataclasses look their module up while the file runs
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[key]
-            raise
-    return getattr(sys.modules[key], cls)
+    return getattr(load_file(Path(module_name)), cls)
 
 
 def take_include_args(argv: list[str]) -> tuple[list[str], list[str]]:

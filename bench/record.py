@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
@@ -217,6 +218,10 @@ class Timing:
     """`train_s`, `iterations` and `it_per_s` are those of the `trained_from` run."""
     prepare_s: float | None = None
     """A method without training (`trains: false`): conditioning the model on the photos, loading excluded."""
+    attempts: list[dict[str, Any]] | None = None
+    """Every attempt of the training, oldest first (`bench.timing.AttemptClock`): `started_at`, `finished_at`,
+    `train_s`, `iterations` (done in that attempt), `resumed_from` ({checkpointer: iteration}) and `interrupted`
+    for a killed one. `train_s` above is their sum and `iterations` the run's total."""
     extra: dict[str, Any] = field(default_factory=dict)
     absent: frozenset[str] = frozenset()
 
@@ -313,6 +318,9 @@ class RunRecord:
     """Variant name as in the path (`VariantName.parse(variant)`)."""
     concept: str = ""
     """DreamBench subject or a user concept folder's name."""
+    dataset: str | None = None
+    """Which concepts the run's concept is one of (`dataset_of`): `dreambench`, `customconcept101`, or `yours` (a
+    `--concept-dir` folder); the tables never average two datasets. Absent in older records (told by the name)."""
     seed: int = 0
     """Training seed."""
     profile: str = ""
@@ -321,6 +329,9 @@ class RunRecord:
     """`sd-turbo` or `hyper-sd15`."""
     method_version: int | None = None
     """The method class's `version`."""
+    presentation: dict[str, Any] | None = None
+    """How tables and figures show the run, from its method's declarations: `label`, `table_view`,
+    `table_view_note`, `model` (`bench.contract.recorded` reads it; None in records written before it was)."""
     eval_version: int | None = None
     """`bench.runs.EVAL_VERSION` the run was evaluated with."""
     config: dict[str, Any] = field(default_factory=dict)
@@ -469,3 +480,26 @@ EVERY_RECORD = tuple(_NAMES[: _NAMES.index("identifier")])
 """The keys of every record (results/README.md's first table)."""
 DONE_KEYS = tuple(_NAMES[_NAMES.index("identifier"): _NAMES.index("reason")])
 """The keys a finished run adds (the second table)."""
+
+
+DATASET_NAMES = ("dreambench", "customconcept101", "yours")
+"""The datasets a run's concept can belong to; `yours` is a `--concept-dir` folder (named `<folder>@<hash>`)."""
+
+
+def dataset_of(concept: str, data: Path | None) -> str:
+    """The dataset a concept of the `--data` folder `data` belongs to (the folder's layout tells, as
+    `bench.data.load_concepts` reads it); a user concept's name carries its content hash after `@`."""
+    if "@" in concept:
+        return "yours"
+    if data is not None:
+        from bench.cc101 import find_cc101
+        from bench.data import PROMPTS_FILE
+
+        if find_cc101(Path(data)) is not None and not (Path(data) / PROMPTS_FILE).is_file():
+            return "customconcept101"
+    return "dreambench"
+
+
+def record_dataset(record: RunRecord) -> str:
+    """A record's dataset: as written, else (an older record) told by its concept's name."""
+    return record.dataset or dataset_of(record.concept or "", None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.contract import presentation
+from bench.contract import recorded_by_method
 from bench.record import RunRecord
 from bench.tables import (
     CD,
@@ -153,7 +153,7 @@ def scatter(records: list[RunRecord], profile: str, suite: str) -> Figure | None
                        label=v if i < 10 else None)
             ax.scatter([sum(p[0] for p in pts) / len(pts)], [sum(p[1] for p in pts) / len(pts)], s=90, marker="X",
                        color=f"C{i % 10}", edgecolors="black")
-        ax.set_title(presentation(method).label)
+        ax.set_title(recorded_by_method(records)[method].label)
         ax.set_xlabel("CLIP-T")
         ax.set_ylabel("CLIP-I")
         ax.grid(alpha=0.3)
@@ -234,9 +234,9 @@ def loss_curves(records: list[RunRecord], profile: str, suite: str, method: str)
     axes.flat[0].legend(fontsize=6, title="variant (runs)", title_fontsize=6)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    caption = (f"{presentation(method).label} losses per iteration (profile {profile}, suite {suite}), from each "
-               f"run's loss_log.jsonl: per variant the mean over its runs, shaded from the lowest to the highest "
-               f"run; dotted lines mark where a phase begins (in the first variant's log).")
+    caption = (f"{recorded_by_method(records)[method].label} losses per iteration (profile {profile}, suite "
+               f"{suite}), from each run's loss_log.jsonl: per variant the mean over its runs, shaded from the "
+               f"lowest to the highest run; dotted lines mark where a phase begins (in the first variant's log).")
     return Figure(_slug(profile, suite, method, "losses") + ".png", caption, _png(fig))
 
 

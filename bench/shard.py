@@ -163,3 +163,50 @@ def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]],
     if loads is not None:
         result["shards"] = loads
     return json.dumps(result, indent=1) + "\n" if fmt == "json" else render(result, loads)
+
+
+# --- what a shard owns, and what the merge is missing -------------------------------------------------------------
+
+
+def owned_runs(pieces: list[tuple[list[Any], Any]], k: int, n: int) -> list[str]:
+    """The relative run paths (`<profile>/<method>/<variant>/<concept>/seedK`) shard `k` of `n` owns under the
+    current plan: what it packs (never a run another shard owns, or one the plan no longer holds)."""
+    return sorted({str(job.key.path(Path("."))) for part in shard_pieces(pieces, k, n) for job in part})
+
+
+def coverage(pieces: list[tuple[list[Any], Any]], n: int, results: Path, packed: dict[int, int] | None
+             ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Per shard of `n`: its planned runs, how many are done, failed and missing in the merged `results`, and how
+    many records it uploaded (`packed[k]`: None when nothing came from it; `packed` None: not known). Totals
+    beside."""
+    from bench import store
+
+    states: dict[str, str] = {}
+    for record in store.iter_run_records(results):
+        rel = Path(record.run_dir or "").relative_to(results)
+        states[str(rel)] = "done" if record.done else "failed"
+    rows = []
+    for k in range(1, n + 1):
+        runs = owned_runs(pieces, k, n) if n > 1 else sorted({str(j.key.path(Path("."))) for js, _ in pieces
+                                                               for j in js})
+        done = sum(states.get(r) == "done" for r in runs)
+        failed = sum(states.get(r) == "failed" for r in runs)
+        rows.append({"shard": f"{k}/{n}", "planned": len(runs), "done": done, "failed": failed,
+                     "missing": len(runs) - done - failed,
+                     "packed": packed.get(k) if packed is not None else "?"})
+    total = {key: sum(r[key] for r in rows) for key in ("planned", "done", "failed", "missing")}
+    return rows, total
+
+
+def render_coverage(rows: list[dict[str, Any]], total: dict[str, int]) -> str:
+    """The coverage as Markdown: what the published tables hold of the plan, shard by shard."""
+    short = [r for r in rows if r["missing"] or r["packed"] is None]
+    lines = ["## Coverage of the plan", "",
+             f"{total['done']} of the plan's {total['planned']} runs done, {total['failed']} failed, "
+             f"**{total['missing']} missing**"
+             + (f" (from shard(s) {', '.join(r['shard'] for r in short)})." if short else "."), "",
+             "| shard | planned | done | failed | missing | records uploaded |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        uploaded = "none (timed out or failed before packing?)" if r["packed"] is None else str(r["packed"])
+        lines.append(f"| {r['shard']} | {r['planned']} | {r['done']} | {r['failed']} | {r['missing']} | {uploaded} |")
+    return "\n".join(lines) + "\n"

@@ -131,3 +131,87 @@ def test_records_of_an_older_bench_merge_byte_for_byte(tmp_path):
     store.write_json_atomic(other / rel / "record.json", data)
     with pytest.raises(BenchError, match="conflict.*metrics"):
         merge([other], dest)
+
+
+def test_numerical_noise_is_not_a_conflict_and_the_owner_shard_wins(tmp_path):
+    a, b, dest = tmp_path / "a", tmp_path / "b", tmp_path / "dest"
+    make_run(a, clip_t=0.25)
+    make_run(b, clip_t=0.25 * (1 + 3e-7), host="b")  # the same run on another device: the last digits differ
+    store.write_json_atomic(b / "shard.json", {"shard": "2/2", "runs": [str(RUN)]})
+    outcome = merge([a, b], dest)
+    assert outcome.copied == [str(RUN)] and outcome.noise == [str(RUN)]
+    assert record(dest)["host"] == "b"  # the owner's copy, though given second
+    assert "numerical noise" in outcome.summary(dest) and "owner" in outcome.summary(dest)
+    make_run(tmp_path / "c", clip_t=0.25 * (1 - 2e-7), host="c")
+    again = merge([tmp_path / "c"], dest)  # against the destination: its copy stands
+    assert again.already == [str(RUN)] and again.noise == [str(RUN)] and record(dest)["host"] == "b"
+
+
+def test_a_real_conflict_says_what_differs_by_how_much_and_where(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_run(a, clip_t=0.25)
+    make_run(b, clip_t=0.26, host="b")
+    with pytest.raises(BenchError) as err:
+        merge([a, b], tmp_path / "dest")
+    text = str(err.value)
+    assert "metrics.clip_t" in text and "0.25 vs 0.26" in text and "differs by 0.01" in text
+    assert "computed on" in text and "delete the other run folder" in text
+
+
+def test_a_merged_away_unfinished_attempt_is_removed(tmp_path, monkeypatch, capsys):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    make_run(src)
+    partial = store.partial_dir(dest / RUN)
+    (partial / "work").mkdir(parents=True)
+    store.write_json_atomic(partial / "attempt.json", {"config_hash": "h1", "attempts": 1, "pid": 1, "host": "x"})
+    outcome = merge([src], dest)
+    assert outcome.copied == [str(RUN)] and not partial.exists() and outcome.tidied
+    code, out, _ = bench(monkeypatch, capsys, "status", "--results", dest)
+    assert "interrupted" not in out and "unfinished" not in out
+
+
+def test_a_dead_merges_lock_and_copy_are_cleaned(tmp_path):
+    import subprocess
+    import sys
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    make_run(src)
+    make_run(dest, Path("tiny/lora/default/cat/seed0"))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    run_dir = dest / "tiny/lora/default/cat/seed0"
+    lock = store.RunLock(run_dir)
+    assert lock.acquire()
+    lock._stop.set()
+    owner = json.loads(lock.path.read_text())
+    lock.path.unlink()
+    lock.path.write_text(json.dumps({**owner, "pid": int(dead)}))  # the lock of a merge that was killed
+    leftover = run_dir.with_name(f"seed0.merge-{dead}")
+    leftover.mkdir()
+    outcome = merge([src], dest)
+    assert not lock.path.exists() and not leftover.exists()
+    assert len(outcome.tidied) == 2 and "dead merge" in outcome.summary(dest)
+
+
+def test_a_full_disk_stops_the_merge_with_one_line_suggesting_resume(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import bench.merge as merging
+
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    make_run(src)
+    make_run(src, Path("tiny/lora/default/cat/seed0"))
+    calls = []
+
+    def full(src_run, tmp, run_dir):  # the second run's copy fills the disk halfway
+        if calls:
+            (tmp / "half.png").write_bytes(b"x")
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir))
+        calls.append(run_dir)
+        return original(src_run, tmp, run_dir)
+
+    original = merging._fill
+    monkeypatch.setattr(merging, "_fill", full)
+    code, _out, err = bench(monkeypatch, capsys, "merge", src, "--into", dest)
+    assert code == 4 and "no space left on device" in err and "--resume" in err and "1 of 2 runs copied" in err
+    assert len(list(dest.rglob("record.json"))) == 1 and not list(dest.rglob("*.merge-*"))

@@ -110,3 +110,63 @@ def test_pack_copies_records_and_loss_logs_only(tmp_path, capsys):
                     if p.is_file())
     assert code == 0 and packed == ["paper/lora/default/dog/seed0/loss_log.jsonl",
                                     "paper/lora/default/dog/seed0/record.json"]
+
+
+def test_every_shard_runs_every_piece_even_after_an_empty_one(tmp_path, dreambench_root, monkeypatch, capsys):
+    """Two pieces with one training each, two shards: each shard has nothing in one piece and still runs the
+    other (the shard used to stop at its first empty piece, with exit 2)."""
+    from bench import registry
+    from tests.fake_method import FakeMethod
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    monkeypatch.setattr(FakeMethod, "variants", {**FakeMethod.variants, "longer": {"iterations": 7}})
+    module = load_script()
+    monkeypatch.setattr(module, "pieces", lambda methods: [module.Piece("main", "run", ("fake",)),
+                                                           module.Piece("longer", "run", ("fake",), ("longer",))])
+    common = ["--profile", "tiny", "--concepts", "dog", "--methods", "fake", "--data", str(dreambench_root)]
+    outs = []
+    for k in (1, 2):
+        code = module.main([*common, "--results", str(tmp_path / f"s{k}"), "shard", str(k), "2", "--executor",
+                            "local"])
+        outs.append(capsys.readouterr().out)
+        assert code == 0, outs[-1]
+    assert all(out.count("nothing in this shard") == 1 for out in outs), outs  # each shard skipped one piece
+    variants = sorted(p.parents[2].name for k in (1, 2) for p in (tmp_path / f"s{k}").rglob("record.json"))
+    assert variants == ["default", "longer"]
+
+
+def test_pack_keeps_only_the_runs_the_shard_owns_and_the_merge_says_what_is_missing(tmp_path, dreambench_root,
+                                                                                     monkeypatch, capsys):
+    """Records left in a shard's folder by another plan or another N are not packed; a shard that uploaded
+    nothing is named in the coverage, with its missing runs, in the tables and in coverage.md."""
+    import json
+
+    from bench import registry, store
+    from bench.shard import owned_runs
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    module = load_script()
+    common = ["--profile", "tiny", "--concepts", "dog,cat,teapot", "--pieces", "main", "--methods", "fake",
+              "--data", str(dreambench_root)]
+    args = module.parser().parse_args([*common, "--results", str(tmp_path / "s1"), "pack", "x"])
+    pairs = [(jobs, ctx) for _, jobs, ctx in module.build_plan(args, check_images=False)]
+    mine, theirs = owned_runs(pairs, 1, 2), owned_runs(pairs, 2, 2)
+    assert mine and theirs and not set(mine) & set(theirs)
+    assert module.main([*common, "--results", str(tmp_path / "s1"), "shard", "1", "2", "--executor", "local"]) == 0
+    stray = tmp_path / "s1" / theirs[0]  # a run shard 2 owns now (left by an earlier plan)
+    stray.mkdir(parents=True)
+    store.write_json_atomic(stray / "record.json", {"status": "done", "schema": 1})
+    capsys.readouterr()
+    assert module.main([*common, "--results", str(tmp_path / "s1"), "pack", str(tmp_path / "p1"), "--shard",
+                        "1/2"]) == 0
+    assert "1 not owned by shard 1/2" in capsys.readouterr().out
+    packed = sorted(str(p.parent.relative_to(tmp_path / "p1")) for p in (tmp_path / "p1").rglob("record.json"))
+    assert packed == mine
+    assert json.loads((tmp_path / "p1" / "shard.json").read_text())["runs"] == mine
+    monkeypatch.setenv("BENCH_MODULE", "tests.fake_bench")
+    code = module.main([*common, "--results", str(tmp_path / "m"), "merge", str(tmp_path / "p1"), "--into",
+                        str(tmp_path / "m"), "--out", str(tmp_path / "pub"), "--no-report", "--shards", "2"])
+    coverage = (tmp_path / "pub" / "coverage.md").read_text()
+    assert code == 0 and f"**{len(theirs)} missing**" in coverage and "from shard(s) 2/2" in coverage
+    assert "| 2/2 | " in coverage and "none (timed out" in coverage
+    assert coverage in (tmp_path / "pub" / "tables" / "main.md").read_text()

@@ -18,7 +18,7 @@ import pytest
 import torch
 import transformers
 
-from bench.models import personalize
+from bench.models import kv_detach, personalize
 from bench.models.tiny import CLIP_SPECIAL, write_clip_tokenizer
 
 # --- K/V training: first-token detach --------------------------------------------------------------------------
@@ -95,8 +95,9 @@ def _custom_diffusion_peer(unet) -> tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
 def _kv_hooks(unet) -> int:
-    return sum(1 for name, module in unet.named_modules() if name.endswith(("attn2.to_k", "attn2.to_v"))
-               for hook in module._forward_hooks.values() if hook is personalize._detach_first_token)
+    """How many K/V projections are detached at token 0 (two per attn2 layer holding the detaching processor)."""
+    return sum(2 for name, module in unet.named_modules()
+               if name.endswith("attn2") and isinstance(module.processor, kv_detach.DetachedKVProcessor))
 
 
 def test_kv_gradients_equal_custom_diffusion_processor() -> None:
@@ -127,17 +128,51 @@ def test_kv_detach_is_idempotent_and_removable() -> None:
     for name in once:
         assert torch.equal(once[name], twice[name])
 
-    clone = copy.deepcopy(base)  # a copy carries the hooks; installing on it must not double them either
+    clone = copy.deepcopy(base)  # a copy carries the processors; installing on it must not double them either
     assert _kv_hooks(clone) == 8 and personalize.install_kv_detach(clone) == 0
 
-    assert personalize.remove_kv_detach(base) == 8 and _kv_hooks(base) == 0 and not personalize.has_kv_detach(base)
+    assert personalize.remove_kv_detach(base) == 4 and _kv_hooks(base) == 0 and not personalize.has_kv_detach(base)
     assert personalize.remove_kv_detach(base) == 0
     _, plain = _step(base, {n: base.get_submodule(n).weight for n in once})
-    _, plain_again = _ours(clone, detach_first_token=False)  # the switch removes hooks a copy carried
+    _, plain_again = _ours(clone, detach_first_token=False)  # the switch removes processors a copy carried
     assert _kv_hooks(clone) == 0
     for name in once:
         assert torch.equal(plain[name], plain_again[name])
         assert not torch.equal(plain[name], once[name])
+
+
+def test_kv_detach_survives_torch_compile() -> None:
+    """Regional compilation (`--speed compile=regional`) of an undetached UNet and then of detaching ones, in one
+    process: each compiled copy keeps its own gradients. (A forward hook on `to_k`/`to_v` was lost here: the
+    detaching copy compiled after an undetached one ran its code and got token 0's gradient back.)"""
+    from bench.models.speed import REGIONS
+
+    def compiled(unet):
+        for sub in unet.modules():
+            if type(sub).__name__ in REGIONS:
+                sub.compile(backend="eager")
+        return unet
+
+    torch._dynamo.reset()
+    base = _tiny_unet()
+    _, peer = _custom_diffusion_peer(base)
+    _, plain = _ours(compiled(copy.deepcopy(base)), detach_first_token=False)
+    _, after = _ours(compiled(copy.deepcopy(base)))  # the detach set after compiling (what a run does)
+    before = copy.deepcopy(base)
+    personalize.install_kv_detach(before)
+    _, before = _ours(compiled(before))  # ... and before compiling
+    eager_attention = copy.deepcopy(base)
+    from diffusers.models.attention_processor import AttnProcessor
+
+    eager_attention.set_attn_processor(AttnProcessor())  # `--speed attention=eager`: kept by the detach
+    _, eager = _ours(compiled(eager_attention))
+    assert all(isinstance(m.processor, kv_detach.DetachedKVProcessor) and m.processor.eager
+               for n, m in eager_attention.named_modules() if n.endswith("attn2"))
+    torch._dynamo.reset()
+    for name in peer:
+        for grads in (after, before, eager):
+            torch.testing.assert_close(grads[name], peer[name], rtol=1e-5, atol=1e-8, msg=name)
+        assert (plain[name] - peer[name]).abs().max() > 1e-3 * peer[name].abs().max(), name
 
 
 def test_kv_detach_is_harmless_at_inference() -> None:

@@ -79,19 +79,66 @@ def test_check_method_names_the_broken_check(toy_file, clean_registry, monkeypat
     assert code == 1 and "FAIL determinism" in err
 
 
-def test_included_files_are_read_not_run_until_used(tmp_path, clean_registry) -> None:
+def test_an_included_file_is_imported_once_when_included(tmp_path, clean_registry) -> None:
     marker = tmp_path / "ran"
-    path = tmp_path / "lazy.py"
-    path.write_text(toy_source() + f"\nopen({str(marker)!r}, 'w').close()\n")
+    path = tmp_path / "eager.py"
+    path.write_text(toy_source() + f"\nwith open({str(marker)!r}, 'a') as f:\n    f.write('x')\n")
     assert plugins.include([str(path)], clean_registry.METHODS) == ["toy"]
-    assert not marker.exists() and "toy" in clean_registry.method_names()
-    assert clean_registry.get_method("toy").__name__ == "MeanColour" and marker.exists()
+    assert marker.read_text() == "x" and "toy" in clean_registry.method_names()
+    assert clean_registry.get_method("toy").__name__ == "MeanColour" and marker.read_text() == "x"
     assert os.environ[plugins.INCLUDE_ENV] == str(path.resolve()), "passed on to worker processes"
+
+
+LORA8 = '''"""LoRA at rank 8: a built-in method's subclass that sets only its name, label and config."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from baselines.lora import LoRA, LoRAConfig
+
+
+@dataclass(frozen=True)
+class LoRA8Config(LoRAConfig):
+    rank: int = 8
+    """LoRA rank r."""
+
+
+class LoRA8(LoRA):
+    name: ClassVar[str] = "lora8"
+    label: ClassVar[str] = "LoRA (rank 8)"
+    Config: ClassVar[type] = LoRA8Config
+'''
+
+
+def test_a_subclass_plugin_runs_and_its_table_row_needs_no_include(tmp_path, dreambench_root, clean_registry) -> None:
+    """`class LoRA8(LoRA)` inherits `train` and `load`: it is a method (the imported LoRA beside it is not one of
+    the file's), it runs, and `bench table main` without `--include` shows its row as it declared it, in a
+    section of its own, labelled once."""
+    path = tmp_path / "lora8.py"
+    path.write_text(LORA8)
+    assert plugins.method_classes(path) == {"lora8": f"{path.resolve()}:LoRA8"}
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(plugins.INCLUDE_ENV, None)
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--include", str(path), "--method", "lora8", "--concepts", "dog",
+           "--profile", "tiny", "--data", str(dreambench_root), "--results", str(results)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((results / "tiny" / "lora8" / "default" / "dog" / "seed0" / "record.json").read_text())
+    assert record["status"] == "done" and record["config"]["rank"] == 8
+    assert record["presentation"] == {"label": "LoRA (rank 8)", "table_view": None, "table_view_note": "",
+                                      "model": "SD Turbo"}
+    table = subprocess.run([sys.executable, "-m", "bench.cli", "table", "main", "--results", str(results)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "#### Other methods" in table.stdout and "| LoRA (rank 8) | default | SD Turbo |" in table.stdout
+    assert "(rank 8) (" not in table.stdout
 
 
 @pytest.mark.parametrize("content, message", [
     ("x = 1\n", "no method class in it"),
     ("def broken(:\n", "invalid syntax at line 1"),
+    ("raise RuntimeError('no GPU here')\n", "importing it raised RuntimeError: no GPU here"),
 ])
 def test_bad_include_is_one_line(content, message, tmp_path, clean_registry, monkeypatch, capsys) -> None:
     path = tmp_path / "bad.py"

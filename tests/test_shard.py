@@ -211,3 +211,14 @@ def test_bench_run_shard_runs_only_its_part(monkeypatch, capsys, tmp_path, dream
     done = sorted(r["concept"] for r in store.iter_records(tmp_path))
     assert code == 0 and done == sorted(j.job.concept for j in mine) and 0 < len(done) < 4
     assert f"shard 2/2: {len(mine)} of the plan's 4 runs" in err
+
+
+def test_an_empty_shard_of_bench_run_exits_0_with_one_line(monkeypatch, capsys, tmp_path, dreambench_root):
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    ctx = Context(data=dreambench_root, results=tmp_path, suite="tiny")
+    jobs = plan(["fake"], [("default", {})], ["dog"], [0], "tiny")
+    empty = next(k for k in (1, 2) if not shard_jobs(jobs, ctx, k, 2))
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog", "--results", tmp_path,
+                         "--data", dreambench_root, "--shard", f"{empty}/2")
+    assert code == 0 and "nothing in this shard" in err, err
+    assert not list(store.iter_records(tmp_path))

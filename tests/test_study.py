@@ -6,17 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from bench.api import BenchError
-from bench.study import db
+from bench.study import db, trials
 from bench.study.config import StudyConfig
 from tests.helpers import bench
-from tests.study_helpers import StudyServer, make_dataset, make_runs
+from tests.study_helpers import create_study, make_dataset, make_runs, see_in_db, vote_all
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -28,19 +26,6 @@ def world(tmp_path: Path) -> tuple[Path, Path]:
     results = tmp_path / "results"
     make_runs(results)
     return results, make_dataset(tmp_path / "data")
-
-
-def _create(world: tuple[Path, Path], name: str = "s1", per_trial: int | None = None, trials: int | None = None,
-            methods: tuple[str, ...] = ("echodistill", "custom_diffusion")) -> tuple[Path, str]:
-    from bench.data import load_concepts
-    from bench.study.commands import study_path
-    from bench.study.draw import draw_trials
-
-    results, data = world
-    cfg = StudyConfig(name, "tiny", methods, ("default",) * len(methods), (), (0,), trials, 0, per_trial)
-    path = study_path(results, "tiny", name)
-    admin = db.create_database(path, cfg, draw_trials(results, cfg, {c.name: c for c in load_concepts(data)}))
-    return path, admin
 
 
 def _trials(path: Path) -> list[tuple]:
@@ -93,22 +78,22 @@ def test_draw_reads_records_of_an_older_bench(tmp_path: Path) -> None:
 def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch, capsys) -> None:
     results, data = world
     code, out, err = bench(monkeypatch, capsys, "study", "create", "--name", "t7", "--results", results, "--data",
-                           data, "--methods", "echodistill,custom_diffusion")
+                           data)
     assert code == 0, err
-    assert "8 trials, 2 methods, 16 generated images" in out and "admin link" in out
+    assert "8 trials, 4 candidates per trial (chance 25%), 32 generated images" in out and "admin link" in out
     admin = out.split("http://127.0.0.1:8000/admin/")[1].split()[0]
     path = results / "tiny" / "_studies" / "t7.sqlite"
     rows = _trials(path)
-    assert len(rows) == 16  # 2 concepts x 2 prompts x 2 eval seeds, 2 candidates each
+    assert len(rows) == 32  # 2 concepts x 2 prompts x 2 eval seeds, 4 candidates each (the paper's four methods)
     for concept, p, s, prompt, _, method, image in rows:
         assert "<new1>" not in prompt and (concept in prompt)  # identifier replaced by the class noun
         assert Path(image).is_file()
         assert f"/{method}/default/{concept}/seed0/images/p{p:02d}_s{s}.png" in image
     orders = [r[5] for r in rows if r[4] == 0]
-    assert set(orders) == {"echodistill", "custom_diffusion"}  # the first candidate is not always one method
+    assert len(set(orders)) > 1  # the first candidate is not always one method
     conn = db.open_study(path)
     assert db.meta(conn, "schema_version") == db.SCHEMA_VERSION
-    assert db.study_config(conn).methods == ("echodistill", "custom_diffusion")
+    assert db.study_config(conn).methods == ("echodistill", "custom_diffusion", "cones2", "disenbooth")
     assert db.study_config(conn).extra == {"data": str(data.resolve()), "results": str(results.resolve())}
     refs = conn.execute("SELECT DISTINCT i.path FROM refs r JOIN images i ON i.id = r.image_id").fetchall()
     assert sorted(Path(r[0]).parent.name for r in refs) == ["dog", "teapot"]
@@ -124,7 +109,7 @@ def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch,
     assert [r[:6] for r in _trials(results / "tiny" / "_studies" / "again.sqlite")] == [r[:6] for r in rows]
     assert bench(monkeypatch, capsys, "study", "create", "--name", "three", "--results", results, "--data", data,
                  "--trials", "3")[0] == 0
-    assert len(_trials(results / "tiny" / "_studies" / "three.sqlite")) == 6
+    assert len(_trials(results / "tiny" / "_studies" / "three.sqlite")) == 12
 
 
 @pytest.mark.parametrize("args, message", [
@@ -135,7 +120,7 @@ def test_create_draws_every_trial_with_hashes_and_references(world, monkeypatch,
     (("--name", "x", "--methods", "echodistill"), "at least 2 methods"),
     (("--name", "x", "--methods", "echodistil,lora"), "unknown method 'echodistil'.*did you mean"),
     (("--name", "../evil"), "study name '../evil' is not valid"),
-    (("--name", "x", "--variant", "a,b,c"), "3 variants for 2 methods"),
+    (("--name", "x", "--variant", "a,b,c"), "3 variants for 4 methods"),
     (("--name", "x", "--dataset", "imagenet"), "unknown dataset 'imagenet'"),
     (("--name", "x", "--concepts", "dgo"), "unknown concept 'dgo'.*did you mean 'dog'"),
     (("--name", "x", "--concepts", "red_cartoon"), "no trial can be drawn.*red_cartoon/seed0 lacks echodistill"),
@@ -155,40 +140,45 @@ def test_create_refuses_bad_input_in_one_line(world, monkeypatch, capsys, args, 
 
 
 def test_assignment_is_balanced_resumable_and_never_repeats(world) -> None:
-    path, _ = _create(world, per_trial=2)
+    path, _ = create_study(world, per_trial=2)
     conn = db.open_study(path)
     (a, _), (b, _), (c, _) = db.add_participants(conn, 3)
     ids = {label: row["id"] for label, row in ((p, conn.execute("SELECT id FROM participants WHERE label = ?",
                                                                  (p,)).fetchone()) for p in (a, b, c))}
-    first = db.next_trial(conn, ids[a])
-    assert db.next_trial(conn, ids[a])["trial"] == first["trial"]  # resumed, not a new one
-    second = db.next_trial(conn, ids[b])
+    first = trials.next_trial(conn, ids[a])
+    assert trials.next_trial(conn, ids[a])["trial"] == first["trial"]  # resumed, not a new one
+    second = trials.next_trial(conn, ids[b])
     assert second["trial"] != first["trial"]  # fewest votes and holds first: b gets another trial
+    see_in_db(conn, ids[a], first)
+    see_in_db(conn, ids[a], second)  # not b's delivery: a does not hold that trial
+    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 2
     with pytest.raises(db.Refused) as err:
-        db.vote(conn, ids[a], second["trial"], second["candidates"][0]["id"])
+        trials.vote(conn, ids[a], second["trial"], second["candidates"][0]["id"])
     assert err.value.status == 403  # not assigned to a
     with pytest.raises(db.Refused) as err:
-        db.vote(conn, ids[a], first["trial"], second["candidates"][0]["id"])
+        trials.vote(conn, ids[a], first["trial"], second["candidates"][0]["id"])
     assert err.value.status == 400  # a candidate of another trial
-    db.vote(conn, ids[a], first["trial"], first["candidates"][1]["id"])
+    trials.vote(conn, ids[a], first["trial"], first["candidates"][1]["id"])
     with pytest.raises(db.Refused) as err:
-        db.vote(conn, ids[a], first["trial"], first["candidates"][0]["id"])
-    assert err.value.status == 409  # a replay, even with another choice
+        trials.vote(conn, ids[a], first["trial"], first["candidates"][0]["id"])
+    assert err.value.status == 409 and err.value.reason == "already_voted"  # a replay, even with another choice
     seen = [first["trial"]]
     for _ in range(20):  # bounded: 8 trials
-        t = db.next_trial(conn, ids[a])
+        t = trials.next_trial(conn, ids[a])
         if t is None:
             break
         seen.append(t["trial"])
-        db.vote(conn, ids[a], t["trial"], t["candidates"][0]["id"])
+        see_in_db(conn, ids[a], t)
+        trials.vote(conn, ids[a], t["trial"], t["candidates"][0]["id"])
     assert sorted(seen) == list(range(1, 9))  # every trial once, never twice
-    assert db.progress(conn, ids[a]) == {"done": 8, "total": 8}
+    assert trials.progress(conn, ids[a]) == {"done": 8, "total": 8}
     # c finishes what is left: each trial then has at most per_trial = 2 votes
     for _ in range(20):
-        t = db.next_trial(conn, ids[c])
+        t = trials.next_trial(conn, ids[c])
         if t is None:
             break
-        db.vote(conn, ids[c], t["trial"], t["candidates"][0]["id"])
+        see_in_db(conn, ids[c], t)
+        trials.vote(conn, ids[c], t["trial"], t["candidates"][0]["id"])
     counts = [r[0] for r in conn.execute("SELECT COUNT(*) FROM votes GROUP BY trial_id")]
     assert max(counts) <= 2 and sum(counts) == 8 + 7  # b still holds one trial, so c could take 7
     assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 15
@@ -202,7 +192,7 @@ def test_open_study_refuses_foreign_and_newer_files(tmp_path: Path, world) -> No
     junk.write_bytes(b"not a database at all" * 100)
     with pytest.raises(BenchError, match="is not a study database"):
         db.open_study(junk)
-    path, _ = _create(world)
+    path, _ = create_study(world)
     conn = sqlite3.connect(path)
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.commit()
@@ -211,192 +201,70 @@ def test_open_study_refuses_foreign_and_newer_files(tmp_path: Path, world) -> No
         db.open_study(path)
 
 
-# --- the web app ------------------------------------------------------------------------------------------------
-
-
-def test_hostile_requests_are_refused_and_nothing_is_recorded_twice(world) -> None:
-    path, admin = _create(world)
-    conn = db.open_study(path)
-    [(_, token), (_, other)] = db.add_participants(conn, 2)
-    conn.close()
-    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=10) as http:
-        assert http.get("/api/next").status_code == 401
-        assert http.get("/api/next", params={"t": "nope"}).status_code == 403
-        assert http.get(f"/p/{token}").status_code == 200 and "Candidates" in http.get(f"/p/{token}").text
-        assert http.get("/p/nope").status_code == 403
-        trial = http.get("/api/next", params={"t": token}).json()
-        assert trial["instruction"].startswith("Select the best image") and len(trial["candidates"]) == 2
-        image = trial["candidates"][0]["image"]
-        assert http.get(f"/img/{image}").status_code == 401
-        assert http.get(f"/img/{image}", params={"t": "nope"}).status_code == 403
-        ok = http.get(f"/img/{image}", params={"t": token})
-        assert ok.status_code == 200 and ok.headers["content-type"] == "image/png" and ok.content[:4] == b"\x89PNG"
-        for bad in ("/img/../../../etc/passwd", "/img/%2e%2e%2fetc%2fpasswd", "/img/-1", "/img/1.png",
-                    "/img/etc/passwd", "/static/../record.json"):
-            r = http.get(bad, params={"t": token})
-            assert r.status_code == 404 and b"root:" not in r.content, bad
-        assert http.get("/img/9999", params={"t": token}).status_code == 404
-        vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][1]["id"]}
-        assert http.post("/api/vote", content=b"{nope").status_code == 400
-        assert http.post("/api/vote", json=[1, 2]).status_code == 400
-        assert http.post("/api/vote", json={**vote, "token": None}).status_code == 401
-        assert http.post("/api/vote", json={**vote, "token": "x"}).status_code == 403
-        assert http.post("/api/vote", json={**vote, "candidate": 10**6}).status_code == 400
-        assert http.post("/api/vote", json={**vote, "candidate": "1; DROP TABLE votes"}).status_code == 400
-        assert http.post("/api/vote", json={**vote, "token": other}).status_code == 403  # not assigned to other
-        first = http.post("/api/vote", json=vote)
-        assert first.status_code == 200 and first.json()["progress"]["done"] == 1
-        replay = http.post("/api/vote", json=vote)
-        assert replay.status_code == 409 and "already voted" in replay.json()["error"]
-        assert http.get("/api/admin", params={"t": token}).status_code == 403  # a participant is not the admin
-        summary = http.get("/api/admin", params={"t": admin}).json()
-        assert summary["votes"] == 1 and {m["method"]: m["votes"] for m in summary["methods"]}[_chosen(path)] == 1
-        assert http.get(f"/admin/{admin}").status_code == 200 and http.get("/admin/wrong").status_code == 403
-    conn = db.open_study(path)
-    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
-    conn.close()
-
-
-def _chosen(path: Path) -> str:
-    conn = db.open_study(path)
-    method = db.votes(conn)[0]["method"]
-    conn.close()
-    return method
-
-
-def test_a_changed_image_is_refused_by_server_and_cli(world, monkeypatch, capsys) -> None:
-    results, _ = world
-    path, _ = _create(world)
-    conn = db.open_study(path)
-    [(_, token)] = db.add_participants(conn, 1)
-    row = conn.execute("SELECT id, path FROM images WHERE path LIKE '%.png' ORDER BY id LIMIT 1").fetchone()
-    conn.close()
-    from PIL import Image
-
-    Image.new("RGB", (16, 16), (0, 255, 0)).save(row["path"])  # e.g. a forced re-run wrote a new sample
-    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", "1")
-    assert code == 2 and "1 image(s) of study 's1' differ" in err and "(changed)" in err
-    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=10) as http:
-        r = http.get(f"/img/{row['id']}", params={"t": token})
-        assert r.status_code == 409 and "changed since the study was created" in r.text
-
-
-def test_a_stopped_server_loses_no_vote_and_records_none_twice(world) -> None:
-    path, _ = _create(world)
-    conn = db.open_study(path)
-    [(_, token)] = db.add_participants(conn, 1)
-    conn.close()
-    server = StudyServer(path).start()
-    with httpx.Client(base_url=server.url, timeout=5) as http:
-        trial = http.get("/api/next", params={"t": token}).json()
-    server.stop()
-    vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][0]["id"]}
-    with httpx.Client(base_url=server.url, timeout=5) as http, pytest.raises(httpx.TransportError):
-        http.post("/api/vote", json=vote)
-    with StudyServer(path, port=server.port), httpx.Client(base_url=server.url, timeout=5) as http:
-        again = http.get("/api/next", params={"t": token}).json()
-        assert again["trial"] == trial["trial"]  # the open trial survived the restart
-        assert http.post("/api/vote", json=vote).status_code == 200
-        assert http.post("/api/vote", json=vote).status_code == 409
-    conn = db.open_study(path)
-    assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
-    conn.close()
-
-
-def test_twenty_participants_at_once(world, capsys) -> None:
-    """20 simulated participants vote concurrently until nothing is left for them (bounded loop): every vote is
-    recorded exactly once, none is lost, and no trial gets more than its per_trial quota."""
-    path, _ = _create(world, per_trial=15)
-    conn = db.open_study(path)
-    tokens = [t for _, t in db.add_participants(conn, 20)]
-    conn.close()
-    accepted: list[tuple[str, int]] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(20)
-
-    def participant(token: str, http: httpx.Client) -> None:
-        barrier.wait()
-        for _ in range(12):  # bounded: at most 8 trials each
-            r = http.get("/api/next", params={"t": token})
-            if r.status_code != 200:
-                errors.append(f"next {r.status_code}")
-                return
-            trial = r.json()
-            if trial["done"]:
-                return
-            vote = {"token": token, "trial": trial["trial"], "candidate": trial["candidates"][0]["id"]}
-            r = http.post("/api/vote", json=vote)
-            if r.status_code == 200:
-                with lock:
-                    accepted.append((token, trial["trial"]))
-                if http.post("/api/vote", json=vote).status_code != 409:  # the replay must be refused
-                    errors.append("replay accepted")
-            elif r.status_code != 409:  # 409: the trial filled up meanwhile
-                errors.append(f"vote {r.status_code} {r.text}")
-
-    with StudyServer(path) as server, httpx.Client(base_url=server.url, timeout=30,
-                                                   limits=httpx.Limits(max_connections=40)) as http:
-        threads = [threading.Thread(target=participant, args=(t, http)) for t in tokens]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        elapsed = time.perf_counter() - start
-    assert not errors, errors[:5]
-    conn = db.open_study(path)
-    rows = conn.execute("SELECT participant_id, trial_id FROM votes").fetchall()
-    per_trial = dict(conn.execute("SELECT trial_id, COUNT(*) FROM votes GROUP BY trial_id").fetchall())
-    conn.close()
-    assert len(rows) == len(accepted) == 8 * 15  # every trial filled to its quota, none lost
-    assert len(set(map(tuple, rows))) == len(rows)  # one vote per (participant, trial)
-    assert set(per_trial.values()) == {15}  # no trial over-assigned
-    with capsys.disabled():
-        print(f"\n[study concurrency] 20 participants, {len(rows)} votes recorded once each in {elapsed:.2f} s: "
-              f"{len(rows) / elapsed:.1f} votes/s (each with a GET /api/next and a refused replay)")
-
-
 # --- table and export --------------------------------------------------------------------------------------------
 
 
-def _vote_all(path: Path, choices: dict[int, int]) -> None:
-    """Participant k votes on every trial, for candidate position 0 or the method given in `choices`."""
-    conn = db.open_study(path)
-    people = db.add_participants(conn, len(choices))
-    for k, (label, _) in enumerate(people):
-        pid = conn.execute("SELECT id FROM participants WHERE label = ?", (label,)).fetchone()[0]
-        for _ in range(20):
-            t = db.next_trial(conn, pid)
-            if t is None:
-                break
-            rows = conn.execute("SELECT id, method FROM candidates WHERE trial_id = ?", (t["trial"],)).fetchall()
-            wanted = "echodistill" if (t["trial"] + k) % 10 < choices[k] else "custom_diffusion"
-            db.vote(conn, pid, t["trial"], next(r["id"] for r in rows if r["method"] == wanted))
-    conn.close()
-
-
-def test_table_and_export_from_votes(world, monkeypatch, capsys) -> None:
-    results, _ = world
-    path, _ = _create(world)
+def test_table_of_the_paper_design_is_beside_the_paper(world, monkeypatch, capsys) -> None:
+    """A study created with the defaults (the paper's four methods) renders best of 4, chance 25%, every method
+    by its declared label, beside the paper's shares; the export names images relative to the results folder
+    and records the order each participant saw."""
+    results, data = world
+    assert bench(monkeypatch, capsys, "study", "create", "--name", "t7", "--results", results, "--data", data)[0] == 0
+    path = results / "tiny" / "_studies" / "t7.sqlite"
     code, out, _ = bench(monkeypatch, capsys, "table", "study", "--results", results)
     assert code == 0 and "No votes yet" in out and "| EchoDistill | 0 |" in out
-    _vote_all(path, {0: 10, 1: 10, 2: 7, 3: 5})  # 4 participants x 8 trials
+    vote_all(path, {0: 10, 1: 7, 2: 6})  # 3 participants x 8 trials
     code, out, err = bench(monkeypatch, capsys, "table", "study", "--results", results)
     assert code == 0, err
-    assert "32 annotations from 4 participants on 8 trials" in out
+    assert "Best of 4: 4 candidates per trial, one per method (chance level 25%)" in out
+    assert "24 annotations from 3 participants on 8 trials" in out and "Paper: 15 participants, 840" in out
+    assert "| Method | Votes | Preference (%) | 95% interval | Paper (%) |" in out
+    assert "Same design as the paper's study" in out and "not in this harness" not in out
+    for label, paper in (("EchoDistill", "66.90"), ("Custom Diffusion", "32.26"), ("Cones 2", "0.48"),
+                         ("DisenBooth", "0.36")):
+        line = next(line for line in out.splitlines() if line.startswith(f"| {label} |"))
+        assert line.endswith(f"| {paper} |"), line
     code, csv_text, _ = bench(monkeypatch, capsys, "table", "study", "--results", results, "--format", "csv")
     rows = {r["label"]: r for r in csv.DictReader(io.StringIO(csv_text))}
-    ed, cd = rows["EchoDistill"], rows["Custom Diffusion"]
-    assert int(ed["votes"]) + int(cd["votes"]) == 32
-    assert float(ed["preference_pct"]) == pytest.approx(100 * int(ed["votes"]) / 32)
+    assert set(rows) == {"EchoDistill", "Custom Diffusion", "Cones 2", "DisenBooth"}
+    assert sum(int(r["votes"]) for r in rows.values()) == 24
+    ed = rows["EchoDistill"]
+    expected = sum((t + k) % 10 < c for k, c in enumerate((10, 7, 6)) for t in range(1, 9))  # as _vote_all chose
+    assert int(ed["votes"]) == expected == 17
+    assert float(ed["preference_pct"]) == pytest.approx(100 * 17 / 24)
     assert float(ed["ci_low_pct"]) < float(ed["preference_pct"]) < float(ed["ci_high_pct"])
-    assert float(ed["paper_preference_pct"]) == 66.90 and rows["Cones 2"]["votes"] == ""
-    assert bench(monkeypatch, capsys, "table", "study", "--results", results, "--format", "csv")[1] == csv_text
+    assert float(ed["paper_preference_pct"]) == 66.90 and ed["candidates_per_trial"] == "4"
+    assert float(ed["chance_pct"]) == 25.0
     code, out, _ = bench(monkeypatch, capsys, "study", "export", "--results", results)
     votes = list(csv.DictReader(io.StringIO(out)))
-    assert len(votes) == 32 and {v["method"] for v in votes} == {"echodistill", "custom_diffusion"}
-    assert sum(v["method"] == "echodistill" for v in votes) == int(ed["votes"])
+    assert len(votes) == 24 and sum(v["method"] == "echodistill" for v in votes) == 17
+    for v in votes:
+        assert v["image"] == f"tiny/{v['method']}/default/{v['concept']}/seed0/images/p{int(v['prompt_index']):02d}" \
+                             f"_s{v['eval_seed']}.png"  # relative to the results folder
+        order = v["shown_order"].split(";")
+        assert sorted(order) == sorted(f"{m}/default" for m in ("echodistill", "custom_diffusion", "cones2",
+                                                                  "disenbooth"))
+        assert order[int(v["shown_position"]) - 1] == f"{v['method']}/{v['variant']}"
+    by_trial: dict[str, set[str]] = {}
+    for v in votes:
+        by_trial.setdefault(v["trial"], set()).add(v["shown_order"])
+    assert any(len(orders) > 1 for orders in by_trial.values())  # the order is drawn per participant
+
+
+def test_table_of_another_design_says_why_the_paper_is_not_beside_it(world, monkeypatch, capsys) -> None:
+    results, _ = world
+    path, _ = create_study(world)
+    vote_all(path, {0: 10, 1: 10, 2: 7, 3: 5})  # 4 participants x 8 trials
+    code, out, err = bench(monkeypatch, capsys, "table", "study", "--results", results)
+    assert code == 0, err
+    assert "32 annotations from 4 participants on 8 trials" in out and "chance level 50%" in out
+    assert "Paper (%)" not in out and "66.90" not in out and "| Cones 2 |" not in out
+    assert "The paper's numbers are not shown: its study was best of 4" in out and "this one is best of 2" in out
+    code, csv_text, _ = bench(monkeypatch, capsys, "table", "study", "--results", results, "--format", "csv")
+    rows = {r["label"]: r for r in csv.DictReader(io.StringIO(csv_text))}
+    assert set(rows) == {"EchoDistill", "Custom Diffusion"} and rows["EchoDistill"]["paper_preference_pct"] == ""
+    assert int(rows["EchoDistill"]["votes"]) + int(rows["Custom Diffusion"]["votes"]) == 32
+    assert bench(monkeypatch, capsys, "table", "study", "--results", results, "--format", "csv")[1] == csv_text
     code, _, err = bench(monkeypatch, capsys, "table", "study", "--results", results, "--study", "nope")
     assert code == 2 and "no study 'nope'" in err and "studies: s1" in err
 
@@ -425,8 +293,8 @@ def test_bootstrap_interval_widens_with_fewer_participants() -> None:
 
 def test_report_shows_table7(world, monkeypatch, capsys, tmp_path: Path) -> None:
     results, data = world
-    path, _ = _create(world)
-    _vote_all(path, {0: 10, 1: 3})
+    path, _ = create_study(world)
+    vote_all(path, {0: 10, 1: 3})
     code, _, err = bench(monkeypatch, capsys, "report", "--results", results, "--data", data, "--out",
                          tmp_path / "rep")
     assert code == 0, err
@@ -436,43 +304,27 @@ def test_report_shows_table7(world, monkeypatch, capsys, tmp_path: Path) -> None
     assert "<h2>User study</h2>" in page and "<td>EchoDistill</td>" in page
 
 
-def test_serve_refuses_a_taken_port_and_a_bad_host(world, monkeypatch, capsys) -> None:
-    import socket
-
-    results, _ = world
-    _create(world)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", port)
-        assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "pass another --port" in err
-    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--host", "my-laptop")
-    assert code == 2 and "--host 'my-laptop' is not an IP address" in err
-    code, _, err = bench(monkeypatch, capsys, "study", "serve", "--results", results, "--port", "70000")
-    assert code == 2 and "--port must be between 1 and 65535" in err
-    code, _, err = bench(monkeypatch, capsys, "study", "invite", "--results", results)
-    assert code == 2 and "nothing to do" in err
-
-
 def test_an_abandoned_assignment_frees_its_place_after_the_ttl(world) -> None:
-    path, _ = _create(world, per_trial=1, trials=1)
+    path, _ = create_study(world, per_trial=1, trials=1)
     conn = db.open_study(path)
     (a, _), (b, _) = db.add_participants(conn, 2)
     pa, pb = (conn.execute("SELECT id FROM participants WHERE label = ?", (x,)).fetchone()[0] for x in (a, b))
-    held = db.next_trial(conn, pa)
-    assert db.next_trial(conn, pb) is None  # the only place is held by a
+    held = trials.next_trial(conn, pa)
+    see_in_db(conn, pa, held)
+    assert trials.next_trial(conn, pb) is None  # the only place is held by a
     conn.execute("UPDATE assignments SET assigned_at = assigned_at - 3600")  # a left an hour ago (ttl 30 min)
-    again = db.next_trial(conn, pb)
+    again = trials.next_trial(conn, pb)
     assert again["trial"] == held["trial"]
-    db.vote(conn, pb, again["trial"], again["candidates"][0]["id"])
+    see_in_db(conn, pb, again)
+    trials.vote(conn, pb, again["trial"], again["candidates"][0]["id"])
     with pytest.raises(db.Refused) as err:  # a comes back: the trial is full, nothing recorded
-        db.vote(conn, pa, held["trial"], held["candidates"][1]["id"])
-    assert err.value.status == 409 and "already has its 1 votes" in err.value.message
-    assert db.next_trial(conn, pa) is None
+        trials.vote(conn, pa, held["trial"], held["candidates"][1]["id"])
+    assert err.value.status == 409 and err.value.reason == "trial_full"
+    assert "already has its 1 votes" in err.value.message and "next trial" in err.value.message
+    assert trials.next_trial(conn, pa) is None
     # the same when a asks for their trial instead of voting on it: the full trial is dropped, not served again
     conn.execute("INSERT INTO assignments VALUES (?, ?, 0)", (pa, held["trial"]))
-    assert db.next_trial(conn, pa) is None
+    assert trials.next_trial(conn, pa) is None
     assert conn.execute("SELECT COUNT(*) FROM assignments").fetchone()[0] == 0
     assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
     conn.close()

@@ -247,7 +247,7 @@ def test_cli_table_writes_files(tmp_path: Path) -> None:
 
 def synthetic_records(n: int = 2000, concepts: int = 30) -> list[dict]:
     """`n` schema-true records over every table's variants: 25 prompts x 4 eval seeds per run, EchoDistill
-    runs with their three views, about 2% failed."""
+    runs with their three views, about 2% failed; each records how it is shown, as a run writes it."""
     variants = [("custom_diffusion", v) for v in ["default", "sd21"] + [f"train{t}-infer{i}" for t in (1, 4, 1000)
                                                                          for i in (1, 4, 25)]]
     variants += [(m, "default") for m in ("textual_inversion", "dreambooth", "lora")]
@@ -273,7 +273,9 @@ def synthetic_records(n: int = 2000, concepts: int = 30) -> list[dict]:
                 failed = rng.random() < 0.02
                 rec = {"schema": 1, "status": "failed" if failed else "done", "method": method, "variant": variant,
                        "concept": f"concept{c:02d}", "seed": seed, "profile": "tiny", "backbone": "sd-turbo",
-                       "metric_suite": {"name": "tiny"}, "config": {}, "views": {}}
+                       "metric_suite": {"name": "tiny"}, "config": {}, "views": {},
+                       "presentation": {"label": method, "table_view": "student_before_echo" if method ==
+                                        "echodistill" else None, "table_view_note": "", "model": "SD Turbo"}}
                 if failed:
                     rec["reason"] = "Diverged: nan"
                 else:
@@ -338,45 +340,64 @@ def test_a_run_on_another_backbone_gets_its_own_row(records: list[RunRecord]) ->
     assert ("main", "default@hyper-sd15") not in rows
 
 
-PLUGIN = '''
-class Plug:
-    """Never imported by the tables: its declarations are literals, read from this file."""
-
-    name = "plug"
-    label = "Plug-in Method"
-    table_view = "early"
-    table_view_note = "the early model where the run has one"
-
-    def train(self, concept, models, out_dir, seed, log): ...
-
-    def load(self, weights_dir, models): ...
-'''
+PLUG_SHOWN = {"label": "Plug-in Method (test)", "table_view": "early",
+              "table_view_note": "the early model where the run has one", "model": "Plug-XL"}
+"""What a plug-in's runs record of how they are shown (`RunRecord.presentation`)."""
 
 
-def test_a_plugin_method_gets_its_declared_label_and_table_view(tmp_path: Path, monkeypatch) -> None:
-    """No harness edit: a plug-in's `label` names its rows and `table_view` is what they read, in the table its
-    variant names choose (an ablation's by `bench ablate`'s names); an unregistered method shows by its name."""
+def test_a_plugin_method_is_shown_as_its_records_say(tmp_path: Path, monkeypatch) -> None:
+    """No registry, no `--include`, no source: a plug-in's runs carry its label, table view and base model. Its
+    rows are a section of their own, labelled once, with its own model; a method whose (older) records carry
+    nothing shows by its name, on its backbone, reading its own evaluation."""
     from bench import plugins, registry
-    from bench.contract import presentation
 
-    path = tmp_path / "plug.py"
-    path.write_text(PLUGIN + "\nraise RuntimeError('imported')\n")  # importing it would fail the test
-    monkeypatch.setattr(registry, "METHODS", {**registry.METHODS, "plug": f"{path}:Plug"})
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))  # "plug" is registered nowhere
     monkeypatch.setattr(plugins, "_discovered", {"entry_points"})
+    monkeypatch.delenv(plugins.INCLUDE_ENV, raising=False)
 
     def run(method: str, variant: str, concept: str, final: float, early: float) -> dict:
         rec = {**_run(concept, 0, [(0, final, 2)]), "method": method, "variant": variant, "profile": "tiny",
-               "metric_suite": {"name": "tiny"}}
+               "metric_suite": {"name": "tiny"}, "backbone": "sd-turbo"}
+        if method == "plug":
+            rec["presentation"] = PLUG_SHOWN
         return {**rec, "views": {"early": {"images": _run(concept, 0, [(0, early, 2)])["images"]}}}
 
     records = [run("plug", v, c, 0.9, 0.1) for v in ("default", "drop_x", "nfe2") for c in ("a", "b")]
     records += [run("unloaded", "default", c, 0.9, 0.1) for c in ("a", "b")]
+    records += [run("custom_diffusion", "default", c, 0.5, 0.5) for c in ("a", "b")]
     tables = {t.name: t for t in T.build_tables("all", records)}
     main = {r.label: r for r in tables["main"].rows if r.kind == "measured"}
-    assert set(main) == {"Plug-in Method (default)", "unloaded (default)"}
-    assert main["Plug-in Method (default)"].stats.mean["clip_i"] == pytest.approx(0.1)  # the declared view
-    assert main["unloaded (default)"].stats.mean["clip_i"] == pytest.approx(0.9)  # no declaration: its own
-    assert "Plug-in Method rows: the early model where the run has one." in tables["main"].caption
-    assert [r.label for r in tables["ablation"].rows if r.kind == "measured"] == ["Plug-in Method w/o x"]
-    assert [r.label for r in tables["nfe"].rows if r.kind == "measured"] == ["Plug-in Method (nfe2)"]
-    assert presentation("plug").label == "Plug-in Method" and presentation("unloaded").label == "unloaded"
+    assert set(main) == {"Plug-in Method (test)", "unloaded", "Custom Diffusion"}
+    assert main["Plug-in Method (test)"].stats.mean["clip_i"] == pytest.approx(0.1)  # the declared view
+    assert main["unloaded"].stats.mean["clip_i"] == pytest.approx(0.9)  # no declaration: its own
+    assert (main["Plug-in Method (test)"].model, main["unloaded"].model) == ("Plug-XL", "SD Turbo")
+    assert [r.section for r in tables["main"].rows][-2:] == ["Other methods"] * 2  # after the paper's rows
+    assert "Plug-in Method (test) rows: the early model where the run has one." in tables["main"].caption
+    assert [r.label for r in tables["ablation"].rows if r.kind == "measured"] == ["Plug-in Method (test) w/o x"]
+    assert [r.label for r in tables["nfe"].rows if r.kind == "measured"] == ["Plug-in Method (test) (nfe2)"]
+    md = T.to_markdown(tables["main"])
+    assert md.index("| Custom Diffusion |") < md.index("#### Other methods") < md.index("| Plug-in Method (test) |")
+    assert "(test) (default)" not in md and "| Plug-in Method (test) | default | Plug-XL |" in md
+
+
+def test_tables_read_how_runs_are_shown_from_their_records_only(tmp_path) -> None:
+    """`bench table` on records that carry their presentation imports no method and needs no registration of the
+    plug-in that made them."""
+    import json
+    import subprocess
+    import sys
+
+    for concept in ("a", "b"):
+        rec = {**_run(concept, 0, [(0, 0.5, 2)]), "method": "plug", "variant": "default", "profile": "tiny",
+               "metric_suite": {"name": "tiny"}, "backbone": "sd-turbo", "presentation": PLUG_SHOWN}
+        folder = tmp_path / "tiny" / "plug" / "default" / concept / "seed0"
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps(rec))
+    code = ("import json, sys; from bench.tables import table_command; "
+            f"text = table_command('main', {str(tmp_path)!r}, None, 'md', None, None); "
+            "print(json.dumps([text, [m for m in sys.modules if m.startswith(('baselines', 'echodistill'))]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "BENCH_INCLUDE": ""}).stdout
+    text, methods = json.loads(out)
+    assert not methods
+    assert "| Plug-in Method (test) | default | Plug-XL |" in text and "#### Other methods" in text

@@ -33,3 +33,20 @@ def test_every_step_calls_the_project_script():
     shard = workflow["jobs"]["shard"]
     assert any("shard" in r and "matrix.shard" in r for r in (s.get("run", "") for s in shard["steps"]))
     assert workflow["jobs"]["merge"]["needs"] == "shard"
+
+
+def test_a_failed_or_timed_out_shard_still_packs_and_the_merge_publishes():
+    import yaml
+
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    shard = workflow["jobs"]["shard"]
+    steps = {s.get("name", ""): s for s in shard["steps"]}
+    run = next(s for n, s in steps.items() if n.startswith("Run shard"))
+    pack = next(s for n, s in steps.items() if n.startswith("Pack"))
+    upload = next(s for n, s in steps.items() if n.startswith("Upload"))
+    assert pack["if"] == upload["if"] == "${{ always() }}"  # `!cancelled()` is skipped by a job timeout
+    assert int(run["timeout-minutes"]) < int(shard["timeout-minutes"])  # the run step stops first: packing has time
+    assert "--shard" in pack["run"]  # only the runs this shard owns under the current plan
+    assert workflow["jobs"]["merge"]["if"] == "${{ always() }}"
+    merge = next(s for s in workflow["jobs"]["merge"]["steps"] if "merge" in s.get("run", ""))
+    assert "--shards" in merge["run"]

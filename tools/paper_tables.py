@@ -217,30 +217,87 @@ def shard(args: argparse.Namespace) -> int:
     mine = shard_pieces([(jobs, ctx) for _, jobs, ctx in plan], args.k, args.n)
     worst = 0
     for (piece, jobs, ctx), part in zip(plan, mine):
+        if not part:  # an empty piece is not a mistake: the shard goes on with the next one
+            print(f"piece {piece.name}: nothing in this shard ({args.k}/{args.n}; the plan's {len(jobs)} runs of it "
+                  f"are in other shards)", flush=True)
+            continue
         print(f"+ {piece.name} (bench {' '.join(piece.cli())}): shard {args.k}/{args.n}: {len(part)} of the "
               f"plan's {len(jobs)} runs", flush=True)
         outcome = run_jobs(part, ctx, options)
         print(summarize(outcome, ctx.results), file=sys.stderr, flush=True)
-        worst = worst or exit_code(outcome)
+        worst = max(worst, exit_code(outcome))
     return worst
 
 
+@guarded
 def pack(args: argparse.Namespace) -> int:
-    """Copy every committed run's record and loss log (not weights or images) from --results into DEST, laid out
-    as a results folder: what a shard uploads for the merge job."""
-    from bench.store import iter_records
+    """Copy the committed runs' records and loss logs (not weights or images) from --results into DEST, laid out
+    as a results folder: what a shard uploads for the merge job. With `--shard K/N`, only the runs shard K owns
+    under the current plan (a run left there by another plan or another N is another shard's to publish), and
+    DEST/shard.json lists them (`bench.merge.OWNERS`: the owner's copy wins a merge)."""
+    from bench import store
+    from bench.merge import OWNERS
+    from bench.shard import owned_runs, parse_shard
 
     root, dest, count = Path(args.results), Path(args.dest), 0
-    for record in iter_records(root, args.profile):  # copied, not read: the JSON object is enough
+    owned = None
+    if args.shard:
+        k, n = parse_shard(args.shard)
+        owned = set(owned_runs([(jobs, ctx) for _, jobs, ctx in build_plan(args, check_images=False)], k, n))
+    packed, skipped = [], 0
+    for record in store.iter_records(root, args.profile):  # copied, not read: the JSON object is enough
         run_dir = Path(record["run_dir"])
-        target = dest / run_dir.relative_to(root)
+        rel = run_dir.relative_to(root)
+        if owned is not None and str(rel) not in owned:
+            skipped += 1
+            continue
+        target = dest / rel
         target.mkdir(parents=True, exist_ok=True)
         for name in ("record.json", "loss_log.jsonl"):
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, target / name)
+        packed.append(str(rel))
         count += 1
-    print(f"packed {count} run records from {root} into {dest}")
+    dest.mkdir(parents=True, exist_ok=True)
+    if owned is not None:
+        store.write_json_atomic(dest / OWNERS, {"shard": args.shard, "planned": len(owned), "runs": packed})
+    note = f" ({skipped} not owned by shard {args.shard} under the current plan left out)" if skipped else ""
+    print(f"packed {count} run records from {root} into {dest}{note}")
     return 0
+
+
+def publish_coverage(args: argparse.Namespace, out: Path) -> str | None:
+    """Which shards and how many runs the published tables miss: `coverage.md` under `out`, and the same section
+    appended to every Markdown table and to the report. None when the plan cannot be built here (no dataset)."""
+    from bench.api import BenchError
+    from bench.merge import OWNERS
+    from bench.shard import coverage, render_coverage
+
+    packed: dict[int, int] = {}
+    n = args.shards
+    for src in map(Path, args.sources):
+        try:
+            owners = json.loads((src / OWNERS).read_text())
+        except (OSError, ValueError):
+            continue
+        k, of = (int(x) for x in str(owners["shard"]).split("/"))
+        n = n or of
+        packed[k] = len(owners.get("runs") or [])
+    try:
+        plan = build_plan(args, check_images=False)
+    except BenchError as err:
+        print(f"coverage not computed: {err}", file=sys.stderr)
+        return None
+    rows, total = coverage([(jobs, ctx) for _, jobs, ctx in plan], n or 1, Path(args.into),
+                           packed if packed else None)
+    text = render_coverage(rows, total)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "coverage.md").write_text(text)
+    for md in [*sorted((out / "tables").glob("*.md")), out / "report" / "report.md"]:
+        if md.is_file():
+            md.write_text(md.read_text().rstrip() + "\n\n" + text)
+    print(text, end="")
+    return text
 
 
 def merge(args: argparse.Namespace) -> int:
@@ -258,6 +315,7 @@ def merge(args: argparse.Namespace) -> int:
         code = bench(argv, env)
         if code != 0:
             return code
+    publish_coverage(args, out)
     return 0
 
 
@@ -299,7 +357,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=env("METHODS"), help="methods of the main piece (default: every method)")
     sub = p.add_subparsers(dest="step", required=True)
     sub.add_parser("check", help="the dataset and the weights are there")
-    sub.add_parser("pack", help="copy records and loss logs into DEST").add_argument("dest")
+    pk = sub.add_parser("pack", help="copy records and loss logs into DEST")
+    pk.add_argument("dest")
+    pk.add_argument("--shard", default=None, help="K/N: only the runs shard K owns under the current plan")
     sub.add_parser("matrix", help="the shard matrix for N shards").add_argument("n", type=int)
     e = sub.add_parser("estimate", help="runs, done and GPU-hours left for the plan")
     e.add_argument("--shards", type=int, default=None, help="also show how N shards split the plan")
@@ -315,6 +375,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--into", required=True)
     m.add_argument("--out", default=None, help="where tables/ and report/ go (default INTO/published)")
     m.add_argument("--no-report", action="store_true", help="tables only")
+    m.add_argument("--shards", type=int, default=None, help="N, when no shard uploaded its shard.json")
     return p
 
 

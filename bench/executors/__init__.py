@@ -48,6 +48,8 @@ def sweep(request: SweepRequest, options: ExecOptions, shard: tuple[int, int] | 
 
         planned, runs = len(runs), shard_jobs(runs, ctx, *shard)
         note = f"shard {shard[0]}/{shard[1]}: {len(runs)} of the plan's {planned} runs\n"
+        if not runs:  # a part of a plan can be empty (few concepts, many shards): nothing to do is not a mistake
+            return note + "nothing in this shard", 0
     with _sigterm_exits():
         outcome = run_jobs(runs, ctx, options)
     return note + summarize(outcome, ctx.results), exit_code(outcome)

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from bench.models import kv_detach
+
 CD_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
 
 # One descriptive word per DreamBench class to initialise `<new1>` (method.md, "Models"); recorded per run.
@@ -163,14 +165,6 @@ def keep_other_rows(text_encoder: Any, keep: list[int]) -> Callable[[], None]:
     return lambda: restore_rows(text_encoder, original, keep)
 
 
-def _detach_first_token(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
-    """Forward hook on an attn2 `to_k`/`to_v`: token 0's projection without gradient, values unchanged."""
-    if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad
-            and output.dim() == 3):
-        return None  # inference, or nothing to block: the output stays as it is
-    return torch.cat([output[:, :1].detach(), output[:, 1:]], dim=1)
-
-
 def kv_projections(unet: Any) -> list[torch.nn.Module]:
     """The key and value projections (`to_k`, `to_v`) of every cross-attention layer (`attn2`), in module order."""
     projs = [proj for name, module in unet.named_modules() if name.endswith("attn2")
@@ -180,42 +174,21 @@ def kv_projections(unet: Any) -> list[torch.nn.Module]:
     return projs
 
 
-def _has_kv_detach(proj: torch.nn.Module) -> bool:
-    return any(hook is _detach_first_token for hook in proj._forward_hooks.values())
-
-
 def install_kv_detach(unet: Any) -> int:
-    """Block the gradient through the key and value of cross-attention token 0 (the start-of-text token).
-
-    A forward hook on every attn2 `to_k`/`to_v` returns the projection with row 0 detached, which is what
-    diffusers' `CustomDiffusionAttnProcessor2_0(train_kv=True)` does to its key and value
-    (`detach * key + (1 - detach) * key.detach()`, detach = 0 on token 0): the outputs are unchanged, only the
-    K/V weights' gradients lose token 0's part. Idempotent (a projection already hooked is left alone); a no-op
-    without gradients (inference). Returns the number of hooks added.
-    """
-    added = 0
-    for proj in kv_projections(unet):
-        if not _has_kv_detach(proj):
-            proj.register_forward_hook(_detach_first_token)
-            added += 1
-    return added
+    """Block the gradient through the key and value of cross-attention token 0 (the start-of-text token), as
+    diffusers' `CustomDiffusionAttnProcessor2_0(train_kv=True)` does: `bench.models.kv_detach.DetachedKVProcessor` on
+    every attn2 layer (outputs unchanged, compile-safe). Idempotent; returns the number of layers changed."""
+    return kv_detach.install(unet)
 
 
 def remove_kv_detach(unet: Any) -> int:
-    """Remove the hooks of `install_kv_detach` (also from a deep copy of a hooked UNet); returns how many."""
-    removed = 0
-    for proj in kv_projections(unet):
-        for key in [k for k, hook in proj._forward_hooks.items() if hook is _detach_first_token]:
-            del proj._forward_hooks[key]
-            for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
-                getattr(proj, extra, {}).pop(key, None)
-            removed += 1
-    return removed
+    """Undo `install_kv_detach` (also on a deep copy of a UNet that had it); returns how many layers changed."""
+    return kv_detach.remove(unet)
 
 
 def has_kv_detach(unet: Any) -> bool:
-    """Whether every attn2 `to_k`/`to_v` of the UNet carries the token-0 detach hook."""
-    return all(_has_kv_detach(proj) for proj in kv_projections(unet))
+    """Whether every attn2 layer of the UNet blocks token 0's K/V gradient."""
+    return kv_detach.installed(unet)
 
 
 def cross_attention_kv(unet: Any, detach_first_token: bool = True) -> list[torch.nn.Parameter]:
@@ -223,7 +196,7 @@ def cross_attention_kv(unet: Any, detach_first_token: bool = True) -> list[torch
 
     detach_first_token (default True): no gradient through token 0's key and value, as diffusers'
     `CustomDiffusionAttnProcessor2_0(train_kv=True)` trains them (`install_kv_detach`; idempotent). False removes
-    any such hook, so the gradient of token 0 flows (the behaviour before the option existed).
+    any such processor, so the gradient of token 0 flows (the behaviour before the option existed).
     """
     params = []
     for proj in kv_projections(unet):

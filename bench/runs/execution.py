@@ -25,7 +25,7 @@ from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
 from bench.api import views as api_views
 from bench.config import to_dict
-from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, set_fields
+from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, dataset_of, set_fields
 from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.loss_log import JsonlLog
 from bench.runs.planned import PlannedRun, triage
@@ -88,10 +88,11 @@ def execute_job(run: PlannedRun, ctx: Context, on_step: Callable | None = None) 
         if state.record and state.record.status == "failed" and state.record.config_hash == run.config_hash:
             attempts += int(state.record.attempts or 1)  # --retry-failed: the failed tries count too
         record = _base_record(run, ctx)
-        set_fields(record, attempts=attempts, resumed_from=resumed_from or None, training_hash=run.training_hash)
+        set_fields(record, dataset=dataset_of(job.concept, ctx.data), attempts=attempts,
+                   resumed_from=resumed_from or None, training_hash=run.training_hash)
         donor = find_trained(run, ctx)
         try:
-            set_fields(record, **_train_and_evaluate(run, ctx, concept, partial, on_step, resumed=bool(resumed_from),
+            set_fields(record, **_train_and_evaluate(run, ctx, concept, partial, on_step, resumed=resumed_from,
                                                      donor=donor))
             set_fields(record, status="done")
         except BenchError:
@@ -167,9 +168,9 @@ def _base_record(run: PlannedRun, ctx: Context) -> RunRecord:
     return RunRecord.start(
         schema=store.SCHEMA_VERSION, status="running", method=job.method, variant=job.variant,
         concept=job.concept, seed=job.seed, profile=job.profile, backbone=job.backbone,
-        method_version=run.version, eval_version=EVAL_VERSION, config=to_dict(run.typed_config()),
-        config_hash=run.config_hash, overrides=json.loads(job.overrides), models=run.models,
-        metric_suite=ctx.suite_description(),
+        method_version=run.version, presentation=run.info.presentation_for(job.backbone),
+        eval_version=EVAL_VERSION, config=to_dict(run.typed_config()), config_hash=run.config_hash,
+        overrides=json.loads(job.overrides), models=run.models, metric_suite=ctx.suite_description(),
         versions=versions(), git_commit=git_commit(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         host=os.uname().nodename, pid=os.getpid())
 
@@ -185,11 +186,11 @@ def _evaluated(evaluation: dict[str, Any], views: dict[str, Any], timing: dict[s
 
 
 def _train_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, run_dir: Path, on_step: Callable | None,
-                        resumed: bool = False, donor: Path | None = None) -> dict[str, Any]:
+                        resumed: dict[str, int] | None = None, donor: Path | None = None) -> dict[str, Any]:
     import torch
 
     from bench.models.loading import Models
-    from bench.timing import Stopwatch, device_name, peak_memory, reset_peak_memory
+    from bench.timing import AttemptClock, Stopwatch, across_attempts, device_name, peak_memory, reset_peak_memory
 
     if run.profile.name == "tiny":  # build the tiny models (seeded) now, not at first use inside the seeded run
         from bench.models.tiny import ensure_built
@@ -206,21 +207,24 @@ def _train_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, run_dir
         return _sample_trained(run, ctx, concept, method, models, run_dir, donor)
     if not run.trains:
         return _prepare_and_evaluate(run, ctx, concept, method, models, run_dir)
-    log = JsonlLog(run_dir / "loss_log.jsonl", on_step)
+    clock = AttemptClock(run_dir / "work", resumed or None, lambda: models.load_seconds)
+    log = JsonlLog(run_dir / "loss_log.jsonl")
+    log.on_step = clock.steps(log, on_step)
     try:
         with Stopwatch(models.device) as sw:
             trained = method.train(concept, models, run_dir / "work", job.seed, log)
     finally:
         log.close()
-    train_s = max(sw.seconds - models.load_seconds, 0.0)  # model loading is not training time
+    attempts = clock.finish(max(sw.seconds - models.load_seconds, 0.0), log.iterations)  # loading is not training
+    train_s, iterations = across_attempts(attempts, run_dir / "loss_log.jsonl", log.iterations)
     trained.save(run_dir / "weights")
     evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
     views = {}
     for name, view in api_views(trained).items():
         views[name] = evaluate(view, concept, profile.eval_seeds, run_dir / "views" / name, ctx, models.device)
-    timing = {"train_s": train_s, "load_s": models.load_seconds, "iterations": log.iterations,
-              "it_per_s": log.iterations / train_s if train_s > 0 else None,
-              "peak_memory": peak_memory(models.device), "resumed": resumed}
+    timing = {"train_s": train_s, "load_s": models.load_seconds, "iterations": iterations,
+              "it_per_s": iterations / train_s if train_s > 0 else None,
+              "peak_memory": peak_memory(models.device), "resumed": bool(resumed), "attempts": attempts}
     return _evaluated(evaluation, views, timing, identifier=trained.identifier, loss_log="loss_log.jsonl",
                       device=device_name(models.device), trained_from=None,
                       speed=models.speed.resolved(models.device))

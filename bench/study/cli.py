@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from bench.api import BenchError
+from bench.study.config import PAPER_METHODS
 
 study_app = typer.Typer(no_args_is_help=True, help="A preference study (the paper's Table 7) over finished runs.")
 RESULTS = typer.Option(Path("results"), "--results", help="Results root.")
@@ -26,14 +27,18 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 STUDY = typer.Option(None, "--study", help="Study name (default: the only study under --results).")
-HOST = typer.Option("127.0.0.1", "--host", help="Address to listen on (127.0.0.1: this machine only).")
-PORT = typer.Option(8000, "--port", help="TCP port.")
+HOST = typer.Option(None, "--host", help="Address the links name (and `serve` listens on); default: the study's "
+                    "(127.0.0.1, this machine only, unless set).")
+PORT = typer.Option(None, "--port", help="TCP port the links name and `serve` listens on; default: the study's "
+                    "(8000 unless set).")
+EXCLUDE = typer.Option(None, "--exclude", help="Participants whose votes are left out, comma-separated (e.g. p03).")
 
 
 @study_app.command("create")
 def study_create(name: str = typer.Option(..., "--name", help="Study name, e.g. table7."),
-                 methods: str = typer.Option("echodistill,custom_diffusion", "--methods",
-                                             help="Methods compared, comma-separated."),
+                 methods: str = typer.Option(",".join(PAPER_METHODS), "--methods",
+                                             help="Methods compared, comma-separated (default: the paper's four; "
+                                                  "each trial shows one image of each)."),
                  variant: str = typer.Option("default", "--variant", help="One variant for all, or one per method."),
                  concepts: str = typer.Option("all", "--concepts", help="'all' (every concept every method finished)"
                                               " or a comma-separated list."),
@@ -43,7 +48,10 @@ def study_create(name: str = typer.Option(..., "--name", help="Study name, e.g. 
                  draw_seed: int = typer.Option(0, "--draw-seed", help="Seed of the draw and the candidate orders."),
                  per_trial: Optional[int] = typer.Option(None, "--per-trial", help="Most votes per trial (default: "
                                                          "every participant may vote on every trial)."),
-                 references: int = typer.Option(3, "--references", help="Reference photos shown per trial.")) -> None:
+                 references: int = typer.Option(3, "--references", help="Reference photos shown per trial."),
+                 host: str = typer.Option("127.0.0.1", "--host", help="Address the links name."),
+                 port: int = typer.Option(8000, "--port", help="Port the links name and `serve` listens on.")
+                 ) -> None:
     """Draw trials from finished runs into results/<profile>/_studies/<name>.sqlite."""
     from bench.data import dataset_root
     from bench.study import commands
@@ -63,29 +71,44 @@ def study_create(name: str = typer.Option(..., "--name", help="Study name, e.g. 
             raise unknown("method", m, method_names())  # one line naming the valid methods
     cfg = StudyConfig(name, profile, tuple(names), tuple(variants), picked, tuple(_ints(seeds, "--seeds")),
                       None if trials.strip() == "all" else int(trials), draw_seed, per_trial, references)
-    typer.echo(commands.create(results, cfg, dataset_root(data, dataset)), nl=False)
+    typer.echo(commands.create(results, cfg, dataset_root(data, dataset), host, port), nl=False)
 
 
 @study_app.command("invite")
 def study_invite(participants: int = typer.Option(0, "--participants", help="New participants to add."),
                  admin: bool = typer.Option(False, "--admin", help="Also print a new admin link (the old one stops)."),
                  study: Optional[str] = STUDY, profile: Optional[str] = typer.Option(None, "--profile"),
-                 results: Path = RESULTS, host: str = HOST, port: int = PORT) -> None:
-    """Add participants and print one personal link each (links name the --host/--port given to `serve`)."""
+                 results: Path = RESULTS, host: Optional[str] = HOST, port: Optional[int] = PORT) -> None:
+    """Add participants and print one personal link each, naming the address `serve` listens on."""
     from bench.study import commands
 
-    typer.echo(commands.invite(commands.resolve_study(results, profile, study), participants, admin, host, port),
-               nl=False)
+    links, note = commands.invite(commands.resolve_study(results, profile, study), participants, admin, host, port)
+    typer.echo(links, nl=False)
+    typer.echo(note, nl=False, err=True)
+
+
+@study_app.command("revoke")
+def study_revoke(participants: list[str] = typer.Argument(..., help="Participant labels, e.g. p03 p07."),
+                 study: Optional[str] = STUDY, profile: Optional[str] = typer.Option(None, "--profile"),
+                 results: Path = RESULTS) -> None:
+    """Revoke participants' links (at once, even while serving); their votes stay in the database, marked."""
+    from bench.study import commands
+
+    labels = [x.strip() for p in participants for x in p.split(",") if x.strip()]
+    typer.echo(commands.revoke(commands.resolve_study(results, profile, study), labels), nl=False)
 
 
 @study_app.command("serve")
 def study_serve(study: Optional[str] = STUDY, profile: Optional[str] = typer.Option(None, "--profile"),
-                results: Path = RESULTS, host: str = HOST, port: int = PORT) -> None:
+                results: Path = RESULTS, host: Optional[str] = HOST, port: Optional[int] = PORT) -> None:
     """Serve the study's web app until Ctrl-C (votes are committed as they come; stopping loses none)."""
     from bench.study import commands
     from bench.study.app import serve
 
     path = commands.resolve_study(results, profile, study)
+    host, port, warning = commands.serve_address(path, host, port)
+    if warning:
+        typer.echo(warning, err=True)
     if not commands.check_host(host):
         typer.echo(f"warning: listening on {host}: anyone who can reach this address and holds a link can vote",
                    err=True)
@@ -98,8 +121,9 @@ def study_serve(study: Optional[str] = STUDY, profile: Optional[str] = typer.Opt
 @study_app.command("export")
 def study_export(out: Optional[Path] = typer.Option(None, "--out", help="CSV file (default: print)."),
                  study: Optional[str] = STUDY, profile: Optional[str] = typer.Option(None, "--profile"),
-                 results: Path = RESULTS) -> None:
-    """Every vote as CSV: participant, trial, prompt, chosen method and image (with its hash)."""
+                 results: Path = RESULTS, exclude: Optional[str] = EXCLUDE) -> None:
+    """Every vote as CSV: participant, trial, prompt, the order shown, the chosen method and image (with its hash)."""
     from bench.study import commands
 
-    typer.echo(commands.export(commands.resolve_study(results, profile, study), out), nl=False)
+    path = commands.resolve_study(results, profile, study)
+    typer.echo(commands.export(path, out, commands.parse_exclude(path, exclude)), nl=False)

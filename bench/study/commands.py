@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.naming import unknown
-from bench.study import db
+from bench.study import db, trials
 from bench.study.config import StudyConfig, check_name
 
 STUDIES = "_studies"
@@ -47,8 +47,9 @@ def resolve_study(results: Path, profile: str | None, name: str | None) -> Path:
     raise BenchError(f"several studies under {results} ({', '.join(sorted(p.stem for p in found))}); pass --study")
 
 
-def create(results: Path, cfg: StudyConfig, data: Path | None) -> str:
-    """Draw the trials, write the database, and say how to go on (with the admin token, shown only here)."""
+def create(results: Path, cfg: StudyConfig, data: Path | None, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Draw the trials, write the database, and say how to go on (with the admin token, shown only here). Links
+    name `host:port`, recorded in the study: `invite` and `serve` use it unless given another."""
     from bench.data import load_concepts
     from bench.paths import data_root
     from bench.study.draw import draw_trials
@@ -63,13 +64,16 @@ def create(results: Path, cfg: StudyConfig, data: Path | None) -> str:
             raise unknown("concept", name, sorted(concepts))
     cfg = dataclasses.replace(cfg, extra={**cfg.extra, "data": str(Path(root).resolve()),
                                           "results": str(Path(results).resolve())})
-    trials = draw_trials(results, cfg, concepts)
-    admin = db.create_database(path, cfg, trials)
-    n_images = len({str(c[2]) for t in trials for c in t["candidates"]})
-    return (f"study '{cfg.name}' created at {path}: {len(trials)} trials, {len(cfg.methods)} methods, "
-            f"{n_images} generated images (hashes recorded)\n"
+    check_port(host, port, probe=False)
+    drawn = draw_trials(results, cfg, concepts)
+    admin = db.create_database(path, cfg, drawn, {"host": host, "port": port})
+    n_images = len({str(c[2]) for t in drawn for c in t["candidates"]})
+    n = len(cfg.methods)
+    return (f"study '{cfg.name}' created at {path}: {len(drawn)} trials, {n} candidates per trial (chance "
+            f"{100 / n:.0f}%), {n_images} generated images (hashes recorded)\n"
             f"admin link (shown once; `bench study invite --admin` makes a new one): "
-            f"{_base_url('127.0.0.1', 8000)}/admin/{admin}\n"
+            f"{_base_url(host, port)}/admin/{admin}\n"
+            f"links name port {port}, which `bench study serve` listens on unless given another --port\n"
             f"next: bench study invite --study {cfg.name} --participants 15 --profile {cfg.profile} "
             f"--results {results}\n")
 
@@ -79,21 +83,91 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{port}"
 
 
-def invite(path: Path, participants: int, admin: bool, host: str, port: int) -> str:
-    """New participants (and with `admin`, a new admin token): one personal link each."""
+def invite(path: Path, participants: int, admin: bool, host: str | None, port: int | None) -> tuple[str, str]:
+    """New participants (and with `admin`, a new admin token): one personal link each, naming the study's
+    address (`host`/`port` replace it, and `serve` then uses them too). Returns (links, a note for stderr)."""
+    if not participants and not admin:
+        raise BenchError("nothing to do: pass --participants N and/or --admin")
+    if participants and not 1 <= participants <= db.MAX_PARTICIPANTS:
+        raise BenchError(f"--participants must be between 1 and {db.MAX_PARTICIPANTS} per invite, got "
+                         f"{participants} (the paper's study had 15 participants)")
     conn = db.open_study(path)
     try:
+        old = db.address(conn)
+        new = {"host": old["host"] if host is None else host, "port": old["port"] if port is None else port}
+        check_port(new["host"], new["port"], probe=False)
+        note = ""
+        if new != old:
+            db.set_address(conn, new["host"], new["port"])
+            if db.participant_labels(conn):
+                note = (f"links now name {_base_url(new['host'], new['port'])}; links printed before name "
+                        f"{_base_url(old['host'], old['port'])} and reach the server only where it listens there\n")
         lines = []
         if participants:
             for label, token in db.add_participants(conn, participants):
-                lines.append(f"{label}\t{_base_url(host, port)}/p/{token}")
+                lines.append(f"{label}\t{_base_url(new['host'], new['port'])}/p/{token}")
         if admin:
-            lines.append(f"admin\t{_base_url(host, port)}/admin/{db.new_admin_token(conn)}")
+            lines.append(f"admin\t{_base_url(new['host'], new['port'])}/admin/{db.new_admin_token(conn)}")
     finally:
         conn.close()
-    if not lines:
-        raise BenchError("nothing to do: pass --participants N and/or --admin")
-    return "\n".join(lines) + "\n"
+    note += f"`bench study serve` listens on port {new['port']} (the port these links name)\n"
+    return "\n".join(lines) + "\n", note
+
+
+def serve_address(path: Path, host: str | None, port: int | None) -> tuple[str, int, str]:
+    """(host, port) to listen on, and a warning when they differ from what the links name: by default the study's
+    recorded address (its host when that is an IP address, else 127.0.0.1)."""
+    conn = db.open_study(path)
+    try:
+        linked = db.address(conn)
+    finally:
+        conn.close()
+    if host is None:
+        try:
+            ipaddress.ip_address(linked["host"])
+            host = linked["host"]
+        except ValueError:
+            host = "127.0.0.1"
+    port = linked["port"] if port is None else port
+    warning = ""
+    if port != linked["port"]:
+        warning = (f"warning: the study's links name port {linked['port']}, not {port}; participants' links will not "
+                   f"reach this server (print new links with `bench study invite --port {port}`)")
+    return host, port, warning
+
+
+def revoke(path: Path, labels: list[str]) -> str:
+    """Revoke participants: their links stop working at once; their votes stay, marked."""
+    if not labels:
+        raise BenchError("name the participants to revoke, e.g. `bench study revoke p03`")
+    conn = db.open_study(path)
+    try:
+        fresh = db.revoke(conn, labels)
+        kept = conn.execute(f"SELECT COUNT(*) FROM votes v JOIN participants p ON p.id = v.participant_id WHERE "
+                            f"p.label IN ({','.join('?' * len(labels))})", labels).fetchone()[0]
+    finally:
+        conn.close()
+    already = [label for label in labels if label not in fresh]
+    return ((f"revoked {', '.join(fresh)}: their links stop working now\n" if fresh else "")
+            + (f"already revoked: {', '.join(already)}\n" if already else "")
+            + f"their {kept} vote(s) stay in the database, marked revoked; Table 7 and the export leave them out "
+              f"with --exclude {','.join(labels)}\n")
+
+
+def parse_exclude(path: Path, exclude: str | None) -> tuple[str, ...]:
+    """The participant labels in a comma-separated `--exclude`, each checked against the study's participants."""
+    labels = tuple(x.strip() for x in (exclude or "").split(",") if x.strip())
+    if not labels:
+        return ()
+    conn = db.open_study(path)
+    try:
+        known = db.participant_labels(conn)
+    finally:
+        conn.close()
+    for label in labels:
+        if label not in known:
+            raise BenchError(f"--exclude names no participant '{label}'; participants: {', '.join(known) or 'none'}")
+    return labels
 
 
 def check_host(host: str) -> bool:
@@ -107,12 +181,14 @@ def check_host(host: str) -> bool:
                          f"address of a network interface") from None
 
 
-def check_port(host: str, port: int) -> None:
-    """One line, before serving, when the port is out of range or already taken."""
+def check_port(host: str, port: int, probe: bool = True) -> None:
+    """One line when the port is out of range or (with `probe`, before serving) already taken."""
     import socket
 
     if not 0 < port < 65536:
         raise BenchError(f"--port must be between 1 and 65535, got {port}")
+    if not probe:
+        return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -127,7 +203,7 @@ def preflight(path: Path) -> str:
     conn = db.open_study(path)
     try:
         changed = db.changed_images(conn)
-        summary = db.admin_summary(conn)
+        summary = trials.admin_summary(conn)
     finally:
         conn.close()
     if changed:
@@ -139,15 +215,15 @@ def preflight(path: Path) -> str:
             f"{summary['votes']} votes so far")
 
 
-def export(path: Path, out: Path | None) -> str:
-    """Every vote as CSV (to `out`, or returned)."""
+def export(path: Path, out: Path | None, exclude: tuple[str, ...] = ()) -> str:
+    """Every vote (but those of the participants in `exclude`) as CSV, to `out` or returned."""
     conn = db.open_study(path)
     try:
-        rows = db.votes(conn)
+        rows = trials.votes(conn, exclude)
     finally:
         conn.close()
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, db.VOTE_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, trials.VOTE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     if out is None:
@@ -157,19 +233,22 @@ def export(path: Path, out: Path | None) -> str:
     return f"wrote {len(rows)} votes to {out}\n"
 
 
-def table(path: Path, fmt: str) -> str:
-    """Table 7 of the study at `path`."""
+def table(path: Path, fmt: str, exclude: tuple[str, ...] = ()) -> str:
+    """Table 7 of the study at `path`, leaving out the votes of the participants in `exclude`."""
     from bench.study.table import render_study
 
     if fmt not in ("md", "csv"):
         raise BenchError(f"unknown format '{fmt}'; valid: md, csv")
     conn = db.open_study(path)
     try:
-        cfg, rows = db.study_config(conn), db.votes(conn)
-        trials = conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        cfg, rows = db.study_config(conn), trials.votes(conn, exclude)
+        n_trials = conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        revoked = tuple(r[0] for r in conn.execute("SELECT label FROM participants WHERE revoked_at IS NOT NULL "
+                                                   "ORDER BY id"))
     finally:
         conn.close()
-    return render_study(cfg.name, cfg.profile, rows, list(zip(cfg.methods, cfg.variants)), trials, fmt)
+    return render_study(cfg.name, cfg.profile, rows, list(zip(cfg.methods, cfg.variants)), n_trials, fmt,
+                        excluded=exclude, revoked=revoked)
 
 
 def report_tables(results: Path, profile: str | None) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 INSTRUCTION = ("Select the best image from each group, considering both text-image alignment and object identity "
                "consistency.")
 """The question the paper asked its participants (Table 7)."""
+PAPER_METHODS = ("echodistill", "custom_diffusion", "cones2", "disenbooth")
+"""The methods of the paper's study (each in its default variant): best of 4, one image of each per trial."""
 
 
 def check_name(name: str) -> str:
@@ -57,12 +59,12 @@ class StudyConfig:
         check_name(self.name)
         if len(self.methods) < 2:
             raise BenchError(f"a preference study needs at least 2 methods, got {len(self.methods)}; "
-                             f"e.g. --methods echodistill,custom_diffusion")
-        if len(set(zip(self.methods, self.variants))) != len(self.methods):
-            raise BenchError("each (method, variant) may appear only once in --methods/--variant")
+                             f"the paper's study compares {','.join(PAPER_METHODS)}")
         if len(self.variants) != len(self.methods):
             raise BenchError(f"--variant gives {len(self.variants)} variants for {len(self.methods)} methods; "
                              f"give one variant for all, or one per method")
+        if len(set(zip(self.methods, self.variants))) != len(self.methods):
+            raise BenchError("each (method, variant) may appear only once in --methods/--variant")
         if not self.seeds:
             raise BenchError("no seeds given; e.g. --seeds 0")
         if self.trials is not None and self.trials < 1:

@@ -2,13 +2,16 @@
 
 Every write is one short `BEGIN IMMEDIATE` transaction, so concurrent requests (threads of the web server, or
 several processes) serialise on SQLite's write lock; `UNIQUE(participant_id, trial_id)` on votes is the last word
-on "one vote per participant and trial". Tokens are random and only their SHA-256 is stored.
+on "one vote per participant and trial". Tokens are random and only their SHA-256 is stored. A vote counts only
+when the server delivered every candidate image of its trial to that participant (`deliveries`), and each
+participant sees a trial's candidates in their own order, drawn from the study's seed (`shown_order`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import time
@@ -20,7 +23,7 @@ from typing import Any
 from bench.api import BenchError
 from bench.study.config import StudyConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, sha256 TEXT NOT NULL,
@@ -34,24 +37,43 @@ CREATE TABLE candidates (id INTEGER PRIMARY KEY, trial_id INTEGER NOT NULL REFER
 CREATE TABLE refs (trial_id INTEGER NOT NULL REFERENCES trials(id), position INTEGER NOT NULL,
                    image_id INTEGER NOT NULL REFERENCES images(id), PRIMARY KEY (trial_id, position));
 CREATE TABLE participants (id INTEGER PRIMARY KEY, label TEXT NOT NULL, token_sha256 TEXT NOT NULL UNIQUE,
-                           created_at REAL NOT NULL);
+                           created_at REAL NOT NULL, revoked_at REAL);
 CREATE TABLE assignments (participant_id INTEGER NOT NULL REFERENCES participants(id),
                           trial_id INTEGER NOT NULL REFERENCES trials(id), assigned_at REAL NOT NULL,
                           PRIMARY KEY (participant_id, trial_id));
 CREATE TABLE votes (id INTEGER PRIMARY KEY, participant_id INTEGER NOT NULL REFERENCES participants(id),
                     trial_id INTEGER NOT NULL REFERENCES trials(id),
                     candidate_id INTEGER NOT NULL REFERENCES candidates(id), created_at REAL NOT NULL,
-                    UNIQUE (participant_id, trial_id));
+                    shown_order TEXT, UNIQUE (participant_id, trial_id));
+CREATE TABLE deliveries (participant_id INTEGER NOT NULL REFERENCES participants(id),
+                         candidate_id INTEGER NOT NULL REFERENCES candidates(id), delivered_at REAL NOT NULL,
+                         PRIMARY KEY (participant_id, candidate_id));
 """
+MIGRATE_1_TO_2 = """
+ALTER TABLE participants ADD COLUMN revoked_at REAL;
+ALTER TABLE votes ADD COLUMN shown_order TEXT;
+CREATE TABLE deliveries (participant_id INTEGER NOT NULL REFERENCES participants(id),
+                         candidate_id INTEGER NOT NULL REFERENCES candidates(id), delivered_at REAL NOT NULL,
+                         PRIMARY KEY (participant_id, candidate_id));
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+"""
+"""Schema 1 (before deliveries, per-participant orders and revocation): its votes stay as they were, with no
+recorded order (they were shown in the trial's own order)."""
+MAX_PARTICIPANTS = 500
+"""Most participants one `bench study invite` adds (the paper's study had 15)."""
+DEFAULT_ADDRESS = {"host": "127.0.0.1", "port": 8000}
+"""Where links point, and `serve` listens, until `create`/`invite` are given `--host`/`--port`."""
 
 
 class Refused(Exception):
     """A request the study turns down: an HTTP status and one line saying why."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason
+        """A stable word the page acts on (`already_voted`, `trial_full`, `not_shown`, `revoked`), or None."""
 
 
 def token_hash(token: str) -> str:
@@ -100,6 +122,12 @@ def open_study(path: Path) -> sqlite3.Connection:
     if int(row[0]) > SCHEMA_VERSION:
         conn.close()
         raise BenchError(f"{path} has study schema {row[0]}, newer than this bench ({SCHEMA_VERSION}); upgrade it")
+    if int(row[0]) == 1:
+        with transaction(conn):
+            if meta(conn, "schema_version") == 1:  # another process may have migrated it meanwhile
+                for statement in MIGRATE_1_TO_2.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
     return conn
 
 
@@ -112,7 +140,18 @@ def study_config(conn: sqlite3.Connection) -> StudyConfig:
     return StudyConfig.from_json(meta(conn, "config"))
 
 
-def create_database(path: Path, config: StudyConfig, trials: list[dict[str, Any]]) -> str:
+def address(conn: sqlite3.Connection) -> dict[str, Any]:
+    """`{host, port}` that links name and `serve` listens on by default."""
+    return {**DEFAULT_ADDRESS, **(meta(conn, "address") or {})}
+
+
+def set_address(conn: sqlite3.Connection, host: str, port: int) -> None:
+    with transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('address', ?)", (json.dumps({"host": host, "port": port}),))
+
+
+def create_database(path: Path, config: StudyConfig, trials: list[dict[str, Any]],
+                    where: dict[str, Any] | None = None) -> str:
     """Write a new study database at `path` (built beside it, then renamed); returns the admin token.
 
     Each trial is `{concept, class_noun, seed, prompt_index, eval_seed, prompt, candidates: [(method, variant,
@@ -129,7 +168,7 @@ def create_database(path: Path, config: StudyConfig, trials: list[dict[str, Any]
         conn.executescript(SCHEMA)  # a fresh temporary file: nobody else sees it before the rename
         with transaction(conn):
             values = {"schema_version": SCHEMA_VERSION, "config": config.to_json(), "created_at": time.time(),
-                      "admin_sha256": token_hash(admin)}
+                      "admin_sha256": token_hash(admin), "address": {**DEFAULT_ADDRESS, **(where or {})}}
             conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
             image_ids: dict[str, int] = {}
 
@@ -181,8 +220,9 @@ def changed_images(conn: sqlite3.Connection) -> list[str]:
 
 def add_participants(conn: sqlite3.Connection, count: int, prefix: str = "p") -> list[tuple[str, str]]:
     """Add `count` participants; returns their (label, token). Only the tokens' hashes are stored."""
-    if count < 1:
-        raise BenchError(f"--participants must be at least 1, got {count}")
+    if not 1 <= count <= MAX_PARTICIPANTS:
+        raise BenchError(f"--participants must be between 1 and {MAX_PARTICIPANTS} per invite, got {count} (the "
+                         f"paper's study had 15 participants)")
     out = []
     with transaction(conn):
         start = conn.execute("SELECT COUNT(*) FROM participants").fetchone()[0]
@@ -202,147 +242,50 @@ def new_admin_token(conn: sqlite3.Connection) -> str:
     return token
 
 
-def participant(conn: sqlite3.Connection, token: str | None) -> sqlite3.Row:
-    """The participant holding `token`; 401 when there is none, 403 when it is not a participant's."""
-    if not token:
-        raise Refused(401, "missing participant token; open the link you were given")
+def revoke(conn: sqlite3.Connection, labels: list[str]) -> list[str]:
+    """Revoke the participants labelled `labels` (their links stop working; their votes stay, marked); returns
+    the labels that were not revoked already."""
+    known = {r["label"]: r["revoked_at"] for r in conn.execute("SELECT label, revoked_at FROM participants")}
+    for label in labels:
+        if label not in known:
+            raise BenchError(f"no participant '{label}' in this study; participants: "
+                             f"{', '.join(sorted(known)) or 'none yet'}")
+    fresh = [label for label in labels if known[label] is None]
+    with transaction(conn):
+        conn.executemany("UPDATE participants SET revoked_at = ? WHERE label = ? AND revoked_at IS NULL",
+                         [(time.time(), label) for label in fresh])
+    return fresh
+
+
+def participant_labels(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT label FROM participants ORDER BY id")]
+
+
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a token can look like (issued tokens are 24 URL-safe base64 characters)."""
+
+
+def check_token(token: Any, who: str) -> str:
+    """`token` when it can be a token; 401 when missing, 400 when not a string of up to 128 URL-safe characters."""
+    if token is None or token == "":
+        raise Refused(401, f"missing {who} token; open the link you were given")
+    if not isinstance(token, str) or not TOKEN.fullmatch(token):
+        raise Refused(400, f"the {who} token must be a string of up to 128 letters, digits, '-' or '_'")
+    return token
+
+
+def participant(conn: sqlite3.Connection, token: Any) -> sqlite3.Row:
+    """The participant holding `token`; 401 when there is none, 403 when it is not a participant's or revoked."""
+    token = check_token(token, "participant")
     row = conn.execute("SELECT * FROM participants WHERE token_sha256 = ?", (token_hash(token),)).fetchone()
     if row is None:
         raise Refused(403, "unknown participant token; check the link you were given")
+    if row["revoked_at"] is not None:
+        raise Refused(403, "this link was revoked by the study's organiser; it no longer records votes", "revoked")
     return row
 
 
-def check_admin(conn: sqlite3.Connection, token: str | None) -> None:
-    if not token:
-        raise Refused(401, "missing admin token")
+def check_admin(conn: sqlite3.Connection, token: Any) -> None:
+    token = check_token(token, "admin")
     if not secrets.compare_digest(token_hash(token), meta(conn, "admin_sha256")):
         raise Refused(403, "wrong admin token")
-
-
-# --- trials: assignment and votes ----------------------------------------------------------------------------
-
-
-def _load(conn: sqlite3.Connection, trial_id: int) -> dict[str, Any]:
-    t = conn.execute("SELECT * FROM trials WHERE id = ?", (trial_id,)).fetchone()
-    cands = conn.execute("SELECT id, image_id FROM candidates WHERE trial_id = ? ORDER BY position", (trial_id,))
-    refs = conn.execute("SELECT image_id FROM refs WHERE trial_id = ? ORDER BY position", (trial_id,))
-    return {"trial": t["id"], "prompt": t["prompt"], "concept_noun": t["class_noun"],
-            "candidates": [{"id": c["id"], "image": c["image_id"]} for c in cands],
-            "references": [r["image_id"] for r in refs]}
-
-
-def progress(conn: sqlite3.Connection, pid: int) -> dict[str, int]:
-    """Votes given by participant `pid`, and that plus the trials still open to them (not voted on by them, and
-    below the `per_trial` quota): the total they can reach as things stand."""
-    cfg = study_config(conn)
-    done = conn.execute("SELECT COUNT(*) FROM votes WHERE participant_id = ?", (pid,)).fetchone()[0]
-    open_ = conn.execute(
-        """SELECT COUNT(*) FROM trials t WHERE t.id NOT IN (SELECT trial_id FROM votes WHERE participant_id = ?)
-           AND (? IS NULL OR (SELECT COUNT(*) FROM votes v WHERE v.trial_id = t.id) < ?)""",
-        (pid, cfg.per_trial, cfg.per_trial)).fetchone()[0]
-    return {"done": done, "total": done + open_}
-
-
-def next_trial(conn: sqlite3.Connection, pid: int) -> dict[str, Any] | None:
-    """The participant's open trial, or a new one: among trials they have neither voted on nor hold, one with the
-    fewest votes and live assignments (then the lowest id), skipping trials whose `per_trial` quota is taken.
-    None when nothing is left for them."""
-    cfg = study_config(conn)
-    with transaction(conn):
-        held = conn.execute("SELECT trial_id FROM assignments WHERE participant_id = ? ORDER BY assigned_at LIMIT 1",
-                            (pid,)).fetchone()
-        if held is not None and cfg.per_trial is not None and conn.execute(
-                "SELECT COUNT(*) FROM votes WHERE trial_id = ?", (held["trial_id"],)).fetchone()[0] >= cfg.per_trial:
-            # filled by others while this participant was away (their place had expired): give them another
-            conn.execute("DELETE FROM assignments WHERE participant_id = ? AND trial_id = ?", (pid, held["trial_id"]))
-            held = None
-        if held is None:
-            live = time.time() - cfg.assignment_ttl_s
-            row = conn.execute(
-                """SELECT t.id,
-                          (SELECT COUNT(*) FROM votes v WHERE v.trial_id = t.id)
-                        + (SELECT COUNT(*) FROM assignments a WHERE a.trial_id = t.id AND a.assigned_at > ?) AS load
-                   FROM trials t
-                   WHERE t.id NOT IN (SELECT trial_id FROM votes WHERE participant_id = ?)
-                     AND (? IS NULL OR load < ?)
-                   ORDER BY load, t.id LIMIT 1""", (live, pid, cfg.per_trial, cfg.per_trial)).fetchone()
-            if row is None:
-                return None
-            conn.execute("INSERT INTO assignments VALUES (?, ?, ?)", (pid, row["id"], time.time()))
-            trial_id = row["id"]
-        else:
-            trial_id = held["trial_id"]
-        return _load(conn, trial_id)
-
-
-def vote(conn: sqlite3.Connection, pid: int, trial_id: Any, candidate_id: Any) -> int:
-    """Record participant `pid`'s choice; returns the vote's id. Refused, with no vote written, when the trial is
-    not assigned to them (403), already voted (409), or the candidate is not one of the trial's (400); and when the
-    trial filled up meanwhile (409; the participant's assignment to it is dropped, so `next_trial` moves on)."""
-    try:
-        trial_id, candidate_id = int(trial_id), int(candidate_id)
-    except (TypeError, ValueError):
-        raise Refused(400, "trial and candidate must be integer ids") from None
-    cfg = study_config(conn)
-    with transaction(conn):
-        if conn.execute("SELECT 1 FROM votes WHERE participant_id = ? AND trial_id = ?",
-                        (pid, trial_id)).fetchone():
-            raise Refused(409, f"you already voted on trial {trial_id}; a vote is recorded once and cannot change")
-        if not conn.execute("SELECT 1 FROM assignments WHERE participant_id = ? AND trial_id = ?",
-                            (pid, trial_id)).fetchone():
-            raise Refused(403, f"trial {trial_id} is not assigned to you")
-        if not conn.execute("SELECT 1 FROM candidates WHERE id = ? AND trial_id = ?",
-                            (candidate_id, trial_id)).fetchone():
-            raise Refused(400, f"candidate {candidate_id} is not one of trial {trial_id}'s images")
-        if cfg.per_trial is not None and conn.execute("SELECT COUNT(*) FROM votes WHERE trial_id = ?",
-                                                      (trial_id,)).fetchone()[0] >= cfg.per_trial:
-            full = True  # the assignment goes (committed), then the refusal
-            conn.execute("DELETE FROM assignments WHERE participant_id = ? AND trial_id = ?", (pid, trial_id))
-        else:
-            full = False
-            try:
-                cur = conn.execute("INSERT INTO votes (participant_id, trial_id, candidate_id, created_at) "
-                                   "VALUES (?, ?, ?, ?)", (pid, trial_id, candidate_id, time.time()))
-            except sqlite3.IntegrityError:
-                raise Refused(409, f"you already voted on trial {trial_id}") from None
-            conn.execute("DELETE FROM assignments WHERE participant_id = ? AND trial_id = ?", (pid, trial_id))
-    if full:
-        raise Refused(409, f"trial {trial_id} already has its {cfg.per_trial} votes; load the next trial")
-    return int(cur.lastrowid)
-
-
-def image_row(conn: sqlite3.Connection, image_id: int) -> sqlite3.Row | None:
-    return conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
-
-
-# --- reading the votes ---------------------------------------------------------------------------------------
-
-VOTE_COLUMNS = ("vote_id", "participant", "trial", "concept", "seed", "prompt_index", "eval_seed", "prompt",
-                "position", "method", "variant", "image", "image_sha256", "created_at")
-
-
-def votes(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every vote with what was chosen, in the order recorded."""
-    rows = conn.execute(
-        """SELECT v.id AS vote_id, p.label AS participant, t.id AS trial, t.concept, t.seed, t.prompt_index,
-                  t.eval_seed, t.prompt, c.position, c.method, c.variant, i.path AS image,
-                  i.sha256 AS image_sha256, v.created_at
-           FROM votes v JOIN participants p ON p.id = v.participant_id JOIN trials t ON t.id = v.trial_id
-           JOIN candidates c ON c.id = v.candidate_id JOIN images i ON i.id = c.image_id ORDER BY v.id""")
-    return [dict(r) for r in rows]
-
-
-def admin_summary(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Progress per participant and votes per method, for the admin page."""
-    people = []
-    for p in conn.execute("SELECT id, label FROM participants ORDER BY id").fetchall():
-        prog = progress(conn, p["id"])
-        people.append({"participant": p["label"], "done": prog["done"], "total": prog["total"]})
-    methods = [dict(r) for r in conn.execute(
-        """SELECT c.method, c.variant, COUNT(v.id) AS votes FROM (SELECT DISTINCT method, variant FROM candidates) c
-           LEFT JOIN candidates cc ON cc.method = c.method AND cc.variant = c.variant
-           LEFT JOIN votes v ON v.candidate_id = cc.id GROUP BY c.method, c.variant ORDER BY votes DESC, c.method""")]
-    total = conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0]
-    trials = conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-    return {"participants": people, "methods": methods, "votes": total, "trials": trials,
-            "name": study_config(conn).name}

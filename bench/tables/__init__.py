@@ -5,7 +5,7 @@ and which evaluation of the record: the final model, a view, the view the method
 (`MethodOptions.table_view`), or the real-vs-real ceiling) and which row of the paper's `reference/paper_tables.csv`
 they correspond to. Records are grouped by (profile, metric suite): one rendered table per group, since numbers
 from different suites or models are not comparable. Records are typed (`bench.record.RunRecord`, read by
-`load_records`); the logic reads a method's declarations (`bench.contract.presentation`: its label and table
+`load_records`); the logic reads how each run is shown from its record (`bench.contract.recorded`: its label, table
 view), never its name.
 
 Aggregation of one cell (one row, one metric), as the authors' released evaluation writes its result ("Average

@@ -24,6 +24,7 @@ from bench.tables.definitions import (
     _extra_label,
     _owners,
     _paper_values,
+    listed_methods,
     split_variant,
     variant_key,
 )
@@ -46,6 +47,13 @@ class Row:
     note: str = ""
     trains: bool = True
     """False for a method without training: "/" for its train time, iterations and train NFE."""
+    section: str = ""
+    """The table section the row is shown in: "" for the paper's rows, `OTHER_METHODS` for a method no table
+    lists (a plug-in)."""
+
+
+OTHER_METHODS = "Other methods"
+"""The section of rows whose method no table lists (`Row.section`): shown apart, below the paper's rows."""
 
 
 @dataclass
@@ -61,6 +69,8 @@ class Table:
     notes: list[str] = field(default_factory=list)
     metric_suite: str = ""
     """The suite's name alone (`tiny`), which `suite` describes."""
+    dataset: str = "dreambench"
+    """Whose concepts the table counts (`bench.record.DATASET_NAMES`): one dataset per table, never averaged."""
 
     @property
     def measured(self) -> list[Row]:
@@ -90,38 +100,55 @@ def _check_options(name: str, fmt: str, compare: str | None) -> None:
         raise unknown("--compare target", compare, COMPARE)
 
 
-def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compare: str | None = None) -> list[Table]:
-    """Tables `name` (or every table for "all") from records, one per (profile, metric suite) group. Records are
-    `RunRecord`s (`load_records`); `record.json` objects are converted here, once (`as_records`)."""
+def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compare: str | None = None,
+                 dataset: str | None = None) -> list[Table]:
+    """Tables `name` (or every table for "all") from records, one per (profile, metric suite, dataset) group: the
+    paper's DreamBench tables count DreamBench concepts only; CustomConcept101 and your own concepts
+    (`--concept-dir`) get tables of their own (`dataset` keeps one of them), never compared with the paper's
+    numbers. Records are `RunRecord`s (`load_records`); `record.json` objects are converted here, once."""
+    from bench.record import DATASET_NAMES, record_dataset
+
     _check_options(name, "md", compare)
+    if dataset is not None and dataset not in DATASET_NAMES:
+        from bench.naming import unknown
+
+        raise unknown("--dataset", dataset, DATASET_NAMES)
     records = as_records(records)
     if not records:
         raise BenchError("no run records found; run `bench run ...` first, or pass --results DIR / --profile")
+    if dataset is not None:
+        records = [r for r in records if record_dataset(r) == dataset]
+        if not records:
+            raise BenchError(f"no run records of dataset '{dataset}' found; valid datasets: {', '.join(DATASET_NAMES)}")
     names = TABLES if name == "all" else (name,)
-    concepts_by_profile: dict[str, set[str]] = defaultdict(set)
-    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    corrupt: dict[str, list[RunRecord]] = defaultdict(list)  # unreadable records: no suite is known
+    concepts_by_profile: dict[tuple[str, str], set[str]] = defaultdict(set)
+    groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    corrupt: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)  # unreadable records: no suite is known
     for r in records:
-        concepts_by_profile[r.profile].add(r.concept)
+        where = record_dataset(r)
+        concepts_by_profile[(r.profile, where)].add(r.concept)
         if r.status == "corrupt":
-            corrupt[r.profile].append(r)
+            corrupt[(r.profile, where)].append(r)
         else:
-            groups[(r.profile, suite_name(r))].append(r)
-    for (profile, _), group in groups.items():
-        group += corrupt[profile]  # expected in every table of their profile, and never done
+            groups[(r.profile, suite_name(r), where)].append(r)
+    for (profile, _, where), group in groups.items():
+        group += corrupt[(profile, where)]  # expected in every table of their profile, and never done
     cache: dict = {}
     out = []
-    for (profile, suite), group in sorted(groups.items()):
+    for (profile, suite, where), group in sorted(groups.items(), key=lambda g: (DATASET_NAMES.index(g[0][2]), g[0])):
         for n in names:
-            out.append(_build_one(DEFS[n], group, sorted(concepts_by_profile[profile]), profile,
-                                  _suite_desc(group), compare is not None, cache, suite))
+            table = _build_one(DEFS[n], group, sorted(concepts_by_profile[(profile, where)]), profile,
+                               _suite_desc(group), compare is not None and where == "dreambench", cache, suite)
+            table.dataset = where
+            out.append(table)
     return out
 
 
 def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profile: str, suite: str,
                compare: bool, cache: dict, suite_id: str) -> Table:
-    from bench.contract import presentation
+    from bench.contract import recorded_by_method
 
+    shown = recorded_by_method(records)
     by_variant: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
         by_variant[(r.method, variant_key(r))].append(r)
@@ -144,8 +171,10 @@ def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profi
     for (method, full) in sorted(by_variant):
         base = split_variant(full)[0]
         if (method, base) not in owners and _catch_table(base) == d.name:
-            spec = RowSpec(_extra_label(method, base, d.name), method, (full,), optional=True,
-                           source=TABLE_VIEW if presentation(method).table_view else "metrics")
+            model = recorded_by_method(by_variant[(method, full)])[method].model  # its runs' own base model
+            spec = RowSpec(_extra_label(method, base, d.name, shown[method].label), method, (full,),
+                           model or "", optional=True,
+                           source=TABLE_VIEW if shown[method].table_view else "metrics")
             planned.append((spec, full, bool(split_variant(full)[1])))
     # The expected runs of every row: the profile's concepts x the training seeds this table's runs used.
     feeding = [r for spec, v, _ in planned if v is not None for r in by_variant[(spec.method, v)]]
@@ -158,7 +187,8 @@ def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profi
         common = dict(label=label, method=spec.method, model=spec.model, train_nfe=spec.train_nfe,
                       infer_nfe=spec.infer_nfe, source=spec.source, paper=paper,
                       note=spec.note if not ad_hoc else "ad-hoc override; not compared with the paper",
-                      trains=spec.trains and not (runs and all(r.trains is False for r in runs)))
+                      trains=spec.trains and not (runs and all(r.trains is False for r in runs)),
+                      section="" if spec.method is None or spec.method in listed_methods() else OTHER_METHODS)
         if spec.source == "real_vs_real":
             stats = ceiling_stats(records)
             if stats is not None:
@@ -175,8 +205,9 @@ def _build_one(d: TableDef, records: list[RunRecord], concepts: list[str], profi
             rows.append(Row(variant=variant, kind="measured", stats=stats, **common))
     if not feeding:
         rows = []
-    viewed = [presentation(m).caption for m in dict.fromkeys(r.method for r in rows if r.source == TABLE_VIEW)
-              if m is not None]
+    rows = [r for r in rows if not r.section] + [r for r in rows if r.section]
+    viewed = [shown[m].caption for m in dict.fromkeys(r.method for r in rows if r.source == TABLE_VIEW)
+              if m in shown]  # methods with runs in this group: the others' rows show nothing to caption
     caption = _caption(profile, suite, concepts, seeds, compare, [v for v in viewed if v],
                        _caps(feeding)) if rows else ""
     notes = []

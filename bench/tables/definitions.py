@@ -260,18 +260,20 @@ def _subject(table: str) -> str | None:
     return methods.pop() if len(methods) == 1 else None
 
 
-def _extra_label(method: str, base: str, table: str) -> str:
-    """The label of a row for a variant no table lists: "w/o a + b" for a drop ablation (prefixed with the
-    method's label in a table about another method), else "<label> (<variant>)"."""
-    from bench.contract import presentation
-
-    label = presentation(method).label
+def _extra_label(method: str, base: str, table: str, label: str) -> str:
+    """The label of a row for a variant no table lists, from the method's `label`: "w/o a + b" for a drop ablation
+    (prefixed with the label in a table about another method), the label alone for its default variant (the
+    Variant column names it), else "<label> (<variant>)"."""
     if base.startswith("drop_"):
         text = "w/o " + " + ".join(base.removeprefix("drop_").split("+"))
         return text if _subject(table) == method else f"{label} {text}"
-    return f"{label} ({base})"
+    return label if base == "default" else f"{label} ({base})"
 
 
+@cache
+def listed_methods() -> frozenset[str]:
+    """The methods some table's rows name: any other method's rows are a section of their own."""
+    return frozenset(spec.method for d in DEFS.values() for spec in d.rows if spec.method is not None)
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from bench.compare import ALPHA, Difference, adjust, paired
 from bench.tables.building import Table
 from bench.tables.definitions import FLOOR, FORMATS, METRIC_LABELS, METRICS
-from bench.tables.rendering import CSV_COLUMNS, PAPER_COLUMNS, csv_rows, md_rows
+from bench.tables.rendering import CSV_COLUMNS, PAPER_COLUMNS, csv_rows, dataset_heading, md_rows
 
 
 @dataclass
@@ -147,7 +147,7 @@ def md_table(t: Table, a: Annotation) -> tuple[list[str], list[list[str]]]:
 
 
 def to_markdown(t: Table, a: Annotation) -> str:
-    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`", ""]
+    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`{dataset_heading(t)}", ""]
     lines += [t.caption, ""] if t.caption else []
     if t.rows:
         head, body = md_table(t, a)
@@ -200,8 +200,10 @@ def render(tables: list[Table], fmt: str, against: str | None) -> str:
     compare = any(t.compare for t in tables)
     columns = CSV_COLUMNS + (PAPER_COLUMNS + AGREEMENT_COLUMNS if compare else []) + \
         (AGAINST_COLUMNS if against else [])
+    if any(t.dataset != "dreambench" for t in tables):  # a column only where two datasets can meet
+        columns.insert(1, "dataset")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
+    writer = csv.DictWriter(buf, columns, restval="", extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for t, a in annotated:
         writer.writerows(csv_table(t, a))

@@ -116,14 +116,24 @@ def md_rows(t: Table) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def dataset_heading(t: Table) -> str:
+    """What a table's heading adds for a dataset other than DreamBench (the paper's)."""
+    return {"dreambench": "", "customconcept101": " — CustomConcept101", "yours": " — your concepts"}[t.dataset]
+
+
 def to_markdown(t: Table) -> str:
-    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`", ""]
+    lines = [f"### {t.title} — profile `{t.profile}`, suite `{t.metric_suite}`{dataset_heading(t)}", ""]
     lines += [t.caption, ""] if t.caption else []
     if t.rows:
         head, body = md_rows(t)
-        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
-        lines.append("")
+        sections: dict[str, list[list[str]]] = {}
+        for row, cells in zip(t.rows, body):
+            sections.setdefault(row.section, []).append(cells)
+        for section, cells_of in sections.items():  # the paper's rows first (`build_tables` orders them so)
+            lines += [f"#### {section}", ""] if section else []
+            lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in cells_of]
+            lines.append("")
     lines += [f"- {n}" for n in t.notes]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -151,7 +161,8 @@ def csv_rows(t: Table) -> list[dict[str, str]]:
     out = []
     for r in t.rows:
         s, p = r.stats, r.paper or {}
-        row = {"table": t.name, "profile": t.profile, "metric_suite": t.metric_suite, "row": r.label,
+        row = {"table": t.name, "dataset": t.dataset, "profile": t.profile, "metric_suite": t.metric_suite,
+               "row": r.label,
                "kind": r.kind, "method": r.method or "", "variant": r.variant, "model": r.model,
                "train_nfe": _c(r.train_nfe), "infer_nfe": _c(r.infer_nfe), "source": r.source, "note": r.note}
         for m in METRICS:
@@ -183,8 +194,10 @@ def render(tables: list[Table], fmt: str) -> str:
     if fmt == "md":
         return "\n".join(to_markdown(t) for t in tables)
     columns = CSV_COLUMNS + (PAPER_COLUMNS if any(t.compare for t in tables) else [])
+    if any(t.dataset != "dreambench" for t in tables):  # a column only where two datasets can meet
+        columns.insert(1, "dataset")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
+    writer = csv.DictWriter(buf, columns, restval="", extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for t in tables:
         writer.writerows(csv_rows(t))
@@ -192,14 +205,15 @@ def render(tables: list[Table], fmt: str) -> str:
 
 
 def table_command(name: str, results: Path, profile: str | None, fmt: str, compare: str | None,
-                  out: Path | None, against: str | None = None) -> str:
+                  out: Path | None, against: str | None = None, dataset: str | None = None) -> str:
     """`bench table`: render NAME (or all) to text; with `out`, also write `<out>/<table>.<fmt>` per table.
-    `against` and `compare` add the paired columns and the paper agreement (`bench.tables.paired`)."""
+    `against` and `compare` add the paired columns and the paper agreement (`bench.tables.paired`); `dataset`:
+    only that dataset's tables (default: DreamBench's, then each other dataset's apart)."""
     from bench.tables import paired
 
     _check_options(name, fmt, compare)  # a typo is reported before the results folder is read
     paired.check_against(against)
-    tables = build_tables(name, load_records(results, profile), compare)
+    tables = build_tables(name, load_records(results, profile), compare, dataset)
 
     def text(group: list[Table]) -> str:
         return paired.render(group, fmt, against) if against or compare else render(group, fmt)

@@ -49,9 +49,9 @@ def _evaluation(record: RunRecord, source: str) -> tuple[list[ImageScore] | None
     if source == "metrics":
         return record.images, record.timing
     if source == TABLE_VIEW:
-        from bench.contract import presentation
+        from bench.contract import recorded
 
-        view = (record.views or {}).get(presentation(record.method).table_view or "")
+        view = (record.views or {}).get(recorded(record).table_view or "")
         return (view.images, view.timing) if view is not None else (record.images, record.timing)
     if source.startswith("view:"):
         view = (record.views or {}).get(source.removeprefix("view:"))
