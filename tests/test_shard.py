@@ -216,7 +216,7 @@ def test_bench_run_shard_runs_only_its_part(monkeypatch, capsys, tmp_path, dream
 def test_an_empty_shard_of_bench_run_exits_0_with_one_line(monkeypatch, capsys, tmp_path, dreambench_root):
     monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
     ctx = Context(data=dreambench_root, results=tmp_path, suite="tiny")
-    jobs = plan(["fake"], [("default", {})], ["dog"], [0], "tiny")
+    jobs = planned(ctx, ["fake"], [("default", {})], ["dog"], [0], "tiny")
     empty = next(k for k in (1, 2) if not shard_jobs(jobs, ctx, k, 2))
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog", "--results", tmp_path,
                          "--data", dreambench_root, "--shard", f"{empty}/2")
