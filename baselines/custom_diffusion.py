@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log
+from bench.api import Concept, Log, offer_samples
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop, mse_loss
@@ -133,6 +133,7 @@ class CustomDiffusion:
                                         batches, seed, text_grad=True, loss_fn=mse_loss(cfg.loss_normalisation),
                                         after_step=restore_rows, rows={"token_embedding": [token_id]})
         text_encoder.train()
+        offer_samples(log, CustomDiffusionModel(cfg, parts))  # the live model, for `--sample-every` grids
         loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         text_encoder.eval()
         for p in kv + [token_weight]:

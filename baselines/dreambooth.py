@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log
+from bench.api import Concept, Log, offer_samples
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
 from bench.models.loop import DenoisingLoop, LossFn, Step
@@ -184,6 +184,7 @@ class DreamBooth:
             loop.loss_fn = prior_loss(cfg.batch_size, cfg.prior_weight)
             loop.extra_randoms = {"prior": prior.rng}
         unet.train()
+        offer_samples(log, DreamBoothModel(cfg, parts))  # the live model, for `--sample-every` grids
         loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         unet.eval()
         for p in params:

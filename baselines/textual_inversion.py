@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Log
+from bench.api import BenchError, Concept, Log, offer_samples
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
@@ -128,6 +128,7 @@ class TextualInversion:
                                         accumulation=cfg.grad_accumulation, text_grad=True, after_step=restore_rows,
                                         rows={"token_embedding": [token_id]})
         text_encoder.train()
+        offer_samples(log, TextualInversionModel(self.config, parts))  # the live model, for `--sample-every` grids
         loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         text_encoder.eval()
         token_weight.requires_grad_(False)

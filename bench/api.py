@@ -136,6 +136,17 @@ class Log(Protocol):
     def __call__(self, iteration: int, **scalars: float) -> None:
         """One finished iteration with its scalar values (losses, weights, accuracies, gradient norms)."""
 
+    # Optional: `sample_from(model)`, reached through `offer_samples`.
+
+
+def offer_samples(log: Log, model: Trained) -> None:
+    """Hand the harness the model being trained: a `Trained` whose `generate` samples the current weights. With
+    `--sample-every N` the harness samples a small fixed grid from it every N iterations of each stage (no gradient,
+    every random state put back: training is unchanged); a log that takes no samples ignores it."""
+    hook = getattr(log, "sample_from", None)
+    if hook is not None:
+        hook(model)
+
 
 @runtime_checkable
 class Trained(Protocol):

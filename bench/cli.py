@@ -17,6 +17,7 @@ import typer
 
 from bench.api import BenchError, InfraError, infra_cause
 from bench.study.cli import study_app
+from bench.tracking.options import INTERVAL, REPORT_TO, SAMPLE_EVERY, WATCH, tracking
 
 EXIT_INFRA = 4
 """Exit code when the environment failed (disk full, device error, ...): the sweep stopped, nothing was recorded as
@@ -121,7 +122,8 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         partition: Optional[str] = PARTITION, time: Optional[int] = TIME, gpus_per_job: Optional[int] = GPUS_PER_JOB,
         cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
-        speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD) -> None:
+        speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD,
+        report_to: Optional[list[str]] = REPORT_TO, sample_every: int = SAMPLE_EVERY) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
     from bench.data import dataset_root
     from bench.runs import SweepRequest, variants_for
@@ -135,7 +137,7 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
                            seeds=_ints(seeds, "--seeds"), profile=profile, backbone=backbone, data=data,
                            results=results, suite=suite, device=device, weights=tuple(weights or ()), force=force,
                            resume=resume, retry_failed=retry_failed, concept_dir=concept_dir, class_noun=class_noun,
-                           speed=tuple(speed or ()))
+                           speed=tuple(speed or ()), tracking=tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -154,7 +156,8 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            gpus_per_job: Optional[int] = GPUS_PER_JOB, cpus_per_job: Optional[int] = CPUS_PER_JOB,
            mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH, slurm_array: bool = ARRAY,
            no_wait: bool = NO_WAIT, cluster: str = CLUSTER, speed: Optional[list[str]] = SPEED,
-           shard: Optional[str] = SHARD) -> None:
+           shard: Optional[str] = SHARD, report_to: Optional[list[str]] = REPORT_TO,
+           sample_every: int = SAMPLE_EVERY) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
     from bench.runs import SweepRequest
@@ -165,7 +168,8 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
     request = SweepRequest(methods=(method,), variants=tuple(variants), concepts=concepts,
                            seeds=_ints(seeds, "--seeds"), profile=profile, backbone=backbone, data=data,
                            results=results, suite=suite, device=device, weights=tuple(weights or ()), force=force,
-                           resume=resume, retry_failed=retry_failed, speed=tuple(speed or ()))
+                           resume=resume, retry_failed=retry_failed, speed=tuple(speed or ()),
+                           tracking=tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -242,13 +246,14 @@ def status(results: Path = RESULTS, profile: Optional[str] = typer.Option(None, 
            set_: Optional[list[str]] = typer.Option(None, "--set", help="Config override KEY=VALUE, as in `run`."),
            concepts: str = CONCEPTS, seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the plan."),
            backbone: str = typer.Option("sd-turbo", "--backbone"), data: Optional[Path] = DATA,
-           suite: Optional[str] = SUITE) -> None:
+           suite: Optional[str] = SUITE, watch: bool = WATCH, interval: float = INTERVAL) -> None:
     """Done, running, interrupted and failed runs (with reasons); with --method, also the plan's missing runs."""
     from bench.runs import status_report
+    from bench.tracking.live import watch_status
 
-    typer.echo(status_report(results, profile, method.split(",") if method else None,
-                             variant.split(",") if variant else None, _sets(set_), concepts,
-                             _ints(seeds, "--seeds") if seeds else None, backbone, data, suite))
+    args = (results, profile, method.split(",") if method else None, variant.split(",") if variant else None,
+            _sets(set_), concepts, _ints(seeds, "--seeds") if seeds else None, backbone, data, suite)
+    watch_status(*args, interval) if watch else typer.echo(status_report(*args))
 
 
 @app.command()

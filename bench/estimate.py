@@ -107,9 +107,43 @@ def paper_label(method: str) -> str | None:
     return next((n for n in names if _squash(method).startswith(_squash(n))), None)
 
 
-def paper_timing(method: str, backbone: str, steps: int) -> tuple[float, float] | None:
-    """(train seconds per iteration, seconds per image at `steps`) from Table 5, or None when not timed there. A
-    method the paper times without training (encoder-based) trains for 0 s."""
+@lru_cache(maxsize=1)
+def _timed_variants() -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
+    """{(method, variant): (its Table 5 row's values, that row's inference steps)} for every variant a table
+    compares with a Table 5 row (`bench.tables` DEFS): Custom Diffusion `sd21` is timed on SD 2.1, each step of
+    its grid on its own row."""
+    from bench.tables.definitions import DEFS, _paper_values
+
+    out: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
+    for d in DEFS.values():
+        for spec in d.rows:
+            if spec.method and spec.paper and spec.paper[0] == "5":
+                for variant in spec.variants:
+                    out.setdefault((spec.method, variant), (_paper_values(spec.paper), int(spec.infer_nfe or 1)))
+    return out
+
+
+def timed_variant(method: str, variant: str, backbone: str) -> tuple[float, float] | None:
+    """(train seconds per iteration, seconds per image per step) of the Table 5 row that times this very variant,
+    or None when the paper does not time it (then `paper_timing`'s method-level figures are extrapolated)."""
+    from bench.tables.definitions import split_variant
+
+    found = _timed_variants().get((method, split_variant(variant)[0])) if backbone == "sd-turbo" else None
+    if found is None:
+        return None
+    values, nfe = found
+    train, iterations = values.get("train_time_s"), values.get("iterations")
+    per_iteration = train / iterations if train == train and iterations and iterations == iterations else 0.0
+    return per_iteration, values["infer_time_s"] / nfe
+
+
+def paper_timing(method: str, backbone: str, steps: int, variant: str | None = None) -> tuple[float, float] | None:
+    """(train seconds per iteration, seconds per image at `steps`) from Table 5, or None when not timed there: the
+    row of this variant when the paper times it (`timed_variant`), else the method's rows. A method the paper
+    times without training (encoder-based) trains for 0 s."""
+    own = timed_variant(method, variant, backbone) if variant is not None else None
+    if own is not None:
+        return own[0], own[1] * steps
     label = paper_label(method)
     model = PAPER_MODEL.get(backbone, "SD Turbo")
     rows = [r for r in _table5() if r["method"] == label]
@@ -140,7 +174,7 @@ def _paper_mean() -> tuple[float, float]:
 
 def reference_cost(facts: JobFacts, trains: bool) -> float:
     """Seconds at the paper's timings: training (when this job trains its group) plus sampling."""
-    per_iteration, per_image = paper_timing(facts.method, facts.backbone, facts.steps) or _paper_mean()
+    per_iteration, per_image = paper_timing(facts.method, facts.backbone, facts.steps, facts.variant) or _paper_mean()
     return (per_iteration * facts.iterations if trains else 0.0) + per_image * facts.images
 
 
@@ -198,6 +232,10 @@ def estimate(jobs: list[Any], ctx: Any, device: str, perf_dirs: list[Path],
         f = facts[job]
         perf = entries.setdefault(f.profile, perf_entries(perf_dirs, f.profile, device)).get(f.method)
         source = "perf" if perf else ("paper" if paper_timing(f.method, f.backbone, f.steps) else None)
+        if source == "paper" and timed_variant(f.method, f.variant, f.backbone) is None:
+            source = "paper, extrapolated"  # the paper times the method, not this variant (an ablation, a backbone)
+        if source is None and f.iterations == 0:  # untimed, and nothing to train (the base model): sampling only,
+            source = "paper, extrapolated"  # at the mean Table 5 time per image
         if source is None:
             missing.append(f"{f.method} ({f.profile})")
             continue

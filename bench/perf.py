@@ -205,6 +205,10 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     unet_s = min(unet_share, 1.0) * statistics.median(singles) if "bench/generate" in labels else None
     with Stopwatch(models.device) as sw:
         trained.generate([prompt] * sweep_batch, list(range(sweep_batch)))
+    from bench.tracking.samples import sample_grid
+
+    with Stopwatch(models.device) as grid:  # what one `--sample-every` grid costs (bench.tracking.samples)
+        sample_grid(trained, concept, profile.eval_seeds)
     share_total = sum(log.phase_totals.values()) or 1.0
     from bench.timing import device_name
 
@@ -223,6 +227,7 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
         "infer_s_per_image_b1": statistics.median(singles), "infer_unet_s_per_image_b1": unet_s,
         "infer_s_per_image_batched": sw.seconds / sweep_batch, "sweep_batch": sweep_batch,
         "default_steps": trained.default_steps, "device": dev, "speed": models.speed.resolved(models.device),
+        "sample_grid_s": grid.seconds,
     }
 
 
@@ -345,6 +350,13 @@ def perf_table(record: dict[str, Any]) -> str:
             f"{fmt(m['flops_per_iteration'], 1e-9, 1)} | {fmt(m['fraction_of_peak_bf16'], 100, 1)} | "
             f"{fmt(m['peak_memory']['bytes'], 1 / 2**30, 2)} | {fmt(m['infer_s_per_image_b1'], 1, 4)} | "
             f"{fmt(m['infer_unet_s_per_image_b1'], 1, 4)} | {fmt(m['infer_s_per_image_batched'], 1, 4)} | {top} |")
+    grids = [m for m in record["methods"] if m.get("sample_grid_s") is not None and m.get("trains", True)]
+    if grids:  # `--sample-every N` adds one grid per N iterations
+        lines += ["", "Sample grid during training (`--sample-every N`, one grid of the fixed prompts x seeds): "
+                      + ", ".join(f"{m['method']} {fmt(m['sample_grid_s'], 1, 3)} s"
+                                  + (f" (+{m['sample_grid_s'] / (100 * m['train_step_s']):.1%} of training at N = "
+                                     f"100)" if m["train_step_s"] and m["train_step_s"] == m["train_step_s"] else "")
+                                  for m in grids)]
     sc = record.get("scoring")
     if sc:
         lines += ["", f"Scoring {sc['images']} images in one pass (suite {sc['suite']}, {sc['weights']} weights, "

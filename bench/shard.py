@@ -126,13 +126,7 @@ def shard_pieces(pieces: list[tuple[list[Any], Any]], k: int, n: int) -> list[li
 
 def shard_loads(pieces: list[tuple[list[Any], Any]], n: int) -> list[dict[str, Any]]:
     """Per shard: its runs and its reference cost in seconds (for `bench plan --shards N`)."""
-    groups = group_pieces(pieces)
-    where = assign(groups, n)
-    out = [{"shard": f"{s + 1}/{n}", "runs": 0, "reference_s": 0.0} for s in range(n)]
-    for g in groups:
-        out[where[g.key]]["runs"] += len(g.jobs)
-        out[where[g.key]]["reference_s"] += g.cost
-    return out
+    return _loads(group_pieces(pieces), n)
 
 
 def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]], concepts: str, seeds: list[int],
@@ -210,3 +204,77 @@ def render_coverage(rows: list[dict[str, Any]], total: dict[str, int]) -> str:
         uploaded = "none (timed out or failed before packing?)" if r["packed"] is None else str(r["packed"])
         lines.append(f"| {r['shard']} | {r['planned']} | {r['done']} | {r['failed']} | {r['missing']} | {uploaded} |")
     return "\n".join(lines) + "\n"
+
+
+JOB_LIMIT_H = 70.0
+"""A shard's time limit in hours: the workflow's shard step stops at 4200 min (the job's 72 h, less 2 h to pack and
+upload what finished)."""
+
+
+def fitting_shards(pieces: list[tuple[list[Any], Any]], limit_s: float, gpus: int = 1, most: int = 512
+                   ) -> tuple[int, list[dict[str, Any]]] | None:
+    """The smallest N whose largest shard, at the paper's timings (`reference_cost`) spread over `gpus` GPUs per
+    shard, fits in `limit_s`, and that N's loads; None when even `most` shards do not (one training is longer)."""
+    groups = group_pieces(pieces)
+    if groups and max(g.cost for g in groups) > limit_s:  # a group never splits (over GPUs either: one run each)
+        return None
+    for n in range(1, most + 1):
+        loads = _loads(groups, n)
+        if max(s["reference_s"] for s in loads) / max(gpus, 1) <= limit_s:
+            return n, loads
+    return None
+
+
+def _loads(groups: list[Group], n: int) -> list[dict[str, Any]]:
+    where = assign(groups, n)
+    out = [{"shard": f"{s + 1}/{n}", "runs": 0, "reference_s": 0.0} for s in range(n)]
+    for g in groups:
+        out[where[g.key]]["runs"] += len(g.jobs)
+        out[where[g.key]]["reference_s"] += g.cost
+    return out
+
+
+def cost_summary(pieces: list[tuple[list[Any], Any]], n: int, limit_h: float = JOB_LIMIT_H, gpus: int = 1
+                 ) -> dict[str, Any]:
+    """The plan's cost at the paper's timings, the N shards' loads (each flagged when over `limit_h` on `gpus`
+    GPUs) and the smallest N that fits: what `paper_tables.py estimate` prints and the README quotes."""
+    from bench.estimate import job_facts
+
+    groups = group_pieces(pieces)
+    loads = _loads(groups, n)
+    for s in loads:
+        s["hours_per_gpu"] = s["reference_s"] / 3600 / max(gpus, 1)
+        s["over_limit"] = s["hours_per_gpu"] > limit_h
+    fit = fitting_shards(pieces, limit_h * 3600, gpus)
+    extrapolated = sorted({f"{run.job.method}/{run.job.variant}" for runs, _ in pieces for run in runs
+                           if _extrapolated(job_facts(run))})
+    runs = sum(len(g.jobs) for g in groups)
+    return {"runs": runs, "gpu_hours": sum(g.cost for g in groups) / 3600, "shards": loads, "limit_h": limit_h,
+            "gpus": gpus, "fits": fit[0] if fit else None,
+            "fit_largest_h": max(s["reference_s"] for s in fit[1]) / 3600 / max(gpus, 1) if fit else None,
+            "extrapolated": extrapolated}
+
+
+def _extrapolated(facts: Any) -> bool:
+    from bench.estimate import timed_variant
+
+    return timed_variant(facts.method, facts.variant, facts.backbone) is None
+
+
+def render_cost(summary: dict[str, Any]) -> str:
+    """The cost in three sentences (the README's figures are this text) and the shards over the limit."""
+    s, n = summary, len(summary["shards"])
+    largest = max(x["hours_per_gpu"] for x in s["shards"])
+    over = [x["shard"] for x in s["shards"] if x["over_limit"]]
+    gpus = f"{s['gpus']} GPU{'s' if s['gpus'] != 1 else ''} per shard"
+    text = (f"The plan is {s['runs']} runs, {s['gpu_hours']:.1f} GPU-hours at the paper's A40 timings (a training "
+            f"shared by two sweeps counted once). With {n} shard{'s' if n != 1 else ''} and {gpus} the largest "
+            f"shard takes {largest:.1f} h")
+    text += (f", over the {s['limit_h']:g} h limit (shard{'s' if len(over) > 1 else ''} {', '.join(over)})."
+             if over else f", within the {s['limit_h']:g} h limit.")
+    if s["fits"] is None:
+        text += " No shard count fits: one training alone is longer than the limit."
+    else:
+        text += (f" The smallest shard count that fits is {s['fits']} (largest shard {s['fit_largest_h']:.1f} h; "
+                 f"`matrix auto` picks it).")
+    return text + "\n"

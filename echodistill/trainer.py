@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch.profiler import record_function
 
-from bench.api import Concept, Diverged, Log
+from bench.api import Concept, Diverged, Log, offer_samples
 from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.training import Latents, TrainingBatches, load_pixels, templates_for
@@ -315,6 +315,9 @@ class Session:
     def run(self) -> EchoDistillModel:
         """Distillation, then the echo stage (or the teacher-first schedule); the final student with its views."""
         cfg = self.cfg
+        offer_samples(self.log, Sampler(self.student_unet, self.student_sched, self.vae, self.student_text, None,
+                                        cfg.eval_steps, 0.0, cfg.sample_batch_size, cfg.sample_dtype, None,
+                                        cfg.sampler))  # the live student, for `--sample-every` grids
         if cfg.teacher_first:
             self.teacher_first()
             return self._result(before=None)

@@ -170,3 +170,49 @@ def test_pack_keeps_only_the_runs_the_shard_owns_and_the_merge_says_what_is_miss
     assert code == 0 and f"**{len(theirs)} missing**" in coverage and "from shard(s) 2/2" in coverage
     assert "| 2/2 | " in coverage and "none (timed out" in coverage
     assert coverage in (tmp_path / "pub" / "tables" / "main.md").read_text()
+
+
+def test_the_readmes_cost_figures_are_what_the_script_prints(real_dreambench_root, tmp_path, capsys, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)  # no perf records here: the paper's timings, as the README says
+    code = load_script().main(["--profile", "paper", "--concepts", "all", "--seeds", "0", "--pieces", "all",
+                               "--results", str(tmp_path / "none"), "--data", str(real_dreambench_root),
+                               "--job-limit-h", "70", "--gpus-per-shard", "1", "estimate", "--shards", "4",
+                               "--summary"])
+    printed = capsys.readouterr().out.strip()
+    readme = (REPO / "README.md").read_text()
+    quoted = re.search(r"<!-- cost:begin -->\n> (.*?)\n<!-- cost:end -->", readme, re.S).group(1)
+    assert code == 0 and printed == quoted
+
+
+def test_check_names_every_role_without_weights_before_any_run(tmp_path, capsys):
+    """The weights manifest comes from the methods and profiles: a weights folder without FLUX.1 fails `check`,
+    naming OminiControl's roles and the folders expected; `--weights` flags cover every group the plan uses."""
+    from bench.manifest import manifest
+
+    module = load_script()
+    groups = manifest([(("ominicontrol", "ip_adapter_tcd", "echodistill"), "sd-turbo")])
+    for entry in groups:  # every role's files, but FLUX.1's
+        if entry.folder == "FLUX.1-schnell":
+            continue
+        for inside in entry.roles.values():
+            (tmp_path / "w" / entry.folder / inside).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "w" / "metrics" / "dinov2").mkdir(parents=True)
+    (tmp_path / "w" / "metrics" / "open_clip_model.safetensors").write_bytes(b"")
+    (tmp_path / "w" / "metrics" / "dinov2" / "model.safetensors").write_bytes(b"")
+    argv = ["--profile", "paper", "--weights", str(tmp_path / "w"), "--pieces", "main", "--methods",
+            "ominicontrol,ip_adapter_tcd,echodistill"]
+    code = module.main([*argv, "check"])
+    err = capsys.readouterr().err
+    expected = tmp_path / "w" / "FLUX.1-schnell" / "transformer"
+    assert code == 1 and "role flux_transformer" in err and str(expected) in err
+    assert "sdxl" not in err and "tcd_lora" not in err
+    (tmp_path / "w" / "FLUX.1-schnell").mkdir()
+    for inside in next(g for g in groups if g.folder == "FLUX.1-schnell").roles.values():
+        (tmp_path / "w" / "FLUX.1-schnell" / inside).mkdir(parents=True, exist_ok=True)
+    assert module.main([*argv, "check"]) == 0
+    piece = module.Piece("main", "run", ("ominicontrol", "ip_adapter_tcd"))
+    flags = module.weight_flags(str(tmp_path / "w"), "paper", piece)
+    named = {f.split("=")[0] for f in flags if "=" in f}
+    assert {"flux", "omini", "sdxl", "tcd_lora", "ip_adapter_sdxl"} <= named

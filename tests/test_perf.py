@@ -24,6 +24,7 @@ def test_perf_tiny_cpu(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     scoring = record["scoring"]
     assert scoring["images"] == 40 and scoring["seconds"] > 0 and scoring["suite"] == "tiny"
     assert "Scoring 40 images in one pass (suite tiny" in out
+    assert row["sample_grid_s"] > 0 and "Sample grid during training (`--sample-every N`" in out  # its cost
 
 
 def test_random_scorer_builds_the_suite_architecture_without_weights() -> None:

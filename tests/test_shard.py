@@ -122,7 +122,7 @@ def test_estimate_from_the_papers_timings(ctx, monkeypatch, capsys):
                    "paper")
     result = estimate(jobs, ctx, "some GPU", [])
     rows = {r["variant"]: r for r in result["rows"]}
-    assert {r["source"] for r in rows.values()} == {"paper"}
+    assert {r["source"] for r in rows.values()} == {"paper, extrapolated"}  # Table 5 times the default run only
     images = 25 * 4  # prompts x evaluation seeds (paper profile)
     # nfe1 trains (Table 5: 3137 s for 1000 iterations) and samples at 0.18 s/image; nfe2/nfe4 only sample
     assert rows["nfe1"]["hours_left"] == pytest.approx(3 * (3137 + 0.18 * images) / 3600)
@@ -222,3 +222,34 @@ def test_an_empty_shard_of_bench_run_exits_0_with_one_line(monkeypatch, capsys, 
                          "--data", dreambench_root, "--shard", f"{empty}/2")
     assert code == 0 and "nothing in this shard" in err, err
     assert not list(store.iter_records(tmp_path))
+
+
+def test_a_variant_the_paper_times_is_costed_from_its_own_row_and_the_others_are_labelled(ctx):
+    from bench.estimate import estimate
+
+    jobs = planned(ctx, ["custom_diffusion"], [("sd21", {}), ("default", {})], concepts(2), [0], "paper")
+    jobs += planned(ctx, ["echodistill"], [("drop_teacher", {})], concepts(2), [0], "paper")
+    rows = {r["variant"]: r for r in estimate(jobs, ctx, "some GPU", [])["rows"]}
+    images = 25 * 4
+    assert rows["sd21"]["hours_left"] == pytest.approx(2 * (345 + 2.73 * images) / 3600)  # SD 2.1's row: 618 s
+    assert rows["default"]["hours_left"] == pytest.approx(2 * (543 + 0.22 * images) / 3600)  # train 1, infer 1
+    assert rows["sd21"]["source"] == rows["default"]["source"] == "paper"
+    assert rows["drop_teacher"]["source"] == "paper, extrapolated"  # an ablation the paper does not time
+
+
+def test_estimate_flags_shards_over_the_job_limit_and_proposes_the_smallest_n(ctx):
+    from bench.shard import cost_summary, fitting_shards, render_cost
+
+    pairs = [(paper_plan(), ctx)]
+    whole = cost_summary(pairs, 1, limit_h=1e6)["gpu_hours"]
+    limit = whole / 3.5  # fits in 4 shards at the earliest (bounded loads), never in 3
+    summary = cost_summary(pairs, 2, limit_h=limit)
+    assert all(s["over_limit"] for s in summary["shards"])
+    n = summary["fits"]
+    assert n is not None and n >= 4
+    fit = fitting_shards(pairs, limit * 3600)
+    assert fit[0] == n and max(s["reference_s"] for s in fit[1]) / 3600 <= limit
+    assert max(s["reference_s"] for s in cost_summary(pairs, n - 1, limit_h=limit)["shards"]) / 3600 > limit
+    assert cost_summary(pairs, 2, limit_h=limit, gpus=4)["fits"] == 1 if whole / 4 <= limit else True
+    text = render_cost(summary)
+    assert f"smallest shard count that fits is {n}" in text and "over the" in text

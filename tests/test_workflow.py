@@ -32,7 +32,8 @@ def test_every_step_calls_the_project_script():
     assert all("\n" not in r.strip() for r in runs)  # one command per step: no shell logic in the workflow
     shard = workflow["jobs"]["shard"]
     assert any("shard" in r and "matrix.shard" in r for r in (s.get("run", "") for s in shard["steps"]))
-    assert workflow["jobs"]["merge"]["needs"] == "shard"
+    assert workflow["jobs"]["merge"]["needs"] == ["estimate", "shard"]
+    assert workflow.get("on", workflow.get(True))["workflow_dispatch"]["inputs"]["shards"]["default"] == "auto"
 
 
 def test_a_failed_or_timed_out_shard_still_packs_and_the_merge_publishes():
@@ -50,3 +51,15 @@ def test_a_failed_or_timed_out_shard_still_packs_and_the_merge_publishes():
     assert workflow["jobs"]["merge"]["if"] == "${{ always() }}"
     merge = next(s for s in workflow["jobs"]["merge"]["steps"] if "merge" in s.get("run", ""))
     assert "--shards" in merge["run"]
+
+
+def test_the_runner_layout_is_the_plans_weights_manifest(capsys):
+    from tests.test_paper_tables_script import load_script
+
+    assert load_script().main(["--profile", "paper", "manifest"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    text = WORKFLOW.read_text()
+    block = text[text.index("# weights-manifest:begin"):text.index("# weights-manifest:end")].splitlines()[1:]
+    assert [line.removeprefix("#   ") for line in block] == printed
+    for folder in ("FLUX.1-schnell", "OminiControl", "stable-diffusion-xl-base-1.0", "TCD-SDXL-LoRA"):
+        assert any(f"$WEIGHTS/{folder}:" in line for line in printed), folder  # every main-table method's weights

@@ -6,6 +6,8 @@
     python tools/paper_tables.py [options] shard K N                  run part K of N of every sweep of the plan
     python tools/paper_tables.py [options] pack DEST                  copy the records and loss logs (to upload)
     python tools/paper_tables.py [options] merge SRC... --into DEST   merge shards, then status, tables, report
+    python tools/paper_tables.py [options] slurm N [--partition P ...]  the plan as one SLURM job array, then tables
+    python tools/paper_tables.py [options] publish                   status, tables, report of one shared folder
 
 The plan is the paper's: every method's main run, the Custom Diffusion step grid, nine component ablations of
 EchoDistill, its NFE, teacher-first, one-shot and backbone variants (`pieces()`; `--pieces` picks some of them,
@@ -86,19 +88,12 @@ def pieces(main_methods: list[str]) -> list[Piece]:
             Piece("backbone", "ablate", backbone="hyper-sd15")]
 
 
-def weight_flags(root: str | None, profile: str, backbone: str) -> list[str]:
-    """`--weights GROUP=PATH` for the local weights folder (paper profile only; tiny builds its models)."""
-    if not root or profile != "paper":
-        return []
-    w = Path(root)
-    groups = {"image_encoder": w / "IP-Adapter", "dino1": w / "vit_small_patch16_224.dino",
-              "dinov2": w / "vit_large_patch14_dinov2.lvd142m"}
-    if backbone == "hyper-sd15":
-        groups |= {"student": w / "stable-diffusion-v1-5", "teacher": w / "stable-diffusion-v1-5",
-                   "hyper_lora": w / "Hyper-SD"}
-    else:
-        groups |= {"student": w / "sd-turbo", "teacher": w / "stable-diffusion-2-1"}
-    return [a for group, path in groups.items() for a in ("--weights", f"{group}={path}")]
+def weight_flags(root: str | None, profile: str, piece: Piece) -> list[str]:
+    """`--weights GROUP=PATH` for the local weights folder (paper profile only; tiny builds its models): every group
+    the piece's methods use on its backbone (`bench.manifest`, derived from the methods and the profiles)."""
+    from bench.manifest import weight_flags as flags
+
+    return flags(root, piece.methods, piece.backbone) if profile == "paper" else []
 
 
 def metric_weights_env(root: str | None, profile: str) -> dict[str, str]:
@@ -146,7 +141,7 @@ def build_plan(args: argparse.Namespace, check_images: bool) -> list[tuple[Piece
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = []
     for piece in selected(args):
-        weights = [w for w in weight_flags(args.weights, args.profile, piece.backbone) if w != "--weights"]
+        weights = [w for w in weight_flags(args.weights, args.profile, piece) if w != "--weights"]
         request = SweepRequest(methods=tuple(piece.methods), variants=tuple(piece.variant_list()),
                                concepts=args.concepts, seeds=tuple(seeds), profile=args.profile,
                                backbone=piece.backbone, data=Path(args.data) if args.data else None,
@@ -182,7 +177,7 @@ def estimate(args: argparse.Namespace) -> int:
     from bench.estimate import estimate as estimate_jobs
     from bench.estimate import render
     from bench.models.loading import default_device
-    from bench.shard import parse_shard, shard_loads, shard_pieces
+    from bench.shard import cost_summary, parse_shard, render_cost, shard_loads, shard_pieces
     from bench.timing import device_name
 
     part = parse_shard(args.shard) if args.shard else None
@@ -196,8 +191,18 @@ def estimate(args: argparse.Namespace) -> int:
         perf = [Path("results") / "perf", Path(args.results) / "perf"]
         rows += estimate_jobs(jobs, ctx, device, perf, paid)["rows"]
     total = {k: sum(r[k] for r in rows) for k in ("runs", "done", "failed", "left", "hours_left")}
-    result = {"device": device, "rows": rows, "total": total, **({"shards": loads} if loads else {})}
-    print(json.dumps(result, indent=1) if args.format == "json" else render(result, loads), end="")
+    cost = cost_summary(pairs, args.shards or 1, args.job_limit_h, args.gpus_per_shard)
+    result = {"device": device, "rows": rows, "total": total, **({"shards": loads} if loads else {}), "cost": cost}
+    if args.format == "json":
+        print(json.dumps(result, indent=1))
+    elif args.summary:
+        print(render_cost(cost), end="")
+    else:
+        print(render(result, loads) + "\n" + render_cost(cost), end="")
+        over = [s["shard"] for s in cost["shards"] if s["over_limit"]] if args.shards else []
+        for name in over:
+            print(f"warning: shard {name} is over the {args.job_limit_h:g} h limit; use "
+                  f"{cost['fits'] or 'more'} shards", file=sys.stderr)
     return 0
 
 
@@ -302,45 +307,120 @@ def publish_coverage(args: argparse.Namespace, out: Path) -> str | None:
 
 def merge(args: argparse.Namespace) -> int:
     """Merge the shards into DEST, then its status, every table (Markdown and CSV) and the report under --out."""
+    code = bench(["merge", *args.sources, "--into", args.into], metric_weights_env(args.weights, args.profile))
+    return code or publish(args, Path(args.into), Path(args.out or Path(args.into) / "published"))
+
+
+def publish(args: argparse.Namespace, into: Path, out: Path) -> int:
+    """Status, every table (Markdown and CSV), the report and the coverage of the results folder `into`."""
     env = metric_weights_env(args.weights, args.profile)
-    out = Path(args.out or Path(args.into) / "published")
-    steps = [["merge", *args.sources, "--into", args.into],
-             ["status", "--results", args.into, "--profile", args.profile]]
-    steps += [["table", "all", "--compare", "paper", "--format", fmt, "--results", args.into, "--profile",
+    steps = [["status", "--results", str(into), "--profile", args.profile]]
+    steps += [["table", "all", "--compare", "paper", "--format", fmt, "--results", str(into), "--profile",
                args.profile, "--out", str(out / "tables")] for fmt in ("md", "csv")]
     if not args.no_report:
-        steps.append(["report", "--results", args.into, "--profile", args.profile, "--out", str(out / "report"),
+        steps.append(["report", "--results", str(into), "--profile", args.profile, "--out", str(out / "report"),
                       *(["--data", args.data] if args.data else [])])
     for argv in steps:
         code = bench(argv, env)
         if code != 0:
             return code
+    args.into, args.sources = str(into), getattr(args, "sources", [])
     publish_coverage(args, out)
     return 0
 
 
+def forwarded(args: argparse.Namespace) -> list[str]:
+    """The plan's options, as a shard job on another node must be given them (paths made absolute)."""
+    out = ["--profile", args.profile, "--concepts", args.concepts, "--seeds", args.seeds, "--results",
+           str(Path(args.results).resolve()), "--pieces", args.pieces]
+    out += ["--data", str(Path(args.data).resolve())] if args.data else []
+    out += ["--weights", str(Path(args.weights).resolve())] if args.weights else []
+    return out + (["--methods", args.methods] if args.methods else [])
+
+
+@guarded
+def slurm(args: argparse.Namespace) -> int:
+    """The whole plan on a SLURM cluster: one job array of N shard jobs into one shared results folder
+    (`bench.cluster`), then (unless --no-wait) status, tables, report and coverage, as the CI merge job does."""
+    from bench.cluster import ClusterOptions, ShardTask, submit, wait
+
+    build_plan(args, check_images=True)  # every user mistake here, before anything is queued
+    opts = ClusterOptions(args.partition, args.time, args.gpus_per_job, args.cpus_per_job, args.mem, args.account,
+                          tuple(args.sbatch or ()), args.cluster, args.parallel)
+    env = {k: os.environ[k] for k in ("BENCH_MODULE", "PYTHONPATH", "HF_HUB_OFFLINE") if k in os.environ}
+    task = ShardTask(str(Path(__file__).resolve()), forwarded(args), args.n, args.shard_executor, env)
+    jobs = submit(task, opts, Path(args.results))
+    ids = ", ".join(str(j.job_id) for j in jobs)
+    print(f"submitted {len(jobs)} shard job(s) as one array ({ids}); logs in {Path(args.results) / '_slurm'}",
+          flush=True)
+    if args.no_wait:
+        print("when they have ended: python tools/paper_tables.py [the same options] publish", flush=True)
+        return 0
+    codes = wait(jobs, 2.0 if args.cluster == "local" else 30.0)
+    args.shards = args.n
+    for k, code in enumerate(codes, start=1):
+        print(f"shard {k}/{args.n}: exit {code}", flush=True)
+    out = Path(args.out or Path(args.results) / "published")
+    return publish(args, Path(args.results), out) or max(codes)
+
+
+def publish_results(args: argparse.Namespace) -> int:
+    """`publish`: status, tables, report and coverage of --results (after `slurm --no-wait`'s jobs ended)."""
+    args.sources = []
+    return publish(args, Path(args.results), Path(args.out or Path(args.results) / "published"))
+
+
 @guarded
 def check(args: argparse.Namespace) -> int:
-    """The dataset decodes and every weights folder the plan needs exists (paper profile), before any run."""
+    """The dataset decodes and every role the plan needs has its weights under --weights (paper profile), before
+    any run: each missing one is a line naming the role and the folder expected (exit 1)."""
     if args.data:
         code = bench(["data", "check", args.data], {})
         if code != 0:
             return code
-    needed = {flag.split("=", 1)[1] for piece in selected(args)
-              for flag in weight_flags(args.weights, args.profile, piece.backbone) if "=" in flag}
-    needed |= set(metric_weights_env(args.weights, args.profile).values())
-    missing = sorted(p for p in needed if not Path(p).exists())
-    for path in missing:
-        print(f"missing {path}", file=sys.stderr)
-    return 1 if missing else 0
+    from bench.manifest import manifest, missing
+
+    if args.profile != "paper" or not args.weights:
+        return 0
+    lines = missing(args.weights, manifest([(p.methods, p.backbone) for p in selected(args)]))
+    lines += [f"missing metric weights: expected {path}" for path in
+              sorted(metric_weights_env(args.weights, args.profile).values()) if not Path(path).exists()]
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 1 if lines else 0
 
 
+def show_manifest(args: argparse.Namespace) -> int:
+    """The runner layout of the plan's weights (`bench.manifest`): what the workflow file's header lists."""
+    from bench.manifest import layout, manifest
+
+    print("\n".join(layout(manifest([(p.methods, p.backbone) for p in selected(args)]))))
+    print("$WEIGHTS/metrics/open_clip_model.safetensors (CLIP ViT-L/14-336), "
+          "$WEIGHTS/metrics/dinov2/model.safetensors (the metrics' DINOv2)")
+    return 0
+
+
+@guarded
 def matrix(args: argparse.Namespace) -> int:
-    """`shards=[1, ..., N]`: one line for $GITHUB_OUTPUT, the workflow's shard matrix."""
-    if args.n < 1:
-        print(f"error: the number of shards must be >= 1, got {args.n}", file=sys.stderr)
+    """`shards=[1, ..., N]` and `n=N`: lines for $GITHUB_OUTPUT, the workflow's shard matrix. `auto`: the smallest N
+    whose largest shard fits the job limit on its GPUs (`bench.shard.fitting_shards`, the paper's timings)."""
+    if args.n == "auto":
+        from bench.shard import fitting_shards
+
+        fit = fitting_shards([(jobs, ctx) for _, jobs, ctx in build_plan(args, check_images=False)],
+                             args.job_limit_h * 3600, args.gpus_per_shard)
+        if fit is None:
+            print(f"error: no shard count fits the {args.job_limit_h:g} h limit: one training is longer; raise "
+                  f"--job-limit-h", file=sys.stderr)
+            return 2
+        n = fit[0]
+    elif args.n.isdigit() and int(args.n) >= 1:
+        n = int(args.n)
+    else:
+        print(f"error: the number of shards must be an integer >= 1 or auto, got {args.n}", file=sys.stderr)
         return 2
-    print(f"shards={json.dumps(list(range(1, args.n + 1)))}")
+    print(f"shards={json.dumps(list(range(1, n + 1)))}")
+    print(f"n={n}")
     return 0
 
 
@@ -355,16 +435,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=env("WEIGHTS"), help="local weights folder (paper profile)")
     p.add_argument("--pieces", default=env("PIECES", "all"), help="comma-separated piece names, or all")
     p.add_argument("--methods", default=env("METHODS"), help="methods of the main piece (default: every method)")
+    p.add_argument("--job-limit-h", type=float, default=float(env("JOB_LIMIT_H", "70")),
+                   help="hours a shard may run (the workflow's shard step: 70)")
+    p.add_argument("--gpus-per-shard", type=int, default=int(env("GPUS_PER_SHARD", "1")),
+                   help="GPUs each shard's runner has (its runs spread over them)")
     sub = p.add_subparsers(dest="step", required=True)
     sub.add_parser("check", help="the dataset and the weights are there")
+    sub.add_parser("manifest", help="the weights the plan needs: the runner layout")
     pk = sub.add_parser("pack", help="copy records and loss logs into DEST")
     pk.add_argument("dest")
     pk.add_argument("--shard", default=None, help="K/N: only the runs shard K owns under the current plan")
-    sub.add_parser("matrix", help="the shard matrix for N shards").add_argument("n", type=int)
+    sub.add_parser("matrix", help="the shard matrix for N shards (or auto)").add_argument("n")
     e = sub.add_parser("estimate", help="runs, done and GPU-hours left for the plan")
     e.add_argument("--shards", type=int, default=None, help="also show how N shards split the plan")
     e.add_argument("--shard", default=None, help="only part K/N of the plan, e.g. 2/4")
     e.add_argument("--format", choices=("md", "json"), default="md")
+    e.add_argument("--summary", action="store_true", help="only the cost in sentences (what the README quotes)")
     s = sub.add_parser("shard", help="run shard K of N")
     s.add_argument("k", type=int)
     s.add_argument("n", type=int)
@@ -376,6 +462,27 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default=None, help="where tables/ and report/ go (default INTO/published)")
     m.add_argument("--no-report", action="store_true", help="tables only")
     m.add_argument("--shards", type=int, default=None, help="N, when no shard uploaded its shard.json")
+    c = sub.add_parser("slurm", help="the whole plan as one SLURM job array of N shards, then the tables")
+    c.add_argument("n", type=int, help="shards (array tasks)")
+    c.add_argument("--partition", default=env("SLURM_PARTITION"))
+    c.add_argument("--time", type=int, default=int(env("SLURM_TIME", "4320")), help="minutes per shard job")
+    c.add_argument("--gpus-per-job", type=int, default=int(env("SLURM_GPUS", "1")))
+    c.add_argument("--cpus-per-job", type=int, default=None)
+    c.add_argument("--mem", default=env("SLURM_MEM"), help="memory per job, e.g. 64G")
+    c.add_argument("--account", default=env("SLURM_ACCOUNT"))
+    c.add_argument("--sbatch", action="append", help="extra sbatch option KEY=VALUE (repeatable), e.g. qos=high")
+    c.add_argument("--parallel", type=int, default=None, help="at most this many shard jobs at once")
+    c.add_argument("--cluster", choices=("slurm", "local"), default="slurm",
+                   help="local: the same job array on this machine (submitit's LocalExecutor)")
+    c.add_argument("--shard-executor", default="gpus", help="how a job runs its shard (gpus: one worker per GPU)")
+    c.add_argument("--no-wait", action="store_true", help="submit and return; `publish` once the jobs ended")
+    c.add_argument("--no-report", action="store_true", help="tables only")
+    c.add_argument("--out", default=None, help="where tables/ and report/ go (default RESULTS/published)")
+    c.add_argument("--shards", type=int, default=None, help=argparse.SUPPRESS)
+    pb = sub.add_parser("publish", help="status, tables, report and coverage of --results (one shared folder)")
+    pb.add_argument("--no-report", action="store_true", help="tables only")
+    pb.add_argument("--out", default=None, help="where tables/ and report/ go (default RESULTS/published)")
+    pb.add_argument("--shards", type=int, default=None, help="N of the plan's shards, for the coverage table")
     return p
 
 
@@ -383,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if os.environ.get("BENCH_MODULE"):  # e.g. tests.fake_bench: registers a test-only method on import
         importlib.import_module(os.environ["BENCH_MODULE"])
-    steps = {"check": check, "matrix": matrix, "pack": pack, "estimate": estimate, "shard": shard, "merge": merge}
+    steps = {"check": check, "matrix": matrix, "pack": pack, "estimate": estimate, "shard": shard, "merge": merge,
+             "slurm": slurm, "publish": publish_results, "manifest": show_manifest}
     return steps[args.step](args)
 
 

@@ -51,8 +51,19 @@ def from_pretrained(cls: Any, comp: Component) -> Any:
         kwargs["use_safetensors"] = True  # weights are safetensors only: never unpickle a .bin
     if is_local(comp):
         return cls.from_pretrained(comp.source, **kwargs)
-    with offline_mode(hub_offline()):
+    offline = hub_offline()
+    if offline:  # from the cache only: diffusers asks the hub about a sharded checkpoint unless told not to
+        kwargs["local_files_only"] = True
+    with offline_mode(offline):
         return cls.from_pretrained(comp.source, **kwargs)
+
+
+def in_hub_cache(source: str) -> bool:
+    """True when the hub cache holds a snapshot of the repository `source` (looked at, not guessed)."""
+    from huggingface_hub import constants
+
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{source.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any(snapshots.iterdir())
 
 
 def hub_file(comp: Component) -> Path:
@@ -62,8 +73,9 @@ def hub_file(comp: Component) -> Path:
         return path / comp.file if path.is_dir() and comp.file else path
     from huggingface_hub import hf_hub_download
 
-    with offline_mode(hub_offline()):
-        return Path(hf_hub_download(comp.source, comp.file))
+    offline = hub_offline()
+    with offline_mode(offline):
+        return Path(hf_hub_download(comp.source, comp.file, local_files_only=offline))
 
 
 def pretrained_tokenizer(comp: Component) -> Any:

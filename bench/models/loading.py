@@ -16,7 +16,15 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.hub import hub_offline, offline_mode, quiet_libraries, quiet_loading  # noqa: F401 (re-exported)
-from bench.models.component import CONFIGS, Component, from_pretrained, hub_file, is_local, pretrained_tokenizer
+from bench.models.component import (
+    CONFIGS,
+    Component,
+    from_pretrained,
+    hub_file,
+    in_hub_cache,
+    is_local,
+    pretrained_tokenizer,
+)
 from bench.models.profiles import Profile
 
 _PRISTINE: dict[tuple, Any] = {}
@@ -110,8 +118,10 @@ def load_component(profile: Profile, role: str, device: Any) -> Any:
     except BenchError:
         raise
     except Exception as err:  # hub errors, missing files, bad configs: all become one actionable line
-        if not Path(comp.source).exists() and hub_offline():
-            reason = "not in the local hub cache, and the hub is unreachable"
+        if not Path(comp.source).exists() and hub_offline() and not in_hub_cache(comp.source):
+            from huggingface_hub import constants
+
+            reason = f"not in the local hub cache ({constants.HF_HUB_CACHE}), and the hub is unreachable"
         else:
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise BenchError(

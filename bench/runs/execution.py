@@ -30,6 +30,7 @@ from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.loss_log import JsonlLog
 from bench.runs.planned import PlannedRun, triage
 from bench.runs.planning import ATTEMPT, EVAL_VERSION, Context, Job, load_concept
+from bench.tracking import open_observer
 
 STATUSES = ("done", "failed", "skipped", "kept_failed", "locked", "lost_lock", "crashed", "submitted")
 
@@ -91,9 +92,10 @@ def execute_job(run: PlannedRun, ctx: Context, on_step: Callable | None = None) 
         set_fields(record, dataset=dataset_of(job.concept, ctx.data), attempts=attempts,
                    resumed_from=resumed_from or None, training_hash=run.training_hash)
         donor = find_trained(run, ctx)
+        observer = open_observer(ctx.tracking, record, partial, ctx.results, concept, run.profile.eval_seeds)
         try:
             set_fields(record, **_train_and_evaluate(run, ctx, concept, partial, on_step, resumed=resumed_from,
-                                                     donor=donor))
+                                                     donor=donor, observer=observer))
             set_fields(record, status="done")
         except BenchError:
             from bench.models.checkpoint import find_checkpoints
@@ -109,6 +111,9 @@ def execute_job(run: PlannedRun, ctx: Context, on_step: Callable | None = None) 
             (partial / "traceback.txt").write_text(traceback.format_exc())
             set_fields(record, status="failed", reason=f"{type(err).__name__}: {err}".strip()[:500],
                        diverged=isinstance(err, Diverged), traceback="traceback.txt")
+        finally:
+            if observer is not None:  # final scores and status to the trackers; never raises
+                observer.close(record)
         shutil.rmtree(partial / "work", ignore_errors=True)  # checkpoints are for kills, not for results
         (partial / ATTEMPT).unlink(missing_ok=True)
         set_fields(record, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -156,7 +161,7 @@ def _stage(run_dir: Path, config_hash: str, resume: bool) -> tuple[Path, int, di
     except (OSError, ValueError):
         previous = None
     keep = resume and isinstance(previous, dict) and previous.get("config_hash") == config_hash
-    partial = store.staging_dir(run_dir, ("work", "loss_log.jsonl", ATTEMPT) if keep else ())
+    partial = store.staging_dir(run_dir, ("work", "loss_log.jsonl", "samples", ATTEMPT) if keep else ())
     attempts = int(previous.get("attempts", 1)) + 1 if keep else 1
     store.write_json_atomic(partial / ATTEMPT, {"config_hash": config_hash, "attempts": attempts,
                                                 "pid": os.getpid(), "host": os.uname().nodename})
@@ -186,7 +191,8 @@ def _evaluated(evaluation: dict[str, Any], views: dict[str, Any], timing: dict[s
 
 
 def _train_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, run_dir: Path, on_step: Callable | None,
-                        resumed: dict[str, int] | None = None, donor: Path | None = None) -> dict[str, Any]:
+                        resumed: dict[str, int] | None = None, donor: Path | None = None, observer: Any = None
+                        ) -> dict[str, Any]:
     import torch
 
     from bench.models.loading import Models
@@ -207,15 +213,19 @@ def _train_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, run_dir
         return _sample_trained(run, ctx, concept, method, models, run_dir, donor)
     if not run.trains:
         return _prepare_and_evaluate(run, ctx, concept, method, models, run_dir)
-    clock = AttemptClock(run_dir / "work", resumed or None, lambda: models.load_seconds)
-    log = JsonlLog(run_dir / "loss_log.jsonl")
+
+    def not_training() -> float:  # model loading and sample grids (`--sample-every`) are not training time
+        return models.load_seconds + (observer.sample_seconds if observer else 0.0)
+
+    clock = AttemptClock(run_dir / "work", resumed or None, not_training)
+    log = JsonlLog(run_dir / "loss_log.jsonl", observer=observer)
     log.on_step = clock.steps(log, on_step)
     try:
         with Stopwatch(models.device) as sw:
             trained = method.train(concept, models, run_dir / "work", job.seed, log)
     finally:
         log.close()
-    attempts = clock.finish(max(sw.seconds - models.load_seconds, 0.0), log.iterations)  # loading is not training
+    attempts = clock.finish(max(sw.seconds - not_training(), 0.0), log.iterations)
     train_s, iterations = across_attempts(attempts, run_dir / "loss_log.jsonl", log.iterations)
     trained.save(run_dir / "weights")
     evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)

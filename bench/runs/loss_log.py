@@ -6,23 +6,32 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from bench.tracking.live import ProgressFile
 
 
 class JsonlLog:
-    """The `Log` a method writes to: one JSON line per iteration, and a callback for live progress.
+    """The `Log` a method writes to: one JSON line per iteration, a callback for live progress, and an `observer`
+    (`bench.tracking.observer.TrainingObserver`: trackers, sample grids) told of every row after it is written.
 
     A resumed attempt appends to the interrupted attempt's log and repeats the iterations after its checkpoint;
     `close` keeps the last row of each (phase, iteration), so the log reads as one uninterrupted run.
     """
 
-    def __init__(self, path: Path, on_step: Callable[[str, int, int, dict], None] | None = None) -> None:
-        self.path, self.on_step = path, on_step
+    def __init__(self, path: Path, on_step: Callable[[str, int, int, dict], None] | None = None,
+                 observer: Any = None) -> None:
+        self.path, self.on_step, self.observer = path, on_step, observer
+        self.progress = ProgressFile(path.parent)  # for `bench status --watch`; removed when training ends
         self.phase, self.total, self.iterations = "train", 0, 0
         self._appended = path.exists() and path.stat().st_size > 0
         self._file = open(path, "a", buffering=1)  # line-buffered: readable while the run goes
 
     def begin(self, phase: str, total: int) -> None:
         self.phase, self.total = phase, total
+        self.progress.begin(phase, total)
+        if self.observer:
+            self.observer.begin(phase, total)
         if self.on_step:
             self.on_step(phase, 0, total, {})
 
@@ -30,11 +39,20 @@ class JsonlLog:
         self.iterations += 1
         row = {"phase": self.phase, "iteration": iteration, **{k: float(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(row) + "\n")
+        self.progress.step(iteration, scalars)
+        if self.observer:
+            self.observer.step(self.phase, iteration, scalars)
         if self.on_step:
             self.on_step(self.phase, iteration + 1, self.total, scalars)
 
+    def sample_from(self, model: Any) -> None:
+        """The model being trained, offered by the method (`bench.api.offer_samples`) for `--sample-every`."""
+        if self.observer:
+            self.observer.sample_from(model)
+
     def close(self) -> None:
         self._file.close()
+        self.progress.close()
         if self._appended:
             compact_loss_log(self.path)
 

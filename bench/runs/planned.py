@@ -32,6 +32,7 @@ from bench.runs.planning import (
     resolve_config,
     training_hash,
 )
+from bench.tracking import Tracking
 
 
 @dataclass(eq=False)
@@ -194,6 +195,8 @@ class SweepRequest:
     class_noun: str | None = None
     speed: tuple[str, ...] = ()
     """`--speed KEY=VALUE` items."""
+    tracking: Tracking | None = None
+    """`--report-to` trackers and `--sample-every` (`bench.tracking`); None: nothing watches the runs."""
 
     def __post_init__(self) -> None:  # lists from a caller are kept as tuples: a request never changes
         for name in ("methods", "variants", "seeds", "weights", "speed"):
@@ -228,7 +231,7 @@ def prepare(request: SweepRequest, check_images: bool = True) -> tuple[list[Plan
     ctx = Context(data=root, results=Path(r.results), suite=suite, device=r.device, weights=weight_map,
                   force=r.force, resume=r.resume, retry_failed=r.retry_failed,
                   speed=dataclasses.asdict(parse_speed(list(r.speed))),
-                  profiles={(r.profile, r.backbone): profile}, suite_info=suite_info)
+                  tracking=r.tracking, profiles={(r.profile, r.backbone): profile}, suite_info=suite_info)
     if r.concept_dir is not None:
         if not r.class_noun:
             raise BenchError("--concept-dir needs --class-noun (e.g. --class-noun dog)")

@@ -19,6 +19,7 @@ from bench.config import build, stable_hash, to_dict, training_fields
 from bench.naming import unknown
 from bench.record import RunRecord, SuiteRef, VariantName
 from bench.registry import get_method
+from bench.tracking import Tracking
 
 ATTEMPT = "attempt.json"
 """In a `.partial` folder: which config hash the attempt is for and how many attempts there were."""
@@ -66,6 +67,8 @@ class Context:
     """Re-run runs recorded as failed (with the same config hash); by default they are kept and reported."""
     speed: dict[str, str] = field(default_factory=dict)
     """Speed switches (`bench.models.speed.Speed` fields); recorded with each run, not part of its hash."""
+    tracking: Tracking | None = None
+    """Trackers and sample grids (`--report-to`, `--sample-every`); not part of any hash."""
     profiles: dict[tuple[str, str], Any] = field(default_factory=dict)
     """(profile, backbone) -> its resolved `bench.models.profiles.Profile` (with `weights`), each resolved once by
     `prepare` / `plan_runs`; planned runs carry their method's part of it."""
