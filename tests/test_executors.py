@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import store
-from tests.helpers import bench
+from tests.helpers import bench, include_fake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,12 +187,7 @@ def test_slurm_local_cluster_end_to_end(dreambench_root, tmp_path, monkeypatch, 
     """The same submission run through submitit's LocalExecutor: a separate process per run, then the records. The
     method comes in as a plug-in does (`--include`), the jobs find it through $BENCH_INCLUDE."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setenv("BENCH_INCLUDE", "")
-    monkeypatch.setattr("bench.plugins._discovered", set())
-    monkeypatch.setattr("bench.registry.METHODS", {})
-    from bench import plugins, registry
-
-    plugins.include([str(REPO / "tests" / "fake_method.py")], registry.METHODS)
+    include_fake(monkeypatch)
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,teapot", "--data",
                          dreambench_root, "--results", tmp_path, "--executor", "slurm", "--cluster", "local",
                          "--gpus-per-job", "0", "--time", "10", "--slurm-array")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import bench
+from tests.helpers import bench, include_fake
 
 ECHO = ["--method", "echodistill", "--concepts", "dog", "--set", "iterations=4", "--set", "echo_iters=2",
         "--set", "echo_samples=2"]
@@ -267,7 +267,7 @@ def test_tracking_reaches_worker_processes_and_changes_no_hash(dreambench_root, 
     """`--executor gpus` (CPU workers here): the tracker options travel with the run request to each worker; the
     run's config hash is the one of an untracked run."""
     pytest.importorskip("tensorboard")
-    _fake(monkeypatch)
+    include_fake(monkeypatch)  # workers find plug-ins through $BENCH_INCLUDE
     args = ["run", "--method", "fake", "--concepts", "dog", "--data", dreambench_root]
     code, _, err = bench(monkeypatch, capsys, *args, "--results", tmp_path / "a", "--report-to", "tensorboard",
                          "--executor", "gpus", "--workers", "1", "--device", "cpu")
