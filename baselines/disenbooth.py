@@ -23,8 +23,10 @@ the harness's centre-cropped square photos (the reference resizes the short side
 image encoder is the profile's IP-Adapter `models/image_encoder` -- the same OpenCLIP ViT-H/14 weights in
 transformers' format, whose `image_embeds` are open_clip's `encode_image`. SD-Turbo's text encoder is SD 2.1's
 OpenCLIP-H (1024-d), the reference's own, so the adapter keeps its width; a backbone whose text width differs from
-the image embedding (hyper-sd15: 768) is refused. The paper takes DisenBooth's reference photos from TextBoost's
-preprocessed DreamBench copy: that is a data option of the harness (`--data`), not of this method.
+the image embedding (hyper-sd15: 768) is refused. The paper takes DisenBooth's reference photos "from the training
+dataset in TextBoost": TextBoost's one-shot DreamBench split (`data/dreambooth_n1.txt`, one listed photo per
+subject, unchanged), which this method's `reference_set="textboost_n1"` (default) picks from the DreamBench photos
+(`bench.data_textboost`); `reference_set="all"` (variant `all_photos`) trains on every photo.
 
 Saved as `pytorch_lora_weights.safetensors` (diffusers LoRA format: `pipe.load_lora_weights(dir)`) and
 `disenbooth_adapter.safetensors` (the adapter under the released module's key names, so the released

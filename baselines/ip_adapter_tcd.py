@@ -6,6 +6,7 @@ base 1.0, its scheduler replaced by `TCDScheduler` (same config), the TCD LoRA `
 fused, the SDXL IP-Adapter of `h94/IP-Adapter` (`sdxl_models/ip-adapter_sdxl`, image encoder
 `sdxl_models/image_encoder`) at scale 0.5, guidance 0 and gamma (`eta`) 0.3. The TCD example samples 4 steps;
 the paper's row samples one (Table 5, inference NFE 1), so `sample_steps` is 1 and the `tcd4` variant has 4.
+Its prompt begins "best quality, high quality, ", and so do ours (`prompt_prefix`; variant `no_prefix` without).
 
 Everything goes through diffusers' own classes and loaders: `StableDiffusionXLPipeline` over the profile's
 components, `load_lora_weights` + `fuse_lora` (then `unload_lora_weights`: the fused weights stay, the LoRA layers
@@ -40,6 +41,8 @@ CONDITIONING = ("first", "each", "mean")
 RANDOM_ADAPTER_SEED = 0
 """paper-random: the seed of the random IP-Adapter weights (the same in `prepare` and `load`)."""
 EMBEDS_FILE = "image_embeds.safetensors"
+PROMPT_PREFIX = "best quality, high quality, "
+"""The TCD repository's IP-Adapter example prompt begins so (IP-Adapter's own SDXL demos too)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class IPAdapterTCDConfig:
     """TCD's gamma (`eta` of `TCDScheduler.step`): stochasticity of each step (TCD example: 0.3). Sampling-only."""
     sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps (paper Table 5: one; the TCD example: 4, variant `tcd4`). Sampling-only."""
+    prompt_prefix: str = field(default=PROMPT_PREFIX, metadata=SAMPLING_ONLY)
+    """Put before every prompt: the TCD example's "best quality, high quality, " (its prompt is "best quality, high
+    quality, wearing sunglasses"), so "best quality, high quality, a dog in the jungle"; "" = the bare prompt
+    (variant `no_prefix`). CLIP-T scores the class prompt without it either way. Sampling-only."""
     guidance: float = field(default=0.0, metadata=SAMPLING_ONLY)
     """Classifier-free guidance scale; 0 as TCD samples (no unconditional branch). Sampling-only."""
     sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
@@ -90,6 +97,7 @@ class IPAdapterTCD:
         "each": {"conditioning": "each"},
         "mean": {"conditioning": "mean"},
         "tcd4": {"sample_steps": 4},
+        "no_prefix": {"prompt_prefix": ""},
     }
 
     def __init__(self, config: IPAdapterTCDConfig) -> None:
@@ -120,6 +128,7 @@ def build_pipeline(models: Any, config: IPAdapterTCDConfig) -> Any:
     files are resolved first, so a missing one is the error named (before SDXL loads)."""
     from diffusers import StableDiffusionXLPipeline
 
+    from bench.models.lora_check import check_lora_complete
     from bench.models.tcd import ip_adapter_state, nested_ip_state
 
     adapter, lora, encoder = models.ip_adapter_sdxl, models.tcd_lora, models.sdxl_image_encoder
@@ -130,6 +139,8 @@ def build_pipeline(models: Any, config: IPAdapterTCDConfig) -> Any:
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:  # None on paper-random: a random UNet has nothing to distil
         pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="tcd")
+        check_lora_complete(lora, {"unet": pipe.unet, "text_encoder": pipe.text_encoder,
+                                   "text_encoder_2": pipe.text_encoder_2}, "tcd")  # all of it, or one line
         pipe.fuse_lora()
         pipe.unload_lora_weights()  # the fused weights stay; sampling runs a plain UNet
     if adapter is not None:
@@ -201,7 +212,8 @@ class IPAdapterTCDModel:
         if cfg.guidance > 1:  # the unconditional half first, zeros as diffusers' `encode_image` gives it
             embeds = torch.cat([torch.zeros_like(embeds), embeds])
         with autocast(device, cfg.sample_dtype), record_function("bench/generate"):
-            out = pipe(prompt=prompts, height=size * pipe.vae_scale_factor, width=size * pipe.vae_scale_factor,
+            out = pipe(prompt=[cfg.prompt_prefix + p for p in prompts], height=size * pipe.vae_scale_factor,
+                       width=size * pipe.vae_scale_factor,
                        num_inference_steps=steps, guidance_scale=cfg.guidance, eta=cfg.eta, generator=generators,
                        latents=latents, ip_adapter_image_embeds=[embeds], output_type="latent")
         with record_function("bench/generate"):  # float32 decode: SDXL's VAE overflows in fp16

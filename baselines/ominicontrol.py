@@ -44,6 +44,11 @@ class OminiControlConfig:
     """Which reference photo(s) condition the model: "first" (default; the paper does not say, and OminiControl
     takes one photo) or "each" (every photo in turn across the evaluation images). "mean" is refused: the
     condition is the photo's VAE tokens, and an average of two photos' latents is a blend of both, not the subject."""
+    lora_file: str = "omini/subject_512.safetensors"
+    """The subject LoRA of `Yuanshi/OminiControl`: "omini/subject_512.safetensors" (default: the current release,
+    which the repository's subject example loads; "fine-tuned on a larger dataset") or
+    "experimental/subject.safetensors" (the README: "the model used in the paper"; variant `paper_lora`, with its
+    position shift (0, -32)). Both are read from the `--weights omini=` source."""
     position_delta: tuple[int, int] | None = None
     """(row, column) shift of the condition tokens' rotary positions; None = (0, width in tokens), the released
     (0, 32) of `omini/subject_512` at 512 px (the paper's earlier `experimental/subject` LoRA used (0, -32))."""
@@ -62,12 +67,19 @@ class OminiControlConfig:
     max_sequence_length: int = field(default=512, metadata=SAMPLING_ONLY)
     """T5 prompt tokens (the released `generate` and FluxPipeline: 512). Sampling-only."""
     sample_dtype: str = field(default="auto", metadata=SAMPLING_ONLY)
-    """Sampling precision: "auto" = bf16 on CUDA (the released examples; FLUX overflows in fp16) and float32 on
-    CPU, "none" (float32) or "bf16". Sampling-only."""
+    """Sampling precision: "auto" = bf16 autocast on CUDA (the released examples; FLUX overflows in fp16), none on
+    CPU; "none" (no autocast: each model computes in the dtype it loaded in, the FLUX.1 transformer and T5 in bf16
+    on `paper`, everything in float32 on `tiny`) or "bf16" (autocast on any device). Inputs are cast to each
+    model's dtype where they cross from one model to the next, so every value works on every device.
+    Sampling-only."""
     sample_batch_size: int = 8
     """Images per transformer call."""
 
     def __post_init__(self) -> None:
+        from bench.models.flux import OMINI_LORA_FILES
+
+        if self.lora_file not in OMINI_LORA_FILES:
+            raise ValueError(f"lora_file must be one of {', '.join(OMINI_LORA_FILES)}, not '{self.lora_file}'")
         if self.conditioning == "mean":
             raise ValueError("conditioning 'mean' is not meaningful for OminiControl: it conditions on one photo's "
                              "VAE tokens, and averaging photos' latents blends them; valid: first, each")
@@ -98,7 +110,9 @@ class OminiControl:
     base_model: ClassVar[str] = "Flux"
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = OminiControlConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "each": {"conditioning": "each"}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {}, "each": {"conditioning": "each"},
+        "paper_lora": {"lora_file": "experimental/subject.safetensors", "position_delta": (0, -32)}}
 
     def __init__(self, config: OminiControlConfig) -> None:
         self.config = config
@@ -108,7 +122,9 @@ class OminiControl:
 
         photos = sorted(concept.images, key=lambda p: p.name)
         photos = photos[:1] if self.config.conditioning == "first" else photos
-        lora = models.omini_lora  # first: a missing adapter is named before the large models load
+        from bench.models.flux import omini_lora_path
+
+        lora = omini_lora_path(models, self.config.lora_file)  # first: a missing file is named before FLUX loads
         pipe = _pipeline(models)
         if lora is None:  # paper-random: a random adapter of the released shape
             from peft import LoraConfig
@@ -239,7 +255,10 @@ def _pipeline(models: Any) -> Any:
 def _load_adapter(pipe: Any, folder: Path, weight_name: str) -> None:
     """diffusers' own loader, as the released examples call it (`pipe.load_lora_weights(..., adapter_name=
     "subject")`); the adapter stays unfused, since it must act on the condition tokens only."""
+    from bench.models.lora_check import check_lora_complete
+
     pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=ADAPTER)
+    check_lora_complete(Path(folder) / weight_name, {"transformer": pipe.transformer}, ADAPTER)
     pipe.transformer.requires_grad_(False)
 
 
@@ -329,6 +348,9 @@ def condition_forward(transformer: Any, latents: torch.Tensor, text: torch.Tenso
     velocity. Text and image tokens take the frozen layers and `timestep` (0..1); condition tokens (B, M, 64)
     take the LoRA and `cond_timestep`. Without `cond` it computes exactly what `transformer(...)` does."""
     tr = transformer
+    out_dtype, dtype = latents.dtype, tr.dtype  # the boundary: CLIP's pooled vector is float32 beside a bf16 FLUX.1
+    latents, text, pooled = latents.to(dtype), text.to(dtype), pooled.to(dtype)
+    cond = None if cond is None else cond.to(dtype)
 
     def temb(t: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
         t = t.to(latents.dtype) * 1000
@@ -351,4 +373,4 @@ def condition_forward(transformer: Any, latents: torch.Tensor, text: torch.Tenso
     for block in tr.single_transformer_blocks:
         _single_block(block, single, rope)
     image = single[0][0][:, txt.shape[1]:]
-    return tr.proj_out(tr.norm_out(image, main_temb))
+    return tr.proj_out(tr.norm_out(image, main_temb)).to(out_dtype)

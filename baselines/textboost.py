@@ -38,10 +38,11 @@ from baselines.textboost_data import (
     PriorPrompts,
     read_prompt_file,
 )
-from bench.api import BenchError, Concept, Log
-from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
+from bench.api import DEFAULT_PHRASE, BenchError, Concept, Log
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
+from bench.models.checkpoint import stable_lora_metadata
 from bench.models.loop import DenoisingLoop, Step
 from bench.models.recipe import ALL_PHOTOS, check_lora, check_recipe, check_word
 from bench.models.sampling import Numerics
@@ -54,6 +55,8 @@ TextBoost's five short ones."""
 TIMESTEPS = (*TIMESTEP_POLICIES, SNR_WEIGHTED)
 INITS = ("released", "class")
 KPL_TYPES = ("cos", "mse")
+EVAL_PHRASES = ("released", "joined")
+"""`eval_phrase`: the reference evaluation's "<tb_0> dog <tb_1> dog", or "<tb_0> <tb_1> dog"."""
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 RELEASED_INIT_WORDS = {
@@ -133,6 +136,11 @@ class TextBoostConfig(Numerics):
     every photo of the concept."""
     fuse: bool = True
     """Fuse the adapter into the text encoder before sampling (plain encoder, same images within rounding)."""
+    eval_phrase: str = field(default="released", metadata=SAMPLING_ONLY)
+    """What stands for the concept in evaluation prompts: "released" = each vector followed by the class noun
+    ("a <tb_0> dog <tb_1> dog in the jungle", the reference's `eval_dreambooth.py` with its default token format
+    "<INSTANCE> SUBJECT"), "joined" = the vectors, then the class noun once ("a <tb_0> <tb_1> dog in the jungle").
+    The same for a one-vector token. Sampling-only."""
     sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
@@ -148,6 +156,8 @@ class TextBoostConfig(Numerics):
                                    ("kpl_type", self.kpl_type, KPL_TYPES)):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}, not '{value}'")
+        if self.eval_phrase not in EVAL_PHRASES:
+            raise ValueError(f"eval_phrase must be one of {', '.join(EVAL_PHRASES)}, not '{self.eval_phrase}'")
         check_reference_set(self.reference_set)
         check_lora(self, "q_proj")
         if self.emb_lr <= 0:
@@ -332,6 +342,8 @@ class TextBoost:
     def load(self, weights_dir: Path, models: Any) -> TextBoostModel:
         from diffusers import StableDiffusionPipeline
 
+        from bench.models.lora_check import check_lora_complete
+
         parts = models.pipeline_parts()
         tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
         files = sorted((p for p in weights_dir.glob("*.safetensors") if p.name != LORA_FILE), key=_token_order)
@@ -341,6 +353,7 @@ class TextBoost:
                                                                           return_lora_metadata=True)
         StableDiffusionPipeline.load_lora_into_text_encoder(state, alphas, text_encoder, prefix="text_encoder",
                                                             adapter_name="default", metadata=metadata)
+        check_lora_complete(weights_dir / LORA_FILE, {"text_encoder": text_encoder}, "default")
         text_encoder.requires_grad_(False)
         return TextBoostModel(self.config, parts, vectors, tokens)
 
@@ -358,6 +371,11 @@ def _augmentation_vector_names(tokens: list[str]) -> set[str]:
     return {t for t in tokens if t in AUGMENTATION_TOKENS or t.rpartition("_")[0] in stems}
 
 
+def released_phrase(vectors: list[str]) -> str:
+    """The reference evaluation's phrase, as an `eval_phrase` format: "<tb_0> {class_noun} <tb_1> {class_noun}"."""
+    return " ".join(f"{vector} {{class_noun}}" for vector in vectors)
+
+
 class TextBoostModel:
     """The personalised model: SD-Turbo with the adapted text encoder and the new tokens."""
 
@@ -366,13 +384,14 @@ class TextBoostModel:
         from peft.utils import get_peft_model_state_dict
 
         self.config, self.parts, self.tokens = config, parts, tokens
-        self.identifier = " ".join(vectors)  # "<tb_0> <tb_1>": prompts read "a <tb_0> <tb_1> dog"
+        self.identifier = " ".join(vectors)  # "<tb_0> <tb_1>"
+        self.eval_phrase = released_phrase(vectors) if config.eval_phrase == "released" else DEFAULT_PHRASE
         self.default_steps = config.sample_steps
         text_encoder = parts["text_encoder"]
         # What `save` writes, taken before fusing: A/B under diffusers' key names, and the adapter's config.
         self.lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder,
                                                                                      adapter_name="default"))
-        self.lora_metadata = text_encoder.peft_config["default"].to_dict()
+        self.lora_metadata = stable_lora_metadata(text_encoder.peft_config["default"].to_dict())
         self.embeddings = {t: text_encoder.get_input_embeddings().weight[tokenizer_id].detach().float().cpu().clone()
                            for t, tokenizer_id in zip(tokens, parts["tokenizer"].convert_tokens_to_ids(tokens))}
         if config.fuse:  # W <- W + (alpha / r) B A on q/k/v, then plain Linear layers again

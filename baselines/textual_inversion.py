@@ -61,6 +61,9 @@ class TextualInversionConfig(Numerics):
     """Custom Diffusion's random-scale augmentation; off, as in the textual-inversion recipe (plain photos)."""
     hflip: bool = True
     """Random horizontal flip (the textual-inversion recipe's flip_p = 0.5)."""
+    resample: str = "bicubic"
+    """How each photo is resized once to the training size: "bicubic" (diffusers' `textual_inversion.py`, PIL
+    BICUBIC; default) or "bilinear" (the other baselines' resize)."""
     sample_steps: int = field(default=1, metadata=SAMPLING_STEPS)
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
@@ -75,6 +78,8 @@ class TextualInversionConfig(Numerics):
         if self.phrase not in PHRASES:
             raise ValueError(f"phrase must be one of {', '.join(PHRASES)}, not '{self.phrase}'")
         check_word("token", self.token)
+        if self.resample not in ("bicubic", "bilinear"):
+            raise ValueError(f"resample must be one of bicubic, bilinear, not '{self.resample}'")
 
 
 def check_new_token(tokenizer: Any, token: str) -> None:
@@ -92,9 +97,9 @@ def check_new_token(tokenizer: Any, token: str) -> None:
 class TextualInversion:
     name: ClassVar[str] = "textual_inversion"
     label: ClassVar[str] = "Textual Inversion"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3
     """2: the placeholder alone in prompts, the 27 templates, photos resized once (bilinear), fp32 training,
-    Euler ancestral / fp16 sampling (README, "Fidelity")."""
+    Euler ancestral / fp16 sampling (README, "Fidelity"); 3: photos resized bicubic, as the recipe."""
     resumable: ClassVar[bool] = True  # checkpoint_every, through bench.models.loop
     Config: ClassVar[type] = TextualInversionConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {**TRAIN_NFE_VARIANTS}

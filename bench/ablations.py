@@ -56,6 +56,9 @@ def ablation_variants(drops: list[str], teacher_first: bool, shots: int | None, 
         raise BenchError("nothing to ablate; pass --drop NAME, --teacher-first, --shots N, --nfe 1,2,4 or "
                          "--backbone hyper-sd15")
     if extra:
+        from bench.config import normalise_overrides
+
+        extra = normalise_overrides([info.config], extra)  # iterations=1e1 is iterations=10
         suffix = override_suffix(extra)
         variants = [(f"{name}+{suffix}", {**overrides, **extra}) for name, overrides in variants]
     return variants

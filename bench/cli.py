@@ -38,7 +38,8 @@ RESULTS = typer.Option(Path("results"), "--results", help="Results root.")
 PROFILE = typer.Option("tiny", "--profile", help="Model profile: tiny | paper | paper-random.")
 CONCEPTS = typer.Option("all", "--concepts", help="'all' or a comma-separated list, e.g. dog,teapot.")
 SEEDS = typer.Option("0", "--seeds", help="Training seeds, comma-separated (e.g. 0,1,2,3).")
-SUITE = typer.Option(None, "--suite", help="Metric suite: paper | dreambooth | tiny (default: by profile).")
+SUITE = typer.Option(None, "--suite", help="Metric suite: paper | paper-timm | dreambooth | tiny (default: by "
+                                            "profile).")
 DEVICE = typer.Option(None, "--device", help="Torch device (default: cuda if available, else cpu).")
 SPEED = typer.Option(None, "--speed", help="Speed switch KEY=VALUE (repeatable): channels_last=auto|on|off, "
                                            "compile=off|regional, attention=sdpa|eager.")
@@ -61,6 +62,8 @@ NO_WAIT = typer.Option(False, "--no-wait", help="slurm: submit and return; follo
 CLUSTER = typer.Option("slurm", "--cluster", help="slurm: slurm | local (same submission, on this machine).")
 DATASET = typer.Option(None, "--dataset", help="dreambench | customconcept101 (default: told by the --data folder; "
                                                "customconcept101 alone means $BENCH_CC101 or ./data/customconcept101).")
+THREADS = typer.Option(None, "--threads", help="CPU intra-op threads per process (also $BENCH_THREADS; default: "
+                                               "the usable cores / the processes started, 1 on tiny).")
 SHARD = typer.Option(None, "--shard", help="Run only part K of N of the plan (1-based K/N, e.g. 2/3): a fixed, "
                                            "cost-balanced split; runs sharing a training stay together.")
 
@@ -123,10 +126,14 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
         cpus_per_job: Optional[int] = CPUS_PER_JOB, mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH,
         slurm_array: bool = ARRAY, no_wait: bool = NO_WAIT, cluster: str = CLUSTER,
         speed: Optional[list[str]] = SPEED, dataset: Optional[str] = DATASET, shard: Optional[str] = SHARD,
-        report_to: Optional[list[str]] = REPORT_TO, sample_every: int = SAMPLE_EVERY) -> None:
+        report_to: Optional[list[str]] = REPORT_TO, sample_every: int = SAMPLE_EVERY,
+        threads: Optional[int] = THREADS) -> None:
     """Train, sample, score and record METHOD on each concept (finished runs are skipped)."""
     from bench.data import dataset_root
     from bench.runs import SweepRequest, variants_for
+    from bench.threads import set_override
+
+    set_override(threads)
 
     data = dataset_root(data, dataset)
 
@@ -157,10 +164,13 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
            mem: Optional[str] = MEM, sbatch: Optional[list[str]] = SBATCH, slurm_array: bool = ARRAY,
            no_wait: bool = NO_WAIT, cluster: str = CLUSTER, speed: Optional[list[str]] = SPEED,
            shard: Optional[str] = SHARD, report_to: Optional[list[str]] = REPORT_TO,
-           sample_every: int = SAMPLE_EVERY) -> None:
+           sample_every: int = SAMPLE_EVERY, threads: Optional[int] = THREADS) -> None:
     """Run the paper's ablations of EchoDistill (one variant per flag combination)."""
     from bench.ablations import ablation_variants
     from bench.runs import SweepRequest
+    from bench.threads import set_override
+
+    set_override(threads)
 
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
@@ -398,12 +408,15 @@ def perf(methods: Optional[str] = typer.Option(None, "--methods", help="Comma-se
                                           "each switch flipped on its own; report each one's effect as a ratio."),
          score_images: Optional[int] = typer.Option(None, "--score-images", help="Also time scoring this many "
                                                     "images in one pass (default: 3000 on a GPU, 0 = skip on a CPU).")
-         ) -> None:
+         , threads: Optional[int] = THREADS) -> None:
     """Seconds per training iteration, phase shares, FLOPs, peak memory and latency, per method."""
     from bench.models.profiles import parse_weights
     from bench.paths import data_root
     from bench.perf import run_perf
     from bench.registry import method_names
+    from bench.threads import set_override
+
+    set_override(threads)
 
     names = methods.split(",") if methods else method_names()
     from bench.models.speed import parse_speed

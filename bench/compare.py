@@ -239,7 +239,7 @@ def to_markdown(comparisons: list[Comparison]) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for d in c.differences:
             lines.append(f"| {d.a} | {d.b} | {METRIC_LABELS[d.metric]} | {d.concepts} | {_f(d.mean_a)} | "
-                         f"{_f(d.mean_b)} | {_f(d.mean, sign=True)} | [{_f(d.lo, sign=True)}, {_f(d.hi, sign=True)}]"
+                         f"{_f(d.mean_b)} | {_f(d.mean, 4, True)} | [{_f(d.lo, 4, True)}, {_f(d.hi, 4, True)}]"
                          f" | {_p(d.p)} | {_p(d.p_holm)} | {d.wins} / {d.losses} / {d.ties} |")
         lines.append("")
         lines += [f"- {n}" for n in c.notes]

@@ -67,6 +67,21 @@ def build(cls: type, overrides: dict[str, Any] | None = None) -> Any:
         raise BenchError(f"invalid {cls.__name__}: {err}") from None
 
 
+def normalise_overrides(classes: list[type], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`--set` values written in another form of the same integer (`iterations=1e1`, `iterations=10.0`) as the
+    integer (10), for fields that are `int` in every config class of `classes` that has them; so one value is one
+    variant (`...iterations=10`), whatever its spelling. Everything else is left as given (`build` checks it)."""
+    out = dict(overrides)
+    for key, value in overrides.items():
+        if not isinstance(value, float) or not value.is_integer():
+            continue
+        kinds = [typing.get_type_hints(cls).get(key) for cls in classes
+                 if key in {f.name for f in dataclasses.fields(cls)}]
+        if kinds and all(kind is int for kind in kinds):
+            out[key] = int(value)
+    return out
+
+
 def _coerce(value: Any, hint: Any) -> Any:
     """Values from the command line arrive as strings or JSON (numbers, lists). Make them the field's type; a number
     that does not fit an int or float field (2.5 for an int, true for a number) is a BenchError."""

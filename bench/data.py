@@ -83,21 +83,23 @@ def parse_prompts_and_classes(text: str) -> tuple[dict[str, str], list[str], lis
     live_end = obj_at if obj_at > live_at else len(lines)
     return (
         classes,
-        _prompt_list("\n".join(lines[obj_at + 1 : obj_end]), "Object Prompts"),
-        _prompt_list("\n".join(lines[live_at + 1 : live_end]), "Live Subject Prompts"),
+        _prompt_list("\n".join(lines[obj_at + 1 : obj_end]), "Object Prompts", obj_at + 2),
+        _prompt_list("\n".join(lines[live_at + 1 : live_end]), "Live Subject Prompts", live_at + 2),
     )
 
 
-def _prompt_list(section: str, title: str) -> list[str]:
-    """The template strings of one `prompt_list = [...]` section."""
+def _prompt_list(section: str, title: str, first_line: int = 1) -> list[str]:
+    """The template strings of one `prompt_list = [...]` section, whose first line is line `first_line` of the
+    file (errors name the file's line numbers)."""
     where = f"malformed {PROMPTS_FILE} ({title})"
     first, last = section.find("["), section.rfind("]")
     if first < 0 or last < first:
         raise BenchError(f"{where}: no [...] list")
+    offset = first_line + section[:first].count("\n") - 1  # file line of the list's line 1, less one
     try:
         tree = ast.parse(section[first : last + 1], mode="eval").body
     except SyntaxError as exc:
-        raise BenchError(f"{where}: {exc.msg} at line {exc.lineno}") from None
+        raise BenchError(f"{where}: {exc.msg} at line {(exc.lineno or 1) + offset} of the file") from None
     if not isinstance(tree, ast.List) or not tree.elts:
         raise BenchError(f"{where}: expected a non-empty list")
     prompts = []
@@ -105,7 +107,8 @@ def _prompt_list(section: str, title: str) -> list[str]:
         if isinstance(elt, ast.Call) and isinstance(elt.func, ast.Attribute) and elt.func.attr == "format":
             elt = elt.func.value
         if not (isinstance(elt, ast.Constant) and isinstance(elt.value, str)):
-            raise BenchError(f"{where}: element is not a string or '...'.format(...): {ast.unparse(elt)}")
+            raise BenchError(f"{where}: line {elt.lineno + offset}: element is not a string or '...'.format(...): "
+                             f"{ast.unparse(elt)}")
         prompts.append(_checked_template(elt.value, where))
     return prompts
 

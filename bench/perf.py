@@ -294,6 +294,9 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
     if score_images < 0:
         raise BenchError(f"--score-images must be >= 0, got {score_images}")
     profile = get_profile(profile_name, weights=weights)
+    from bench.threads import apply_threads, choose_threads
+
+    threads = apply_threads(choose_threads(1, profile_name))  # on a CPU: all usable cores, 1 on tiny, or --threads
     if resolution:
         if resolution % 8:
             raise BenchError(f"--resolution must be a multiple of 8, got {resolution}")
@@ -313,7 +316,8 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
                                      for k in ("train_step_s", "infer_s_per_image_b1")}
             rows.append(row)
     record = {"schema": 1, "kind": "perf", "profile": profile_name, "resolution": profile.resolution, "batch": batch,
-              "warmup": warmup, "iterations": iterations, "versions": versions(), "git_commit": git_commit(),
+              "warmup": warmup, "iterations": iterations, "threads": threads, "versions": versions(),
+              "git_commit": git_commit(),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "methods": rows, "scoring": scoring}
     table = perf_table(record)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -218,6 +218,8 @@ class Timing:
     """`train_s`, `iterations` and `it_per_s` are those of the `trained_from` run."""
     prepare_s: float | None = None
     """A method without training (`trains: false`): conditioning the model on the photos, loading excluded."""
+    threads: int | None = None
+    """CPU intra-op threads torch used in the run's process (`bench.threads`)."""
     attempts: list[dict[str, Any]] | None = None
     """Every attempt of the training, oldest first (`bench.timing.AttemptClock`): `started_at`, `finished_at`,
     `train_s`, `iterations` (done in that attempt), `resumed_from` ({checkpointer: iteration}) and `interrupted`

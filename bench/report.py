@@ -377,6 +377,8 @@ def _tile(ax: Any, image: Any, missing: str) -> None:
 
 def build_sections(records: list[RunRecord | dict[str, Any]], data: Path | None = None) -> list[Section]:
     """One section per (profile, metric suite) group: its tables with bar charts, scatter, losses, grid."""
+    from bench.report_compare import forest_figures
+
     records = as_records(records)
     tables = build_tables("all", records, "paper")
     dataset, why = _dataset_folder(data)
@@ -389,6 +391,7 @@ def build_sections(records: list[RunRecord | dict[str, Any]], data: Path | None 
         mine = [t for t in tables if t.profile == profile and t.metric_suite == suite and t.rows]
         bars = {t.name: f for t in mine if (f := bar_chart(t)) is not None}
         figures = [f for f in (scatter(group, profile, suite),) if f is not None]
+        figures += forest_figures(mine)  # paired differences to EchoDistill (bench.report_compare)
         figures += loss_figures(group, profile, suite)
         grid = qualitative_grid(group, profile, suite, dataset, why)
         figures += [grid] if grid is not None else []

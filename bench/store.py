@@ -182,6 +182,9 @@ def staging_dir(run_dir: Path, keep: Iterable[str] = ()) -> Path:
 
 def commit_run(partial: Path, run_dir: Path, record: RunRecord) -> None:
     """Write the record into the staged folder, then swap it into place (old result removed only after)."""
+    from bench.models.checkpoint import settle_weight_files
+
+    settle_weight_files(partial)  # sorted safetensors metadata (identical runs, identical bytes); the umask's mode
     write_json_atomic(partial / RECORD, record.to_json())
     _swap(partial, run_dir)
 

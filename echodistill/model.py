@@ -67,8 +67,11 @@ def student_unet(models: Any) -> Any:
         if path is not None:
             from diffusers import StableDiffusionPipeline
 
+            from bench.models.lora_check import check_lora_complete
+
             state, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
             StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet, adapter_name="onestep")
+            check_lora_complete(path, {"unet": unet}, "onestep")  # all of the file, or one line
             unet.fuse_lora()
             unet.unload_lora()
             unet.requires_grad_(False)

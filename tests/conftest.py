@@ -18,10 +18,15 @@ from pathlib import Path
 
 import pytest
 
-# One intra-op thread per test process (and per `bench` process a test starts): on a 2-core machine shared with
-# another busy process, torch's default of one thread per core oversubscribes and tiny models run 60x slower.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+# CPU threads per test process (and per `bench` process a test starts), by the harness's own rule
+# (`bench.threads`): the tests run the tiny profile, whose models are fastest on 1 thread; torch's default of one
+# thread per core oversubscribes a shared machine and runs them tens of times slower. Set before torch loads.
+from bench.threads import ENV as THREADS_ENV  # noqa: E402 - after the docstring, before anything imports torch
+from bench.threads import choose_threads  # noqa: E402
+
+os.environ.setdefault(THREADS_ENV, str(choose_threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), "tiny")))
+os.environ.setdefault("OMP_NUM_THREADS", os.environ[THREADS_ENV])
+os.environ.setdefault("MKL_NUM_THREADS", os.environ[THREADS_ENV])
 
 REPO = Path(__file__).resolve().parents[1]
 MINI_DREAMBENCH = REPO / "tests" / "fixtures" / "dreambench-mini"

@@ -279,3 +279,25 @@ def test_cli_run_end_to_end(name: str, dreambench_root, tmp_path, monkeypatch, c
     assert record["status"] == "done" and record["config"]["iterations"] == 10
     assert record["config"]["timestep_policy"] == "t999" and len(record["images"]) == 25
     assert any((run / "weights").iterdir())
+
+
+def test_textual_inversion_resizes_bicubic_as_its_recipe(concept) -> None:
+    """diffusers' textual_inversion.py resizes with PIL BICUBIC; `resample=bilinear` is the other baselines' way."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from baselines.textual_inversion import TextualInversionConfig
+    from bench.config import build
+    from bench.models.recipe import concept_batches, load_pixels
+
+    models = SimpleNamespace(resolution=64, latent_size=8)
+    photo = load_pixels((concept.images[0],))[0]
+    cfg = build(TextualInversionConfig, {})
+    assert cfg.resample == "bicubic"
+    bicubic = concept_batches(models, concept.images[:1], "<new1>", cfg, 0).images[0]
+    expect = F.interpolate(photo[None], size=(64, 64), mode="bicubic", antialias=True)[0].clamp(-1, 1)
+    assert torch.equal(bicubic, expect)
+    bilinear = concept_batches(models, concept.images[:1], "<new1>", build(TextualInversionConfig, {
+        "resample": "bilinear"}), 0).images[0]
+    assert (bilinear - bicubic).abs().max() > 1e-3

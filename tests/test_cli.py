@@ -154,3 +154,18 @@ def test_unwritable_results(dreambench_root, tmp_path, monkeypatch, capsys) -> N
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "custom_diffusion", "--concepts", "dog",
                          "--data", dreambench_root, "--results", blocker / "sub", *FAST)
     assert code == 2 and "not writable" in err
+
+
+def test_integer_fields_spelt_otherwise_are_the_same_variant() -> None:
+    """`--set iterations=1e1` (JSON: 10.0) is `iterations=10`, one variant, not a separate `...=10.0`; a float
+    field keeps its value, and a non-integer for an int field is still refused when the config is built."""
+    from bench.ablations import ablation_variants
+    from bench.runs import variants_for
+
+    as_int = variants_for(["custom_diffusion"], ["default"], {"iterations": 10})
+    for spelt in (1e1, 10.0):
+        assert variants_for(["custom_diffusion"], ["default"], {"iterations": spelt}) == as_int
+    assert as_int[0][1]["iterations"] == 10 and isinstance(as_int[0][1]["iterations"], int)
+    assert variants_for(["custom_diffusion"], ["default"], {"lr": 1.0})[0][1]["lr"] == 1.0
+    assert ablation_variants(["echo"], False, None, None, "sd-turbo", {"iterations": 1e1}) == \
+        ablation_variants(["echo"], False, None, None, "sd-turbo", {"iterations": 10})

@@ -132,7 +132,7 @@ def test_bench_compare_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     _write(tmp_path, records)
     code, out, err = bench(monkeypatch, capsys, "compare", "echodistill", "lora", "--results", str(tmp_path))
     assert code == 0, err
-    assert "| echodistill | lora | DINO | 30 |" in out and f"{known:+.3f}" in out and "27 / 3 / 0" in out
+    assert "| echodistill | lora | DINO | 30 |" in out and f"{known:+.4f}" in out and "27 / 3 / 0" in out
     code, out, _ = bench(monkeypatch, capsys, "compare", "echodistill", "lora", "--results", str(tmp_path),
                          "--format", "json")
     data = json.loads(out)
@@ -217,3 +217,16 @@ def test_bench_table_against_and_compare_paper(tmp_path: Path, monkeypatch: pyte
     assert "Δ DINO vs echodistill" in out and f"{-known:+.3f} [" in out and "Agreement with the paper:" in out
     code, _, err = bench(monkeypatch, capsys, "table", "main", "--against", "echodistil", "--results", str(tmp_path))
     assert code == 2 and "unknown --against method 'echodistil'" in err
+
+
+def test_report_forest_plot_of_the_main_table() -> None:
+    from bench.report_compare import forest_figures
+
+    records, _ = beats_on_27()
+    from bench import tables as T
+
+    [figure] = forest_figures(T.build_tables("main", records))
+    assert figure.name.endswith("main-forest.png") and figure.png.startswith(b"\x89PNG")
+    assert "Paired" not in figure.caption and "difference to EchoDistill, before echo" in figure.caption
+    only_lora = [r for r in records if r["method"] == "lora"]
+    assert forest_figures(T.build_tables("main", only_lora)) == []  # no EchoDistill row: nothing to compare with

@@ -353,3 +353,22 @@ def test_download_failures(origin: Path, tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="not empty"):
         data.download_dreambench(clutter, origin.as_uri())
     assert (clutter / "x.txt").read_text() == "mine"
+
+
+def test_prompt_file_errors_name_the_files_line() -> None:
+    """A syntax error or a bad element in a prompt section names its line in the file, not in the section."""
+    from bench.api import BenchError
+    from bench.data import parse_prompts_and_classes
+
+    text = (Path(__file__).parent / "fixtures" / "dreambench-mini" / "dataset" / "prompts_and_classes.txt").read_text()
+    lines = text.split("\n")
+    target = next(i for i, line in enumerate(lines) if line.startswith("'a {0} {1} in the snow'")
+                  and i > next(k for k, x in enumerate(lines) if x.strip().lower() == "live subject prompts"))
+    broken = lines.copy()
+    broken[target] = "'a {0} {1} in the snow.format(unique_token, class_token),"  # unterminated string
+    with pytest.raises(BenchError, match=rf"Live Subject Prompts.*at line {target + 1} of the file"):
+        parse_prompts_and_classes("\n".join(broken))
+    odd = lines.copy()
+    odd[target] = "42,"
+    with pytest.raises(BenchError, match=rf"Live Subject Prompts\): line {target + 1}: element is not a string"):
+        parse_prompts_and_classes("\n".join(odd))

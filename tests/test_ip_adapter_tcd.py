@@ -168,3 +168,26 @@ def test_bench_perf_times_preparation_and_sampling(dreambench_root, tmp_path, mo
     assert row["trains"] is False and row["prepare_s"] >= 0 and row["iterations_timed"] == 0
     assert 0 < row["infer_unet_s_per_image_b1"] <= row["infer_s_per_image_b1"], "the UNet calls are labelled"
     assert "| ip_adapter_tcd | / (prepare" in out
+
+
+def test_prompts_carry_the_tcd_examples_prefix(prepared) -> None:
+    """The TCD example prompts "best quality, high quality, wearing sunglasses": the pipeline gets that prefix
+    before every evaluation prompt by default, and the bare prompt with `prompt_prefix=""` (variant no_prefix)."""
+    from baselines.ip_adapter_tcd import IPAdapterTCD
+
+    model, _ = prepared
+    seen: list = []
+    pipe = model.pipe
+    original = type(pipe).__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append(list(kwargs["prompt"]))
+        return original(self, *args, **kwargs)
+
+    try:
+        type(pipe).__call__ = spy
+        _as(model, conditioning="first").generate(["a dog in the jungle"], [0])
+        _as(model, conditioning="first", **IPAdapterTCD.variants["no_prefix"]).generate(["a dog in the jungle"], [0])
+    finally:
+        type(pipe).__call__ = original
+    assert seen == [["best quality, high quality, a dog in the jungle"], ["a dog in the jungle"]]

@@ -251,3 +251,19 @@ def test_suite_version_is_recorded_and_bumped() -> None:
     assert SUITE_VERSION == 2
     for name in SUITES:
         assert get_suite(name).describe()["version"] == SUITE_VERSION
+
+
+def test_timm_position_embedding_is_a_named_suite(tmp_path: Path) -> None:
+    """`dino_pos_embed="timm"` is reachable: `--suite paper-timm` is the paper suite with DINOv2 built at 224 px
+    and its checkpoint's position embedding resampled by timm while loading (the only differences)."""
+    paper, timm_suite = get_suite("paper").describe(), get_suite("paper-timm").describe()
+    differ = {k for k in paper if paper[k] != timm_suite[k]}
+    assert differ == {"name", "dino_kwargs", "dino_pos_embed"}
+    assert timm_suite["dino_pos_embed"] == "timm" and timm_suite["dino_kwargs"] == {"img_size": 224}
+    assert timm_suite["dino_input"] == 224
+    # The loader builds it at the input grid (a small model standing in for DINOv2, as above).
+    native, small = _small_dino(tmp_path)
+    as_suite = replace(small, dino_pos_embed=get_suite("paper-timm").dino_pos_embed,
+                       dino_kwargs=(("img_size", 32), *small.dino_kwargs[1:]))
+    model, _ = scoring._load_dino(as_suite, "cpu")
+    assert tuple(model.patch_embed.grid_size) == (16, 16)

@@ -220,3 +220,62 @@ def test_flux_roles_are_reserved_for_ominicontrol() -> None:
         assert not any(role.startswith(("flux_", "omini_")) for role in described), name
         assert described == {role: entry for role, entry in profile.describe()["components"].items()
                              if not profile.components[role].methods}, "only the roles shared by every method"
+
+
+@pytest.mark.parametrize("sample_dtype", ["none", "auto", "bf16"])
+def test_every_sample_dtype_works_with_paper_dtypes(photos, tmp_path, sample_dtype) -> None:
+    """`paper` loads the FLUX.1 transformer and T5 in bf16 and CLIP-L in float32: without autocast, CLIP's pooled
+    vector used to meet the bf16 time-text embedding ("mat1 and mat2 must have the same dtype")."""
+    model = _prepare(photos, tmp_path, sample_dtype=sample_dtype)
+    model.pipe.transformer.to(torch.bfloat16)  # the paper profile's dtypes, on the tiny stand-ins
+    model.pipe.text_encoder_2.to(torch.bfloat16)
+    model.tokens = model.tokens.to(torch.bfloat16)
+    assert model.pipe.text_encoder.dtype == torch.float32
+    images = model.generate([PROMPT], [5])
+    assert len(images) == 1 and np.asarray(images[0]).std() > 0
+
+
+def test_weights_messages_name_the_role_and_the_missing_subfolder(monkeypatch, capsys, tmp_path,
+                                                                  dreambench_root) -> None:
+    from tests.helpers import bench
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "empty").mkdir()
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "ominicontrol", "--concepts", "dog", "--profile",
+                         "paper", "--weights", f"omini={tmp_path / 'empty'}", "--results", tmp_path / "r",
+                         "--data", dreambench_root)
+    assert code == 2 and "\n" not in err.strip()
+    assert "omini_lora" in err and OMINI_LORA_FILE in err
+    flux = tmp_path / "flux"
+    (flux / "vae").mkdir(parents=True)
+    (flux / "model_index.json").write_text("{}")
+    with pytest.raises(BenchError) as raised:
+        _ = Models(get_profile("paper", weights={"flux": str(flux)}), "cpu").flux_transformer
+    assert "\n" not in str(raised.value) and "no transformer/ folder" in str(raised.value)
+
+
+def test_paper_lora_variant_loads_the_experimental_file(photos, tmp_path, monkeypatch) -> None:
+    """OminiControl's README: `experimental/subject` is "the model used in the paper"; `omini/subject_512` (the
+    default, the example's) is the later one. Variant `paper_lora` loads the former with its (0, -32) shift."""
+    import baselines.ominicontrol as omini
+    from bench.models.flux import OMINI_PAPER_LORA_FILE
+
+    loaded: list = []
+    real = omini._load_adapter
+    monkeypatch.setattr(omini, "_load_adapter", lambda pipe, folder, name: (loaded.append(folder / name),
+                                                                             real(pipe, folder, name)))
+    paper = _prepare(photos, tmp_path, **OminiControl.variants["paper_lora"])
+    default = _prepare(photos, tmp_path)
+    assert [p.as_posix().endswith(f) for p, f in zip(loaded, (OMINI_PAPER_LORA_FILE, OMINI_LORA_FILE))] == [True] * 2
+    assert (paper.sample([PROMPT], [1], 1) - default.sample([PROMPT], [1], 1)).abs().max() > 1e-3  # shifted
+    with pytest.raises(BenchError, match="lora_file must be one of"):
+        build(OminiControlConfig, {"lora_file": "omini/other.safetensors"})
+    # A source holding only the default file: the variant names the missing one in one line.
+    from bench.models.flux import omini_lora_path
+
+    only = tmp_path / "omini-only"
+    (only / "omini").mkdir(parents=True)
+    (only / OMINI_LORA_FILE).write_bytes(b"x")
+    with pytest.raises(BenchError) as err:
+        omini_lora_path(Models(get_profile("paper", weights={"omini": str(only)}), "cpu"), OMINI_PAPER_LORA_FILE)
+    assert "\n" not in str(err.value) and OMINI_PAPER_LORA_FILE in str(err.value)

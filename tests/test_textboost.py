@@ -158,3 +158,21 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, dreambench_root, tmp_pat
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "textboost", *args, "--concepts", "dog",
                          "--data", dreambench_root, "--results", tmp_path)
     assert_one_line_error(code, err, needle, tmp_path)
+
+
+def test_evaluation_phrase_is_the_reference_one(run) -> None:
+    """The reference `eval_dreambooth.py` (token format "<INSTANCE> SUBJECT") evaluates a two-vector token as
+    "a <dog_0> dog <dog_1> dog in the jungle"; `eval_phrase=joined` keeps "a <tb_0> <tb_1> dog in the jungle"."""
+    from baselines.textboost import released_phrase
+    from bench.api import DEFAULT_PHRASE, Concept, eval_phrase
+
+    concept = Concept("dog", "dog", (), ("a {0} {1} in the jungle",))
+    assert concept.prompt(concept.prompts[0], "<tb_0> <tb_1>", released_phrase(["<tb_0>", "<tb_1>"])) == \
+        "a <tb_0> dog <tb_1> dog in the jungle"
+    vectors = run.trained.identifier.split()
+    assert eval_phrase(run.trained) == released_phrase(vectors)
+    joined = run.method.__class__(build(run.method.Config, {"eval_phrase": "joined"})).load(
+        run.weights, Models(get_profile("tiny"), "cpu"))
+    assert eval_phrase(joined) == DEFAULT_PHRASE
+    assert concept.prompt(concept.prompts[0], joined.identifier, eval_phrase(joined)) == \
+        f"a {' '.join(vectors)} dog in the jungle"

@@ -364,3 +364,18 @@ def test_status_watch_renderable(dreambench_root, tmp_path, monkeypatch, capsys)
     assert "2 runs not done" in snap.sweep and "GPU-h by `bench plan`" in snap.sweep
     empty = _text(render(Snapshot({}, [], "sweep ETA: –", "r")))
     assert "(none)" in empty and "sweep ETA: –" in empty
+
+
+def test_wandb_online_without_credentials_is_one_warning_not_a_prompt(tmp_path, monkeypatch) -> None:
+    """W&B online with no key anywhere would stop the run to ask for one: it is a warning instead."""
+    pytest.importorskip("wandb")
+    from bench import tracking
+    from bench.tracking.fanout import Fanout, TrackerWarning
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "netrc").write_text("machine example.org login u password p\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    with pytest.warns(TrackerWarning, match="not logged in to W&B"):
+        fanout = Fanout.open(("wandb",), tracking.RunInfo("m", "v", "c", 0, "tiny", results=tmp_path))
+    assert fanout.names == [] and not (tmp_path / "wandb").exists()

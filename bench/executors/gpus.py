@@ -15,6 +15,8 @@ from typing import Any
 from bench.api import BenchError, InfraError, infra_cause
 from bench.executors.progress import erase, loss_text, progress_display, report_failure
 from bench.runs import Context, Outcome, PlannedRun, execute_job
+from bench.threads import ENV as THREADS_ENV
+from bench.threads import parse_threads
 
 
 def visible_gpus() -> list[str]:
@@ -67,7 +69,7 @@ def gpu_slots(ctx: Context, workers: int | None) -> list[_Slot]:
     slots = []
     for i in range(n):
         share = cores[i * len(cores) // n:(i + 1) * len(cores) // n] if not gpus and len(cores) >= n else []
-        threads = max(1, len(share) if share else len(cores) // n)
+        threads = parse_threads(os.environ.get(THREADS_ENV)) or max(1, len(share) if share else len(cores) // n)
         slots.append(_Slot(i, gpus[i % len(gpus)] if gpus else None, share, threads))
     return slots
 

@@ -9,6 +9,7 @@ from bench.executors.progress import (
     report_failure,
 )
 from bench.runs import Context, Outcome, PlannedRun, execute_job
+from bench.threads import apply_threads, choose_threads
 
 
 def run_local(runs: list[PlannedRun], ctx: Context) -> list[Outcome]:
@@ -26,6 +27,7 @@ def run_local(runs: list[PlannedRun], ctx: Context) -> list[Outcome]:
             for run in runs:
                 progress.update(sweep_task, description=f"sweep {run.key.label()}")
                 progress.update(run_task, completed=0, visible=False)
+                apply_threads(choose_threads(1, run.job.profile))  # one process: all usable cores (1 on tiny)
                 outcome = execute_job(run, ctx, on_step)
                 results.append(outcome)
                 report_failure(progress, outcome)

@@ -138,6 +138,13 @@ SUITES: dict[str, Suite] = {
 }
 
 
+# The paper suite with timm's own position-embedding rule: DINOv2 built at 224 px, its 37 x 37 checkpoint embedding
+# resampled by timm at load time (bicubic, antialiased; about 7% apart from DINOv2's forward-time rule), for
+# comparison with evaluations that load DINOv2 through timm at the input size. `--suite paper-timm`.
+SUITES["paper-timm"] = replace(SUITES["paper"], name="paper-timm", dino_kwargs=(("img_size", 224),),
+                               dino_pos_embed="timm")
+
+
 def suite_names() -> list[str]:
     return list(SUITES)
 

@@ -389,3 +389,69 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --- reproducible weight files ---------------------------------------------------------------------------------
+
+
+def stable_lora_metadata(config: dict[str, Any]) -> dict[str, Any]:
+    """A peft LoRA config (`peft_config[name].to_dict()`) with its set-valued fields (`target_modules`,
+    `modules_to_save`, `exclude_modules`, ...) as sorted lists: peft keeps them as sets, whose order changes from
+    one process to the next, so the JSON written into a weight file's metadata, and the file's bytes, would too."""
+    def stable(value: Any) -> Any:
+        if isinstance(value, (set, frozenset)) or (isinstance(value, (list, tuple)) and value
+                                                    and all(isinstance(v, str) for v in value)):
+            return sorted(value)
+        return value
+
+    return {key: stable(value) for key, value in config.items()}
+
+
+def sort_safetensors_metadata(path: Path) -> bool:
+    """Rewrite a safetensors file's header with its `__metadata__` keys sorted; True if it changed. The writer
+    keeps the metadata in a hash map whose order changes from one process to the next, so two identical runs'
+    files differed in their header bytes (the tensors are identical). Only the header is rewritten, in place: the
+    same keys and values in another order take the same number of bytes."""
+    import struct
+
+    with open(path, "r+b") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return False
+        (size,) = struct.unpack("<Q", head)
+        raw = f.read(size)
+        try:
+            header = json.loads(raw)
+        except ValueError:
+            return False
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict) or list(meta) == sorted(meta):
+            return False
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size or json.loads(text) != json.loads(raw):
+            return False  # another serialisation: leave the file as written
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))  # the writer pads its header with spaces too
+    return True
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def settle_weight_files(folder: Path) -> None:
+    """Make the files under `folder` (a run's staged results) reproducible and readable like every other file:
+    safetensors headers with sorted metadata (`sort_safetensors_metadata`), and the umask's mode (0666 less the
+    umask) where the safetensors writer made a file 0600 whatever the umask."""
+    mode = 0o666 & ~current_umask()
+    for path in Path(folder).rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        if path.suffix == ".safetensors" and path.stat().st_nlink == 1:  # never rewrite a file shared by a link
+            sort_safetensors_metadata(path)
+        if (path.stat().st_mode & 0o777) == 0o600 != mode:
+            path.chmod(mode)

@@ -7,7 +7,9 @@ the token sequence), `flux_scheduler` (flow-matching Euler) and `omini_lora` (Om
 
 - `paper`: FLUX.1-schnell's diffusers repository (`--weights flux=/path/to/FLUX.1-schnell`) and the LoRA file
   `omini/subject_512.safetensors` of `Yuanshi/OminiControl` (`--weights omini=/path/to/OminiControl`, a folder
-  holding `omini/subject_512.safetensors`, or the file itself). The transformer and T5 load in bfloat16.
+  holding `omini/subject_512.safetensors`, or the file itself); the method's `lora_file` may name the paper's
+  `experimental/subject.safetensors` of the same source instead (`omini_lora_path`).
+  The transformer and T5 load in bfloat16.
 - `tiny`: small seeded models built in code into their own cache folder (`tiny-flux-v<N>`, apart from the SD
   stand-ins so that neither build invalidates the other), saved by `FluxPipeline.save_pretrained` in the
   repository's layout, with a LoRA file in the released key format (`FluxPipeline.save_lora_weights` of a peft
@@ -30,6 +32,10 @@ from bench.models.component import Component
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 OMINICONTROL = "Yuanshi/OminiControl"
 OMINI_LORA_FILE = "omini/subject_512.safetensors"
+OMINI_PAPER_LORA_FILE = "experimental/subject.safetensors"
+"""The subject LoRA OminiControl's README calls "the model used in the paper" (`omini/subject_512` is the later
+one, "fine-tuned on a larger dataset", which its example notebook loads)."""
+OMINI_LORA_FILES = (OMINI_LORA_FILE, OMINI_PAPER_LORA_FILE)
 METHODS = ("ominicontrol",)
 """The methods these roles are reserved for (`Component.methods`): other methods' profiles leave them out."""
 
@@ -43,7 +49,7 @@ OMINI_TARGETS = (r"(.*x_embedder|.*(?<!single_)transformer_blocks\.[0-9]+\.norm1
 patch embedder, every block's modulation, attention projections and MLP output. Rank 16, alpha 16."""
 OMINI_RANK = 16
 
-TINY_FLUX_VERSION = 1
+TINY_FLUX_VERSION = 2
 """Bump when `build_tiny` changes: the cache folder name carries it."""
 
 
@@ -226,3 +232,33 @@ def build_tiny(root: Path) -> None:
     folder = root / "OminiControl" / Path(OMINI_LORA_FILE).parent
     FluxPipeline.save_lora_weights(folder, transformer_lora_layers=state, weight_name=Path(OMINI_LORA_FILE).name,
                                    safe_serialization=True)
+    paper = root / "OminiControl" / OMINI_PAPER_LORA_FILE  # the paper's file in its place (the same tiny weights)
+    paper.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / Path(OMINI_LORA_FILE).name, paper)
+
+
+def omini_lora_path(models: Any, file: str) -> Path | None:
+    """The OminiControl LoRA `file` (one of `OMINI_LORA_FILES`) of the profile's `omini_lora` source: the role's
+    own file through the role, another from the same source (`--weights omini=`); None on paper-random."""
+    if file == OMINI_LORA_FILE:
+        return models.omini_lora
+    import dataclasses
+
+    from bench.api import BenchError
+    from bench.models.component import hub_file
+
+    if models.profile.random_init:
+        return None
+    if models.profile.name == "tiny":
+        ensure_tiny_flux()
+    comp = dataclasses.replace(models.profile.components["omini_lora"], file=file)
+    try:
+        path = hub_file(comp)
+    except Exception as err:  # noqa: BLE001 - hub errors and missing files: one line
+        path, reason = None, str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    else:
+        reason = f"no {file} in {comp.source}"
+    if path is None or not path.is_file():
+        raise BenchError(f"profile '{models.profile.name}': cannot load omini_lora file {file} from "
+                         f"'{comp.source}' ({reason}); point --weights omini= at a folder holding {file}")
+    return path

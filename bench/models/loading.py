@@ -118,10 +118,14 @@ def load_component(profile: Profile, role: str, device: Any) -> Any:
     except BenchError:
         raise
     except Exception as err:  # hub errors, missing files, bad configs: all become one actionable line
-        if not Path(comp.source).exists() and hub_offline() and not in_hub_cache(comp.source):
+        folder = Path(comp.source).expanduser()
+        if not folder.exists() and hub_offline() and not in_hub_cache(comp.source):
             from huggingface_hub import constants
 
             reason = f"not in the local hub cache ({constants.HF_HUB_CACHE}), and the hub is unreachable"
+        elif folder.is_dir() and comp.subfolder and not (folder / comp.subfolder).is_dir():
+            reason = (f"no {comp.subfolder}/ folder in it: a diffusers repository keeps each part in its own folder "
+                      f"(transformer/, vae/, text_encoder/, ...)")
         else:
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise BenchError(

@@ -308,8 +308,11 @@ def load_unet_lora(unet: Any, weights_dir: Path) -> None:
     runs, the LoRA config read from the file's metadata); the UNet stays frozen."""
     from diffusers import StableDiffusionPipeline
 
+    from bench.models.lora_check import check_lora_complete
+
     state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(weights_dir, return_lora_metadata=True)
     StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet, adapter_name="default", metadata=metadata)
+    check_lora_complete(Path(weights_dir) / "pytorch_lora_weights.safetensors", {"unet": unet}, "default")
     unet.requires_grad_(False)
 
 
@@ -337,8 +340,10 @@ def take_unet_lora(unet: Any, fuse: bool) -> UnetLoRA:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    from bench.models.checkpoint import stable_lora_metadata
+
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name="default"))
-    metadata = unet.peft_config["default"].to_dict()
+    metadata = stable_lora_metadata(unet.peft_config["default"].to_dict())  # same run, same bytes
     if fuse:
         unet.fuse_lora()
         unet.unload_lora()

@@ -188,3 +188,11 @@ def parse_weights(text: str | list[str]) -> dict[str, str]:
                 raise BenchError(f"bad --weights entry '{part}'; expected GROUP=PATH, e.g. teacher=/models/sd21")
             out[group.strip()] = path.strip()
     return out
+
+
+def group_roles(group: str, backbone: str = "sd-turbo") -> str:
+    """What `--weights GROUP=PATH` must hold, for messages: each role of the group on `paper` with the file or
+    folder it reads, e.g. "role omini_lora: omini/subject_512.safetensors"; "" for an unknown group."""
+    parts = [f"{role}: {c.file or (c.subfolder + '/' if c.subfolder else 'the folder itself')}"
+             for role, c in sorted(_paper(backbone, random_init=False).components.items()) if c.group == group]
+    return f"role{'s' if len(parts) > 1 else ''} {', '.join(parts)}" if parts else ""

@@ -75,6 +75,8 @@ def scaled_lr(cfg: Any, *factors: int) -> float:
 def concept_batches(models: Any, photos: Iterable[Path], phrase: str, cfg: Any, seed: int, augment: bool = False,
                     templates: tuple[str, ...] = TRAIN_TEMPLATES) -> TrainingBatches:
     """The photos (each centre-cropped, resized once) as `TrainingBatches` of `cfg.batch_size` at the profile's
-    resolution, with `cfg.hflip`, Custom Diffusion's random-scale augmentation if `augment`."""
+    resolution, with `cfg.hflip`, Custom Diffusion's random-scale augmentation if `augment`, and the resize
+    `cfg.resample` where the recipe has one (else bilinear)."""
     return TrainingBatches(load_pixels(tuple(photos)), phrase, cfg.batch_size, models.resolution // models.latent_size,
-                           seed, augment=augment, hflip=cfg.hflip, templates=templates, size=models.resolution)
+                           seed, augment=augment, hflip=cfg.hflip, templates=templates, size=models.resolution,
+                           resample=getattr(cfg, "resample", "bilinear"))

@@ -68,19 +68,21 @@ def load_pixels(paths: tuple[Path, ...] | list[Path], size: int | None = None) -
         image = load_image(Path(path), size)
         if size is None and image.width != image.height:  # the centre square, not resized
             image = ImageOps.fit(image, (min(image.size),) * 2, centering=(0.5, 0.5))
-        arr = np.asarray(image, dtype=np.float32)
-        out.append(torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        out.append(pixels.float().div_(127.5).sub_(1.0))  # one float copy: (x / 127.5 - 1) in place, as before
     return out
 
 
-def resize(image: torch.Tensor, side: int) -> torch.Tensor:
+def resize(image: torch.Tensor, side: int, mode: str = "bilinear") -> torch.Tensor:
     """(3, S, S) -> (3, side, side), bilinear with antialiasing (PIL's `Image.resize(..., BILINEAR)`, which the
-    released dataset uses); the same tensor when it already has that side."""
+    released dataset uses) or `mode="bicubic"` (PIL's BICUBIC, as diffusers' textual_inversion.py resizes; clamped
+    to [-1, 1] as 8-bit pixels are); the same tensor when it already has that side."""
     import torch.nn.functional as F
 
     if image.shape[-1] == side and image.shape[-2] == side:
         return image
-    return F.interpolate(image[None], size=(side, side), mode="bilinear", antialias=True, align_corners=False)[0]
+    out = F.interpolate(image[None], size=(side, side), mode=mode, antialias=True, align_corners=False)[0]
+    return out.clamp(-1.0, 1.0) if mode == "bicubic" else out
 
 
 def custom_diffusion_augment(image: torch.Tensor, size: int, factor: int, rng: random.Random
@@ -127,17 +129,17 @@ class TrainingBatches:
     any square size (`load_pixels(paths)`: their own); `size` is the training side (default: the first photo's).
     With `augment=True` each sample resizes its photo once, from that size, to the augmentation's scale; with
     `augment=False` the photos are resized to `size` once, here, and used as they are (mask all ones, no prompt
-    edit). hflip is applied with p = 0.5 if on.
+    edit), with `resample` ("bilinear" or "bicubic"). hflip is applied with p = 0.5 if on.
     """
 
     def __init__(self, images: list[torch.Tensor], phrase: str, batch_size: int, factor: int, seed: int,
                  augment: bool = True, hflip: bool = True, templates: tuple[str, ...] = TRAIN_TEMPLATES,
-                 size: int | None = None) -> None:
+                 size: int | None = None, resample: str = "bilinear") -> None:
         if not images:
             raise ValueError("no training images")
         self.size = size or images[0].shape[-1]
         self.phrase, self.batch_size, self.factor = phrase, batch_size, factor
-        self.images = images if augment else [resize(image, self.size) for image in images]
+        self.images = images if augment else [resize(image, self.size, resample) for image in images]
         self.augment, self.hflip, self.templates = augment, hflip, templates
         self.rng = random.Random(seed)
         self.stream = next(_STREAMS)  # tells apart the photos of different streams in a `Latents` cache

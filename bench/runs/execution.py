@@ -183,11 +183,15 @@ def _base_record(run: PlannedRun, ctx: Context) -> RunRecord:
 def _evaluated(evaluation: dict[str, Any], views: dict[str, Any], timing: dict[str, Any], **fields: Any
                ) -> dict[str, Any]:
     """The fields a finished run sets: its own evaluation (`evaluate`'s result), its views, its timing (the
-    evaluation's sampling timings joined in) and `fields`, as the record's typed parts."""
+    evaluation's sampling timings joined in, and the process's CPU threads) and `fields`, as the record's typed
+    parts."""
+    import torch
+
     own = Evaluation.from_json(evaluation)
     return {"steps": own.steps, "metrics": own.metrics, "images": own.images, "real_vs_real": own.real_vs_real,
             "views": {k: v if isinstance(v, Evaluation) else Evaluation.from_json(v) for k, v in views.items()},
-            "timing": Timing.from_json({**timing, **evaluation["timing"]}), **fields}
+            "timing": Timing.from_json({**timing, **evaluation["timing"], "threads": torch.get_num_threads()}),
+            **fields}
 
 
 def _train_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, run_dir: Path, on_step: Callable | None,

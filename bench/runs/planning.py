@@ -111,7 +111,9 @@ def named_variants(methods: list[str], names: list[str]) -> list[tuple[str, dict
 def variants_for(methods: list[str], names: list[str], overrides: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """`bench run --variant a,b --set k=v`: each named variant, with ad-hoc overrides forming their own name."""
     from bench.ablations import override_suffix
+    from bench.config import normalise_overrides
 
+    overrides = normalise_overrides([get_method(m).Config for m in methods], overrides)  # 1e1 is 10
     suffix = override_suffix(overrides) if overrides else ""
     return [(f"{name}+{suffix}" if suffix else name, {**base, **overrides})
             for name, base in named_variants(methods, names)]
@@ -236,10 +238,18 @@ def check_device(device: str | None) -> None:
                          f"use --device cpu or another index")
 
 
+def weights_label(group: str) -> str:
+    """`--weights GROUP` and what it must hold, for messages ("--weights omini (role omini_lora: ...)")."""
+    from bench.models.profiles import group_roles
+
+    roles = group_roles(group)
+    return f"--weights {group} ({roles})" if roles else f"--weights {group}"
+
+
 def check_weight_paths(weight_map: dict[str, str]) -> None:
     """`--weights GROUP=PATH`: a local path must exist and hold safetensors (pickles are never loaded)."""
     for group, source in weight_map.items():
         path = Path(source).expanduser()
         looks_local = source.startswith(("/", ".", "~")) or path.exists()
         if looks_local:
-            store.check_safetensors(path, f"--weights {group}")
+            store.check_safetensors(path, weights_label(group))

@@ -13,9 +13,28 @@ from typing import Any
 from bench.tracking import PROJECT, RunInfo
 
 
+def has_credentials() -> bool:
+    """Whether W&B online can log in without asking: `WANDB_API_KEY`, an identity token file, or a key for its host
+    in the netrc file (`wandb login` writes it; `$NETRC` if set, else ~/.netrc)."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class WandbTracker:
     def start(self, run: RunInfo) -> None:
         import wandb
+
+        if os.environ.get("WANDB_MODE", "online") in ("online", "run", "") and not has_credentials():
+            # its client would otherwise stop the run to ask for a key on the terminal
+            raise RuntimeError("not logged in to W&B: run `wandb login`, set WANDB_API_KEY, or WANDB_MODE=offline")
 
         folder = os.environ.get("WANDB_DIR") or str(run.results / "wandb")
         os.makedirs(folder, exist_ok=True)
