@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.api import Concept
+from bench.api import Concept, Models
 from bench.config import SAMPLING_STEPS
 from bench.models import sampling
 from bench.models.sampling import Numerics
@@ -46,20 +46,22 @@ class Base:
     version: ClassVar[int] = 1
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = BaseConfig
-    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "backbone_hyper-sd15": {}}
+    """`backbone_hyper-sd15`: the floor of the Hyper-SD 1.5 student, `bench ablate --method base --backbone
+    hyper-sd15` (its own variant, so its runs sit beside SD-Turbo's instead of replacing them)."""
 
     def __init__(self, config: BaseConfig) -> None:
         self.config = config
 
-    def prepare(self, concept: Concept, models: Any, out_dir: Path, seed: int) -> BaseModel:
+    def prepare(self, concept: Concept, models: Models, out_dir: Path, seed: int) -> BaseModel:
         """Nothing to learn or encode: the backbone's student as loaded (`seed` changes nothing)."""
         return BaseModel(self.config, _parts(models), models.profile.backbone)
 
-    def load(self, weights_dir: Path, models: Any) -> BaseModel:
+    def load(self, weights_dir: Path, models: Models) -> BaseModel:
         return BaseModel(self.config, _parts(models), models.profile.backbone)
 
 
-def _parts(models: Any) -> dict[str, Any]:
+def _parts(models: Models) -> dict[str, Any]:
     from echodistill.model import student_unet
 
     parts = models.pipeline_parts()

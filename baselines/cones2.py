@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Log
+from bench.api import BenchError, Concept, Log, Models
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import sampling
@@ -165,7 +165,7 @@ class Cones2:
     def __init__(self, config: Cones2Config) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> Cones2Model:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> Cones2Model:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
@@ -222,7 +222,7 @@ class Cones2:
         return Cones2Model(cfg, parts, concept.class_noun, subject, residual,
                            tuned if cfg.keep_text_encoder else None)
 
-    def load(self, weights_dir: Path, models: Any) -> Cones2Model:
+    def load(self, weights_dir: Path, models: Models) -> Cones2Model:
         from safetensors import safe_open
 
         parts = models.pipeline_parts()

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log, offer_samples
+from bench.api import Concept, Log, Models, offer_samples
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop, mse_loss
@@ -108,7 +108,7 @@ class CustomDiffusion:
     def __init__(self, config: CustomDiffusionConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> CustomDiffusionModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> CustomDiffusionModel:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts(self.config.base)
@@ -140,7 +140,7 @@ class CustomDiffusion:
             p.requires_grad_(False)
         return CustomDiffusionModel(cfg, parts)
 
-    def load(self, weights_dir: Path, models: Any) -> CustomDiffusionModel:
+    def load(self, weights_dir: Path, models: Models) -> CustomDiffusionModel:
         parts = models.pipeline_parts(self.config.base)
         token_file = weights_dir / f"{self.config.token}.safetensors"
         personalize.load_token(parts["tokenizer"], parts["text_encoder"], token_file)

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Log
+from bench.api import BenchError, Concept, Log, Models
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import personalize, sampling
@@ -169,7 +169,7 @@ class DisenBooth:
     def __init__(self, config: DisenBoothConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> DisenBoothModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> DisenBoothModel:
         cfg = self.config
         identifier = resolve_identifier(cfg.identifier, concept.class_noun)
         parts = models.pipeline_parts()
@@ -220,7 +220,7 @@ class DisenBooth:
             p.requires_grad_(False)
         return DisenBoothModel(cfg, parts, adapter.eval(), identifier)
 
-    def load(self, weights_dir: Path, models: Any) -> DisenBoothModel:
+    def load(self, weights_dir: Path, models: Models) -> DisenBoothModel:
         from safetensors import safe_open
         from safetensors.torch import load_file
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log, offer_samples
+from bench.api import Concept, Log, Models, offer_samples
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
 from bench.models.loop import DenoisingLoop, LossFn, Step
@@ -80,7 +80,7 @@ class DreamBoothConfig(Numerics):
         check_word("identifier", self.identifier)
 
 
-def class_images(models: Any, class_noun: str, count: int, batch_size: int = 25) -> list[Path]:
+def class_images(models: Models, class_noun: str, count: int, batch_size: int = 25) -> list[Path]:
     """`count` images of `class_noun` from the untouched base student (one step), generated once and cached.
 
     Folder: `<cache>/class_images/<profile>/<class>/<hash of the generator>/NNNN.png`, image i drawn with seed
@@ -153,7 +153,7 @@ class DreamBooth:
     def __init__(self, config: DreamBoothConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> DreamBoothModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> DreamBoothModel:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
@@ -192,7 +192,7 @@ class DreamBooth:
         del optimizer, loop  # free the Adam moments (2 x UNet) before sampling
         return DreamBoothModel(cfg, parts)
 
-    def load(self, weights_dir: Path, models: Any) -> DreamBoothModel:
+    def load(self, weights_dir: Path, models: Models) -> DreamBoothModel:
         from diffusers import UNet2DConditionModel
 
         parts = models.pipeline_parts()

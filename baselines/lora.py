@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log
+from bench.api import Concept, Log, Models
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
@@ -88,7 +88,7 @@ class LoRA:
     def __init__(self, config: LoRAConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> LoRAModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> LoRAModel:
         cfg = self.config
         torch.manual_seed(seed)  # also seeds the Gaussian init of the A matrices
         parts = models.pipeline_parts()
@@ -111,7 +111,7 @@ class LoRA:
             p.requires_grad_(False)
         return LoRAModel(cfg, parts)
 
-    def load(self, weights_dir: Path, models: Any) -> LoRAModel:
+    def load(self, weights_dir: Path, models: Models) -> LoRAModel:
         parts = models.pipeline_parts()
         personalize.load_unet_lora(parts["unet"], weights_dir)  # what `pipe.load_lora_weights(dir)` runs
         return LoRAModel(self.config, parts)

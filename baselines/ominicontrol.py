@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from bench.api import Concept
+from bench.api import Concept, Models
 from bench.config import SAMPLING_ONLY, SAMPLING_STEPS
+from bench.models import flux
+from bench.models.component import Component, ModelRoles
 
 CONDITIONING = ("first", "each")
 """Which reference photo conditions an image: "first" (the concept's first photo, by file name) or "each" (the
@@ -104,10 +106,18 @@ class OminiControlConfig:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
 
 
+def roles_for(profile: str) -> dict[str, Component]:
+    """FLUX.1-schnell and the OminiControl subject LoRA (`bench.models.flux`) for `profile`."""
+    if profile == "tiny":
+        return flux.tiny_flux_roles()
+    return flux.flux_roles(flux.FLUX_SCHNELL, flux.OMINICONTROL, tiny=False)
+
+
 class OminiControl:
     name: ClassVar[str] = "ominicontrol"
     label: ClassVar[str] = "OminiControl"
     base_model: ClassVar[str] = "Flux"
+    model_roles: ClassVar[ModelRoles] = ModelRoles(roles_for, flux.LOADERS, flux.ensure_tiny_flux)
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = OminiControlConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
@@ -117,7 +127,7 @@ class OminiControl:
     def __init__(self, config: OminiControlConfig) -> None:
         self.config = config
 
-    def prepare(self, concept: Concept, models: Any, out_dir: Path, seed: int) -> OminiModel:
+    def prepare(self, concept: Concept, models: Models, out_dir: Path, seed: int) -> OminiModel:
         from bench.data import load_image
 
         photos = sorted(concept.images, key=lambda p: p.name)
@@ -142,7 +152,7 @@ class OminiControl:
             tokens = _encode_condition(pipe, pixels)
         return OminiModel(self.config, pipe, tokens, [p.name for p in photos], size)
 
-    def load(self, weights_dir: Path, models: Any) -> OminiModel:
+    def load(self, weights_dir: Path, models: Models) -> OminiModel:
         from safetensors import safe_open
 
         pipe = _pipeline(models)
@@ -242,7 +252,7 @@ class OminiModel:
 # --- building blocks -----------------------------------------------------------------------------------------
 
 
-def _pipeline(models: Any) -> Any:
+def _pipeline(models: Models) -> Any:
     """A FluxPipeline over this run's copies of the FLUX.1 roles (the pipeline's prompt encoding and latent
     packing are used as they are; its denoising loop is replaced by `OminiModel.sample`)."""
     from diffusers import FluxPipeline

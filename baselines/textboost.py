@@ -38,7 +38,7 @@ from baselines.textboost_data import (
     PriorPrompts,
     read_prompt_file,
 )
-from bench.api import DEFAULT_PHRASE, BenchError, Concept, Log
+from bench.api import DEFAULT_PHRASE, BenchError, Concept, Log, Models
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
@@ -238,7 +238,7 @@ class TextBoost:
     def __init__(self, config: TextBoostConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> TextBoostModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> TextBoostModel:
         from diffusers.utils.peft_utils import set_adapter_layers
         from peft import inject_adapter_in_model
 
@@ -339,7 +339,7 @@ class TextBoost:
             p.requires_grad_(False)
         return TextBoostModel(cfg, parts, vectors, new_tokens)
 
-    def load(self, weights_dir: Path, models: Any) -> TextBoostModel:
+    def load(self, weights_dir: Path, models: Models) -> TextBoostModel:
         from diffusers import StableDiffusionPipeline
 
         from bench.models.lora_check import check_lora_complete

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Log, offer_samples
+from bench.api import BenchError, Concept, Log, Models, offer_samples
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
@@ -107,7 +107,7 @@ class TextualInversion:
     def __init__(self, config: TextualInversionConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> TextualInversionModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> TextualInversionModel:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
@@ -139,7 +139,7 @@ class TextualInversion:
         token_weight.requires_grad_(False)
         return TextualInversionModel(self.config, parts)
 
-    def load(self, weights_dir: Path, models: Any) -> TextualInversionModel:
+    def load(self, weights_dir: Path, models: Models) -> TextualInversionModel:
         parts = models.pipeline_parts()
         weights = weights_dir / f"{self.config.token}.safetensors"
         personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights)

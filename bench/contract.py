@@ -45,6 +45,8 @@ class MethodInfo:
     """Display name in tables and figures (the registry name where the method declares none)."""
     base_model: str | None = MethodOptions.base_model
     """The base model the tables' Model column names (None: the run's backbone)."""
+    model_roles: Any = MethodOptions.model_roles
+    """The model roles it declares (`bench.models.component.ModelRoles`), or None."""
     table_view: str | None = MethodOptions.table_view
     """The view the paper-style tables read for its runs where a run has it; None: the run's own evaluation."""
     table_view_note: str = MethodOptions.table_view_note
@@ -61,6 +63,7 @@ class MethodInfo:
                    version=declared("version"), trains=declared("trains"), resumable=declared("resumable"),
                    ablations=dict(declared("ablations")), perf_overrides=dict(declared("perf_overrides")),
                    label=declared("label") or method.name, base_model=declared("base_model"),
+                   model_roles=declared("model_roles"),
                    table_view=declared("table_view"),
                    table_view_note=declared("table_view_note"))
 

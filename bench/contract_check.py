@@ -137,7 +137,7 @@ def check_method(name: str, concept: Any = None, work: Path | None = None,
         else:  # no training stage: `prepare` stands in for `train` (bench.api, the end of `Method`)
             _check(callable(getattr(method, "prepare", None)) and callable(getattr(method, "load", None)), "Method",
                    "a method with trains = False has prepare(concept, models, out_dir, seed) and load", say)
-        profile = get_profile("tiny")
+        profile = get_profile("tiny").for_method(cls)
         log = ListLog()
         if info.trains:
             trained = method.train(concept, Models(profile, "cpu"), work / "work", 0, log)

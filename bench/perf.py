@@ -171,7 +171,7 @@ def measure_method(name: str, profile: Any, device: str | None, concept: Any, wa
     cls = get_method(name)
     trains = MethodInfo.of(cls).trains  # a method without training is timed preparing and sampling only
     config = build(cls.Config, perf_overrides(cls, warmup + 2 + iterations, batch))
-    models = Models(profile, device, speed)
+    models = Models(profile.for_method(cls), device, speed)
     log = PerfLog(models.device, warmup)
     reset_peak_memory(models.device)
     torch.manual_seed(0)

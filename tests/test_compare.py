@@ -184,7 +184,7 @@ def test_table_against_gives_the_paired_difference_and_marks_ties_with_the_best(
     other = db if a.best["dino"] == ed else ed
     assert "dino" in a.tied.get(other, {}) and "dino" not in a.tied.get(lora, {})
     text = paired.render([table], "md", "lora")
-    assert f"{known:+.3f} [" in text and "(n=30)" in text and "Holm-adjusted over the column" in text
+    assert f"{known:+.4f} [" in text and "(n=30)" in text and "Holm-adjusted over the column" in text
     csv_text = paired.render([table], "csv", "lora")
     assert "against_dino_ci_low" in csv_text.splitlines()[0]
 
@@ -214,7 +214,7 @@ def test_bench_table_against_and_compare_paper(tmp_path: Path, monkeypatch: pyte
     code, out, err = bench(monkeypatch, capsys, "table", "main", "--against", "echodistill", "--compare", "paper",
                            "--results", str(tmp_path))
     assert code == 0, err
-    assert "Δ DINO vs echodistill" in out and f"{-known:+.3f} [" in out and "Agreement with the paper:" in out
+    assert "Δ DINO vs echodistill" in out and f"{-known:+.4f} [" in out and "Agreement with the paper:" in out
     code, _, err = bench(monkeypatch, capsys, "table", "main", "--against", "echodistil", "--results", str(tmp_path))
     assert code == 2 and "unknown --against method 'echodistil'" in err
 

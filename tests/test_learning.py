@@ -81,8 +81,18 @@ def test_a_concept_passes_only_when_strictly_closer() -> None:
     assert not learning.LearningReport("m", results[1:]).passed  # 1 of 2
 
 
+NOT_YET_ALL = {
+    **NOT_YET,
+    "custom_diffusion": "measured 6/10 concepts (3/7 beyond the fast tier's 3): can, clock, red_cartoon and vase move "
+                        "away from the photos",
+    "echodistill": "measured 6/10 concepts, the same four moving away as Custom Diffusion's (K/V and token)",
+}
+"""The slow tier's measured shortfalls (README, "Which method is better"), on the 10 concepts measured so far."""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CHECKED)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=NOT_YET_ALL[n]))
+                                  if n in NOT_YET_ALL else n for n in CHECKED])
 def test_every_method_learns_on_all_concepts(name: str, real_dreambench_root: Path) -> None:
     chosen, everything = _concepts(real_dreambench_root, "all")
     report = learning.check_method(name, chosen, everything)

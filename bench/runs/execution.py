@@ -208,7 +208,10 @@ def _train_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, run_dir
         ensure_built()
     from bench.models.speed import parse_speed
 
+    from bench.models.profiles import method_roles
+
     job, profile = run.job, run.profile
+    method_roles(run.method, profile.name)  # the loaders of the roles it declares, in this (maybe worker) process
     torch.manual_seed(job.seed)
     models = Models(profile, ctx.device, parse_speed(ctx.speed))
     method = run.method(run.typed_config())  # the one instance of the method for this run

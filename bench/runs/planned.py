@@ -124,7 +124,7 @@ def plan_runs(jobs: list[Job], ctx: Context, classes: dict[str, type] | None = N
             classes[job.method] = get_method(job.method)
         cls = classes[job.method]
         info = MethodInfo.of(cls)
-        profile = ctx.profile(job.profile, job.backbone).for_method(job.method)
+        profile = ctx.profile(job.profile, job.backbone).for_method(cls)
         config = resolve_config(cls, job, profile.iteration_cap, profile.step_cap)
         desc = profile.describe()
         run = PlannedRun(job=job, config=json.dumps(to_dict(config), sort_keys=True),

@@ -118,13 +118,13 @@ FLOOR = "base"
 
 
 def _floor_rows() -> list[RowSpec]:
-    """The floor, one row per backbone (`bench run --method base [--backbone hyper-sd15]`): shown where it ran, so
-    the main table reads floor, methods, ceiling."""
+    """The floor, one row per backbone (`bench run --method base`, `bench ablate --method base --backbone
+    hyper-sd15`): shown where it ran, so the main table reads floor, methods, ceiling."""
     note = "floor: no personalization, the class noun in place of the identifier"
     return [RowSpec("Base model (no personalization)", FLOOR, ("default",), "SD Turbo", None, 1, optional=True,
                     trains=False, note=note),
-            RowSpec("Base model (no personalization)", FLOOR, ("default@hyper-sd15",), "Hyper-SD1.5", None, 1,
-                    optional=True, trains=False, note=note)]
+            RowSpec("Base model (no personalization)", FLOOR, ("backbone_hyper-sd15", "default@hyper-sd15"),
+                    "Hyper-SD1.5", None, 1, optional=True, trains=False, note=note)]
 
 
 DEFS: dict[str, TableDef] = {d.name: d for d in (

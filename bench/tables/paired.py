@@ -87,9 +87,9 @@ def annotate(t: Table, against: str | None, compare: bool) -> Annotation:
 def _diff_cell(d: Difference | None) -> str:
     if d is None or d.mean != d.mean:
         return "–"
-    text = f"{d.mean:+.3f}"
+    text = f"{d.mean:+.4f}"  # a digit more than the cells: differences on one concept set are small
     if d.lo == d.lo:
-        text += f" [{d.lo:+.3f}, {d.hi:+.3f}]"
+        text += f" [{d.lo:+.4f}, {d.hi:+.4f}]"
     return text + f" (n={d.concepts})"
 
 
