@@ -206,9 +206,8 @@ def _train_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, run_dir
         from bench.models.tiny import ensure_built
 
         ensure_built()
-    from bench.models.speed import parse_speed
-
     from bench.models.profiles import method_roles
+    from bench.models.speed import parse_speed
 
     job, profile = run.job, run.profile
     method_roles(run.method, profile.name)  # the loaders of the roles it declares, in this (maybe worker) process
