@@ -106,7 +106,7 @@ def test_tables_print_a_slash_for_train_time(fake, dreambench_root, tmp_path, mo
         (target / "record.json").write_text(json.dumps(data))
     from bench.tables import build_tables, md_rows, render
 
-    for results, label in ((tmp_path, "fake_prepared (default)"), (tmp_path / "as_ip", "IP-Adapter")):
+    for results, label in ((tmp_path, "fake_prepared"), (tmp_path / "as_ip", "IP-Adapter")):
         (table,) = build_tables("main", list(store.iter_records(results)), compare="paper")
         head, body = md_rows(table)
         row = dict(zip(head, next(cells for cells in body if cells[0] == label)))
