@@ -33,7 +33,8 @@ Rules that make a resumed run bit-identical to an uninterrupted one:
   always saves at `total`, so on resume a finished phase restores its final state and its loop does nothing;
 - scalars that are neither tensors nor RNGs (a counter, a best score) go in `extra={...}` at save and are
   read back from `ckpt.extra` after `restore`;
-- add a documented `checkpoint_every: int` field to the method's config (0 = off) and pass it as `every`.
+- add a documented checkpoint-period field to the method's config (0 = off), declared `CHECKPOINT_EVERY`
+  (`bench.config`), and pass it as `every`.
 
 Rows (`rows={name: [row, ...]}`): when a large matrix trains only a few rows (a new token's row of the 49,409-row
 token-embedding table), only those rows are saved, of the tensor and of its optimiser moments (every state tensor
