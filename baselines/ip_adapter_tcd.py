@@ -33,10 +33,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from baselines import tcd_models
 from bench.api import Concept, Models
 from bench.config import SAMPLING_ONLY, SAMPLING_STEPS
-from bench.models import sampling, tcd
-from bench.models.component import Component, ModelRoles
+from bench.models import sampling
+from bench.models.component import ModelRoles
 
 CONDITIONING = ("first", "each", "mean")
 RANDOM_ADAPTER_SEED = 0
@@ -86,16 +87,11 @@ class IPAdapterTCDConfig:
         check_autocast("none", self.sample_dtype)
 
 
-def roles_for(profile: str) -> dict[str, Component]:
-    """SDXL, the TCD LoRA and the SDXL IP-Adapter with its image encoder (`bench.models.tcd`) for `profile`."""
-    return tcd.tcd_roles(tiny=profile == "tiny")
-
-
 class IPAdapterTCD:
     name: ClassVar[str] = "ip_adapter_tcd"
     label: ClassVar[str] = "IP-Adapter"
     base_model: ClassVar[str] = "TCD"
-    model_roles: ClassVar[ModelRoles] = ModelRoles(roles_for, tcd.LOADERS, tcd.ensure_tiny)
+    model_roles: ClassVar[ModelRoles] = tcd_models.MODEL_ROLES  # SDXL + TCD LoRA + IP-Adapter SDXL
     version: ClassVar[int] = 1
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = IPAdapterTCDConfig
@@ -135,8 +131,8 @@ def build_pipeline(models: Models, config: IPAdapterTCDConfig) -> Any:
     files are resolved first, so a missing one is the error named (before SDXL loads)."""
     from diffusers import StableDiffusionXLPipeline
 
+    from baselines.tcd_models import ip_adapter_state, nested_ip_state
     from bench.models.lora_check import check_lora_complete
-    from bench.models.tcd import ip_adapter_state, nested_ip_state
 
     adapter, lora, encoder = models.ip_adapter_sdxl, models.tcd_lora, models.sdxl_image_encoder
     pipe = StableDiffusionXLPipeline(

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Log, Models
-from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.recipe import check_lora, check_recipe, check_word, concept_batches, scaled_lr
@@ -35,7 +35,7 @@ class LoRAConfig(Numerics):
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
     iterations: int = field(default=800, metadata=SCHEDULE)
     """Optimiser steps (paper: 800)."""
-    batch_size: int = 1
+    batch_size: int = field(default=1, metadata=BATCH_SIZE)
     """Images per step (diffusers recipe: 1)."""
     lr: float = 1e-4
     """Learning rate (paper: 1e-4); multiplied by the batch size when `scale_lr`."""
@@ -64,7 +64,7 @@ class LoRAConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    checkpoint_every: int = field(default=200, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=200, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint (the LoRA matrices, their AdamW moments, RNG states) every this many iterations
     and at the end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically.
     0 = off. Not part of the config hash: it never changes the result."""

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from baselines import flux_models
 from bench.api import Concept, Models
 from bench.config import SAMPLING_ONLY, SAMPLING_STEPS
-from bench.models import flux
-from bench.models.component import Component, ModelRoles
+from bench.models.component import ModelRoles
 
 CONDITIONING = ("first", "each")
 """Which reference photo conditions an image: "first" (the concept's first photo, by file name) or "each" (the
@@ -78,7 +78,7 @@ class OminiControlConfig:
     """Images per transformer call."""
 
     def __post_init__(self) -> None:
-        from bench.models.flux import OMINI_LORA_FILES
+        from baselines.flux_models import OMINI_LORA_FILES
 
         if self.lora_file not in OMINI_LORA_FILES:
             raise ValueError(f"lora_file must be one of {', '.join(OMINI_LORA_FILES)}, not '{self.lora_file}'")
@@ -106,18 +106,11 @@ class OminiControlConfig:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
 
 
-def roles_for(profile: str) -> dict[str, Component]:
-    """FLUX.1-schnell and the OminiControl subject LoRA (`bench.models.flux`) for `profile`."""
-    if profile == "tiny":
-        return flux.tiny_flux_roles()
-    return flux.flux_roles(flux.FLUX_SCHNELL, flux.OMINICONTROL, tiny=False)
-
-
 class OminiControl:
     name: ClassVar[str] = "ominicontrol"
     label: ClassVar[str] = "OminiControl"
     base_model: ClassVar[str] = "Flux"
-    model_roles: ClassVar[ModelRoles] = ModelRoles(roles_for, flux.LOADERS, flux.ensure_tiny_flux)
+    model_roles: ClassVar[ModelRoles] = flux_models.MODEL_ROLES  # FLUX.1-schnell + OminiControl LoRA
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = OminiControlConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
@@ -132,14 +125,14 @@ class OminiControl:
 
         photos = sorted(concept.images, key=lambda p: p.name)
         photos = photos[:1] if self.config.conditioning == "first" else photos
-        from bench.models.flux import omini_lora_path
+        from baselines.flux_models import omini_lora_path
 
         lora = omini_lora_path(models, self.config.lora_file)  # first: a missing file is named before FLUX loads
         pipe = _pipeline(models)
         if lora is None:  # paper-random: a random adapter of the released shape
             from peft import LoraConfig
 
-            from bench.models.flux import OMINI_RANK, OMINI_TARGETS
+            from baselines.flux_models import OMINI_RANK, OMINI_TARGETS
 
             torch.manual_seed(seed)
             pipe.transformer.add_adapter(LoraConfig(r=OMINI_RANK, lora_alpha=OMINI_RANK, target_modules=OMINI_TARGETS,

@@ -251,7 +251,7 @@ class MethodOptions(Protocol):
     `--resume` or an iteration override is refused for it."""
 
     resumable: ClassVar[bool] = False
-    """True when `train` writes checkpoints (its config's `checkpoint_every`, through
+    """True when `train` writes checkpoints (every N iterations, N its `CHECKPOINT_EVERY` field, through
     `bench.models.checkpoint.Checkpointer`) and continues from them, so `bench run --resume` continues a killed
     run instead of restarting it."""
 
@@ -264,8 +264,8 @@ class MethodOptions(Protocol):
     perf_overrides: ClassVar[dict[str, Any]] = {}
     """Config overrides `bench perf` applies to time one training iteration of the main stage (EchoDistill:
     `{"drop": ["echo"]}`, the echo stage repeats the same iteration). `bench perf` itself sets the schedule
-    fields (`SCHEDULE`: the main `iterations` to the timed count, the others to 1), `batch_size` and
-    `checkpoint_every`."""
+    fields by their roles (`bench.config`): the `MAIN_SCHEDULE` field to the timed count, other `SCHEDULE` fields
+    to 1, the `BATCH_SIZE` field to `--batch`, the `CHECKPOINT_EVERY` field to 0."""
 
     label: ClassVar[str | None] = None
     """The method's display name (`"Custom Diffusion"`) in the rows of variants no table lists, figure titles and

@@ -108,7 +108,7 @@ def test_saved_embeddings_load_back_to_the_same_images(prepared, tmp_path) -> No
 
 
 def test_missing_adapter_weights_on_paper_is_one_line(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    from bench.models.tcd import ensure_tiny
+    from baselines.tcd_models import ensure_tiny
 
     root = ensure_tiny()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -10,9 +10,9 @@ import dataclasses
 import pytest
 import torch
 
+from baselines.tcd_models import TCD_LORA_TARGETS, tiny_sdxl_unet
 from bench.api import BenchError
 from bench.models.lora_check import check_lora_complete, file_modules
-from bench.models.tcd import TCD_LORA_TARGETS, tiny_sdxl_unet
 
 FILE = "pytorch_lora_weights.safetensors"
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from baselines.flux_models import OMINI_LORA_FILE, OMINI_TARGETS
 from baselines.ominicontrol import LORA_FILE, OminiControl, OminiControlConfig, condition_forward
 from bench.api import BenchError, Concept
 from bench.config import build
-from bench.models.flux import OMINI_LORA_FILE, OMINI_TARGETS
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
 
@@ -85,7 +85,7 @@ def test_lora_loads_through_diffusers_and_adapts_only_the_released_layers(photos
     from peft.tuners.tuners_utils import BaseTunerLayer
     from safetensors.torch import load_file
 
-    from bench.models.flux import ensure_tiny_flux
+    from baselines.flux_models import ensure_tiny_flux
 
     model = _prepare(photos, tmp_path)
     transformer = model.pipe.transformer
@@ -258,7 +258,7 @@ def test_paper_lora_variant_loads_the_experimental_file(photos, tmp_path, monkey
     """OminiControl's README: `experimental/subject` is "the model used in the paper"; `omini/subject_512` (the
     default, the example's) is the later one. Variant `paper_lora` loads the former with its (0, -32) shift."""
     import baselines.ominicontrol as omini
-    from bench.models.flux import OMINI_PAPER_LORA_FILE
+    from baselines.flux_models import OMINI_PAPER_LORA_FILE
 
     loaded: list = []
     real = omini._load_adapter
@@ -271,7 +271,7 @@ def test_paper_lora_variant_loads_the_experimental_file(photos, tmp_path, monkey
     with pytest.raises(BenchError, match="lora_file must be one of"):
         build(OminiControlConfig, {"lora_file": "omini/other.safetensors"})
     # A source holding only the default file: the variant names the missing one in one line.
-    from bench.models.flux import omini_lora_path
+    from baselines.flux_models import omini_lora_path
 
     only = tmp_path / "omini-only"
     (only / "omini").mkdir(parents=True)

@@ -167,6 +167,49 @@ def test_entry_points_register_lazily(toy_file, clean_registry, monkeypatch) -> 
     sys.modules.pop("toy_method", None)
 
 
+def renamed_source() -> str:
+    """The README's toy method with every role-bearing field renamed (`iterations` -> `fit_iters`, `steps` ->
+    `paint_steps`) and a batch size under its own name: the harness must find each through its metadata."""
+    source = re.sub(r"\biterations\b", "fit_iters", toy_source())
+    source = re.sub(r"\bsteps\b", "paint_steps", source).replace('"toy"', '"toy_renamed"')
+    source = source.replace("from bench.config import SAMPLING_STEPS, SCHEDULE",
+                            "from bench.config import BATCH_SIZE, SAMPLING_STEPS, SCHEDULE")
+    return source.replace('    lr: float = 0.5\n', '    lr: float = 0.5\n    photos_per_step: int = field(default=1, '
+                                                    'metadata=BATCH_SIZE)\n    """Unused: a batch size by role."""\n')
+
+
+def test_renamed_schedule_fields_run_perf_and_plan(tmp_path, clean_registry, dreambench_root, monkeypatch,
+                                                   capsys) -> None:
+    """No field name means anything: capped on tiny by `bench run`, timed by `bench perf`, costed by `bench plan`,
+    listed by `bench table main`, all through the fields' roles."""
+    path = tmp_path / "renamed.py"
+    path.write_text(renamed_source())
+    assert "iterations" not in re.sub(r'""".*?"""|"[^"\n]*"', "", path.read_text(), flags=re.S)
+    results, perf = tmp_path / "results", tmp_path / "perf"
+    common = ["--include", path, "--data", dreambench_root]
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "toy_renamed", "--concepts", "dog", "--results",
+                         results, *common)
+    assert code == 0 and "1 done" in err, err
+    record = json.loads((results / "tiny/toy_renamed/default/dog/seed0/record.json").read_text())
+    assert record["config"]["fit_iters"] == 10 and record["timing"]["iterations"] == 10, "SCHEDULE capped on tiny"
+    code, out, err = bench(monkeypatch, capsys, "perf", "--methods", "toy_renamed", "--warmup", "1", "--iterations",
+                           "2", "--batch", "3", "--sweep-batch", "2", "--device", "cpu", "--out", perf,
+                           "--score-images", "0", *common)
+    assert code == 0, err
+    row = json.loads(next(perf.glob("*.json")).read_text())["methods"][0]
+    assert row["config"]["fit_iters"] == 1 + 2 + 2 and row["config"]["photos_per_step"] == 3
+    assert row["iterations_timed"] == 2 and row["train_step_s"] > 0
+    code, out, err = bench(monkeypatch, capsys, "plan", "--method", "toy_renamed", "--concepts", "dog,cat",
+                           "--results", results, "--perf", perf, "--format", "json", "--device", "cpu", *common)
+    assert code == 0, err
+    plan = json.loads(out)["rows"][0]
+    assert (plan["runs"], plan["done"], plan["left"], plan["source"]) == (2, 1, 1, "perf")
+    per_image = row["infer_s_per_image_batched"] * 25  # 25 prompts x tiny's one evaluation seed, one step
+    assert plan["hours_left"] * 3600 == pytest.approx(row["train_step_s"] * 10 / 3 + per_image, rel=1e-6)
+    code, out, err = bench(monkeypatch, capsys, "table", "main", "--results", results)
+    assert code == 0 and "toy_renamed" in out, err
+
+
 PALETTE = '''
 
 # --- a method with a model of its own (appended to the README's toy method) ---

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.api import BenchError
 from bench.models.component import DECLARED_LOADERS, TINY_BUILDERS, Component
-from bench.registry import unknown
+from bench.naming import unknown
 
 PROFILES = ("tiny", "paper", "paper-random")
 BACKBONES = ("sd-turbo", "hyper-sd15")

@@ -90,7 +90,7 @@ def _suite_desc(records: list[RunRecord]) -> str:
 
 
 def _check_options(name: str, fmt: str, compare: str | None) -> None:
-    from bench.registry import unknown
+    from bench.naming import unknown
 
     if name not in CHOICES:
         raise unknown("table", name, CHOICES)
@@ -110,7 +110,7 @@ def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compa
 
     _check_options(name, "md", compare)
     if dataset is not None and dataset not in DATASET_NAMES:
-        from bench.registry import unknown
+        from bench.naming import unknown
 
         raise unknown("--dataset", dataset, DATASET_NAMES)
     records = as_records(records)
