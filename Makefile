@@ -7,7 +7,7 @@ BENCH = $(VENV)/bin/bench
 RESULTS ?= results
 WORKERS ?= 2
 
-.PHONY: setup data run main-table test test-slow smoke tables report lint clean
+.PHONY: setup data run main-table test test-slow smoke tables report lint clean rehearsal
 
 setup: $(VENV)/.installed          ## virtual environment with the project and its test tools
 
@@ -32,6 +32,9 @@ test: setup                         ## the fast, offline, CPU-only test suite
 
 test-slow: setup                    ## the slow tier (learning checks, full sweeps)
 	$(VENV)/bin/pytest -q -m slow
+
+rehearsal: setup data              ## the whole paper plan on tiny through the CI workflow's commands, 16 shards, with faults (slow)
+	$(VENV)/bin/python tools/rehearsal.py --concepts all --shards 16 --data $(BENCH_DATA) --work $(RESULTS)/rehearsal
 
 smoke: setup data                   ## two concepts end to end in about a minute
 	$(BENCH) run --method custom_diffusion --concepts dog,teapot --profile tiny && $(BENCH) table main

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.api import Concept
+from bench.api import Concept, Models
 from bench.config import SAMPLING_STEPS
 from bench.models import sampling
 from bench.models.sampling import Numerics
@@ -53,15 +53,15 @@ class Base:
     def __init__(self, config: BaseConfig) -> None:
         self.config = config
 
-    def prepare(self, concept: Concept, models: Any, out_dir: Path, seed: int) -> BaseModel:
+    def prepare(self, concept: Concept, models: Models, out_dir: Path, seed: int) -> BaseModel:
         """Nothing to learn or encode: the backbone's student as loaded (`seed` changes nothing)."""
         return BaseModel(self.config, _parts(models), models.profile.backbone)
 
-    def load(self, weights_dir: Path, models: Any) -> BaseModel:
+    def load(self, weights_dir: Path, models: Models) -> BaseModel:
         return BaseModel(self.config, _parts(models), models.profile.backbone)
 
 
-def _parts(models: Any) -> dict[str, Any]:
+def _parts(models: Models) -> dict[str, Any]:
     from echodistill.model import student_unet
 
     parts = models.pipeline_parts()

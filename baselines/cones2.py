@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Log
-from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.api import BenchError, Concept, Log, Models
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import sampling
 from bench.models.loop import DenoisingLoop, Step
@@ -50,7 +50,7 @@ class Cones2Config(Numerics):
     NFE 4) or "uniform" (train NFE 1000, what the reference does)."""
     iterations: int = field(default=4000, metadata=SCHEDULE)
     """Optimiser steps (paper Table 5 and the reference README: 4000)."""
-    batch_size: int = 1
+    batch_size: int = field(default=1, metadata=BATCH_SIZE)
     """Images per step (reference README: 1). The prompt is the same for every image, so it is encoded once."""
     lr: float = 5e-6
     """Learning rate of the text encoder (reference: 5e-6)."""
@@ -85,7 +85,7 @@ class Cones2Config(Numerics):
     TextBoost"; `bench.data_textboost`), or "all" (every photo of the concept; variant `all_photos`)."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    checkpoint_every: int = field(default=500, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=500, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint (the tuned text encoder, AdamW moments, RNG states) every this many iterations
     and at the end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically.
     0 = off. Not part of the config hash: it never changes the result."""
@@ -165,7 +165,7 @@ class Cones2:
     def __init__(self, config: Cones2Config) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> Cones2Model:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> Cones2Model:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
@@ -222,7 +222,7 @@ class Cones2:
         return Cones2Model(cfg, parts, concept.class_noun, subject, residual,
                            tuned if cfg.keep_text_encoder else None)
 
-    def load(self, weights_dir: Path, models: Any) -> Cones2Model:
+    def load(self, weights_dir: Path, models: Models) -> Cones2Model:
         from safetensors import safe_open
 
         parts = models.pipeline_parts()

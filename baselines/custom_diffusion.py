@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log, offer_samples
-from bench.config import NOT_HASHED, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
+from bench.api import Concept, Log, Models, offer_samples
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop, mse_loss
 from bench.models.recipe import check_recipe, concept_batches, scaled_lr
@@ -35,7 +35,7 @@ class CustomDiffusionConfig(Numerics):
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
     iterations: int = field(default=1000, metadata=SCHEDULE)
     """Optimiser steps (paper: 1000)."""
-    batch_size: int = 2
+    batch_size: int = field(default=2, metadata=BATCH_SIZE)
     """Images per step (paper: 2)."""
     lr: float = 1e-5
     """Base learning rate; multiplied by the batch size when `scale_lr` (Custom Diffusion's recipe)."""
@@ -68,7 +68,7 @@ class CustomDiffusionConfig(Numerics):
     """Classifier-free guidance at sampling; 0 for SD-Turbo, 7.5 for the SD 2.1 reference. Sampling-only."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    checkpoint_every: int = field(default=100, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=100, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint (K/V, token row, AdamW moments, RNG states) every this many iterations and at the
     end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically. 0 = off.
     Not part of the config hash: it never changes the result."""
@@ -108,7 +108,7 @@ class CustomDiffusion:
     def __init__(self, config: CustomDiffusionConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> CustomDiffusionModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> CustomDiffusionModel:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts(self.config.base)
@@ -140,7 +140,7 @@ class CustomDiffusion:
             p.requires_grad_(False)
         return CustomDiffusionModel(cfg, parts)
 
-    def load(self, weights_dir: Path, models: Any) -> CustomDiffusionModel:
+    def load(self, weights_dir: Path, models: Models) -> CustomDiffusionModel:
         parts = models.pipeline_parts(self.config.base)
         token_file = weights_dir / f"{self.config.token}.safetensors"
         personalize.load_token(parts["tokenizer"], parts["text_encoder"], token_file)

@@ -42,8 +42,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Log
-from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.api import BenchError, Concept, Log, Models
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, reference_images
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop, Step
@@ -64,7 +64,7 @@ class DisenBoothConfig(Numerics):
     "uniform" (train NFE 1000, the released script's uniform draw)."""
     iterations: int = field(default=2000, metadata=SCHEDULE)
     """Optimiser steps (EchoDistill paper, Table 5: 2000; the released script: 2000)."""
-    batch_size: int = 1
+    batch_size: int = field(default=1, metadata=BATCH_SIZE)
     """Images per step (released script: 1)."""
     lr: float = 1e-4
     """Learning rate of the UNet LoRA and of the image adapter (released script: 1e-4 for both), constant."""
@@ -103,7 +103,7 @@ class DisenBoothConfig(Numerics):
     TextBoost"; `bench.data_textboost`), or "all" (every photo of the concept; variant `all_photos`)."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    checkpoint_every: int = field(default=200, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=200, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint (the LoRA matrices and the image adapter, AdamW moments, RNG states) every this
     many iterations and at the end, in the run's work folder; `bench run --resume` continues a killed run from it,
     bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
@@ -169,7 +169,7 @@ class DisenBooth:
     def __init__(self, config: DisenBoothConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> DisenBoothModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> DisenBoothModel:
         cfg = self.config
         identifier = resolve_identifier(cfg.identifier, concept.class_noun)
         parts = models.pipeline_parts()
@@ -220,7 +220,7 @@ class DisenBooth:
             p.requires_grad_(False)
         return DisenBoothModel(cfg, parts, adapter.eval(), identifier)
 
-    def load(self, weights_dir: Path, models: Any) -> DisenBoothModel:
+    def load(self, weights_dir: Path, models: Models) -> DisenBoothModel:
         from safetensors import safe_open
         from safetensors.torch import load_file
 

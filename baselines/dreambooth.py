@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log, offer_samples
-from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.api import Concept, Log, Models, offer_samples
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import sampling
 from bench.models.loop import DenoisingLoop, LossFn, Step
 from bench.models.recipe import check_recipe, check_word, concept_batches, scaled_lr
@@ -44,7 +44,7 @@ class DreamBoothConfig(Numerics):
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
     iterations: int = field(default=1000, metadata=SCHEDULE)
     """Optimiser steps (paper: 1000)."""
-    batch_size: int = 1
+    batch_size: int = field(default=1, metadata=BATCH_SIZE)
     """Concept images per step (diffusers recipe: 1); as many class images join it under prior preservation."""
     lr: float = 5e-6
     """Learning rate (paper: 5e-6); multiplied by the batch size when `scale_lr`."""
@@ -70,7 +70,7 @@ class DreamBoothConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch (also for generating class images)."""
-    checkpoint_every: int = field(default=250, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=250, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint (every UNet weight, its AdamW moments, RNG states: about 10 GB at paper scale)
     every this many iterations and at the end, in the run's work folder; `bench run --resume` continues a killed
     run from it, bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
@@ -80,7 +80,7 @@ class DreamBoothConfig(Numerics):
         check_word("identifier", self.identifier)
 
 
-def class_images(models: Any, class_noun: str, count: int, batch_size: int = 25) -> list[Path]:
+def class_images(models: Models, class_noun: str, count: int, batch_size: int = 25) -> list[Path]:
     """`count` images of `class_noun` from the untouched base student (one step), generated once and cached.
 
     Folder: `<cache>/class_images/<profile>/<class>/<hash of the generator>/NNNN.png`, image i drawn with seed
@@ -153,7 +153,7 @@ class DreamBooth:
     def __init__(self, config: DreamBoothConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> DreamBoothModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> DreamBoothModel:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
@@ -192,7 +192,7 @@ class DreamBooth:
         del optimizer, loop  # free the Adam moments (2 x UNet) before sampling
         return DreamBoothModel(cfg, parts)
 
-    def load(self, weights_dir: Path, models: Any) -> DreamBoothModel:
+    def load(self, weights_dir: Path, models: Models) -> DreamBoothModel:
         from diffusers import UNet2DConditionModel
 
         parts = models.pipeline_parts()

@@ -33,9 +33,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept
+from baselines import tcd_models
+from bench.api import Concept, Models
 from bench.config import SAMPLING_ONLY, SAMPLING_STEPS
 from bench.models import sampling
+from bench.models.component import ModelRoles
 
 CONDITIONING = ("first", "each", "mean")
 RANDOM_ADAPTER_SEED = 0
@@ -89,6 +91,7 @@ class IPAdapterTCD:
     name: ClassVar[str] = "ip_adapter_tcd"
     label: ClassVar[str] = "IP-Adapter"
     base_model: ClassVar[str] = "TCD"
+    model_roles: ClassVar[ModelRoles] = tcd_models.MODEL_ROLES  # SDXL + TCD LoRA + IP-Adapter SDXL
     version: ClassVar[int] = 1
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = IPAdapterTCDConfig
@@ -103,7 +106,7 @@ class IPAdapterTCD:
     def __init__(self, config: IPAdapterTCDConfig) -> None:
         self.config = config
 
-    def prepare(self, concept: Concept, models: Any, out_dir: Path, seed: int) -> IPAdapterTCDModel:
+    def prepare(self, concept: Concept, models: Models, out_dir: Path, seed: int) -> IPAdapterTCDModel:
         """Encode the conditioning photo(s); nothing is trained (`seed` changes nothing here)."""
         from bench.data import load_image
 
@@ -113,7 +116,7 @@ class IPAdapterTCD:
             embeds = torch.cat([pipe.encode_image(load_image(p), models.device, 1)[0] for p in photos])
         return IPAdapterTCDModel(self.config, pipe, embeds.float(), [Path(p).name for p in photos])
 
-    def load(self, weights_dir: Path, models: Any) -> IPAdapterTCDModel:
+    def load(self, weights_dir: Path, models: Models) -> IPAdapterTCDModel:
         from safetensors import safe_open
 
         with safe_open(str(Path(weights_dir) / EMBEDS_FILE), framework="pt") as f:
@@ -123,13 +126,13 @@ class IPAdapterTCD:
         return IPAdapterTCDModel(self.config, pipe, embeds.to(models.device).float(), names)
 
 
-def build_pipeline(models: Any, config: IPAdapterTCDConfig) -> Any:
+def build_pipeline(models: Models, config: IPAdapterTCDConfig) -> Any:
     """SDXL with TCDScheduler, the TCD LoRA fused, the IP-Adapter loaded at `ip_scale`: the TCD practice. The adapter
     files are resolved first, so a missing one is the error named (before SDXL loads)."""
     from diffusers import StableDiffusionXLPipeline
 
+    from baselines.tcd_models import ip_adapter_state, nested_ip_state
     from bench.models.lora_check import check_lora_complete
-    from bench.models.tcd import ip_adapter_state, nested_ip_state
 
     adapter, lora, encoder = models.ip_adapter_sdxl, models.tcd_lora, models.sdxl_image_encoder
     pipe = StableDiffusionXLPipeline(

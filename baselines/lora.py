@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log
-from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.api import Concept, Log, Models
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.recipe import check_lora, check_recipe, check_word, concept_batches, scaled_lr
@@ -35,7 +35,7 @@ class LoRAConfig(Numerics):
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
     iterations: int = field(default=800, metadata=SCHEDULE)
     """Optimiser steps (paper: 800)."""
-    batch_size: int = 1
+    batch_size: int = field(default=1, metadata=BATCH_SIZE)
     """Images per step (diffusers recipe: 1)."""
     lr: float = 1e-4
     """Learning rate (paper: 1e-4); multiplied by the batch size when `scale_lr`."""
@@ -64,7 +64,7 @@ class LoRAConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    checkpoint_every: int = field(default=200, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=200, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint (the LoRA matrices, their AdamW moments, RNG states) every this many iterations
     and at the end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically.
     0 = off. Not part of the config hash: it never changes the result."""
@@ -88,7 +88,7 @@ class LoRA:
     def __init__(self, config: LoRAConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> LoRAModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> LoRAModel:
         cfg = self.config
         torch.manual_seed(seed)  # also seeds the Gaussian init of the A matrices
         parts = models.pipeline_parts()
@@ -111,7 +111,7 @@ class LoRA:
             p.requires_grad_(False)
         return LoRAModel(cfg, parts)
 
-    def load(self, weights_dir: Path, models: Any) -> LoRAModel:
+    def load(self, weights_dir: Path, models: Models) -> LoRAModel:
         parts = models.pipeline_parts()
         personalize.load_unet_lora(parts["unet"], weights_dir)  # what `pipe.load_lora_weights(dir)` runs
         return LoRAModel(self.config, parts)

@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from bench.api import Concept
+from baselines import flux_models
+from bench.api import Concept, Models
 from bench.config import SAMPLING_ONLY, SAMPLING_STEPS
+from bench.models.component import ModelRoles
 
 CONDITIONING = ("first", "each")
 """Which reference photo conditions an image: "first" (the concept's first photo, by file name) or "each" (the
@@ -76,7 +78,7 @@ class OminiControlConfig:
     """Images per transformer call."""
 
     def __post_init__(self) -> None:
-        from bench.models.flux import OMINI_LORA_FILES
+        from baselines.flux_models import OMINI_LORA_FILES
 
         if self.lora_file not in OMINI_LORA_FILES:
             raise ValueError(f"lora_file must be one of {', '.join(OMINI_LORA_FILES)}, not '{self.lora_file}'")
@@ -108,6 +110,7 @@ class OminiControl:
     name: ClassVar[str] = "ominicontrol"
     label: ClassVar[str] = "OminiControl"
     base_model: ClassVar[str] = "Flux"
+    model_roles: ClassVar[ModelRoles] = flux_models.MODEL_ROLES  # FLUX.1-schnell + OminiControl LoRA
     trains: ClassVar[bool] = False
     Config: ClassVar[type] = OminiControlConfig
     variants: ClassVar[dict[str, dict[str, Any]]] = {
@@ -117,19 +120,19 @@ class OminiControl:
     def __init__(self, config: OminiControlConfig) -> None:
         self.config = config
 
-    def prepare(self, concept: Concept, models: Any, out_dir: Path, seed: int) -> OminiModel:
+    def prepare(self, concept: Concept, models: Models, out_dir: Path, seed: int) -> OminiModel:
         from bench.data import load_image
 
         photos = sorted(concept.images, key=lambda p: p.name)
         photos = photos[:1] if self.config.conditioning == "first" else photos
-        from bench.models.flux import omini_lora_path
+        from baselines.flux_models import omini_lora_path
 
         lora = omini_lora_path(models, self.config.lora_file)  # first: a missing file is named before FLUX loads
         pipe = _pipeline(models)
         if lora is None:  # paper-random: a random adapter of the released shape
             from peft import LoraConfig
 
-            from bench.models.flux import OMINI_RANK, OMINI_TARGETS
+            from baselines.flux_models import OMINI_RANK, OMINI_TARGETS
 
             torch.manual_seed(seed)
             pipe.transformer.add_adapter(LoraConfig(r=OMINI_RANK, lora_alpha=OMINI_RANK, target_modules=OMINI_TARGETS,
@@ -142,7 +145,7 @@ class OminiControl:
             tokens = _encode_condition(pipe, pixels)
         return OminiModel(self.config, pipe, tokens, [p.name for p in photos], size)
 
-    def load(self, weights_dir: Path, models: Any) -> OminiModel:
+    def load(self, weights_dir: Path, models: Models) -> OminiModel:
         from safetensors import safe_open
 
         pipe = _pipeline(models)
@@ -242,7 +245,7 @@ class OminiModel:
 # --- building blocks -----------------------------------------------------------------------------------------
 
 
-def _pipeline(models: Any) -> Any:
+def _pipeline(models: Models) -> Any:
     """A FluxPipeline over this run's copies of the FLUX.1 roles (the pipeline's prompt encoding and latent
     packing are used as they are; its denoising loop is replaced by `OminiModel.sample`)."""
     from diffusers import FluxPipeline

@@ -38,8 +38,8 @@ from baselines.textboost_data import (
     PriorPrompts,
     read_prompt_file,
 )
-from bench.api import DEFAULT_PHRASE, BenchError, Concept, Log
-from bench.config import NOT_HASHED, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
+from bench.api import DEFAULT_PHRASE, BenchError, Concept, Log, Models
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE
 from bench.data_textboost import check_reference_set, load_resized, reference_images
 from bench.models import personalize, sampling
 from bench.models.checkpoint import stable_lora_metadata
@@ -79,7 +79,7 @@ class TextBoostConfig(Numerics):
     reference code runs) or "snr_weighted" (the paper's p(t) proportional to max log-SNR - log-SNR(t))."""
     iterations: int = field(default=500, metadata=SCHEDULE)
     """Optimiser steps (paper Table 5: 500; `run_textboost_db.py`: 250)."""
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=BATCH_SIZE)
     """Photos (and knowledge-preservation prompts) per step (reference: 8)."""
     lr: float = 1e-4
     """Learning rate of the LoRA weights (`run_textboost_db.py`: 1e-4; the training script's default 5e-5)."""
@@ -145,7 +145,7 @@ class TextBoostConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    checkpoint_every: int = field(default=100, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=100, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint (the LoRA matrices, the new token rows, AdamW moments, RNG states) every this
     many iterations and at the end, in the run's work folder; `bench run --resume` continues a killed run from it,
     bit-identically. 0 = off. Not part of the config hash: it never changes the result."""
@@ -238,7 +238,7 @@ class TextBoost:
     def __init__(self, config: TextBoostConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> TextBoostModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> TextBoostModel:
         from diffusers.utils.peft_utils import set_adapter_layers
         from peft import inject_adapter_in_model
 
@@ -339,7 +339,7 @@ class TextBoost:
             p.requires_grad_(False)
         return TextBoostModel(cfg, parts, vectors, new_tokens)
 
-    def load(self, weights_dir: Path, models: Any) -> TextBoostModel:
+    def load(self, weights_dir: Path, models: Models) -> TextBoostModel:
         from diffusers import StableDiffusionPipeline
 
         from bench.models.lora_check import check_lora_complete

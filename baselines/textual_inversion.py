@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.api import BenchError, Concept, Log, offer_samples
-from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.api import BenchError, Concept, Log, Models, offer_samples
+from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
 from bench.models.recipe import check_recipe, check_word, concept_batches, scaled_lr
@@ -37,7 +37,7 @@ class TextualInversionConfig(Numerics):
     """Training timesteps: "t999" (train NFE 1), "four_step" (train NFE 4) or "uniform" (train NFE 1000)."""
     iterations: int = field(default=4000, metadata=SCHEDULE)
     """Optimiser steps (paper: 4000); each step accumulates `grad_accumulation` batches."""
-    batch_size: int = 1
+    batch_size: int = field(default=1, metadata=BATCH_SIZE)
     """Images per forward pass (diffusers recipe: 1)."""
     grad_accumulation: int = 4
     """Forward/backward passes per optimiser step (diffusers recipe: 4)."""
@@ -68,7 +68,7 @@ class TextualInversionConfig(Numerics):
     """Sampling steps for evaluation (SD-Turbo: 1). Sampling-only: changing it re-samples, never retrains."""
     sample_batch_size: int = 25
     """Images per sampling batch."""
-    checkpoint_every: int = field(default=500, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=500, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint (the token's row, its AdamW moments, RNG states) every this many iterations and
     at the end, in the run's work folder; `bench run --resume` continues a killed run from it, bit-identically.
     0 = off. Not part of the config hash: it never changes the result."""
@@ -107,7 +107,7 @@ class TextualInversion:
     def __init__(self, config: TextualInversionConfig) -> None:
         self.config = config
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> TextualInversionModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> TextualInversionModel:
         cfg = self.config
         torch.manual_seed(seed)
         parts = models.pipeline_parts()
@@ -139,7 +139,7 @@ class TextualInversion:
         token_weight.requires_grad_(False)
         return TextualInversionModel(self.config, parts)
 
-    def load(self, weights_dir: Path, models: Any) -> TextualInversionModel:
+    def load(self, weights_dir: Path, models: Models) -> TextualInversionModel:
         parts = models.pipeline_parts()
         weights = weights_dir / f"{self.config.token}.safetensors"
         personalize.load_token(parts["tokenizer"], parts["text_encoder"], weights)

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL.Image import Image
 
-    from bench.models import Models
-
 
 class BenchError(Exception):
     """A mistake the user can fix. The CLI prints it as one line and exits with code 2."""
@@ -148,6 +146,50 @@ def offer_samples(log: Log, model: Trained) -> None:
         hook(model)
 
 
+class Models(Protocol):
+    """The models of one run, as a method receives them (`train`, `prepare`, `load`); the harness's
+    `bench.models.loading.Models` follows it. Every model role of the run's profile is an attribute, loaded on first
+    access, frozen and in eval mode: this run's own copy, which the method may change freely (the next run gets a
+    fresh one). Roles of the base pair: `student_unet`, `student_scheduler`, `student_text_encoder`,
+    `student_tokenizer`, the same four of `teacher_`, and `vae`; the image encoders `clip_vision`, `ip_proj`,
+    `dino1`, `dinov2`; and any role the method declares itself (`MethodOptions.model_roles`)."""
+
+    profile: Any
+    """The profile (`bench.models.profiles.Profile`): its `name` (`tiny`, `paper`, `paper-random`), `backbone`,
+    `components` (role -> where its weights come from), caps."""
+    device: Any
+    """The `torch.device` every role is loaded on."""
+    resolution: int
+    """Training resolution in pixels (the profile's: 512 at paper scale, 64 on tiny)."""
+    speed: Any
+    """The speed switches applied to the UNets and the VAE (`bench.models.speed.Speed`)."""
+
+    @property
+    def latent_size(self) -> int:
+        """Latent side length at `resolution` (the resolution over the VAE's downsampling factor)."""
+
+    @property
+    def dtype(self) -> Any:
+        """The floating-point type the roles are loaded in (`torch.float32`); lower-precision training and sampling
+        run under autocast (the configs' `autocast_dtype`, `sample_dtype`)."""
+
+    def __getattr__(self, role: str) -> Any:
+        """The component of `role` (this run's copy): `models.student_unet`, `models.dino1`, ..."""
+
+    def get_pristine(self, role: str) -> Any:
+        """The process-wide loaded component of `role`, shared by every run: read it, never change it."""
+
+    def pipeline_parts(self, role: str = "student") -> dict[str, Any]:
+        """One base model's sampling parts (this run's copies): `unet`, `scheduler`, `tokenizer`, `text_encoder` of
+        `role` ("student" or "teacher") and the shared `vae`, as `generate` takes them."""
+
+    def generate(self, parts: dict[str, Any], prompts: list[str], seeds: list[int], steps: int,
+                 **options: Any) -> list[Image]:
+        """One image per (prompt, seed) with `parts` (`pipeline_parts`, or the same keys with the method's own
+        UNet): the harness's seeded sampler (`bench.models.sampling.generate_parts`; `options`: `latent_size`
+        (default the UNet's native size), `guidance`, `batch_size`, `precision` (a `sample_dtype`), `sampler`)."""
+
+
 @runtime_checkable
 class Trained(Protocol):
     """A personalised model, ready to sample and to save."""
@@ -209,7 +251,7 @@ class MethodOptions(Protocol):
     `--resume` or an iteration override is refused for it."""
 
     resumable: ClassVar[bool] = False
-    """True when `train` writes checkpoints (its config's `checkpoint_every`, through
+    """True when `train` writes checkpoints (every N iterations, N its `CHECKPOINT_EVERY` field, through
     `bench.models.checkpoint.Checkpointer`) and continues from them, so `bench run --resume` continues a killed
     run instead of restarting it."""
 
@@ -222,8 +264,8 @@ class MethodOptions(Protocol):
     perf_overrides: ClassVar[dict[str, Any]] = {}
     """Config overrides `bench perf` applies to time one training iteration of the main stage (EchoDistill:
     `{"drop": ["echo"]}`, the echo stage repeats the same iteration). `bench perf` itself sets the schedule
-    fields (`SCHEDULE`: the main `iterations` to the timed count, the others to 1), `batch_size` and
-    `checkpoint_every`."""
+    fields by their roles (`bench.config`): the `MAIN_SCHEDULE` field to the timed count, other `SCHEDULE` fields
+    to 1, the `BATCH_SIZE` field to `--batch`, the `CHECKPOINT_EVERY` field to 0."""
 
     label: ClassVar[str | None] = None
     """The method's display name (`"Custom Diffusion"`) in the rows of variants no table lists, figure titles and
@@ -236,6 +278,13 @@ class MethodOptions(Protocol):
     """The base model its runs sample, as the tables' Model column names it for rows the paper's tables do not
     list (`"Flux"`, `"TCD"`); None: the run's backbone (`"SD Turbo"`, `"Hyper-SD1.5"`). Written into every run's
     record (`presentation.model`) with `label` and `table_view`, so tables and the report read it from there."""
+
+    model_roles: ClassVar[Any] = None
+    """Model roles the method brings with it (`bench.models.component.ModelRoles`: per profile, each role's
+    loader kind, `--weights` group, hub id or tiny stand-in path, options; loaders of new kinds; the tiny
+    builder): a method on another base-model family declares them in its own module, and they join its profile
+    only (`Profile.for_method`). IP-Adapter TCD declares SDXL + TCD, OminiControl FLUX.1-schnell. None: the
+    profile's roles suffice."""
 
     table_view: ClassVar[str | None] = None
     """The view (`TrainedOptions.views`) the paper-style tables read for this method's runs where a run has it, in

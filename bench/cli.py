@@ -94,8 +94,9 @@ def _exec_options(executor: str, workers: Optional[int], partition: Optional[str
                   sbatch: Optional[list[str]], slurm_array: bool, no_wait: bool, cluster: str):
     from bench.executors import ExecOptions
 
-    return ExecOptions(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, tuple(sbatch or ()),
-                       slurm_array, not no_wait, cluster)
+    return ExecOptions(executor=executor, workers=workers, partition=partition, time=time, gpus_per_job=gpus_per_job,
+                       cpus_per_job=cpus_per_job, mem=mem, sbatch=tuple(sbatch or ()), array=slurm_array,
+                       wait=not no_wait, cluster=cluster)
 
 
 def _sweep(request, options, shard: Optional[str] = None) -> None:
@@ -139,9 +140,11 @@ def run(method: str = typer.Option(..., "--method", help="Method name(s), comma-
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
     variants = variants_for(method.split(","), variant.split(","), _sets(set_))
-    request = SweepRequest(tuple(method.split(",")), tuple(variants), concepts, _ints(seeds, "--seeds"), profile,
-                           backbone, data, results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           concept_dir, class_noun, tuple(speed or ()), tracking(report_to, sample_every))
+    request = SweepRequest(methods=tuple(method.split(",")), variants=tuple(variants), concepts=concepts,
+                           seeds=_ints(seeds, "--seeds"), profile=profile, backbone=backbone, data=data,
+                           results=results, suite=suite, device=device, weights=tuple(weights or ()), force=force,
+                           resume=resume, retry_failed=retry_failed, concept_dir=concept_dir, class_noun=class_noun,
+                           speed=tuple(speed or ()), tracking=tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -172,9 +175,11 @@ def ablate(drop: Optional[list[str]] = typer.Option(None, "--drop", help="Compon
     options = _exec_options(executor, workers, partition, time, gpus_per_job, cpus_per_job, mem, sbatch, slurm_array,
                             no_wait, cluster)
     variants = ablation_variants(drop or [], teacher_first, shots, nfe, backbone, _sets(set_), method=method)
-    request = SweepRequest((method,), tuple(variants), concepts, _ints(seeds, "--seeds"), profile, backbone, data,
-                           results, suite, device, tuple(weights or ()), force, resume, retry_failed,
-                           speed=tuple(speed or ()), tracking=tracking(report_to, sample_every))
+    request = SweepRequest(methods=(method,), variants=tuple(variants), concepts=concepts,
+                           seeds=_ints(seeds, "--seeds"), profile=profile, backbone=backbone, data=data,
+                           results=results, suite=suite, device=device, weights=tuple(weights or ()), force=force,
+                           resume=resume, retry_failed=retry_failed, speed=tuple(speed or ()),
+                           tracking=tracking(report_to, sample_every))
     _sweep(request, options, shard)
 
 
@@ -217,7 +222,8 @@ def ls(what: str = typer.Argument(..., help="methods | concepts | variants | run
        results: Path = RESULTS, profile: Optional[str] = typer.Option(None, "--profile"),
        dataset: Optional[str] = DATASET) -> None:
     """List registered methods, dataset concepts, method variants, or recorded runs."""
-    from bench.registry import describe, get_method, method_names, unknown
+    from bench.naming import unknown
+    from bench.registry import describe, get_method, method_names
 
     if what == "methods":
         for name in method_names():
@@ -281,9 +287,11 @@ def score(method: str = typer.Option(..., "--method", help="Method name(s), comm
     if batch is not None and batch < 1:
         raise BenchError(f"--batch must be >= 1, got {batch}")
     methods = method.split(",")
-    request = SweepRequest(tuple(methods), tuple(variants_for(methods, variant.split(","), _sets(set_))), concepts,
-                           _ints(seeds, "--seeds"), profile, backbone, data, results, suite, device,
-                           tuple(weights or ()), force=force, concept_dir=concept_dir, class_noun=class_noun)
+    request = SweepRequest(methods=tuple(methods), variants=tuple(variants_for(methods, variant.split(","),
+                                                                               _sets(set_))),
+                           concepts=concepts, seeds=_ints(seeds, "--seeds"), profile=profile, backbone=backbone,
+                           data=data, results=results, suite=suite, device=device, weights=tuple(weights or ()),
+                           force=force, concept_dir=concept_dir, class_noun=class_noun)
     jobs, ctx = prepare(request, check_images=False)
     from bench.models.loading import default_device
 
@@ -448,7 +456,7 @@ def data_download(dest: Optional[Path] = typer.Argument(None, help="Where to put
                                                         "benchmark_dataset.zip or the unpacked folder.")) -> None:
     """Clone a public dataset repository (DreamBench, or CustomConcept101 plus its photos) and validate it."""
     from bench import cc101, data
-    from bench.registry import unknown
+    from bench.naming import unknown
 
     if dataset not in data.DATASETS:
         raise unknown("dataset", dataset, data.DATASETS)

@@ -153,7 +153,8 @@ class Comparison:
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """`method` or `method:variant` -> (method, variant); the method must be registered."""
-    from bench.registry import method_names, unknown
+    from bench.naming import unknown
+    from bench.registry import method_names
 
     method, _, variant = spec.partition(":")
     if method not in method_names():
@@ -252,7 +253,7 @@ CSV_COLUMNS = ["profile", "metric_suite", "a", "b", "metric", "concepts", "mean_
 
 def render(comparisons: list[Comparison], fmt: str) -> str:
     if fmt not in FORMATS:
-        from bench.registry import unknown
+        from bench.naming import unknown
 
         raise unknown("format", fmt, FORMATS)
     if fmt == "md":
@@ -292,7 +293,7 @@ def compare_command(specs: list[str], results: Path, profile: str | None, fmt: s
     from bench.tables.building import load_records
 
     if fmt not in FORMATS:
-        from bench.registry import unknown
+        from bench.naming import unknown
 
         raise unknown("format", fmt, FORMATS)
     for s in specs:

@@ -9,7 +9,7 @@ import typing
 from typing import Any
 
 from bench.api import BenchError
-from bench.registry import did_you_mean
+from bench.naming import did_you_mean
 
 SAMPLING_ONLY = {"sampling": True}
 """Field metadata for a setting that only changes how a trained model is sampled (its step count, its guidance).
@@ -25,10 +25,24 @@ capped profile like `SAMPLING_STEPS`, but part of the training (not sampling-onl
 
 SCHEDULE = {"schedule": True}
 """Field metadata for a schedule length (optimiser iterations of a training stage): capped on a capped profile
-(`tiny`: 10 iterations), and rewritten by `bench perf` to time a few iterations."""
+(`tiny`: 10 iterations), and rewritten by `bench perf` to time a few iterations (1 for a stage that is not the
+main one)."""
+
+MAIN_SCHEDULE = {"schedule": "main"}
+"""Field metadata for the schedule length of the method's main training stage: a `SCHEDULE` field that `bench perf`
+times (set to its warm-up plus timed iterations) and `bench plan` multiplies a step's cost by. Where a config
+declares none, its first `SCHEDULE` field (in declaration order) is the main one."""
+
+BATCH_SIZE = {"batch": True}
+"""Field metadata for the training batch size: `bench perf --batch` sets it, `bench plan` scales a measured step
+time by it."""
 
 NOT_HASHED = {"hash": False}
-"""Field metadata for a setting that never changes a result (`checkpoint_every`): left out of every hash."""
+"""Field metadata for a setting that never changes a result: left out of every hash."""
+
+CHECKPOINT_EVERY = {"hash": False, "checkpoint": True}
+"""Field metadata for the checkpoint period in iterations (0 = off), which a resumable method declares: never
+hashed, halved to the cap on a capped profile (so a capped run checkpoints mid-run), 0 under `bench perf`."""
 
 
 def build(cls: type, overrides: dict[str, Any] | None = None) -> Any:
@@ -111,7 +125,7 @@ def stable_hash(payload: Any) -> str:
 
 def training_fields(config: Any) -> dict[str, Any]:
     """The config as it bears on training: without sampling-only fields (`SAMPLING_ONLY`) and without fields that
-    never change a result (`metadata={"hash": False}`, e.g. `checkpoint_every`)."""
+    never change a result (`NOT_HASHED`, `CHECKPOINT_EVERY`)."""
     out = to_dict(config)
     for f in dataclasses.fields(config):
         if f.metadata.get("sampling") or f.metadata.get("hash") is False:

@@ -3,7 +3,8 @@
 Everything optional a method or its config may declare has its default in `bench.api.MethodOptions` (class
 attributes) or in the field metadata of `bench.config` (`SCHEDULE`, `SAMPLING_STEPS`, `STEP_COUNT`,
 `SAMPLING_ONLY`, `NOT_HASHED`); this module is the one place that reads them, so no other module calls
-`getattr(cls, "version", 1)` or looks at a field's name to learn what it means.
+`getattr(cls, "version", 1)` or looks at a field's name to learn what it means (`SCHEDULE`, `MAIN_SCHEDULE`,
+`BATCH_SIZE`, `CHECKPOINT_EVERY`, `SAMPLING_STEPS`, `STEP_COUNT`: the roles below).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class MethodInfo:
     """Display name in tables and figures (the registry name where the method declares none)."""
     base_model: str | None = MethodOptions.base_model
     """The base model the tables' Model column names (None: the run's backbone)."""
+    model_roles: Any = MethodOptions.model_roles
+    """The model roles it declares (`bench.models.component.ModelRoles`), or None."""
     table_view: str | None = MethodOptions.table_view
     """The view the paper-style tables read for its runs where a run has it; None: the run's own evaluation."""
     table_view_note: str = MethodOptions.table_view_note
@@ -60,6 +63,7 @@ class MethodInfo:
                    version=declared("version"), trains=declared("trains"), resumable=declared("resumable"),
                    ablations=dict(declared("ablations")), perf_overrides=dict(declared("perf_overrides")),
                    label=declared("label") or method.name, base_model=declared("base_model"),
+                   model_roles=declared("model_roles"),
                    table_view=declared("table_view"),
                    table_view_note=declared("table_view_note"))
 
@@ -185,6 +189,21 @@ def is_step_count(f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("steps"))
 
 
+def is_main_schedule(f: dataclasses.Field) -> bool:
+    """Declared the main training stage's schedule length (`MAIN_SCHEDULE`)."""
+    return f.metadata.get("schedule") == "main"
+
+
+def is_checkpoint_period(f: dataclasses.Field) -> bool:
+    """The checkpoint period (`CHECKPOINT_EVERY`): capped to half the cap on a capped profile, 0 under `bench perf`."""
+    return bool(f.metadata.get("checkpoint"))
+
+
+def is_batch_size(f: dataclasses.Field) -> bool:
+    """The training batch size (`BATCH_SIZE`): set by `bench perf --batch`, scaled by in `bench plan`."""
+    return bool(f.metadata.get("batch"))
+
+
 def is_sampling_only(f: dataclasses.Field) -> bool:
     """Changes only how a trained model is sampled: runs differing only here share one training."""
     return bool(f.metadata.get("sampling"))
@@ -200,17 +219,38 @@ def schedule_fields(config: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(config) if is_schedule(f)]
 
 
+def main_schedule_field(config: Any) -> str | None:
+    """The main training stage's schedule field: the one declared `MAIN_SCHEDULE`, else the first `SCHEDULE` field;
+    None for a config without one."""
+    fields = [f for f in dataclasses.fields(config) if is_schedule(f)]
+    main = [f for f in fields if is_main_schedule(f)]
+    chosen = main or fields
+    return chosen[0].name if chosen else None
+
+
+def checkpoint_field(config: Any) -> str | None:
+    """The config's checkpoint-period field (`CHECKPOINT_EVERY`), or None."""
+    return next((f.name for f in dataclasses.fields(config) if is_checkpoint_period(f)), None)
+
+
+def batch_field(config: Any) -> str | None:
+    """The config's training batch-size field (`BATCH_SIZE`), or None."""
+    return next((f.name for f in dataclasses.fields(config) if is_batch_size(f)), None)
+
+
 def step_fields(config: Any) -> list[str]:
     """Names of the step-count fields of a config (class or instance)."""
     return [f.name for f in dataclasses.fields(config) if is_step_count(f)]
 
 
 def undeclared_fields(config: Any) -> list[str]:
-    """Int fields named like a schedule length or a step count (`iterations`, `*_iters`, `steps`, `*_steps`) that
-    declare neither role: the harness does not cap or shorten them. A hint for `bench check-method`, nothing more."""
+    """Fields named like a schedule length, a step count, a batch size or a checkpoint period (`iterations`,
+    `*_iters`, `steps`, `*_steps`, `batch_size`, `checkpoint_every`) that declare no role: the harness does not cap,
+    shorten or set them. A hint for `bench check-method`, nothing more."""
     out = []
     for f in dataclasses.fields(config):
-        by_name = f.name in ("iterations", "steps") or f.name.endswith(("_iters", "_steps"))
-        if by_name and not any(key in f.metadata for key in ("schedule", "steps")):
+        by_name = f.name in ("iterations", "steps", "batch_size", "checkpoint_every") or f.name.endswith(
+            ("_iters", "_steps"))
+        if by_name and not any(key in f.metadata for key in ("schedule", "steps", "batch", "checkpoint")):
             out.append(f.name)
     return out

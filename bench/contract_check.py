@@ -62,8 +62,10 @@ def check_declarations(cls: Any, say: Callable[[str], None] = lambda _: None) ->
     _check(isinstance(info.version, int) and info.version >= 1, "version", f"an int >= 1, not {info.version!r}", say)
     _check(isinstance(info.trains, bool) and isinstance(info.resumable, bool), "trains/resumable", "must be bools",
            say)
-    _check(not info.resumable or "checkpoint_every" in fields, "resumable checkpoints",
-           "a resumable method's Config has a `checkpoint_every` field", say)
+    from bench.contract import checkpoint_field
+
+    _check(not info.resumable or checkpoint_field(cls.Config) is not None, "resumable checkpoints",
+           "a resumable method's Config declares its checkpoint period (a field with CHECKPOINT_EVERY)", say)
     bad = {flag: f for flag, f in info.ablations.items() if flag not in ABLATION_FLAGS or f not in fields}
     _check(not bad, "ablations", f"flags must be among {', '.join(ABLATION_FLAGS)} and name Config fields: {bad}", say)
     bad_perf = sorted(set(info.perf_overrides) - fields)
@@ -73,6 +75,23 @@ def check_declarations(cls: Any, say: Callable[[str], None] = lambda _: None) ->
         f"note: {', '.join(legacy)} declare no role, so no profile caps them; declare SCHEDULE / "
         f"SAMPLING_STEPS / STEP_COUNT (bench.config) if they are iterations or steps")
     return info
+
+
+def check_log(log: ListLog, say: Callable[[str], None] = lambda _: None) -> None:
+    """What `train` reported through its Log: every phase begun with a whole number of iterations (>= 0), at least
+    one iteration logged when the phases have any (none for phases of 0: a method may train zero iterations),
+    every value finite. A method that trains nothing and never calls the Log passes."""
+    import numpy as np
+
+    _check(all(isinstance(total, int) and not isinstance(total, bool) and total >= 0 for _, total in log.phases),
+           "log phases", f"`log.begin(phase, total)` takes a whole number of iterations >= 0: {log.phases}", say)
+    _check(not log.rows or bool(log.phases), "log calls", "`log.begin(phase, total)` comes before the iterations it "
+           "counts", say)
+    planned = sum(total for _, total in log.phases)
+    _check(planned == 0 or bool(log.rows), "log calls", f"train reports its iterations through the Log "
+           f"({planned} begun, none logged)", say)
+    finite = all(np.isfinite(v) for row in log.rows for k, v in row.items() if k != "iteration")
+    _check(finite, "log values", "every logged value is finite", say)
 
 
 def synthetic_concept(folder: Path) -> Any:
@@ -110,7 +129,7 @@ def check_method(name: str, concept: Any = None, work: Path | None = None,
     with tempfile.TemporaryDirectory(prefix=f"bench-check-{name}-") as tmp:
         work = Path(work) if work is not None else Path(tmp)
         concept = concept if concept is not None else synthetic_concept(work / "concept")
-        config = resolve_config(Job(name, "default", concept.name, 0, "tiny"), iteration_cap=2)
+        config = resolve_config(cls, Job(name, "default", concept.name, 0, "tiny"), iteration_cap=2)
         method = cls(config)
         if info.trains:
             _check(isinstance(method, Method), "Method", "an instance must follow bench.api.Method (train, load, ...)",
@@ -118,19 +137,17 @@ def check_method(name: str, concept: Any = None, work: Path | None = None,
         else:  # no training stage: `prepare` stands in for `train` (bench.api, the end of `Method`)
             _check(callable(getattr(method, "prepare", None)) and callable(getattr(method, "load", None)), "Method",
                    "a method with trains = False has prepare(concept, models, out_dir, seed) and load", say)
-        profile = get_profile("tiny")
+        profile = get_profile("tiny").for_method(cls)
         log = ListLog()
         if info.trains:
             trained = method.train(concept, Models(profile, "cpu"), work / "work", 0, log)
-            _check(bool(log.phases and log.rows), "log calls", "train reports its iterations through the Log", say)
-            finite = all(np.isfinite(v) for row in log.rows for v in row.values())
-            _check(finite, "log values", "every logged value is finite", say)
+            check_log(log, say)
         else:
             trained = method.prepare(concept, Models(profile, "cpu"), work / "work", 0)
             chosen = getattr(trained, "conditioning", None)
-            _check(isinstance(chosen, list) and set(chosen) <= {p.name for p in concept.images}, "conditioning",
-                   "prepare's model names the concept photo(s) that condition it (`conditioning`; an empty list "
-                   "when none does, as the `base` floor)", say)
+            _check(isinstance(chosen, (list, tuple)) and set(chosen) <= {p.name for p in concept.images},
+                   "conditioning", "prepare's model lists the concept photo(s) that condition it (`conditioning`: "
+                   "a list of their file names, empty when nothing conditions it)", say)
         _check(isinstance(trained, Trained), "Trained", "train (or prepare) must return a bench.api.Trained", say)
 
         prompts = [concept.prompt("a {0} {1} in the snow", trained.identifier)] * 2

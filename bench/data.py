@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.api import LIVE_CLASSES, BenchError, Concept
+from bench.naming import unknown
 from bench.photos import IMAGE_SUFFIXES, decode_all, image_files, load_image  # noqa: F401 (re-exported)
-from bench.registry import unknown
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     pass
@@ -174,7 +174,7 @@ def dataset_root(data: Path | None, dataset: str | None) -> Path | None:
     """`--data` checked against `--dataset`, or the dataset's default folder when only `--dataset` is given
     (`$BENCH_CC101`, else `./data/customconcept101`); None leaves the usual DreamBench default."""
     from bench.cc101 import DATASET_JSON, FIX, find_cc101
-    from bench.registry import unknown
+    from bench.naming import unknown
 
     if dataset is None:
         return data

@@ -50,46 +50,34 @@ class JobFacts:
     group: str
     """Training identity (machine independent): jobs with equal groups share one training."""
     iterations: int
-    """The config's `iterations` (0 for a method that does not train)."""
+    """The main training stage's length, the config's `MAIN_SCHEDULE` field (0 for a method that does not
+    train)."""
     batch_size: int | None
+    """The config's `BATCH_SIZE` field, where it declares one."""
     steps: int
     """Sampling steps of the evaluation (`eval_steps` or `sample_steps`, else 1)."""
     images: int
     """Images sampled: prompts x evaluation seeds."""
 
 
-def job_facts(job: Any, ctx: Any) -> JobFacts:
-    from bench.config import stable_hash
+def job_facts(run: Any) -> JobFacts:
+    """The cost facts of a planned run (`bench.runs.PlannedRun`), read from its resolved config: the field roles
+    (`MAIN_SCHEDULE`, `BATCH_SIZE`, `SAMPLING_STEPS`), never a field's name."""
+    from bench.config import stable_hash, training_fields
+    from bench.contract import batch_field, is_sampling_only, is_step_count, main_schedule_field
 
-    common = _config_facts(job.method, job.variant, job.overrides, job.profile, job.backbone,
-                           tuple(sorted(ctx.weights.items())))
-    training, iterations, batch_size, steps, images = common
+    job, config = run.job, json.loads(run.config)
+    typed = run.typed_config()
+    training = {"method": job.method, "method_version": run.version, "profile": job.profile,
+                "backbone": job.backbone, "config": training_fields(typed)}
     group = stable_hash({**training, "concept": job.concept, "seed": job.seed})
-    return JobFacts(job.method, job.variant, job.profile, job.backbone, group, iterations, batch_size, steps, images)
-
-
-@lru_cache(maxsize=4096)
-def _config_facts(method: str, variant: str, overrides: str, profile_name: str, backbone: str,
-                  weights: tuple[tuple[str, str], ...]) -> tuple[dict[str, Any], int, int | None, int, int]:
-    """What the resolved config of a (method, variant, overrides, profile, backbone) gives every job of it: its
-    training identity without the concept and seed, iterations, batch size, sampling steps and image count."""
-    from bench.config import training_fields
-    from bench.contract import MethodInfo, is_sampling_only, is_step_count
-    from bench.models.profiles import get_profile
-    from bench.registry import get_method
-    from bench.runs import Job, resolve_config
-
-    profile = get_profile(profile_name, backbone, dict(weights))
-    config = resolve_config(Job(method, variant, "", 0, profile_name, backbone, overrides), profile.iteration_cap,
-                            profile.step_cap)
-    info = MethodInfo.of(get_method(method))
-    training = {"method": method, "method_version": info.version, "profile": profile_name,
-                "backbone": backbone, "config": training_fields(config)}
-    iterations = int(getattr(config, "iterations", 0) or 0) if info.trains else 0  # the main stage (as bench perf)
-    sampling = [f.name for f in dataclasses.fields(config) if is_step_count(f) and is_sampling_only(f)]
-    steps = getattr(config, sampling[0]) if sampling else 1  # the evaluation's step count (`SAMPLING_STEPS`)
-    return (training, iterations, getattr(config, "batch_size", None), int(steps or 1),
-            PROMPTS_PER_CONCEPT * len(profile.eval_seeds))
+    main, batch = main_schedule_field(typed), batch_field(typed)
+    iterations = int(config[main] or 0) if run.trains and main else 0  # the main stage (as bench perf times it)
+    sampling = [f.name for f in dataclasses.fields(typed) if is_step_count(f) and is_sampling_only(f)]
+    steps = config[sampling[0]] if sampling else 1  # the evaluation's step count (`SAMPLING_STEPS`)
+    return JobFacts(job.method, job.variant, job.profile, job.backbone, group, iterations,
+                    config[batch] if batch else None, int(steps or 1),
+                    PROMPTS_PER_CONCEPT * len(run.profile.eval_seeds))
 
 
 # --- the paper's timings ---------------------------------------------------------------------------------------
@@ -229,10 +217,11 @@ def perf_cost(facts: JobFacts, entry: dict[str, Any], trains: bool) -> float:
 def estimate(jobs: list[Any], ctx: Any, device: str, perf_dirs: list[Path],
              trained_groups: set[str] | None = None) -> dict[str, Any]:
     """Per (method, variant): runs, done, kept failed, left, estimated hours left and the timing source; totals.
-    `trained_groups`: trainings already paid for by an earlier sweep of the same plan (updated in place)."""
+    `jobs` are planned runs (`bench.runs.prepare`). `trained_groups`: trainings already paid for by an earlier
+    sweep of the same plan (updated in place)."""
     from bench.runs import triage
 
-    facts = {job: job_facts(job, ctx) for job in jobs}
+    facts = {job: job_facts(job) for job in jobs}
     states = {job: triage(job, ctx).state for job in jobs}
     entries: dict[str, dict[str, dict[str, Any]]] = {}
     trained_groups = trained_groups if trained_groups is not None else set()
@@ -271,7 +260,7 @@ def estimate(jobs: list[Any], ctx: Any, device: str, perf_dirs: list[Path],
         names = ", ".join(sorted(set(missing)))
         raise BenchError(f"no timing source for {names} on '{device}': no perf record of this device and no paper "
                          f"timing; run `bench perf --methods {missing[0].split()[0]} --profile "
-                         f"{jobs[0].profile}` here first")
+                         f"{jobs[0].job.profile}` here first")
     out = sorted(rows.values(), key=lambda r: (r["method"], r["variant"]))
     total = {k: sum(r[k] for r in out) for k in ("runs", "done", "failed", "left", "hours_left")}
     return {"device": device, "rows": out, "total": total}

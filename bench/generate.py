@@ -37,7 +37,10 @@ def recorded_weights(record: RunRecord) -> dict[str, str]:
     from bench.models.profiles import get_profile
 
     components = (record.models or {}).get("components") or {}
-    default = get_profile(record.profile, record.backbone or "sd-turbo").components
+    from bench.registry import method_names
+
+    profile = get_profile(record.profile, record.backbone or "sd-turbo")
+    default = (profile.for_method(record.method) if record.method in method_names() else profile).components
     out: dict[str, str] = {}
     for role, entry in sorted(components.items()):
         source = entry.get("source") if isinstance(entry, dict) else None
@@ -101,7 +104,7 @@ def load_trained(run_dir: Path, device: str | None = None, weights: list[str] | 
             raise BenchError(f"run {run_dir} was trained with --weights {group}={source}, which does not exist "
                              f"here; pass --weights {group}=/path/to/that/copy")
     weight_map = {**recorded, **given}
-    profile = get_profile(record.profile, backbone, weight_map)
+    profile = get_profile(record.profile, backbone, weight_map).for_method(cls)
     check_weight_paths(given)
     check_weight_paths({g: s for g, s in recorded.items() if _looks_local(s)})
     models = Models(profile, device)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError, eval_phrase
+from bench.contract import MethodInfo
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for the achieved fraction.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A40": 149.7e12, "L40S": 362e12, "A6000": 154.8e12}
@@ -135,31 +136,42 @@ def labelled_totals(prof: Any) -> dict[str, float]:
     return out
 
 
+def perf_overrides(cls: type, iterations: int, batch: int) -> dict[str, Any]:
+    """The config overrides that time `iterations` of a method's main training stage, each read from the field
+    roles (`bench.contract`), never from a field's name: the `MAIN_SCHEDULE` field (else the first `SCHEDULE`
+    one) to `iterations` and every other `SCHEDULE` field to 1, the `BATCH_SIZE` field to `batch`, the method's
+    own `perf_overrides`, then the `CHECKPOINT_EVERY` field to 0 (checkpoint writes are not an iteration's cost)."""
+    from bench.contract import batch_field, checkpoint_field, main_schedule_field, schedule_fields
+
+    info = MethodInfo.of(cls)
+    overrides: dict[str, Any] = {}
+    if info.trains:
+        overrides = {field: 1 for field in schedule_fields(cls.Config)}  # other stages: one iteration
+        main = main_schedule_field(cls.Config)
+        if main is not None:
+            overrides[main] = iterations
+    if (field := batch_field(cls.Config)) is not None:
+        overrides[field] = batch
+    overrides.update(info.perf_overrides)  # the method's own shortcuts (EchoDistill: no echo stage)
+    if (field := checkpoint_field(cls.Config)) is not None:
+        overrides[field] = 0
+    return overrides
+
+
 def measure_method(name: str, profile: Any, device: str | None, concept: Any, warmup: int, iterations: int,
                    batch: int, sweep_batch: int, latency_repeats: int = 5, speed: Any = None) -> dict[str, Any]:
     """Train `name` for warmup + 1 profiled + `iterations` steps and time its sampling."""
     import torch
 
     from bench.config import build
-    from bench.contract import MethodInfo, schedule_fields
     from bench.models.loading import Models
     from bench.registry import get_method
     from bench.timing import Stopwatch, peak_memory, reset_peak_memory
 
     cls = get_method(name)
     trains = MethodInfo.of(cls).trains  # a method without training is timed preparing and sampling only
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    overrides: dict[str, Any] = {}
-    if trains:
-        overrides = {field: 1 for field in schedule_fields(cls.Config)}  # other stages: one iteration
-        overrides["iterations"] = warmup + 2 + iterations  # the main stage, by its conventional name
-    if "batch_size" in fields:
-        overrides["batch_size"] = batch
-    overrides.update(MethodInfo.of(cls).perf_overrides)  # the method's own shortcuts (EchoDistill: no echo stage)
-    if "checkpoint_every" in fields:  # checkpoint writes are not the iteration's cost
-        overrides["checkpoint_every"] = 0
-    config = build(cls.Config, overrides)
-    models = Models(profile, device, speed)
+    config = build(cls.Config, perf_overrides(cls, warmup + 2 + iterations, batch))
+    models = Models(profile.for_method(cls), device, speed)
     log = PerfLog(models.device, warmup)
     reset_peak_memory(models.device)
     torch.manual_seed(0)
@@ -268,7 +280,8 @@ def run_perf(methods: list[str], profile_name: str, resolution: int | None, batc
     from bench.data import select_concepts
     from bench.models.profiles import get_profile
     from bench.models.speed import Speed, sweep_settings
-    from bench.registry import method_names, unknown
+    from bench.naming import unknown
+    from bench.registry import method_names
     from bench.runs import git_commit, versions
 
     for name in methods:

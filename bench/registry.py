@@ -5,10 +5,9 @@ Methods from outside the repository join the table through `bench.plugins` (a `b
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from bench.api import BenchError
+from bench.naming import did_you_mean, unknown  # noqa: F401 (kept importable from here)
 
 METHODS: dict[str, str] = {
     "custom_diffusion": "baselines.custom_diffusion:CustomDiffusion",
@@ -23,17 +22,6 @@ METHODS: dict[str, str] = {
     "textboost": "baselines.textboost:TextBoost",
     "base": "baselines.base:Base",
 }
-
-
-def did_you_mean(value: str, valid: list[str] | tuple[str, ...]) -> str:
-    """` (did you mean 'dog'?)` when something in `valid` is close to `value`, else an empty string."""
-    close = difflib.get_close_matches(value, list(valid), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def unknown(kind: str, value: str, valid: list[str] | tuple[str, ...]) -> BenchError:
-    """The one-line error for a name that is not among `valid`."""
-    return BenchError(f"unknown {kind} '{value}'{did_you_mean(value, valid)}; valid: {', '.join(valid)}")
 
 
 def method_names() -> list[str]:

@@ -26,7 +26,7 @@ from bench import store
 from bench.api import Concept
 from bench.metrics.declared import NAMES as METRIC_NAMES
 from bench.record import Evaluation, ImageScore, Rescored, RunRecord, set_fields
-from bench.runs import Context, Job, job_hash, load_concept, resolve_job
+from bench.runs import Context, Job, PlannedRun, job_hash, load_concept
 
 
 @dataclass
@@ -42,20 +42,20 @@ class _Run:
     """Evaluation (None or a view name) -> indices into the pass's image list, in the record's row order."""
 
 
-def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[str]]]:
-    """The runs of `jobs` that can be rescored under `ctx.suite`, and the others by reason."""
+def select(runs: list[PlannedRun], ctx: Context) -> tuple[list[_Run], dict[str, list[str]]]:
+    """The planned runs that can be rescored under `ctx.suite`, and the others by reason."""
     todo, skipped = [], {"already": [], "not_done": [], "outdated": [], "missing_images": []}
     concepts: dict[str, Concept] = {}
-    for job in jobs:
-        profile, config, _, new_hash = resolve_job(job, ctx)
-        run_dir = job.key.path(ctx.results)
+    for planned in runs:
+        job, run_dir, new_hash = planned.job, planned.run_dir, planned.config_hash
         record = store.read_run_record(run_dir)
         label = job.key.label()
         if record is None or not record.done:
             skipped["not_done"].append(label)
             continue
         old_suite = record.metric_suite or {}
-        if not old_suite.get("name") or job_hash(job, config, profile.describe(), old_suite) != record.config_hash:
+        if not old_suite.get("name") or job_hash(job, planned.typed_config(), planned.models, old_suite,
+                                                 planned.version) != record.config_hash:
             skipped["outdated"].append(label)  # trained or evaluated with another config: `bench run` redoes it
             continue
         if record.config_hash == new_hash and not ctx.force:  # the hash names the suite
@@ -72,26 +72,26 @@ def select(jobs: list[Job], ctx: Context) -> tuple[list[_Run], dict[str, list[st
     return todo, skipped
 
 
-def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None = None,
+def rescore(runs: list[PlannedRun], ctx: Context, device: str, batch_size: int | None = None,
             on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Score the selected runs' images under `ctx.suite` in one pass per backbone and rewrite their records.
 
     Returns {"rescored": [labels], "already" | "not_done" | "outdated" | "missing_images" | "changed": [labels],
     "images": N, "embed_s": seconds for the pass}. `on_batch(done, total)` reports progress in images.
     """
-    from bench.metrics import aggregate, ceiling, get_suite, load_scorer, score_embedded
+    from bench.metrics import aggregate, ceiling, load_scorer, score_embedded
 
-    runs, outcome = select(jobs, ctx)
+    todo, outcome = select(runs, ctx)
     outcome = {"rescored": [], **outcome, "changed": [], "images": 0, "embed_s": 0.0}
-    if not runs:
+    if not todo:
         return outcome
     files, texts = [], []
-    for run in runs:
+    for run in todo:
         for part, rows, folder in _evaluations(run.record, run.run_dir):
             run.parts[part] = list(range(len(files), len(files) + len(rows)))
             files += _files(rows, folder)
             texts += [run.concept.clip_text(run.concept.prompts[int(image.prompt_index)]) for image in rows]
-    reals = sorted({p for run in runs for p in run.concept.images})
+    reals = sorted({p for run in todo for p in run.concept.images})
     scorer = load_scorer(ctx.suite, device)
     total = len(files) + len(reals)
     started = time.perf_counter()
@@ -107,8 +107,8 @@ def rescore(jobs: list[Job], ctx: Context, device: str, batch_size: int | None =
     text = scorer.text_embeddings(texts)
     outcome["embed_s"], outcome["images"] = time.perf_counter() - started, total
     real_index = {p: i for i, p in enumerate(reals)}
-    suite = get_suite(ctx.suite).describe()
-    for run in runs:
+    suite = ctx.suite_description()
+    for run in todo:
         mine = [real_index[p] for p in run.concept.images]
         real_emb = {k: v[mine] for k, v in real.items()}
         record = copy.deepcopy(run.record)

@@ -85,7 +85,8 @@ def assign(groups: list[Group], n: int, slack: float = SLACK) -> dict[str, int]:
 
 
 def group_jobs(jobs: list[Any], ctx: Any) -> list[Group]:
-    """The plan's training groups with their reference costs (machine independent)."""
+    """The plan's training groups (of planned runs, `bench.runs.prepare`) with their reference costs (machine
+    independent)."""
     return group_pieces([(jobs, ctx)])
 
 
@@ -96,9 +97,9 @@ def group_pieces(pieces: list[tuple[list[Any], Any]]) -> list[Group]:
 
     members: dict[str, list[Any]] = {}
     facts = {}
-    for jobs, ctx in pieces:
+    for jobs, _ in pieces:
         for job in jobs:
-            facts[job] = job_facts(job, ctx)
+            facts[job] = job_facts(job)
             members.setdefault(facts[job].group, []).append(job)
     groups = []
     for key, group in members.items():
@@ -142,8 +143,9 @@ def plan_command(methods: list[str], variants: list[tuple[str, dict[str, Any]]],
         raise BenchError(f"unknown --format '{fmt}'; valid: md, json")
     if shards is not None and shards < 1:
         raise BenchError(f"--shards must be >= 1, got {shards}")
-    request = SweepRequest(tuple(methods), tuple(variants), concepts, tuple(seeds), profile, backbone, data, results,
-                           suite, device, tuple(weights or ()))
+    request = SweepRequest(methods=tuple(methods), variants=tuple(variants), concepts=concepts, seeds=tuple(seeds),
+                           profile=profile, backbone=backbone, data=data, results=results, suite=suite,
+                           device=device, weights=tuple(weights or ()))
     jobs, ctx = prepare(request, check_images=False)
     loads = shard_loads([(jobs, ctx)], shards) if shards else None
     if shard is not None:
@@ -244,8 +246,8 @@ def cost_summary(pieces: list[tuple[list[Any], Any]], n: int, limit_h: float = J
         s["hours_per_gpu"] = s["reference_s"] / 3600 / max(gpus, 1)
         s["over_limit"] = s["hours_per_gpu"] > limit_h
     fit = fitting_shards(pieces, limit_h * 3600, gpus)
-    extrapolated = sorted({f"{job.method}/{job.variant}" for jobs, ctx in pieces for job in jobs
-                           if _extrapolated(job_facts(job, ctx))})
+    extrapolated = sorted({f"{run.job.method}/{run.job.variant}" for runs, _ in pieces for run in runs
+                           if _extrapolated(job_facts(run))})
     runs = sum(len(g.jobs) for g in groups)
     return {"runs": runs, "gpu_hours": sum(g.cost for g in groups) / 3600, "shards": loads, "limit_h": limit_h,
             "gpus": gpus, "fits": fit[0] if fit else None,

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from bench.config import NOT_HASHED, SAMPLING_ONLY, SAMPLING_STEPS, SCHEDULE, STEP_COUNT
+from bench.config import (
+    BATCH_SIZE,
+    CHECKPOINT_EVERY,
+    MAIN_SCHEDULE,
+    SAMPLING_ONLY,
+    SAMPLING_STEPS,
+    SCHEDULE,
+    STEP_COUNT,
+)
 from bench.models.personalize import INIT_SOURCES
 from bench.models.sampling import SAMPLERS
 from bench.models.speed import AUTOCAST, SAMPLE_DTYPES
@@ -30,9 +38,9 @@ class EchoDistillConfig:
     """EchoDistill (arXiv 2510.20512) as the project runs it; see echodistill/README.md for every choice."""
 
     # --- schedule (method.md, "One training iteration" and "Echo stage") ---------------------------------
-    iterations: int = field(default=1000, metadata=SCHEDULE)
+    iterations: int = field(default=1000, metadata=MAIN_SCHEDULE)
     """Distillation-stage iterations (spec: 1000). 0 is allowed: the untrained initial state (for baselines)."""
-    batch_size: int = 2
+    batch_size: int = field(default=2, metadata=BATCH_SIZE)
     """Images per iteration (spec: 2)."""
     echo_samples: int = 100
     """Images the trained student generates for the echo stage: the 25 training templates x 4 seeds (project
@@ -129,7 +137,7 @@ class EchoDistillConfig:
     sampler: str = field(default="euler_ancestral", metadata=SAMPLING_ONLY)
     """What the student samples with at 2+ steps: "euler_ancestral" (the released evaluation, default; identical
     to "euler" at one step) or "euler". The teacher keeps DDIM. Sampling-only."""
-    checkpoint_every: int = field(default=100, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=100, metadata=CHECKPOINT_EVERY)
     """Save a resumable checkpoint every this many iterations of each stage (distillation, echo; teacher-first's two)
     and at its end, in the run's work folder: both UNets' K/V, the token row(s), the discriminator heads, the three
     AdamW states and every RNG. `bench run --resume` continues a killed run from it, bit-identically; a kill in

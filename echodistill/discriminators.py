@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.api import Models
+
 HEAD_WIDTH = 512
 
 
@@ -51,7 +53,7 @@ class Discriminator(nn.Module):
         return list(self._frozen)
 
 
-def _timm(models: Any, role: str) -> tuple:
+def _timm(models: Models, role: str) -> tuple:
     """disc_dino1 (DINO ViT-S/16, pooled CLS, d = 384, 224 px) / disc_dino2 (DINOv2 ViT-L/14, CLS, d = 1024,
     518 px). timm models are built with num_classes=0, so calling them returns the pooled CLS token (B, d)."""
     backbone = models.get_pristine(role)  # frozen and read-only: the shared process-wide copy is enough
@@ -59,7 +61,7 @@ def _timm(models: Any, role: str) -> tuple:
     return backbone, backbone.num_features, size, [backbone]
 
 
-def _clip(models: Any) -> tuple:
+def _clip(models: Models) -> tuple:
     """disc_clip: CLIP image encoder's projected embedding -> frozen IP-Adapter projection -> flattened 4 x 768
     = 3072 features, at the encoder's input size (224 at paper scale)."""
     clip_vision, ip_proj = models.get_pristine("clip_vision"), models.get_pristine("ip_proj")
@@ -72,7 +74,8 @@ def _clip(models: Any) -> tuple:
     return features, dim, clip_vision.config.image_size, [clip_vision, ip_proj]
 
 
-def build_discriminators(models: Any, names: tuple[str, ...], device: Any, seed: int = 0) -> dict[str, Discriminator]:
+def build_discriminators(models: Models, names: tuple[str, ...], device: Any, seed: int = 0
+                         ) -> dict[str, Discriminator]:
     """The discriminators named in `names` (a subset of disc_dino1, disc_dino2, disc_clip), heads on `device`.
 
     Backbones are resolved first (loading one may draw from torch's global RNG), then each head is initialised

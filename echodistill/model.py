@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from bench.api import Models
 from bench.models import personalize, sampling
 from bench.models.speed import autocast
 
@@ -57,7 +58,7 @@ class Text:
         return sampling.encode_text(self.tokenizer, self.encoder, prompts)
 
 
-def student_unet(models: Any) -> Any:
+def student_unet(models: Models) -> Any:
     """The run's student UNet. Where the profile names a one-step LoRA (`--backbone hyper-sd15`: SD 1.5 + the
     Hyper-SD one-step LoRA), it is fused into the weights first, so the student is a plain UNet whose K/V train
     and save like SD-Turbo's. UNet layers only (diffusers' `load_lora_into_unet` keeps the "unet." keys)."""
@@ -174,7 +175,7 @@ class EchoDistillModel:
         (out_dir / META).write_text(json.dumps(meta, indent=2))
 
 
-def load_model(weights_dir: Path, models: Any, batch_size: int, precision: str,
+def load_model(weights_dir: Path, models: Models, batch_size: int, precision: str,
                student_steps: int | None = None, sampler: str = "euler_ancestral") -> EchoDistillModel:
     """Rebuild what `EchoDistillModel.save` wrote onto `models`' own copies (for `bench generate`, and for a run
     that samples another run's training with other steps). `student_steps` overrides the saved step count of the

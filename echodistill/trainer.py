@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch.profiler import record_function
 
-from bench.api import Concept, Diverged, Log, offer_samples
+from bench.api import Concept, Diverged, Log, Models, offer_samples
 from bench.models import personalize, sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.training import Latents, TrainingBatches, load_pixels, templates_for
@@ -48,7 +48,7 @@ def predicted_x0(scheduler: Any, x_t: torch.Tensor, t: torch.Tensor, pred: torch
 class Session:
     """One training run: every model, parameter, optimiser and data stream of EchoDistill for one concept."""
 
-    def __init__(self, config: EchoDistillConfig, concept: Concept, models: Any, seed: int, log: Log,
+    def __init__(self, config: EchoDistillConfig, concept: Concept, models: Models, seed: int, log: Log,
                  out_dir: Path | None = None) -> None:
         cfg = self.cfg = config
         self.concept, self.models, self.seed, self.log = concept, models, seed, log
@@ -477,9 +477,9 @@ class EchoDistill:
     def __init__(self, config: EchoDistillConfig | None = None) -> None:
         self.config = config or EchoDistillConfig()
 
-    def train(self, concept: Concept, models: Any, out_dir: Path, seed: int, log: Log) -> EchoDistillModel:
+    def train(self, concept: Concept, models: Models, out_dir: Path, seed: int, log: Log) -> EchoDistillModel:
         return Session(self.config, concept, models, seed, log, out_dir).run()
 
-    def load(self, weights_dir: Path, models: Any) -> EchoDistillModel:
+    def load(self, weights_dir: Path, models: Models) -> EchoDistillModel:
         return load_model(Path(weights_dir), models, self.config.sample_batch_size, self.config.sample_dtype,
                           student_steps=self.config.eval_steps, sampler=self.config.sampler)

@@ -75,6 +75,16 @@ def _bench_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture
+def fake(monkeypatch):
+    """The test-only methods of tests/fake_method.py registered for this test: `fake` (trains, resumable, in a
+    fraction of a second on the real harness path) and `fake_prepared` (no training stage)."""
+    from bench import registry
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    monkeypatch.setitem(registry.METHODS, "fake_prepared", "tests.fake_method:FakePrepared")
+
+
+@pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
     """`sbatch` and `srun` on PATH: sbatch keeps each submission file and answers `Submitted batch job 4242`."""
     bin_dir, kept = tmp_path / "bin", tmp_path / "sbatch-files"

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api import Concept, Diverged, Log
-from bench.config import NOT_HASHED, SAMPLING_STEPS, SCHEDULE
+from bench.config import CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models.checkpoint import Checkpointer
 
 
@@ -28,7 +28,7 @@ class FakeConfig:
     """Optimiser steps."""
     sleep: float = 0.0
     """Seconds to sleep in each step (a window to kill the process in)."""
-    checkpoint_every: int = field(default=2, metadata=NOT_HASHED)
+    checkpoint_every: int = field(default=2, metadata=CHECKPOINT_EVERY)
     """Checkpoint period in iterations; 0 = off."""
     fail_on: str = ""
     """A concept name whose training raises RuntimeError."""

@@ -26,6 +26,18 @@ def bench(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args:
     return code, out.out, out.err
 
 
+def include_fake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the test-only methods of tests/fake_method.py as a plug-in is registered (`--include`), in a fresh
+    registry: worker processes (`--executor gpus`, SLURM jobs) find them through $BENCH_INCLUDE, as every process
+    finds a plug-in."""
+    from bench import plugins, registry
+
+    monkeypatch.setenv(plugins.INCLUDE_ENV, "")
+    monkeypatch.setattr(plugins, "_discovered", set())
+    monkeypatch.setattr(registry, "METHODS", {})
+    plugins.include([str(Path(__file__).with_name("fake_method.py"))], registry.METHODS)
+
+
 @dataclasses.dataclass
 class TrainedRun:
     """One method trained on the tiny profile for a test: the method, its models, the trained model, its saved

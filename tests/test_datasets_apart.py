@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from bench import registry
-from bench.record import dataset_of
+from bench.concept_sets import dataset_of
 from tests.helpers import bench
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import store
-from tests.helpers import bench
+from tests.helpers import bench, include_fake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,9 +183,11 @@ def test_slurm_one_job_per_run_skips_finished_runs(fake, fake_slurm, dreambench_
         assert "--array" not in text and "--gpus-per-node" not in text and "#SBATCH --time=120" in text
 
 
-def test_slurm_local_cluster_end_to_end(fake, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    """The same submission run through submitit's LocalExecutor: a separate process per run, then the records."""
+def test_slurm_local_cluster_end_to_end(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    """The same submission run through submitit's LocalExecutor: a separate process per run, then the records. The
+    method comes in as a plug-in does (`--include`), the jobs find it through $BENCH_INCLUDE."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
+    include_fake(monkeypatch)
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,teapot", "--data",
                          dreambench_root, "--results", tmp_path, "--executor", "slurm", "--cluster", "local",
                          "--gpus-per-job", "0", "--time", "10", "--slurm-array")
@@ -203,10 +205,10 @@ def test_slurm_task_requeues_with_resume() -> None:
     from bench.executors.slurm import SlurmTask
     from bench.runs import Context, Job
 
-    task = SlurmTask(Context(data=Path("d"), results=Path("r"), suite="tiny"), {"x": "m:C"})
+    task = SlurmTask(Context(data=Path("d"), results=Path("r"), suite="tiny"))
     job = Job("fake", "default", "dog", 0, "tiny")
     delayed = task.checkpoint(job)
-    assert delayed.function.ctx.resume and delayed.args == (job,) and delayed.function.methods == {"x": "m:C"}
+    assert delayed.function.ctx.resume and delayed.args == (job,)
 
 
 def test_local_executor_progress_and_summary(fake, dreambench_root, tmp_path, monkeypatch, capsys) -> None:

@@ -28,7 +28,7 @@ def prepared(concept):
     """Conditioned on every photo ("each"), so that each mode can be sampled from the same pipeline."""
     from baselines.ip_adapter_tcd import IPAdapterTCD, IPAdapterTCDConfig
 
-    models = Models(get_profile("tiny"), "cpu")
+    models = Models(get_profile("tiny").for_method("ip_adapter_tcd"), "cpu")
     model = IPAdapterTCD(IPAdapterTCDConfig(conditioning="each")).prepare(concept, models, None, 0)
     return model, models
 
@@ -98,7 +98,8 @@ def test_saved_embeddings_load_back_to_the_same_images(prepared, tmp_path) -> No
     model.save(tmp_path)
     with safe_open(str(tmp_path / EMBEDS_FILE), framework="pt") as f:
         assert f.metadata()["mode"] == "each"
-    loaded = IPAdapterTCD(model.config).load(tmp_path, Models(get_profile("tiny"), "cpu"))
+    models = Models(get_profile("tiny").for_method("ip_adapter_tcd"), "cpu")
+    loaded = IPAdapterTCD(model.config).load(tmp_path, models)
     assert loaded.conditioning == model.conditioning == sorted(model.conditioning)
     prompts, seeds = ["a dog in the snow"] * 2, [3, 4]
     diff = max(np.abs(a - b).max() for a, b in zip(_pixels(model.generate(prompts, seeds)),
@@ -107,7 +108,7 @@ def test_saved_embeddings_load_back_to_the_same_images(prepared, tmp_path) -> No
 
 
 def test_missing_adapter_weights_on_paper_is_one_line(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    from bench.models.tcd import ensure_tiny
+    from baselines.tcd_models import ensure_tiny
 
     root = ensure_tiny()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

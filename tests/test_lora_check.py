@@ -10,9 +10,9 @@ import dataclasses
 import pytest
 import torch
 
+from baselines.tcd_models import TCD_LORA_TARGETS, tiny_sdxl_unet
 from bench.api import BenchError
 from bench.models.lora_check import check_lora_complete, file_modules
-from bench.models.tcd import TCD_LORA_TARGETS, tiny_sdxl_unet
 
 FILE = "pytorch_lora_weights.safetensors"
 
@@ -73,7 +73,7 @@ def test_ip_adapter_tcd_refuses_a_partly_loading_tcd_lora(lora_files) -> None:
     from bench.models.loading import Models
     from bench.models.profiles import get_profile
 
-    profile = get_profile("tiny")
+    profile = get_profile("tiny").for_method("ip_adapter_tcd")
     lora = Component("lora", "tcd_lora", str(lora_files / "lcm"), file=FILE)
     models = Models(dataclasses.replace(profile, components={**profile.components, "tcd_lora": lora}), "cpu")
     with pytest.raises(BenchError, match="loaded partly: 47 of the 79"):

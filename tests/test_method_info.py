@@ -69,12 +69,10 @@ def test_field_roles_follow_metadata_never_names() -> None:
     assert undeclared_fields(_Config) == ["iterations", "sample_steps"]
 
 
-def test_resolve_config_caps_by_metadata(monkeypatch) -> None:
-    from bench import registry
+def test_resolve_config_caps_by_metadata() -> None:
     from bench.runs import Job, resolve_config
 
-    monkeypatch.setitem(registry.METHODS, "bare", f"{__name__}:_Bare")
-    config = resolve_config(Job("bare", "default", "dog", 0, "tiny"), iteration_cap=10, step_cap=5)
+    config = resolve_config(_Bare, Job("bare", "default", "dog", 0, "tiny"), iteration_cap=10, step_cap=5)
     assert dataclasses.asdict(config) == {"warmup": 10, "echo_iters": 40, "iterations": 30, "sample_steps": 25,
                                           "guide_steps": 5, "n": 5}
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from baselines.flux_models import OMINI_LORA_FILE, OMINI_TARGETS
 from baselines.ominicontrol import LORA_FILE, OminiControl, OminiControlConfig, condition_forward
 from bench.api import BenchError, Concept
 from bench.config import build
-from bench.models.flux import OMINI_LORA_FILE, OMINI_TARGETS
 from bench.models.loading import Models
 from bench.models.profiles import get_profile
 
@@ -46,7 +46,7 @@ def _concept(images) -> Concept:
 
 
 def _prepare(images, tmp_path, **overrides):
-    models = Models(get_profile("tiny"), "cpu")  # one Models per run, as the harness does
+    models = Models(get_profile("tiny").for_method("ominicontrol"), "cpu")  # one Models per run, as the harness does
     return OminiControl(build(OminiControlConfig, overrides)).prepare(_concept(images), models, tmp_path, 0)
 
 
@@ -85,7 +85,7 @@ def test_lora_loads_through_diffusers_and_adapts_only_the_released_layers(photos
     from peft.tuners.tuners_utils import BaseTunerLayer
     from safetensors.torch import load_file
 
-    from bench.models.flux import ensure_tiny_flux
+    from baselines.flux_models import ensure_tiny_flux
 
     model = _prepare(photos, tmp_path)
     transformer = model.pipe.transformer
@@ -148,7 +148,7 @@ def test_save_then_load_gives_the_same_images(photos, tmp_path) -> None:
     state = FluxPipeline.lora_state_dict(out)  # diffusers reads what was saved
     assert len(state) == 2 * len(ADAPTED) and all(k.startswith("transformer.") for k in state)
     loaded = OminiControl(build(OminiControlConfig, {"conditioning": "each"})).load(
-        out, Models(get_profile("tiny"), "cpu"))
+        out, Models(get_profile("tiny").for_method("ominicontrol"), "cpu"))
     assert loaded.conditioning == ["a.png", "b.png"]
     assert np.array_equal(before, _pixels(loaded, [PROMPT, "a dog in the snow", PROMPT], [0, 1, 2]))
 
@@ -166,7 +166,7 @@ def test_full_size_flux_roles_build_on_meta_with_released_counts(role: str) -> N
     from bench.models.loading import load_component
 
     with torch.device("meta"):
-        model = load_component(get_profile("paper-random"), role, "meta")
+        model = load_component(get_profile("paper-random").for_method("ominicontrol"), role, "meta")
     cls, count = FLUX_COUNTS[role]
     assert type(model).__name__ == cls and next(model.parameters()).device.type == "meta"
     assert sum(p.numel() for p in model.parameters()) == count
@@ -180,7 +180,7 @@ def test_full_size_flux_and_omini_adapter_build_on_meta() -> None:
 
     from bench.models.loading import load_component
 
-    profile = get_profile("paper-random")
+    profile = get_profile("paper-random").for_method("ominicontrol")
     with torch.device("meta"):
         transformer = load_component(profile, "flux_transformer", "meta")
         transformer.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=OMINI_TARGETS), adapter_name="subject")
@@ -195,16 +195,16 @@ def test_missing_omini_lora_on_paper_is_one_line(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "no-hf-home"))
     with pytest.raises(BenchError) as err:
-        _ = Models(get_profile("paper"), "cpu").omini_lora
+        _ = Models(get_profile("paper").for_method("ominicontrol"), "cpu").omini_lora
     message = str(err.value)
     assert "\n" not in message
     assert "omini_lora" in message and "Yuanshi/OminiControl" in message and "--weights omini=" in message
     # A local folder without the file: the same one line, saying which file is missing.
     with pytest.raises(BenchError) as err:
-        _ = Models(get_profile("paper", weights={"omini": str(tmp_path)}), "cpu").omini_lora
+        _ = Models(get_profile("paper", weights={"omini": str(tmp_path)}).for_method("ominicontrol"), "cpu").omini_lora
     assert "\n" not in str(err.value) and OMINI_LORA_FILE in str(err.value) and "--weights omini=" in str(err.value)
     with pytest.raises(BenchError) as err:
-        _ = Models(get_profile("paper"), "cpu").flux_transformer
+        _ = Models(get_profile("paper").for_method("ominicontrol"), "cpu").flux_transformer
     assert "\n" not in str(err.value) and FLUX_REPO in str(err.value) and "--weights flux=" in str(err.value)
 
 
@@ -250,7 +250,7 @@ def test_weights_messages_name_the_role_and_the_missing_subfolder(monkeypatch, c
     (flux / "vae").mkdir(parents=True)
     (flux / "model_index.json").write_text("{}")
     with pytest.raises(BenchError) as raised:
-        _ = Models(get_profile("paper", weights={"flux": str(flux)}), "cpu").flux_transformer
+        _ = Models(get_profile("paper", weights={"flux": str(flux)}).for_method("ominicontrol"), "cpu").flux_transformer
     assert "\n" not in str(raised.value) and "no transformer/ folder" in str(raised.value)
 
 
@@ -258,7 +258,7 @@ def test_paper_lora_variant_loads_the_experimental_file(photos, tmp_path, monkey
     """OminiControl's README: `experimental/subject` is "the model used in the paper"; `omini/subject_512` (the
     default, the example's) is the later one. Variant `paper_lora` loads the former with its (0, -32) shift."""
     import baselines.ominicontrol as omini
-    from bench.models.flux import OMINI_PAPER_LORA_FILE
+    from baselines.flux_models import OMINI_PAPER_LORA_FILE
 
     loaded: list = []
     real = omini._load_adapter
@@ -271,11 +271,12 @@ def test_paper_lora_variant_loads_the_experimental_file(photos, tmp_path, monkey
     with pytest.raises(BenchError, match="lora_file must be one of"):
         build(OminiControlConfig, {"lora_file": "omini/other.safetensors"})
     # A source holding only the default file: the variant names the missing one in one line.
-    from bench.models.flux import omini_lora_path
+    from baselines.flux_models import omini_lora_path
 
     only = tmp_path / "omini-only"
     (only / "omini").mkdir(parents=True)
     (only / OMINI_LORA_FILE).write_bytes(b"x")
     with pytest.raises(BenchError) as err:
-        omini_lora_path(Models(get_profile("paper", weights={"omini": str(only)}), "cpu"), OMINI_PAPER_LORA_FILE)
+        omini_lora_path(Models(get_profile("paper", weights={"omini": str(only)}).for_method("ominicontrol"), "cpu"),
+                        OMINI_PAPER_LORA_FILE)
     assert "\n" not in str(err.value) and OMINI_PAPER_LORA_FILE in str(err.value)

@@ -101,9 +101,14 @@ def test_config_file_is_valid_json(folder: str, name: str) -> None:
 
 @pytest.mark.parametrize("backbone", ["sd-turbo", "hyper-sd15"])
 def test_every_profile_config_is_shipped(backbone: str) -> None:
+    from bench.models.profiles import declared_roles
+
     profile = get_profile("paper-random", backbone)
     assert profile.random_init
-    folders = {c.config for c in profile.components.values() if c.config}
+    declared = declared_roles("paper-random")
+    roles = [*profile.components.values(), *(c for own in declared.values() for c in own.values())]
+    folders = {c.config for c in roles if c.config}
+    assert {"sdxl/unet", "flux-schnell/transformer"} <= folders  # IP-Adapter TCD's and OminiControl's own roles
     assert folders <= set(CONFIG_FILES)
     for folder in folders:
         assert (CONFIGS / folder / CONFIG_FILES[folder]).is_file(), folder

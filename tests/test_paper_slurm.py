@@ -7,7 +7,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from bench import registry
 from tests.test_paper_tables_script import REPO, load_script
+
+
+@pytest.fixture(autouse=True)
+def fake(monkeypatch):
+    """`fake` registered here too (tests.fake_bench registers it once per process, at its first import)."""
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
 
 
 def test_the_whole_plan_as_one_job_array_on_the_local_cluster(tmp_path, dreambench_root, monkeypatch, capsys):

@@ -41,7 +41,7 @@ def clean_registry(monkeypatch):
 
     monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
     monkeypatch.setattr(plugins, "_discovered", set())
-    monkeypatch.delenv(plugins.INCLUDE_ENV, raising=False)
+    monkeypatch.setenv(plugins.INCLUDE_ENV, "")  # restored afterwards, even where `include` sets it
     return registry
 
 
@@ -165,3 +165,137 @@ def test_entry_points_register_lazily(toy_file, clean_registry, monkeypatch) -> 
     assert "toy_ep" in clean_registry.method_names() and "toy_method" not in sys.modules
     assert clean_registry.get_method("toy_ep").name == "toy"
     sys.modules.pop("toy_method", None)
+
+
+def renamed_source() -> str:
+    """The README's toy method with every role-bearing field renamed (`iterations` -> `fit_iters`, `steps` ->
+    `paint_steps`) and a batch size under its own name: the harness must find each through its metadata."""
+    source = re.sub(r"\biterations\b", "fit_iters", toy_source())
+    source = re.sub(r"\bsteps\b", "paint_steps", source).replace('"toy"', '"toy_renamed"')
+    source = source.replace("from bench.config import SAMPLING_STEPS, SCHEDULE",
+                            "from bench.config import BATCH_SIZE, SAMPLING_STEPS, SCHEDULE")
+    return source.replace('    lr: float = 0.5\n', '    lr: float = 0.5\n    photos_per_step: int = field(default=1, '
+                                                    'metadata=BATCH_SIZE)\n    """Unused: a batch size by role."""\n')
+
+
+def test_renamed_schedule_fields_run_perf_and_plan(tmp_path, clean_registry, dreambench_root, monkeypatch,
+                                                   capsys) -> None:
+    """No field name means anything: capped on tiny by `bench run`, timed by `bench perf`, costed by `bench plan`,
+    listed by `bench table main`, all through the fields' roles."""
+    path = tmp_path / "renamed.py"
+    path.write_text(renamed_source())
+    assert "iterations" not in re.sub(r'""".*?"""|"[^"\n]*"', "", path.read_text(), flags=re.S)
+    results, perf = tmp_path / "results", tmp_path / "perf"
+    common = ["--include", path, "--data", dreambench_root]
+    code, _, err = bench(monkeypatch, capsys, "run", "--method", "toy_renamed", "--concepts", "dog", "--results",
+                         results, *common)
+    assert code == 0 and "1 done" in err, err
+    record = json.loads((results / "tiny/toy_renamed/default/dog/seed0/record.json").read_text())
+    assert record["config"]["fit_iters"] == 10 and record["timing"]["iterations"] == 10, "SCHEDULE capped on tiny"
+    code, out, err = bench(monkeypatch, capsys, "perf", "--methods", "toy_renamed", "--warmup", "1", "--iterations",
+                           "2", "--batch", "3", "--sweep-batch", "2", "--device", "cpu", "--out", perf,
+                           "--score-images", "0", *common)
+    assert code == 0, err
+    row = json.loads(next(perf.glob("*.json")).read_text())["methods"][0]
+    assert row["config"]["fit_iters"] == 1 + 2 + 2 and row["config"]["photos_per_step"] == 3
+    assert row["iterations_timed"] == 2 and row["train_step_s"] > 0
+    code, out, err = bench(monkeypatch, capsys, "plan", "--method", "toy_renamed", "--concepts", "dog,cat",
+                           "--results", results, "--perf", perf, "--format", "json", "--device", "cpu", *common)
+    assert code == 0, err
+    plan = json.loads(out)["rows"][0]
+    assert (plan["runs"], plan["done"], plan["left"], plan["source"]) == (2, 1, 1, "perf")
+    per_image = row["infer_s_per_image_batched"] * 25  # 25 prompts x tiny's one evaluation seed, one step
+    assert plan["hours_left"] * 3600 == pytest.approx(row["train_step_s"] * 10 / 3 + per_image, rel=1e-6)
+    code, out, err = bench(monkeypatch, capsys, "table", "main", "--results", results)
+    assert code == 0 and "toy_renamed" in out, err
+
+
+PALETTE = '''
+
+# --- a method with a model of its own (appended to the README's toy method) ---
+
+from bench.api import Models
+from bench.models.component import Component, ModelRoles, hub_file
+from bench.models.tiny import build_once
+from bench.paths import cache_root
+
+PALETTE_VERSION = 1
+
+
+def palette_root() -> Path:
+    return cache_root() / f"tiny-palette-v{PALETTE_VERSION}"
+
+
+def build_tiny_palette() -> Path:
+    """The tiny stand-in: a seeded 3 -> 3 linear map, saved as the real one would be."""
+
+    def build(out: Path) -> None:
+        torch.manual_seed(42)
+        net = torch.nn.Linear(3, 3)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "palette.safetensors"))
+
+    return build_once(palette_root(), PALETTE_VERSION, build)
+
+
+def load_palette(comp: Component, random_init: bool) -> torch.nn.Module:
+    net = torch.nn.Linear(3, 3)
+    if not random_init:
+        net.load_state_dict(load_file(str(hub_file(comp))))
+    return net
+
+
+def palette_roles(profile: str) -> dict[str, Component]:
+    source = str(palette_root()) if profile == "tiny" else "example/palette"
+    return {"palette": Component("palette", "palette", source, file="palette.safetensors")}
+
+
+class PaletteColour(MeanColour):
+    name: ClassVar[str] = "palette"
+    label: ClassVar[str] = "Palette"
+    base_model: ClassVar[str] = "Palette net"
+    model_roles: ClassVar[ModelRoles] = ModelRoles(palette_roles, {"palette": load_palette}, build_tiny_palette)
+
+    def train(self, concept, models: Models, out_dir: Path, seed: int, log) -> ToyTrained:
+        trained = super().train(concept, models, out_dir, seed, log)
+        with torch.no_grad():
+            trained.colour = torch.sigmoid(models.palette(trained.colour))
+        return trained
+'''
+
+
+def test_a_plugin_brings_its_own_model_role(tmp_path, dreambench_root, clean_registry) -> None:
+    """A role declared in a file outside the repository (its kind, loader, `--weights` group and tiny stand-in)
+    joins that method's profile only, loads on tiny through the harness's loading path, runs under `bench run`,
+    and `bench table main` shows the run (without `--include`) as the file declared it."""
+    from bench.models.loading import Models
+    from bench.models.profiles import get_profile
+    from bench.paths import cache_root
+
+    path = tmp_path / "outside" / "palette.py"
+    path.parent.mkdir()
+    path.write_text(toy_source() + PALETTE)
+    assert plugins.include([str(path)], clean_registry.METHODS) == ["toy", "palette"]
+    cls = clean_registry.get_method("palette")
+    profile = get_profile("tiny").for_method(cls)
+    assert profile.components["palette"].methods == ("palette",)
+    assert "palette" not in get_profile("tiny").for_method("lora").components
+    net = Models(profile, "cpu").palette
+    assert isinstance(net, __import__("torch").nn.Linear) and not net.weight.requires_grad
+    assert (cache_root() / "tiny-palette-v1" / "palette.safetensors").is_file()
+    assert get_profile("paper", weights={"palette": "/w/p"}).for_method(cls).components["palette"].source == "/w/p"
+
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(plugins.INCLUDE_ENV, None)
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--include", str(path), "--method", "palette", "--concepts",
+           "dog", "--profile", "tiny", "--data", str(dreambench_root), "--results", str(results)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((results / "tiny" / "palette" / "default" / "dog" / "seed0" / "record.json").read_text())
+    assert record["status"] == "done"
+    assert record["models"]["components"]["palette"]["source"] == str(cache_root() / "tiny-palette-v1")
+    table = subprocess.run([sys.executable, "-m", "bench.cli", "table", "main", "--results", str(results)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "| Palette | default | Palette net |" in table.stdout
+

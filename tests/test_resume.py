@@ -190,11 +190,12 @@ def test_checkpointer_saves_only_the_trained_rows(tmp_path) -> None:
 
 
 def test_checkpoint_every_does_not_change_the_config_hash() -> None:
+    from bench.registry import get_method
     from bench.runs import Job, hashed_config, resolve_config
 
-    job = Job("custom_diffusion", "default", "dog", 0, "tiny")
-    a = resolve_config(job, None)
-    b = resolve_config(Job("custom_diffusion", "default", "dog", 0, "tiny", overrides='{"checkpoint_every": 7}'),
+    cls = get_method("custom_diffusion")
+    a = resolve_config(cls, Job("custom_diffusion", "default", "dog", 0, "tiny"), None)
+    b = resolve_config(cls, Job("custom_diffusion", "default", "dog", 0, "tiny", overrides='{"checkpoint_every": 7}'),
                        None)
     assert a.checkpoint_every != b.checkpoint_every and hashed_config(a) == hashed_config(b)
 
@@ -202,13 +203,14 @@ def test_checkpoint_every_does_not_change_the_config_hash() -> None:
 def test_tiny_checkpoints_mid_run() -> None:
     """The tiny profile caps `checkpoint_every` below its iteration cap, so tiny runs exercise resume too."""
     from bench.models.profiles import get_profile
+    from bench.registry import get_method
     from bench.runs import Job, resolve_config
 
     cap = get_profile("tiny").iteration_cap
 
     def every(overrides: str = "{}", iteration_cap: int | None = cap) -> int:
         job = Job("custom_diffusion", "default", "dog", 0, "tiny", overrides=overrides)
-        return resolve_config(job, iteration_cap).checkpoint_every
+        return resolve_config(get_method("custom_diffusion"), job, iteration_cap).checkpoint_every
 
     assert 0 < every() < cap, f"tiny never checkpoints mid-run: checkpoint_every {every()} >= {cap} iterations"
     assert every(iteration_cap=None) == 100, "paper scale keeps the default"

@@ -1,7 +1,7 @@
 """`--shard K/N` (bench.shard) and `bench plan` (bench.estimate): partition properties and the cost estimate.
 
-Plans are built with `bench.runs.plan` on made-up concept names: neither the partition nor the estimate reads the
-dataset, so these tests need no data and no models.
+Plans are built with `bench.runs.plan` and `plan_runs` on made-up concept names: neither the partition nor the
+estimate reads the dataset, so these tests need no data and no models.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from bench import registry, store
 from bench.ablations import ablation_variants
 from bench.api import BenchError
-from bench.runs import Context, plan, resolve_job
+from bench.runs import Context, plan, plan_runs
 from bench.shard import SLACK, assign, group_jobs, parse_shard, shard_jobs
 from tests.helpers import bench
 
@@ -24,15 +24,20 @@ def concepts(n: int) -> list[str]:
     return [f"c{i:02d}" for i in range(n)]
 
 
-def paper_plan(n_concepts: int = 30, seeds: list[int] | None = None) -> list:
-    """A slice of the paper's plan: three baselines, EchoDistill, its NFE sweep (one shared training) and two
-    ablations."""
+def paper_plan(n_concepts: int = 30, seeds: list[int] | None = None, ctx: Context | None = None) -> list:
+    """A slice of the paper's plan, planned: three baselines, EchoDistill, its NFE sweep (one shared training) and
+    two ablations."""
     seeds = seeds or [0]
     names = concepts(n_concepts)
     jobs = plan(["lora", "textual_inversion", "dreambooth", "echodistill"], [("default", {})], names, seeds, "paper")
     jobs += plan(["echodistill"], ablation_variants([], False, None, "1,2,4", "sd-turbo"), names, seeds, "paper")
     jobs += plan(["echodistill"], [("drop_teacher", {}), ("teacher_first", {})], names, seeds, "paper")
-    return jobs
+    return plan_runs(jobs, ctx or Context(data=Path("data"), results=Path("results"), suite="tiny"))
+
+
+def planned(ctx: Context, *args) -> list:
+    """`plan(*args)`'s jobs, planned in `ctx`."""
+    return plan_runs(plan(*args), ctx)
 
 
 @pytest.fixture
@@ -64,19 +69,19 @@ def test_shards_are_disjoint_complete_and_keep_shared_trainings_together(ctx, n)
     assert sorted(seen, key=repr) == sorted(jobs, key=repr) and len(seen) == len(set(seen))
     shard_of = {job: k for k, part in enumerate(parts) for job in part}
     for c in concepts(12):  # nfe1, nfe2, nfe4 share one training (eval_steps is sampling-only)
-        nfe = [j for j in jobs if j.concept == c and j.variant.startswith("nfe")]
+        nfe = [j for j in jobs if j.job.concept == c and j.job.variant.startswith("nfe")]
         assert len(nfe) == 3 and len({shard_of[j] for j in nfe}) == 1
 
 
 def test_partition_ignores_job_order_and_the_results_folder(ctx, tmp_path):
-    jobs = paper_plan(10)
-    first = [set(shard_jobs(jobs, ctx, k, 3)) for k in (1, 2, 3)]
-    shuffled = jobs[:]
-    random.Random(1).shuffle(shuffled)
+    jobs = paper_plan(10, ctx=ctx)
+    first = [{run.job for run in shard_jobs(jobs, ctx, k, 3)} for k in (1, 2, 3)]
     other = Context(data=tmp_path / "elsewhere", results=tmp_path / "other-results", suite="tiny",
                     weights={"student": "/somewhere/local/sd-turbo"})  # another machine's paths
+    shuffled = paper_plan(10, ctx=other)
+    random.Random(1).shuffle(shuffled)
     store.write_json_atomic(jobs[0].key.path(other.results) / "record.json", {"status": "done"})  # its own state
-    assert [set(shard_jobs(shuffled, other, k, 3)) for k in (1, 2, 3)] == first
+    assert [{run.job for run in shard_jobs(shuffled, other, k, 3)} for k in (1, 2, 3)] == first
 
 
 def test_balanced_by_cost_not_count(ctx):
@@ -90,8 +95,8 @@ def test_balanced_by_cost_not_count(ctx):
         assert max(loads) <= max((1 + SLACK) * total / n, total / n + largest) + 1e-6
         assert max(loads) / (total / n) < 1.1  # with hundreds of groups, within a tenth of the mean
     # an EchoDistill training costs ~20 LoRA ones: equal counts would be far off, equal costs are not
-    lora = [g for g in groups if g.jobs[0].method == "lora"]
-    echo = [g for g in groups if g.jobs[0].method == "echodistill" and g.jobs[0].variant == "default"]
+    lora = [g for g in groups if g.jobs[0].job.method == "lora"]
+    echo = [g for g in groups if g.jobs[0].job.method == "echodistill" and g.jobs[0].job.variant == "default"]
     assert echo[0].cost > 10 * lora[0].cost
 
 
@@ -113,7 +118,8 @@ def test_adding_concepts_or_seeds_moves_few_finished_groups(ctx):
 def test_estimate_from_the_papers_timings(ctx, monkeypatch, capsys):
     from bench.estimate import estimate
 
-    jobs = plan(["echodistill"], ablation_variants([], False, None, "1,2,4", "sd-turbo"), concepts(3), [0], "paper")
+    jobs = planned(ctx, ["echodistill"], ablation_variants([], False, None, "1,2,4", "sd-turbo"), concepts(3), [0],
+                   "paper")
     result = estimate(jobs, ctx, "some GPU", [])
     rows = {r["variant"]: r for r in result["rows"]}
     assert {r["source"] for r in rows.values()} == {"paper, extrapolated"}  # Table 5 times the default run only
@@ -127,16 +133,16 @@ def test_estimate_from_the_papers_timings(ctx, monkeypatch, capsys):
 def test_estimate_counts_done_runs_and_uses_matching_perf_records(ctx, tmp_path):
     from bench.estimate import estimate, job_facts
 
-    jobs = plan(["lora"], [("default", {})], concepts(2), [0], "paper")
+    jobs = planned(ctx, ["lora"], [("default", {})], concepts(2), [0], "paper")
     done = jobs[0]
-    store.write_json_atomic(done.key.path(ctx.results) / "record.json",
-                            {"status": "done", "config_hash": resolve_job(done, ctx)[3], "schema": 1})
+    store.write_json_atomic(done.run_dir / "record.json", {"status": "done", "config_hash": done.config_hash,
+                                                           "schema": 1})
     perf = tmp_path / "perf"
     entry = {"method": "lora", "device": "NVIDIA H100", "train_step_s": 0.5, "infer_s_per_image_batched": 0.1,
              "default_steps": 1, "speed_label": "default"}
     store.write_json_atomic(perf / "a.json", {"kind": "perf", "profile": "paper", "batch": 1,
                                               "created_at": "2026-01-01", "methods": [entry]})
-    facts = job_facts(jobs[1], ctx)
+    facts = job_facts(jobs[1])
     matched = estimate(jobs, ctx, "NVIDIA H100", [perf])
     row = matched["rows"][0]
     assert (row["runs"], row["done"], row["left"], row["source"]) == (2, 1, 1, "perf")
@@ -184,33 +190,33 @@ def test_a_training_shared_by_two_sweeps_lands_in_one_shard(ctx):
     from bench.shard import shard_pieces
 
     names = concepts(30)
-    main = plan(["lora", "textual_inversion", "echodistill"], [("default", {})], names, [0], "paper")
-    nfe = plan(["echodistill"], ablation_variants([], False, None, "1,2,4", "sd-turbo"), names, [0], "paper")
+    main = planned(ctx, ["lora", "textual_inversion", "echodistill"], [("default", {})], names, [0], "paper")
+    nfe = planned(ctx, ["echodistill"], ablation_variants([], False, None, "1,2,4", "sd-turbo"), names, [0], "paper")
     for n in (3, 4, 8):
         parts = [shard_pieces([(main, ctx), (nfe, ctx)], k, n) for k in range(1, n + 1)]
         where = {job: k for k, (m, f) in enumerate(parts) for job in m + f}
         assert len(where) == len(main) + len(nfe)
         for c in names:  # EchoDistill's default run and nfe1 (same config) share one training
-            shared = [j for j in main + nfe if j.method == "echodistill" and j.concept == c]
+            shared = [j for j in main + nfe if j.job.method == "echodistill" and j.job.concept == c]
             assert len({where[j] for j in shared}) == 1
 
 
 def test_bench_run_shard_runs_only_its_part(monkeypatch, capsys, tmp_path, dreambench_root):
     monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
     ctx = Context(data=dreambench_root, results=tmp_path, suite="tiny")
-    jobs = plan(["fake"], [("default", {})], ["dog", "cat", "teapot", "can"], [0], "tiny")
+    jobs = planned(ctx, ["fake"], [("default", {})], ["dog", "cat", "teapot", "can"], [0], "tiny")
     mine = shard_jobs(jobs, ctx, 2, 2)
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog,cat,teapot,can",
                          "--results", tmp_path, "--data", dreambench_root, "--shard", "2/2")
     done = sorted(r["concept"] for r in store.iter_records(tmp_path))
-    assert code == 0 and done == sorted(j.concept for j in mine) and 0 < len(done) < 4
+    assert code == 0 and done == sorted(j.job.concept for j in mine) and 0 < len(done) < 4
     assert f"shard 2/2: {len(mine)} of the plan's 4 runs" in err
 
 
 def test_an_empty_shard_of_bench_run_exits_0_with_one_line(monkeypatch, capsys, tmp_path, dreambench_root):
     monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
     ctx = Context(data=dreambench_root, results=tmp_path, suite="tiny")
-    jobs = plan(["fake"], [("default", {})], ["dog"], [0], "tiny")
+    jobs = planned(ctx, ["fake"], [("default", {})], ["dog"], [0], "tiny")
     empty = next(k for k in (1, 2) if not shard_jobs(jobs, ctx, k, 2))
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "fake", "--concepts", "dog", "--results", tmp_path,
                          "--data", dreambench_root, "--shard", f"{empty}/2")
@@ -221,8 +227,8 @@ def test_an_empty_shard_of_bench_run_exits_0_with_one_line(monkeypatch, capsys, 
 def test_a_variant_the_paper_times_is_costed_from_its_own_row_and_the_others_are_labelled(ctx):
     from bench.estimate import estimate
 
-    jobs = plan(["custom_diffusion"], [("sd21", {}), ("default", {})], concepts(2), [0], "paper")
-    jobs += plan(["echodistill"], [("drop_teacher", {})], concepts(2), [0], "paper")
+    jobs = planned(ctx, ["custom_diffusion"], [("sd21", {}), ("default", {})], concepts(2), [0], "paper")
+    jobs += planned(ctx, ["echodistill"], [("drop_teacher", {})], concepts(2), [0], "paper")
     rows = {r["variant"]: r for r in estimate(jobs, ctx, "some GPU", [])["rows"]}
     images = 25 * 4
     assert rows["sd21"]["hours_left"] == pytest.approx(2 * (345 + 2.73 * images) / 3600)  # SD 2.1's row: 618 s

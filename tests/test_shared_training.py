@@ -44,9 +44,12 @@ def record(results: Path, variant: str, method: str = "fake", concept: str = "do
 
 
 def test_training_hash_ignores_only_sampling_fields() -> None:
-    from bench.runs import Context, Job, training_key
+    from bench.runs import Context, Job, plan_runs
 
     ctx = Context(data=Path("d"), results=Path("r"), suite="tiny")
+
+    def training_key(job: Job, ctx: Context) -> str:
+        return plan_runs([job], ctx)[0].training_key
 
     def key(method: str, variant: str, overrides: dict | None = None) -> str:
         return training_key(Job(method, variant, "dog", 0, "tiny", overrides=json.dumps(overrides or {})), ctx)
@@ -208,18 +211,24 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
         device, load_seconds, speed = "cpu", 0.0, __import__("bench.models.speed", fromlist=["Speed"]).Speed()
 
     job = runs.Job("m", "other", "dog", 0, "tiny")
+
+    def planned(config: Config) -> runs.PlannedRun:
+        return runs.PlannedRun(job=job, config=json.dumps(dataclasses.asdict(config)), config_hash="c",
+                               training_hash="t", run_dir=tmp_path / "other", profile=profile, suite="tiny",
+                               version=1, trains=True, _method=Method, _config=config)
+
     out = tmp_path / "out"
     out.mkdir()
-    execution._sample_trained(job, ctx, None, profile, Config(), Method(), Models(), out, donor)
+    execution._sample_trained(planned(Config()), ctx, None, Method(), Models(), out, donor)
     assert calls == ["images"], "same evaluation: the teacher view is taken over"
     calls.clear()
-    execution._sample_trained(job, ctx, None, profile, Config(sample_dtype="none"), Method(), Models(), tmp_path / "o1",
-                         donor)
+    execution._sample_trained(planned(Config(sample_dtype="none")), ctx, None, Method(), Models(), tmp_path / "o1",
+                              donor)
     assert calls == ["images", "teacher"], "another sampling precision: the view is sampled and scored again"
     record["metric_suite"] = {"name": "dreambooth"}
     store.write_json_atomic(donor / "record.json", record)
     calls.clear()
-    execution._sample_trained(job, ctx, None, profile, Config(), Method(), Models(), tmp_path / "out2", donor)
+    execution._sample_trained(planned(Config()), ctx, None, Method(), Models(), tmp_path / "out2", donor)
     assert calls == ["images", "teacher"], "another suite: the view is sampled and scored again"
 
 

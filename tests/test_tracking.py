@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import bench
+from tests.helpers import bench, include_fake
 
 ECHO = ["--method", "echodistill", "--concepts", "dog", "--set", "iterations=4", "--set", "echo_iters=2",
         "--set", "echo_samples=2"]
@@ -267,7 +267,7 @@ def test_tracking_reaches_worker_processes_and_changes_no_hash(dreambench_root, 
     """`--executor gpus` (CPU workers here): the tracker options travel with the run request to each worker; the
     run's config hash is the one of an untracked run."""
     pytest.importorskip("tensorboard")
-    _fake(monkeypatch)
+    include_fake(monkeypatch)  # workers find plug-ins through $BENCH_INCLUDE
     args = ["run", "--method", "fake", "--concepts", "dog", "--data", dreambench_root]
     code, _, err = bench(monkeypatch, capsys, *args, "--results", tmp_path / "a", "--report-to", "tensorboard",
                          "--executor", "gpus", "--workers", "1", "--device", "cpu")
@@ -326,9 +326,9 @@ def test_status_watch_renderable(dreambench_root, tmp_path, monkeypatch, capsys)
                          dreambench_root, "--results", tmp_path, "--set", "fail_on=cat")
     assert code == 3, err  # one run failed
     variants = variants_for(["fake"], ["default"], {"fail_on": "cat"})
-    jobs, ctx = prepare(SweepRequest(("fake",), tuple(variants), "dog,cat,teapot,backpack", (0,), "tiny",
+    jobs, ctx = prepare(SweepRequest(methods=("fake",), variants=tuple(variants), concepts="dog,cat,teapot,backpack",
                                      data=dreambench_root, results=tmp_path), check_images=False)
-    teapot = next(j for j in jobs if j.concept == "teapot")
+    teapot = next(j for j in jobs if j.job.concept == "teapot")
     lock = store.RunLock(teapot.key.path(tmp_path))
     assert lock.acquire()
     try:
@@ -357,7 +357,7 @@ def test_status_watch_renderable(dreambench_root, tmp_path, monkeypatch, capsys)
     assert [c.strip() for c in row.strip("│ ").split("│")[1:]] == ["1", "1", "1", "1"]
     assert "sweep ETA: unknown (no timing source for fake" in text  # no perf record, no paper timing for it
     # a method the paper times: the sweep's ETA from `bench plan`'s costs, over the runs running at once
-    echo, ectx = prepare(SweepRequest(("echodistill",), (("default", {}),), "dog,cat", (0,), "tiny",
+    echo, ectx = prepare(SweepRequest(methods=("echodistill",), variants=(("default", {}),), concepts="dog,cat",
                                       data=dreambench_root, results=tmp_path), check_images=False)
     snap = snapshot_plan(echo, ectx)
     assert snap.counts == {"echodistill": {"left": 2}} and snap.sweep.startswith("sweep ETA: ")

@@ -132,7 +132,8 @@ def bench(argv: list[str], env: dict[str, str]) -> int:
 
 
 def build_plan(args: argparse.Namespace, check_images: bool) -> list[tuple[Piece, list, object]]:
-    """(piece, its jobs, their context) for every selected piece; every user mistake fails here, before work."""
+    """(piece, its planned runs, their context) for every selected piece; every user mistake fails here, before
+    work."""
     from bench.runs import SweepRequest, prepare
 
     os.environ.update({k: v for k, v in metric_weights_env(args.weights, args.profile).items()
@@ -141,9 +142,10 @@ def build_plan(args: argparse.Namespace, check_images: bool) -> list[tuple[Piece
     out = []
     for piece in selected(args):
         weights = [w for w in weight_flags(args.weights, args.profile, piece) if w != "--weights"]
-        request = SweepRequest(tuple(piece.methods), tuple(piece.variant_list()), args.concepts, tuple(seeds),
-                               args.profile, piece.backbone, Path(args.data) if args.data else None,
-                               Path(args.results), weights=tuple(weights))
+        request = SweepRequest(methods=tuple(piece.methods), variants=tuple(piece.variant_list()),
+                               concepts=args.concepts, seeds=tuple(seeds), profile=args.profile,
+                               backbone=piece.backbone, data=Path(args.data) if args.data else None,
+                               results=Path(args.results), weights=tuple(weights))
         jobs, ctx = prepare(request, check_images=check_images)
         out.append((piece, jobs, ctx))
     return out

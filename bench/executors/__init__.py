@@ -31,7 +31,7 @@ from bench.executors.options import (
     sbatch_options,
     slurm_mem,
 )
-from bench.runs import Context, Job, SweepRequest, prepare
+from bench.runs import Context, Outcome, PlannedRun, SweepRequest, prepare
 
 __all__ = ["CLUSTERS", "EXECUTORS", "EXIT_RUNS_FAILED", "ExecOptions", "exit_code", "run_jobs", "sbatch_options",
            "slurm_mem", "summarize", "sweep", "warm_caches"]
@@ -41,17 +41,17 @@ def sweep(request: SweepRequest, options: ExecOptions, shard: tuple[int, int] | 
     """Validate everything, run the plan (or its shard K of N, `bench.shard`) on the chosen executor; (the summary
     lines, the exit code: 0, or EXIT_RUNS_FAILED when a run of the plan failed or is kept failed)."""
     options.validate()
-    jobs, ctx = prepare(request)
+    runs, ctx = prepare(request)
     note = ""
     if shard is not None:
         from bench.shard import shard_jobs
 
-        planned, jobs = len(jobs), shard_jobs(jobs, ctx, *shard)
-        note = f"shard {shard[0]}/{shard[1]}: {len(jobs)} of the plan's {planned} runs\n"
-        if not jobs:  # a part of a plan can be empty (few concepts, many shards): nothing to do is not a mistake
+        planned, runs = len(runs), shard_jobs(runs, ctx, *shard)
+        note = f"shard {shard[0]}/{shard[1]}: {len(runs)} of the plan's {planned} runs\n"
+        if not runs:  # a part of a plan can be empty (few concepts, many shards): nothing to do is not a mistake
             return note + "nothing in this shard", 0
     with _sigterm_exits():
-        outcome = run_jobs(jobs, ctx, options)
+        outcome = run_jobs(runs, ctx, options)
     return note + summarize(outcome, ctx.results), exit_code(outcome)
 
 
@@ -76,9 +76,9 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_jobs(jobs: list[Job], ctx: Context, executor: str | ExecOptions = "local", **options: Any
-             ) -> list[dict[str, Any]]:
-    """Run `jobs` on an executor (a name plus ExecOptions fields, or an ExecOptions); one outcome per job."""
+def run_jobs(runs: list[PlannedRun], ctx: Context, executor: str | ExecOptions = "local", **options: Any
+             ) -> list[Outcome]:
+    """Run planned `runs` on an executor (a name plus ExecOptions fields, or an ExecOptions); one outcome per run."""
     opts = executor if isinstance(executor, ExecOptions) else ExecOptions(executor=executor, **options)
     opts.validate()
     from bench.executors.gpus import gpu_slots, run_gpus
@@ -98,10 +98,10 @@ def run_jobs(jobs: list[Job], ctx: Context, executor: str | ExecOptions = "local
                              f"--executor local or gpus here, or --cluster local to try the submission locally")
     check_writable(ctx.results)
     if opts.executor == "gpus":
-        return run_gpus(jobs, ctx, opts.workers)
+        return run_gpus(runs, ctx, opts.workers)
     if opts.executor == "slurm":
-        return run_slurm(jobs, ctx, opts)
-    return run_local(jobs, ctx)
+        return run_slurm(runs, ctx, opts)
+    return run_local(runs, ctx)
 
 
 # --- the summary ---------------------------------------------------------------------------------------------------
@@ -112,19 +112,21 @@ EXIT_RUNS_FAILED = 3
 mistake found before any work, 0 every run done or skipped as done)."""
 
 
-def exit_code(results: list[dict[str, Any]]) -> int:
+def exit_code(results: list[Outcome]) -> int:
     """EXIT_RUNS_FAILED when any run failed, crashed or was kept failed, else 0."""
-    return EXIT_RUNS_FAILED if any(r["status"] in ("failed", "crashed", "kept_failed") for r in results) else 0
+    return EXIT_RUNS_FAILED if any(r.status in ("failed", "crashed", "kept_failed") for r in results) else 0
+
+
 ORDER = ("done", "skipped", "submitted", "locked", "kept_failed", "failed", "crashed", "lost_lock")
 
 
-def summarize(results: list[dict[str, Any]], where: Path | None = None) -> str:
+def summarize(results: list[Outcome], where: Path | None = None) -> str:
     """`2 done, 1 skipped` and, when there is something to act on, what to do about it."""
     if not results:
         raise BenchError("nothing to run")
     counts: dict[str, int] = {}
     for r in results:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        counts[r.status] = counts.get(r.status, 0) + 1
     ranked = sorted(counts, key=lambda s: ORDER.index(s) if s in ORDER else len(ORDER))
     lines = [", ".join(f"{counts[s]} {LABELS.get(s, s)}" for s in ranked)]
     status = f"`bench status --results {where}`" if where is not None else "`bench status`"

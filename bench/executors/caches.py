@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bench.runs import Context, Job
+from bench.runs import Context, PlannedRun
 
 
-def warm_caches(jobs: list[Job], ctx: Context) -> None:
+def warm_caches(runs: list[PlannedRun], ctx: Context) -> None:
     """Build the tiny models and metric backbones once, here, before several processes would each build them."""
-    if any(job.profile == "tiny" for job in jobs):
+    if any(run.job.profile == "tiny" for run in runs):
         from bench.models.tiny import ensure_built
 
         ensure_built()

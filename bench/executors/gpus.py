@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.api import BenchError, InfraError, infra_cause
 from bench.executors.progress import erase, loss_text, progress_display, report_failure
-from bench.runs import Context, Job, execute_job, training_key
+from bench.runs import Context, Outcome, PlannedRun, execute_job
 from bench.threads import ENV as THREADS_ENV
 from bench.threads import parse_threads
 
@@ -45,7 +45,7 @@ class _Slot:
     threads: int
     proc: Any = None
     conn: Any = None
-    current: Job | None = None
+    current: PlannedRun | None = None
     task: Any = None
     restarts: int = 0
     closing: bool = False
@@ -74,9 +74,9 @@ def gpu_slots(ctx: Context, workers: int | None) -> list[_Slot]:
     return slots
 
 
-def run_gpus(jobs: list[Job], ctx: Context, workers: int | None = None) -> list[dict[str, Any]]:
-    """One worker process per GPU (or `workers` CPU workers); jobs handed out one at a time as workers free up."""
-    return WorkerPool(jobs, ctx, workers).run()
+def run_gpus(runs: list[PlannedRun], ctx: Context, workers: int | None = None) -> list[Outcome]:
+    """One worker process per GPU (or `workers` CPU workers); runs handed out one at a time as workers free up."""
+    return WorkerPool(runs, ctx, workers).run()
 
 
 class WorkerPool:
@@ -84,32 +84,32 @@ class WorkerPool:
 
     A job whose training is already running in another worker waits (it will reuse that training); a worker that
     dies has its run reported as crashed and is restarted (at most 3 times); a user mistake or an environment
-    failure in any worker stops them all with its one line.
+    failure in any worker stops them all with its one line. Workers find plug-in methods as every process does,
+    through the registry and the files in $BENCH_INCLUDE (`bench.plugins`), which they inherit.
     """
 
-    def __init__(self, jobs: list[Job], ctx: Context, workers: int | None = None) -> None:
+    def __init__(self, runs: list[PlannedRun], ctx: Context, workers: int | None = None) -> None:
         import multiprocessing
 
         self.ctx = ctx
         self.slots = gpu_slots(ctx, workers)
         self.mp = multiprocessing.get_context("spawn")  # CUDA cannot be forked; spawn re-reads CUDA_VISIBLE_DEVICES
-        self.jobs, self.pending = jobs, deque(jobs)
-        self.keys = {job: training_key(job, ctx) for job in jobs}
-        self.waiting: list[_Slot] = []  # asked for work while every pending job shares a running one's training
+        self.runs, self.pending = runs, deque(runs)
+        self.waiting: list[_Slot] = []  # asked for work while every pending run shares a running one's training
         self.live: dict[Any, _Slot] = {}
-        self.outcomes: list[dict[str, Any]] = []
+        self.outcomes: list[Outcome] = []
         self.progress: Any = None
         self.sweep_task: Any = None
 
-    def run(self) -> list[dict[str, Any]]:
+    def run(self) -> list[Outcome]:
         from multiprocessing.connection import wait
 
         from bench.executors.caches import warm_caches
 
-        warm_caches(self.jobs, self.ctx)
+        warm_caches(self.runs, self.ctx)
         with progress_display() as progress:
             self.progress = progress
-            self.sweep_task = progress.add_task(f"sweep ({len(self.slots)} workers)", total=len(self.jobs))
+            self.sweep_task = progress.add_task(f"sweep ({len(self.slots)} workers)", total=len(self.runs))
             for slot in self.slots:
                 slot.task = progress.add_task(f"  {slot.name} starting", total=1)
             try:
@@ -118,16 +118,14 @@ class WorkerPool:
                 while self.live:
                     for conn in wait(list(self.live), timeout=1.0):
                         self.receive(self.live[conn])
-                for job in self.pending:  # every worker died for good
-                    self.outcomes.append({"job": job, "status": "crashed", "run_dir": job.key.path(self.ctx.results),
-                                          "reason": "not run: every worker process died"})
+                for run in self.pending:  # every worker died for good
+                    self.outcomes.append(Outcome(run.job, "crashed", run.run_dir,
+                                                 "not run: every worker process died"))
             finally:
                 self.stop()
         return self.outcomes
 
     def start(self, slot: _Slot) -> None:
-        from bench import registry
-
         parent, child = self.mp.Pipe()
         env = {"CUDA_VISIBLE_DEVICES": slot.gpu if slot.gpu is not None else "",
                "OMP_NUM_THREADS": str(slot.threads), "MKL_NUM_THREADS": str(slot.threads)}
@@ -135,7 +133,7 @@ class WorkerPool:
         os.environ.update(env)  # inherited by the spawned child before it imports torch
         try:
             slot.proc = self.mp.Process(target=_worker, args=(child, slot.gpu is not None, slot.threads, slot.cores,
-                                                              self.ctx, dict(registry.METHODS), os.getpid()),
+                                                              self.ctx, os.getpid()),
                                         name=f"bench-{slot.name}", daemon=True)
             slot.proc.start()
         finally:
@@ -153,13 +151,13 @@ class WorkerPool:
             if slot.proc is not None:
                 slot.proc.join(timeout=10)
 
-    def next_job(self) -> Job | None:
-        """The first pending job whose training is not running in another slot (it may then reuse it)."""
-        busy = {self.keys[s.current] for s in self.slots if s.current is not None}
-        for job in self.pending:
-            if self.keys[job] not in busy:
-                self.pending.remove(job)
-                return job
+    def next_job(self) -> PlannedRun | None:
+        """The first pending run whose training is not running in another slot (it may then reuse it)."""
+        busy = {s.current.training_key for s in self.slots if s.current is not None}
+        for run in self.pending:
+            if run.training_key not in busy:
+                self.pending.remove(run)
+                return run
         return None
 
     def serve(self, slot: _Slot) -> None:
@@ -176,7 +174,7 @@ class WorkerPool:
             self.progress.update(slot.task, completed=0, total=1, visible=True,
                                  description=f"  {slot.name} {slot.current.key.label()}")
 
-    def finished(self, outcome: dict[str, Any], slot: _Slot) -> None:
+    def finished(self, outcome: Outcome, slot: _Slot) -> None:
         """A run of `slot` is over: count it, and serve the workers that waited for its training."""
         self.outcomes.append(outcome)
         report_failure(self.progress, outcome)
@@ -216,10 +214,9 @@ class WorkerPool:
             self.waiting.remove(slot)
         slot.proc.join(timeout=10)
         if slot.current is not None:
-            self.finished({"job": slot.current, "status": "crashed",
-                           "run_dir": slot.current.key.path(self.ctx.results),
-                           "reason": f"worker {slot.name} died (exit code {slot.proc.exitcode}); "
-                                     f"re-run to redo it (--resume continues from its checkpoint)"}, slot)
+            self.finished(Outcome(slot.current.job, "crashed", slot.current.run_dir,
+                                  f"worker {slot.name} died (exit code {slot.proc.exitcode}); "
+                                  f"re-run to redo it (--resume continues from its checkpoint)"), slot)
         if self.pending and not slot.closing and slot.restarts < 3:
             slot.restarts += 1
             self.start(slot)
@@ -249,17 +246,13 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="bench-parent-watch", daemon=True).start()
 
 
-def _worker(conn: Any, gpu: bool, threads: int, cores: list[int], ctx: Context, methods: dict[str, str],
-            parent: int) -> None:
-    """A worker process: ask for a job, run it, report; until told to stop (None). Dies with its parent."""
+def _worker(conn: Any, gpu: bool, threads: int, cores: list[int], ctx: Context, parent: int) -> None:
+    """A worker process: ask for a planned run, run it, report; until told to stop (None). Dies with its parent.
+    Plug-in methods come from $BENCH_INCLUDE (inherited), as in every process."""
     _die_with_parent(parent)
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
     import torch
-
-    from bench import registry
-
-    registry.METHODS.update(methods)  # the parent's method table, including methods registered at run time
 
     torch.set_num_threads(threads)
     ctx = dataclasses.replace(ctx, device="cuda" if gpu else "cpu")
@@ -273,11 +266,11 @@ def _worker(conn: Any, gpu: bool, threads: int, cores: list[int], ctx: Context, 
 
     while True:
         conn.send(("ready",))
-        job = conn.recv()
-        if job is None:
+        run = conn.recv()
+        if run is None:
             return
         try:
-            outcome = execute_job(job, ctx, on_step)
+            outcome = execute_job(run, ctx, on_step)
         except BenchError as err:
             conn.send(("error", str(err)))
             return
@@ -286,6 +279,5 @@ def _worker(conn: Any, gpu: bool, threads: int, cores: list[int], ctx: Context, 
             if cause is not None:  # the environment failed: the parent stops the sweep (if it is still there)
                 conn.send(("infra", cause))
                 return
-            outcome = {"job": job, "status": "crashed", "run_dir": job.key.path(ctx.results),
-                       "reason": f"{type(err).__name__}: {err}"[:500]}
+            outcome = Outcome(run.job, "crashed", run.run_dir, f"{type(err).__name__}: {err}"[:500])
         conn.send(("done", outcome))

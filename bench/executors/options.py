@@ -12,9 +12,9 @@ EXECUTORS = ("local", "gpus", "slurm")
 CLUSTERS = ("slurm", "local", "debug")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExecOptions:
-    """How and where a sweep runs (the `bench run`/`bench ablate` executor flags)."""
+    """How and where a sweep runs (the `bench run`/`bench ablate` executor flags), built with keywords."""
 
     executor: str = "local"
     workers: int | None = None
@@ -37,7 +37,7 @@ class ExecOptions:
     """`slurm`: submitit cluster: slurm, or local/debug to run the same submission on this machine."""
 
     def validate(self) -> None:
-        from bench.registry import unknown
+        from bench.naming import unknown
 
         if self.executor not in EXECUTORS:
             raise unknown("executor", self.executor, EXECUTORS)

@@ -27,10 +27,10 @@ def loss_text(scalars: dict) -> str:
     return next((f"{k}={v:.4f}" for k, v in scalars.items() if "loss" in k), "")
 
 
-def report_failure(progress: Any, outcome: dict[str, Any]) -> None:
-    if outcome["status"] in ("failed", "crashed", "lost_lock"):
-        progress.console.print(f"[red]{outcome['status']}[/red] {outcome['job'].key.label()}: "
-                               f"{outcome.get('reason')}")
+def report_failure(progress: Any, outcome: Any) -> None:
+    """One red line for a run that failed, crashed or lost its lock (`bench.runs.Outcome`)."""
+    if outcome.status in ("failed", "crashed", "lost_lock"):
+        progress.console.print(f"[red]{outcome.status}[/red] {outcome.job.key.label()}: {outcome.reason}")
 
 
 @contextmanager

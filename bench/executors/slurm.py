@@ -13,35 +13,30 @@ from typing import Any
 from bench.api import BenchError
 from bench.executors.options import ExecOptions, sbatch_options, slurm_mem
 from bench.executors.progress import progress_display, report_failure
-from bench.runs import Context, Job, execute_job, training_key, triage
+from bench.runs import Context, Outcome, PlannedRun, execute_job, triage
 
 SLURM_FOLDER = "_slurm"
 
 
 class SlurmTask:
-    """What a SLURM job runs: `execute_job` for one run. On a time limit or preemption submitit calls
+    """What a SLURM job runs: `execute_job` for one planned run. On a time limit or preemption submitit calls
     `checkpoint`, which requeues the same run with `resume=True`, so it continues from its last checkpoint.
-    It carries the submitter's method table, so a method registered at run time is found in the job too."""
+    Plug-in methods are found in the job as in every process: through $BENCH_INCLUDE, which the job inherits
+    (SLURM exports the submitter's environment; submitit's local cluster runs with it)."""
 
-    def __init__(self, ctx: Context, methods: dict[str, str] | None = None) -> None:
-        from bench import registry
-
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.methods = dict(registry.METHODS if methods is None else methods)
 
-    def __call__(self, job: Job) -> dict[str, Any]:
-        from bench import registry
+    def __call__(self, run: PlannedRun) -> Outcome:
+        return execute_job(run, self.ctx)
 
-        registry.METHODS.update(self.methods)
-        return execute_job(job, self.ctx)
-
-    def checkpoint(self, job: Job) -> Any:
+    def checkpoint(self, run: PlannedRun) -> Any:
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(SlurmTask(dataclasses.replace(self.ctx, resume=True), self.methods), job)
+        return DelayedSubmission(SlurmTask(dataclasses.replace(self.ctx, resume=True)), run)
 
 
-def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str, Any]]:
+def run_slurm(runs: list[PlannedRun], ctx: Context, opts: ExecOptions) -> list[Outcome]:
     """Submit the runs that have work to do through submitit; wait for them with a progress display."""
     import submitit
 
@@ -50,19 +45,20 @@ def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str
     ctx = dataclasses.replace(
         ctx, results=Path(ctx.results).resolve(), data=Path(ctx.data).resolve(),
         concept_dirs={k: (str(Path(f).resolve()), noun) for k, (f, noun) in ctx.concept_dirs.items()})
-    outcomes: list[dict[str, Any]] = []
-    todo: list[Job] = []
-    for job in jobs:  # submit only what needs doing: a queued no-op still costs a slot
-        state = triage(job, ctx)
+    runs = [dataclasses.replace(run, run_dir=run.run_dir.resolve()) for run in runs]  # a node may start elsewhere
+    outcomes: list[Outcome] = []
+    todo: list[PlannedRun] = []
+    for run in runs:  # submit only what needs doing: a queued no-op still costs a slot
+        state = triage(run, ctx)
         lock = RunLock(state.run_dir)
         if state.state in ("done", "failed"):
             status = "skipped" if state.state == "done" else "kept_failed"
             reason = state.record.reason if state.record and status == "kept_failed" else None
-            outcomes.append({"job": job, "status": status, "run_dir": state.run_dir, "reason": reason})
+            outcomes.append(Outcome(run.job, status, state.run_dir, reason))
         elif lock.path.exists() and not lock.is_stale():
-            outcomes.append({"job": job, "status": "locked", "run_dir": state.run_dir, "reason": lock.describe()})
+            outcomes.append(Outcome(run.job, "locked", state.run_dir, lock.describe()))
         else:
-            todo.append(job)
+            todo.append(run)
     if not todo:
         return outcomes
     if opts.cluster != "slurm":
@@ -87,7 +83,7 @@ def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str
         params["slurm_additional_parameters"] = extra
     executor.update_parameters(**params)
     task = SlurmTask(ctx)
-    leaders, followers = split_shared_training(todo, ctx)
+    leaders, followers = split_shared_training(todo)
     todo = leaders + [job for job, _ in followers]
     try:
         if opts.array:
@@ -115,26 +111,25 @@ def run_slurm(jobs: list[Job], ctx: Context, opts: ExecOptions) -> list[dict[str
 
         Console(stderr=True).print(f"submitted {len(submitted)} job(s) ({ids}); logs in {folder}; "
                                    f"follow with `bench status --results {ctx.results}`")
-        return outcomes + [{"job": job, "status": "submitted", "run_dir": job.key.path(ctx.results),
-                            "reason": sj.job_id} for job, sj in zip(todo, submitted)]
+        return outcomes + [Outcome(run.job, "submitted", run.run_dir, sj.job_id) for run, sj in zip(todo, submitted)]
     return outcomes + _wait(todo, submitted, ctx, folder, opts.cluster)
 
 
-def split_shared_training(jobs: list[Job], ctx: Context) -> tuple[list[Job], list[tuple[Job, Job]]]:
-    """(leaders, [(follower, its leader)]): the first job of each training hash trains; the others share it."""
-    first: dict[str, Job] = {}
+def split_shared_training(runs: list[PlannedRun]) -> tuple[list[PlannedRun], list[tuple[PlannedRun, PlannedRun]]]:
+    """(leaders, [(follower, its leader)]): the first run of each training hash trains; the others share it."""
+    first: dict[str, PlannedRun] = {}
     leaders, followers = [], []
-    for job in jobs:
-        key = training_key(job, ctx)
+    for run in runs:
+        key = run.training_key
         if key in first:
-            followers.append((job, first[key]))
+            followers.append((run, first[key]))
         else:
-            first[key] = job
-            leaders.append(job)
+            first[key] = run
+            leaders.append(run)
     return leaders, followers
 
 
-def _wait(todo: list[Job], submitted: list[Any], ctx: Context, folder: Path, cluster: str) -> list[dict[str, Any]]:
+def _wait(todo: list[PlannedRun], submitted: list[Any], ctx: Context, folder: Path, cluster: str) -> list[Outcome]:
     outcomes = []
     remaining = dict(enumerate(submitted))
     poll = 2.0 if cluster != "slurm" else 15.0
@@ -159,12 +154,12 @@ def _wait(todo: list[Job], submitted: list[Any], ctx: Context, folder: Path, clu
     return outcomes
 
 
-def _result(job: Job, sj: Any, ctx: Context) -> dict[str, Any]:
+def _result(run: PlannedRun, sj: Any, ctx: Context) -> Outcome:
     try:
         return sj.result()
     except Exception as err:  # noqa: BLE001 - the job died or raised outside the method
         lines = [x.strip() for x in str(err).splitlines() if x.strip()]
         cause = next((x for x in reversed(lines) if re.match(r"^[A-Za-z_.]+(Error|Exception|Exit)\b", x)),
                      lines[-1] if lines else type(err).__name__)
-        return {"job": job, "status": "crashed", "run_dir": job.key.path(ctx.results),
-                "reason": f"SLURM job {sj.job_id}: {cause[:300]} (log: {sj.paths.stderr})"}
+        return Outcome(run.job, "crashed", run.run_dir,
+                       f"SLURM job {sj.job_id}: {cause[:300]} (log: {sj.paths.stderr})")

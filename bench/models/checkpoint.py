@@ -33,7 +33,8 @@ Rules that make a resumed run bit-identical to an uninterrupted one:
   always saves at `total`, so on resume a finished phase restores its final state and its loop does nothing;
 - scalars that are neither tensors nor RNGs (a counter, a best score) go in `extra={...}` at save and are
   read back from `ckpt.extra` after `restore`;
-- add a documented `checkpoint_every: int` field to the method's config (0 = off) and pass it as `every`.
+- add a documented checkpoint-period field to the method's config (0 = off), declared `CHECKPOINT_EVERY`
+  (`bench.config`), and pass it as `every`.
 
 Rows (`rows={name: [row, ...]}`): when a large matrix trains only a few rows (a new token's row of the 49,409-row
 token-embedding table), only those rows are saved, of the tensor and of its optimiser moments (every state tensor
@@ -444,13 +445,15 @@ def current_umask() -> int:
 
 def settle_weight_files(folder: Path) -> None:
     """Make the files under `folder` (a run's staged results) reproducible and readable like every other file:
-    safetensors headers with sorted metadata (`sort_safetensors_metadata`), and the umask's mode (0666 less the
-    umask) where the safetensors writer made a file 0600 whatever the umask."""
+    the weight files' safetensors headers with sorted metadata (`sort_safetensors_metadata`; files under a
+    `weights/` folder), and the umask's mode (0666 less the umask) where the safetensors writer made a file 0600
+    whatever the umask."""
     mode = 0o666 & ~current_umask()
     for path in Path(folder).rglob("*"):
         if not path.is_file() or path.is_symlink():
             continue
-        if path.suffix == ".safetensors" and path.stat().st_nlink == 1:  # never rewrite a file shared by a link
+        weights = "weights" in path.relative_to(folder).parts  # not a checkpoint: its state.json holds its hash
+        if weights and path.suffix == ".safetensors" and path.stat().st_nlink == 1:  # nor a file shared by a link
             sort_safetensors_metadata(path)
         if (path.stat().st_mode & 0o777) == 0o600 != mode:
             path.chmod(mode)

@@ -1,9 +1,10 @@
-"""Where one model role's weights come from and how they load: the `Component` record, and the file access shared
-by every loader (`bench.models.loading` for the harness's roles, `bench.models.tcd` and `bench.models.flux` for
-the roles reserved to one method)."""
+"""Where one model role's weights come from and how they load: the `Component` record, the roles a method brings
+with it (`ModelRoles`), and the file access shared by every loader (`bench.models.loading` for the harness's
+roles, a method's own module for the kinds it adds)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ class Component:
     """Where one role's weights come from and how to load them."""
 
     kind: str
-    """Loader: unet, vae, text_encoder, tokenizer, scheduler, clip_vision, ip_proj, timm, lora (and the FLUX.1
-    kinds of `bench.models.flux`: flux_transformer, t5_encoder, t5_tokenizer, omini_lora)."""
+    """Loader: unet, vae, text_encoder, tokenizer, scheduler, clip_vision, ip_proj, timm, lora (`bench.models.
+    loading`), or a kind a method's `ModelRoles.loaders` adds."""
     group: str
     """Override key for `--weights GROUP=PATH`: student, teacher, image_encoder, dino1, dinov2, ..."""
     source: str
@@ -34,8 +35,37 @@ class Component:
     config: str | None = None
     """paper-random: config shipped under bench/models/configs, relative path."""
     methods: tuple[str, ...] = ()
-    """The methods that use this role; empty: every method. A role reserved for some methods is left out of the
-    others' profiles (`Profile.for_method`), so adding one changes no other method's record or hash."""
+    """The methods that use this role; empty: every method. A role a method declares (`ModelRoles`) is reserved
+    for it and joins only its profile (`Profile.for_method`), so adding one changes no other method's record or
+    hash."""
+
+
+Loader = Callable[[Component, bool], Any]
+"""A kind's loader: (component, random_init) -> the loaded object (random_init: `paper-random`, build the
+architecture from its config with random weights, read no weights file)."""
+
+
+@dataclass(frozen=True)
+class ModelRoles:
+    """Model roles a method brings with it, declared in its own module (`MethodOptions.model_roles`): a method on
+    another base-model family (SDXL, FLUX.1) or with an extra network needs no edit of the harness. The roles join
+    the method's profile only (`Profile.for_method`), reserved for it; `--weights GROUP=PATH` reaches their groups
+    like any other; on `tiny` the stand-ins are built (once, into the cache) before the first of them loads."""
+
+    roles: Callable[[str], dict[str, Component]]
+    """Profile name (`paper`, `paper-random`, `tiny`) -> role name -> `Component` (kind, `--weights` group, hub id or
+    local path, subfolder, file, options, `config` for paper-random)."""
+    loaders: dict[str, Loader] = field(default_factory=dict)
+    """Loaders of the kinds these roles add (the harness's kinds need none: unet, vae, text_encoder, ...)."""
+    build_tiny: Callable[[], Any] | None = None
+    """Builds the tiny stand-ins of `roles("tiny")` into the cache, once (`bench.models.tiny.build_once`)."""
+
+
+DECLARED_LOADERS: dict[str, Loader] = {}
+"""Kinds added by methods' `ModelRoles.loaders`, registered when their roles join a profile."""
+TINY_BUILDERS: dict[str, Callable[[], Any]] = {}
+"""Method name -> its `ModelRoles.build_tiny`, registered likewise; `Models` calls it before a reserved tiny role
+first loads."""
 
 
 def is_local(comp: Component) -> bool:

@@ -18,6 +18,8 @@ from bench.api import BenchError
 from bench.hub import hub_offline, offline_mode, quiet_libraries, quiet_loading  # noqa: F401 (re-exported)
 from bench.models.component import (
     CONFIGS,
+    DECLARED_LOADERS,
+    TINY_BUILDERS,
     Component,
     from_pretrained,
     hub_file,
@@ -37,12 +39,12 @@ def default_device() -> str:
 
 
 class Models:
-    """Lazy access to the components of one profile on one device.
+    """Lazy access to the components of one profile on one device (follows `bench.api.Models`).
 
     Roles (see `bench.models.profiles`): student_unet, student_scheduler, student_text_encoder,
     student_tokenizer, teacher_unet, teacher_scheduler, teacher_text_encoder, teacher_tokenizer, vae,
-    clip_vision, ip_proj, dino1, dinov2 (and student_lora for hyper-sd15 at paper scale), and the FLUX.1 roles of
-    `bench.models.flux` (flux_transformer, flux_vae, ..., omini_lora).
+    clip_vision, ip_proj, dino1, dinov2 (and student_lora for hyper-sd15 at paper scale), and the roles the run's
+    method declares (`MethodOptions.model_roles`: IP-Adapter TCD's SDXL, OminiControl's FLUX.1).
     """
 
     def __init__(self, profile: Profile, device: str | None = None, speed: Any = None) -> None:
@@ -76,10 +78,12 @@ class Models:
         key = (self.profile.name, self.profile.backbone, role, comp.source, str(self.device))
         if key not in _PRISTINE:
             if self.profile.name == "tiny":
-                from bench.models.tiny import ensure_built, ensure_method_models
+                from bench.models.tiny import ensure_built
 
                 ensure_built()
-                ensure_method_models(comp.methods)  # a method's own stand-ins, built on first use
+                for method in comp.methods:  # a method's own stand-ins (`ModelRoles.build_tiny`), on first use
+                    if method in TINY_BUILDERS:
+                        TINY_BUILDERS[method]()
             _PRISTINE[key] = load_component(self.profile, role, self.device)
         return _PRISTINE[key]
 
@@ -89,6 +93,20 @@ class Models:
         return {"unet": getattr(self, f"{role}_unet"), "scheduler": getattr(self, f"{role}_scheduler"),
                 "tokenizer": getattr(self, f"{role}_tokenizer"),
                 "text_encoder": getattr(self, f"{role}_text_encoder"), "vae": self.vae}
+
+    def generate(self, parts: dict[str, Any], prompts: list[str], seeds: list[int], steps: int,
+                 **options: Any) -> list:
+        """`bench.models.sampling.generate_parts` (`bench.api.Models.generate`)."""
+        from bench.models.sampling import generate_parts
+
+        return generate_parts(parts, list(prompts), list(seeds), steps, **options)
+
+    @property
+    def dtype(self) -> Any:
+        """The floating-point type the roles are loaded in: float32 (lower precision runs under autocast)."""
+        import torch
+
+        return torch.float32
 
     @property
     def latent_size(self) -> int:
@@ -114,7 +132,7 @@ def load_component(profile: Profile, role: str, device: Any) -> Any:
         check_timm_snapshot(profile, role)
     try:
         with quiet_loading():  # library warnings and log lines: a failure is this function's one line
-            obj = _LOADERS[comp.kind](comp, profile.random_init)
+            obj = (_LOADERS.get(comp.kind) or DECLARED_LOADERS[comp.kind])(comp, profile.random_init)
     except BenchError:
         raise
     except Exception as err:  # hub errors, missing files, bad configs: all become one actionable line
@@ -294,10 +312,3 @@ def _lora(comp: Component, random_init: bool) -> Any:
 _LOADERS = {"unet": _unet, "vae": _vae, "text_encoder": _text_encoder, "tokenizer": _tokenizer,
             "scheduler": _scheduler, "clip_vision": _clip_vision, "ip_proj": _ip_proj, "timm": _timm,
             "lora": _lora}
-
-# The kinds of the encoder-based methods' roles (bench/models/tcd.py, bench/models/flux.py).
-from bench.models.flux import LOADERS as _FLUX_LOADERS  # noqa: E402
-from bench.models.tcd import LOADERS as _TCD_LOADERS  # noqa: E402
-
-_LOADERS.update(_TCD_LOADERS)
-_LOADERS.update(_FLUX_LOADERS)

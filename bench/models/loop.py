@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.api import Diverged, Log
+from bench.api import Diverged, Log, Models
 from bench.models import sampling
 from bench.models.checkpoint import Checkpointer
 from bench.models.speed import autocast
@@ -128,7 +128,7 @@ class DenoisingLoop:
     clip only their LoRA, as released)."""
 
     @classmethod
-    def for_recipe(cls, cfg: Any, models: Any, parts: dict[str, Any], params: dict[str, Any],
+    def for_recipe(cls, cfg: Any, models: Models, parts: dict[str, Any], params: dict[str, Any],
                    optimizer: torch.optim.Optimizer, batches: Iterator[Batch], seed: int, **hooks: Any
                    ) -> DenoisingLoop:
         """The loop with a baseline config's `timestep_policy`, `autocast_dtype` and `grad_clip`, the models'

@@ -8,17 +8,21 @@ the same code in `bench.models.loading`; only where the weights come from differ
   GROUP=PATH` (or `BENCH_WEIGHTS=GROUP=PATH,...`).
 - `tiny`: small seeded stand-ins built in code by `bench.models.tiny`, saved in the real formats, loaded back.
 - `paper-random`: the `paper` architectures from configs shipped in `bench/models/configs`, random weights.
+
+A method on another base-model family declares its own roles in its own module (`MethodOptions.model_roles`, a
+`bench.models.component.ModelRoles`: IP-Adapter TCD's SDXL, OminiControl's FLUX.1); they join its profile only
+(`Profile.for_method`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.api import BenchError
-from bench.models.component import Component  # noqa: F401 (re-exported)
-from bench.registry import unknown
+from bench.models.component import DECLARED_LOADERS, TINY_BUILDERS, Component
+from bench.naming import unknown
 
 PROFILES = ("tiny", "paper", "paper-random")
 BACKBONES = ("sd-turbo", "hyper-sd15")
@@ -52,10 +56,17 @@ class Profile:
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     """Seeds of the evaluation images; the protocol's 25 prompts x these seeds per concept."""
 
-    def for_method(self, method: str) -> Profile:
-        """This profile without the roles reserved for other methods (`Component.methods`)."""
-        return replace(self, components={role: c for role, c in self.components.items()
-                                         if not c.methods or method in c.methods})
+    weights: dict[str, str] = field(default_factory=dict)
+    """The `--weights` / `$BENCH_WEIGHTS` overrides applied (group -> path); not part of `describe`, which shows
+    each role's resulting source."""
+
+    def for_method(self, method: Any) -> Profile:
+        """This profile for one method (its class, or its registry name): with the roles it declares
+        (`method_roles`, `weights` applied) and without the roles reserved for other methods."""
+        name = method if isinstance(method, str) else method.name
+        own = {role: _weighted(c, self.weights) for role, c in method_roles(method, self.name).items()}
+        kept = {role: c for role, c in self.components.items() if not c.methods or name in c.methods}
+        return replace(self, components={**kept, **own})
 
     def describe(self) -> dict[str, Any]:
         """What a run record stores about the models."""
@@ -120,11 +131,7 @@ def _paper(backbone: str, random_init: bool) -> Profile:
                  "student_lora": Component("lora", "hyper_lora", HYPER_SD, file="Hyper-SD15-1step-lora.safetensors"),
                  "student_scheduler": Component("scheduler", "student", SD15, "scheduler", config="sd15/scheduler",
                                                 options={"_class_name": "TCDScheduler"})}
-    from bench.models.flux import FLUX_SCHNELL, OMINICONTROL, flux_roles
-    from bench.models.tcd import tcd_roles
-
-    flux = flux_roles(FLUX_SCHNELL, OMINICONTROL, tiny=False)
-    return Profile(name, backbone, 512, {**comps, **images, **tcd_roles(tiny=False), **flux}, random_init=random_init)
+    return Profile(name, backbone, 512, {**comps, **images}, random_init=random_init)
 
 
 TINY_EVAL_SEEDS = (0,)
@@ -149,32 +156,63 @@ def _tiny(backbone: str) -> Profile:
     else:
         comps = {**_diffusers_roles("student", "student", str(root / "hyper-sd15"), "", with_vae=False),
                  **_diffusers_roles("teacher", "teacher", str(root / "sd15"), "", with_vae=True)}
-    from bench.models.flux import tiny_flux_roles
-    from bench.models.tcd import tcd_roles
-
-    comps.update(tcd_roles(tiny=True))
-    comps.update(tiny_flux_roles())
     return Profile("tiny", backbone, 64, {**comps, **images}, iteration_cap=TINY_ITERATION_CAP,
                    step_cap=TINY_STEP_CAP, eval_seeds=TINY_EVAL_SEEDS)
 
 
 def get_profile(name: str, backbone: str = "sd-turbo", weights: dict[str, str] | None = None) -> Profile:
-    """The profile `name` for `backbone`, with local-path overrides from `weights` and `$BENCH_WEIGHTS`."""
+    """The profile `name` for `backbone`, with local-path overrides from `weights` and `$BENCH_WEIGHTS` (a group may
+    be one of a method's own roles, applied when they join: `Profile.for_method`)."""
     if name not in PROFILES:
         raise unknown("profile", name, PROFILES)
     if backbone not in BACKBONES:
         raise unknown("backbone", backbone, BACKBONES)
     profile = _tiny(backbone) if name == "tiny" else _paper(backbone, random_init=name == "paper-random")
     overrides = {**parse_weights(os.environ.get("BENCH_WEIGHTS", "")), **(weights or {})}
-    groups = sorted({c.group for c in profile.components.values()})
+    groups = {c.group for c in profile.components.values()}
+    if set(overrides) - groups:  # a method's own group? (imports the registered methods only when needed)
+        groups |= {c.group for roles in declared_roles(name).values() for c in roles.values()}
     for group in overrides:
         if group not in groups:
-            raise unknown("weights group", group, groups)
-    comps = {
-        role: replace(c, source=overrides[c.group]) if c.group in overrides else c
-        for role, c in profile.components.items()
-    }
-    return replace(profile, components=comps)
+            raise unknown("weights group", group, sorted(groups))
+    comps = {role: _weighted(c, overrides) for role, c in profile.components.items()}
+    return replace(profile, components=comps, weights=overrides)
+
+
+def _weighted(comp: Component, overrides: dict[str, str]) -> Component:
+    return replace(comp, source=overrides[comp.group]) if comp.group in overrides else comp
+
+
+def method_roles(method: Any, profile: str) -> dict[str, Component]:
+    """The roles `method` (its class, or its registry name) declares for profile `profile`
+    (`MethodOptions.model_roles`), reserved for it; their loaders and tiny builder are registered for this process.
+    Empty for a method that declares none."""
+    if isinstance(method, str):
+        from bench.registry import get_method
+
+        method = get_method(method)
+    from bench.contract import MethodInfo
+
+    declared = MethodInfo.of(method).model_roles
+    if declared is None:
+        return {}
+    DECLARED_LOADERS.update(declared.loaders)
+    if declared.build_tiny is not None:
+        TINY_BUILDERS[method.name] = declared.build_tiny
+    return {role: replace(c, methods=(method.name,)) for role, c in declared.roles(profile).items()}
+
+
+def declared_roles(profile: str) -> dict[str, dict[str, Component]]:
+    """Method name -> the roles it declares for `profile`, for every registered method that declares any (imports
+    them): what a weights manifest lists beside the profile's own roles."""
+    from bench.registry import get_method, method_names
+
+    out = {}
+    for name in method_names():
+        roles = method_roles(get_method(name), profile)
+        if roles:
+            out[name] = roles
+    return out
 
 
 def parse_weights(text: str | list[str]) -> dict[str, str]:
@@ -193,6 +231,9 @@ def parse_weights(text: str | list[str]) -> dict[str, str]:
 def group_roles(group: str, backbone: str = "sd-turbo") -> str:
     """What `--weights GROUP=PATH` must hold, for messages: each role of the group on `paper` with the file or
     folder it reads, e.g. "role omini_lora: omini/subject_512.safetensors"; "" for an unknown group."""
+    roles = dict(_paper(backbone, random_init=False).components)
+    if not any(c.group == group for c in roles.values()):  # a method's own group (imports the registered methods)
+        roles = {role: c for own in declared_roles("paper").values() for role, c in own.items()}
     parts = [f"{role}: {c.file or (c.subfolder + '/' if c.subfolder else 'the folder itself')}"
-             for role, c in sorted(_paper(backbone, random_init=False).components.items()) if c.group == group]
+             for role, c in sorted(roles.items()) if c.group == group]
     return f"role{'s' if len(parts) > 1 else ''} {', '.join(parts)}" if parts else ""

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.api import Models
 from bench.models.sampling import check_numerics
 from bench.models.training import TIMESTEP_POLICIES, TRAIN_TEMPLATES, TrainingBatches, load_pixels
 
@@ -72,7 +73,7 @@ def scaled_lr(cfg: Any, *factors: int) -> float:
     return lr
 
 
-def concept_batches(models: Any, photos: Iterable[Path], phrase: str, cfg: Any, seed: int, augment: bool = False,
+def concept_batches(models: Models, photos: Iterable[Path], phrase: str, cfg: Any, seed: int, augment: bool = False,
                     templates: tuple[str, ...] = TRAIN_TEMPLATES) -> TrainingBatches:
     """The photos (each centre-cropped, resized once) as `TrainingBatches` of `cfg.batch_size` at the profile's
     resolution, with `cfg.hflip`, Custom Diffusion's random-scale augmentation if `augment`, and the resize

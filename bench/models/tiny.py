@@ -57,22 +57,6 @@ def build_once(root: Path, version: int, build: Any) -> Path:
     return root
 
 
-METHOD_MODELS = {"ip_adapter_tcd": "bench.models.tcd:ensure_tiny",
-                 "ominicontrol": "bench.models.flux:ensure_tiny_flux"}
-"""Methods with stand-ins of their own (roles reserved for them, `Component.methods`): the function that builds
-them into their own cache folder, on first use, so that other methods never wait for them."""
-
-
-def ensure_method_models(methods: tuple[str, ...]) -> None:
-    """Build the tiny stand-ins of the roles reserved for `methods` (see `METHOD_MODELS`)."""
-    import importlib
-
-    for method in methods:
-        if method in METHOD_MODELS:
-            module, func = METHOD_MODELS[method].split(":")
-            getattr(importlib.import_module(module), func)()
-
-
 def write_clip_tokenizer(out: Path, pad_token: str = "!") -> None:
     """The real CLIP BPE tokenizer (vocab.json + merges.txt) from the vocabulary open_clip ships.
 

@@ -1,8 +1,9 @@
 """Runs: plan jobs (method x variant x concept x seed), skip what is done, execute one job, evaluate it, record it.
 
 Where each part lives:
-- `bench.runs.planning`: jobs, their resolved configs and hashes (config hash, training hash), the checks made
-  before any work (`prepare`), and where a job stands (`triage`);
+- `bench.runs.planning`: jobs, their resolved configs and hashes (config hash, training hash);
+- `bench.runs.planned`: `prepare`, the checks made before any work, and the `PlannedRun`s it returns (each job
+  resolved once, read by every later step), and where a planned run stands (`triage`);
 - `bench.runs.execution`: `execute_job`, which executors (`bench.executors`) call in whatever process runs a job:
   skip, lock, train (or `prepare` for a method without training), sample, score, time, record;
 - `bench.runs.evaluation`: the protocol's prompts x evaluation seeds sampled from a trained model and scored;
@@ -25,40 +26,39 @@ own settings; the record names the source (`trained_from`) and carries its train
 """
 
 from bench.runs.evaluation import evaluate, same_view_sampling
-from bench.runs.execution import execute_job, find_trained, git_commit, versions
+from bench.runs.execution import Outcome, execute_job, find_trained, git_commit, versions
 from bench.runs.loss_log import JsonlLog, compact_loss_log
+from bench.runs.planned import (
+    PlannedRun,
+    SweepRequest,
+    Triage,
+    check_no_training,
+    plan_runs,
+    prepare,
+    triage,
+)
 from bench.runs.planning import (
-                                 ATTEMPT,
-                                 EVAL_VERSION,
-                                 Context,
-                                 Job,
-                                 SweepRequest,
-                                 Triage,
-                                 check_device,
-                                 check_no_training,
-                                 check_weight_paths,
-                                 default_suite,
-                                 hashed_config,
-                                 job_hash,
-                                 load_concept,
-                                 named_variants,
-                                 outdated_reason,
-                                 plan,
-                                 prepare,
-                                 resolve_config,
-                                 resolve_job,
-                                 schedule_fields,
-                                 training_hash,
-                                 training_key,
-                                 trains,
-                                 triage,
-                                 variants_for,
+    ATTEMPT,
+    EVAL_VERSION,
+    Context,
+    Job,
+    check_device,
+    check_weight_paths,
+    default_suite,
+    hashed_config,
+    job_hash,
+    load_concept,
+    named_variants,
+    outdated_reason,
+    plan,
+    resolve_config,
+    training_hash,
+    variants_for,
 )
 from bench.runs.status import plan_status, status_report
 
-__all__ = ["ATTEMPT", "EVAL_VERSION", "Context", "Job", "JsonlLog", "SweepRequest", "Triage", "check_device",
-           "check_no_training", "check_weight_paths", "compact_loss_log", "default_suite", "evaluate", "execute_job",
-           "find_trained", "git_commit", "hashed_config", "job_hash", "load_concept", "named_variants",
-           "outdated_reason", "plan", "plan_status", "prepare", "resolve_config", "resolve_job", "same_view_sampling",
-           "schedule_fields", "status_report", "training_hash", "training_key", "trains", "triage", "variants_for",
-           "versions"]
+__all__ = ["ATTEMPT", "EVAL_VERSION", "Context", "Job", "JsonlLog", "Outcome", "PlannedRun", "SweepRequest", "Triage",
+           "check_device", "check_no_training", "check_weight_paths", "compact_loss_log", "default_suite", "evaluate",
+           "execute_job", "find_trained", "git_commit", "hashed_config", "job_hash", "load_concept", "named_variants",
+           "outdated_reason", "plan", "plan_runs", "plan_status", "prepare", "resolve_config", "same_view_sampling",
+           "status_report", "training_hash", "triage", "variants_for", "versions"]

@@ -1,7 +1,9 @@
 """Execute one job: skip what is done, lock, train (or prepare), sample, score, time and record it.
 
-A job is trained, sampled on the protocol's prompts x evaluation seeds, scored, timed, and recorded. Methods are
-reached only through the registry. Executors (`bench.executors`) call `execute_job` in whatever process runs it.
+A planned run (`bench.runs.planned`) is trained, sampled on the protocol's prompts x evaluation seeds, scored,
+timed, and recorded. Its method is instantiated once, from the class the planned run holds; nothing here looks a
+method up by name or resolves its config again. Executors (`bench.executors`) call `execute_job` in whatever
+process runs it and collect its typed `Outcome`.
 What a re-run does with each kind of existing run, and how runs share a training: the `bench.runs` docstring.
 """
 
@@ -14,6 +16,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,74 +24,79 @@ from typing import Any
 from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
 from bench.api import views as api_views
+from bench.concept_sets import dataset_of
 from bench.config import to_dict
-from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, dataset_of, set_fields
-from bench.registry import get_method
+from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, set_fields
 from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.loss_log import JsonlLog
-from bench.runs.planning import (
-    ATTEMPT,
-    EVAL_VERSION,
-    Context,
-    Job,
-    _version,
-    load_concept,
-    resolve_job,
-    training_hash,
-    trains,
-    triage,
-)
+from bench.runs.planned import PlannedRun, triage
+from bench.runs.planning import ATTEMPT, EVAL_VERSION, Context, Job, load_concept
 from bench.tracking import open_observer
 
+STATUSES = ("done", "failed", "skipped", "kept_failed", "locked", "lost_lock", "crashed", "submitted")
 
-def find_trained(job: Job, ctx: Context, train_hash: str) -> Path | None:
-    """A finished run (any variant of this method, concept and seed) whose weights this job may sample instead
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one planned run in an executor."""
+
+    job: Job
+    status: str
+    """done | failed (recorded) | skipped (done before) | kept_failed (failed before, not retried) | locked (another
+    process runs it) | lost_lock | crashed (its process died) | submitted (queued, `--no-wait`)."""
+    run_dir: Path
+    reason: str | None = None
+    """Why it failed, crashed or is locked (the SLURM job id when submitted)."""
+
+
+def find_trained(run: PlannedRun, ctx: Context) -> Path | None:
+    """A finished run (any variant of this method, concept and seed) whose weights this run may sample instead
     of training: same training hash, status done, weights present. None if there is none, or with `--force`."""
-    if ctx.force or not trains(job.method):  # nothing trained to share: a method without training prepares anew
+    if ctx.force or not run.trains:  # nothing trained to share: a method without training prepares anew
         return None
-    method_dir = job.key.path(ctx.results).parents[2]  # <results>/<profile>/<method>
+    job = run.job
+    method_dir = run.run_dir.parents[2]  # <results>/<profile>/<method>
     found = []
     for candidate in sorted(method_dir.glob(f"*/{job.concept}/seed{job.seed}")):
         record = store.read_run_record(candidate)
-        if record and record.done and record.training_hash == train_hash and (candidate / "weights").is_dir():
+        if (record and record.done and record.training_hash == run.training_hash
+                and (candidate / "weights").is_dir()):
             found.append((record.trained_from is not None, candidate))  # prefer a run that trained itself
     return min(found)[1] if found else None
 
 
-def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict[str, Any]:
-    """Run one job unless it is done: train, sample, score, record. Returns a short summary.
+def execute_job(run: PlannedRun, ctx: Context, on_step: Callable | None = None) -> Outcome:
+    """Run one planned run unless it is done: train, sample, score, record.
 
     Failures inside the method (exceptions, divergence) are recorded as failed runs; the sweep goes on.
     User mistakes (BenchError) propagate. A kill at any moment leaves the run redoable (see `bench.store`).
     """
-    profile, config, suite, config_hash = resolve_job(job, ctx)
-    train_hash = training_hash(job, config, profile.describe())
-    state = triage(job, ctx, config_hash)
-    run_dir = state.run_dir
+    job, run_dir = run.job, run.run_dir
+    state = triage(run, ctx)
     if state.state in ("done", "failed"):
         _tidy(run_dir)
         return _outcome(job, run_dir, "skipped" if state.state == "done" else "kept_failed", state.record)
     lock = store.RunLock(run_dir)
     if not lock.acquire():
-        return {"job": job, "status": "locked", "run_dir": run_dir, "reason": lock.describe()}
+        return Outcome(job, "locked", run_dir, lock.describe())
     try:
         store.recover(run_dir, keep_partial=True)  # finish or undo what a killed attempt left
-        state = triage(job, ctx, config_hash)
+        state = triage(run, ctx)
         if state.state in ("done", "failed"):  # finished while we waited for the lock, or just recovered
             store.recover(run_dir, keep_partial=False)
             return _outcome(job, run_dir, "skipped" if state.state == "done" else "kept_failed", state.record)
         concept = load_concept(job, ctx)
-        partial, attempts, resumed_from = _stage(run_dir, config_hash, ctx.resume)
-        if state.record and state.record.status == "failed" and state.record.config_hash == config_hash:
+        partial, attempts, resumed_from = _stage(run_dir, run.config_hash, ctx.resume)
+        if state.record and state.record.status == "failed" and state.record.config_hash == run.config_hash:
             attempts += int(state.record.attempts or 1)  # --retry-failed: the failed tries count too
-        record = _base_record(job, config, config_hash, profile, suite)
+        record = _base_record(run, ctx)
         set_fields(record, dataset=dataset_of(job.concept, ctx.data), attempts=attempts,
-                   resumed_from=resumed_from or None, training_hash=train_hash)
-        donor = find_trained(job, ctx, train_hash)
-        observer = open_observer(ctx.tracking, record, partial, ctx.results, concept, profile.eval_seeds)
+                   resumed_from=resumed_from or None, training_hash=run.training_hash)
+        donor = find_trained(run, ctx)
+        observer = open_observer(ctx.tracking, record, partial, ctx.results, concept, run.profile.eval_seeds)
         try:
-            set_fields(record, **_train_and_evaluate(job, ctx, concept, profile, config, partial, on_step,
-                                                     resumed=resumed_from, donor=donor, observer=observer))
+            set_fields(record, **_train_and_evaluate(run, ctx, concept, partial, on_step, resumed=resumed_from,
+                                                     donor=donor, observer=observer))
             set_fields(record, status="done")
         except BenchError:
             from bench.models.checkpoint import find_checkpoints
@@ -111,8 +119,8 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         (partial / ATTEMPT).unlink(missing_ok=True)
         set_fields(record, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         if not lock.still_held():  # frozen past the stale timeout and taken over: the new owner decides
-            return {"job": job, "status": "lost_lock", "run_dir": run_dir,
-                    "reason": "the run's lock was taken over by another process; nothing committed"}
+            return Outcome(job, "lost_lock", run_dir,
+                           "the run's lock was taken over by another process; nothing committed")
         previous = store.read_run_record(run_dir)
         if record.status == "failed" and previous and previous.done:
             # never replace a finished result with a failure: keep the failure beside it
@@ -126,9 +134,9 @@ def execute_job(job: Job, ctx: Context, on_step: Callable | None = None) -> dict
         lock.release()
 
 
-def _outcome(job: Job, run_dir: Path, status: str, record: RunRecord | None) -> dict[str, Any]:
+def _outcome(job: Job, run_dir: Path, status: str, record: RunRecord | None) -> Outcome:
     reason = record.reason if record and status in ("failed", "kept_failed") else None
-    return {"job": job, "status": status, "run_dir": run_dir, "reason": reason}
+    return Outcome(job, status, run_dir, reason)
 
 
 def _tidy(run_dir: Path) -> None:
@@ -161,22 +169,16 @@ def _stage(run_dir: Path, config_hash: str, resume: bool) -> tuple[Path, int, di
     return partial, attempts, find_checkpoints(partial / "work") if keep else {}
 
 
-def _base_record(job: Job, config: Any, config_hash: str, profile: Any, suite: dict) -> RunRecord:
+def _base_record(run: PlannedRun, ctx: Context) -> RunRecord:
+    job = run.job
     return RunRecord.start(
         schema=store.SCHEMA_VERSION, status="running", method=job.method, variant=job.variant,
         concept=job.concept, seed=job.seed, profile=job.profile, backbone=job.backbone,
-        method_version=_version(job.method), presentation=_presentation(job), eval_version=EVAL_VERSION,
-        config=to_dict(config), config_hash=config_hash, overrides=json.loads(job.overrides),
-        models=profile.describe(), metric_suite=suite,
+        method_version=run.version, presentation=run.info.presentation_for(job.backbone),
+        eval_version=EVAL_VERSION, config=to_dict(run.typed_config()), config_hash=run.config_hash,
+        overrides=json.loads(job.overrides), models=run.models, metric_suite=ctx.suite_description(),
         versions=versions(), git_commit=git_commit(), started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         host=os.uname().nodename, pid=os.getpid())
-
-
-def _presentation(job: Job) -> dict[str, Any]:
-    """How tables and the report show the run (`RunRecord.presentation`), from the method's declarations."""
-    from bench.contract import MethodInfo
-
-    return MethodInfo.of(get_method(job.method)).presentation_for(job.backbone)
 
 
 def _evaluated(evaluation: dict[str, Any], views: dict[str, Any], timing: dict[str, Any], **fields: Any
@@ -193,28 +195,32 @@ def _evaluated(evaluation: dict[str, Any], views: dict[str, Any], timing: dict[s
             **fields}
 
 
-def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, run_dir: Path,
-                        on_step: Callable | None, resumed: dict[str, int] | None = None, donor: Path | None = None,
-                        observer: Any = None) -> dict[str, Any]:
+def _train_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, run_dir: Path, on_step: Callable | None,
+                        resumed: dict[str, int] | None = None, donor: Path | None = None, observer: Any = None
+                        ) -> dict[str, Any]:
     import torch
 
     from bench.models.loading import Models
     from bench.timing import AttemptClock, Stopwatch, across_attempts, device_name, peak_memory, reset_peak_memory
 
-    if profile.name == "tiny":  # build the tiny models (seeded) now, not at first use inside the seeded run
+    if run.profile.name == "tiny":  # build the tiny models (seeded) now, not at first use inside the seeded run
         from bench.models.tiny import ensure_built
 
         ensure_built()
+    from bench.models.profiles import method_roles
     from bench.models.speed import parse_speed
 
+    job, profile = run.job, run.profile
+    method_roles(run.method, profile.name)  # the loaders of the roles it declares, in this (maybe worker) process
     torch.manual_seed(job.seed)
     models = Models(profile, ctx.device, parse_speed(ctx.speed))
-    method = get_method(job.method)(config)
+    method = run.method(run.typed_config())  # the one instance of the method for this run
     reset_peak_memory(models.device)
     if donor is not None:
-        return _sample_trained(job, ctx, concept, profile, config, method, models, run_dir, donor)
-    if not trains(job.method):
-        return _prepare_and_evaluate(job, ctx, concept, profile, method, models, run_dir)
+        return _sample_trained(run, ctx, concept, method, models, run_dir, donor)
+    if not run.trains:
+        return _prepare_and_evaluate(run, ctx, concept, method, models, run_dir)
+
     def not_training() -> float:  # model loading and sample grids (`--sample-every`) are not training time
         return models.load_seconds + (observer.sample_seconds if observer else 0.0)
 
@@ -241,7 +247,7 @@ def _train_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, 
                       speed=models.speed.resolved(models.device))
 
 
-def _prepare_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any, method: Any, models: Any,
+def _prepare_and_evaluate(run: PlannedRun, ctx: Context, concept: Concept, method: Any, models: Any,
                           run_dir: Path) -> dict[str, Any]:
     """A method without a training stage (`trains = False`): `prepare` conditions the model on the concept's
     photos, then it is saved, sampled and scored like a trained one. No loss log, no checkpoints; the record has
@@ -249,36 +255,36 @@ def _prepare_and_evaluate(job: Job, ctx: Context, concept: Concept, profile: Any
     from bench.timing import Stopwatch, device_name, peak_memory
 
     with Stopwatch(models.device) as sw:
-        trained = method.prepare(concept, models, run_dir / "work", job.seed)
+        trained = method.prepare(concept, models, run_dir / "work", run.job.seed)
     prepare_s = max(sw.seconds - models.load_seconds, 0.0)  # model loading is not preparation
     trained.save(run_dir / "weights")
-    evaluation = evaluate(trained, concept, profile.eval_seeds, run_dir / "images", ctx, models.device)
+    evaluation = evaluate(trained, concept, run.profile.eval_seeds, run_dir / "images", ctx, models.device)
     timing = {"prepare_s": prepare_s, "load_s": models.load_seconds, "peak_memory": peak_memory(models.device)}
     return _evaluated(evaluation, {}, timing, identifier=trained.identifier, trains=False,
                       conditioning=list(trained.conditioning), loss_log=None, device=device_name(models.device),
                       trained_from=None, speed=models.speed.resolved(models.device))
 
 
-def _sample_trained(job: Job, ctx: Context, concept: Concept, profile: Any, config: Any, method: Any, models: Any,
-                    run_dir: Path, donor: Path) -> dict[str, Any]:
+def _sample_trained(run: PlannedRun, ctx: Context, concept: Concept, method: Any, models: Any, run_dir: Path,
+                    donor: Path) -> dict[str, Any]:
     """Evaluate another run's training with this job's sampling settings (same training hash, see `find_trained`).
 
     The donor's weights and loss log are linked into this run, so it stands on its own (`bench generate` works on
     it). A view sampled exactly as the donor sampled it (same steps) is not sampled again: its scores and images
     are taken over. Training time and iterations are the donor's, marked `reused_training`.
     """
-    from bench.metrics import get_suite
     from bench.timing import device_name, peak_memory
 
+    profile = run.profile
     donor_record = store.read_run_record(donor) or RunRecord()
     # the donor's views can be taken over only if they were sampled and scored exactly as this run would do it
     def as_stored(value: Any) -> Any:  # what a value reads back as from record.json
         return json.loads(json.dumps(value, default=str))
 
     same_evaluation = (donor_record.eval_version == EVAL_VERSION
-                       and same_view_sampling(config, donor_record.config or {})
-                       and donor_record.metric_suite == as_stored(get_suite(ctx.suite).describe())
-                       and donor_record.models == as_stored(profile.describe()))
+                       and same_view_sampling(run.typed_config(), donor_record.config or {})
+                       and donor_record.metric_suite == as_stored(ctx.suite_description())
+                       and donor_record.models == as_stored(run.models))
     store.link_tree(donor / "weights", run_dir / "weights")
     if (donor / "loss_log.jsonl").is_file():
         shutil.copy2(donor / "loss_log.jsonl", run_dir / "loss_log.jsonl")

@@ -7,7 +7,8 @@ from typing import Any
 
 from bench import store
 from bench.api import BenchError
-from bench.runs.planning import Context, Job, SweepRequest, outdated_reason, prepare, resolve_job, triage, variants_for
+from bench.runs.planned import PlannedRun, SweepRequest, prepare, triage
+from bench.runs.planning import Context, outdated_reason, variants_for
 
 
 def status_report(results: Path, profile: str | None = None, methods: list[str] | None = None,
@@ -21,19 +22,21 @@ def status_report(results: Path, profile: str | None = None, methods: list[str] 
             raise BenchError("--variant, --concepts, --seeds and --set select runs of a plan: pass --method too")
         counts, lines = store.run_status(results, profile)
     else:
-        request = SweepRequest(tuple(methods), tuple(variants_for(methods, variants or ["default"], overrides or {})),
-                               concepts, tuple(seeds or [0]), profile or "tiny", backbone, data, results, suite)
-        jobs, ctx = prepare(request, check_images=False)
-        counts, lines = plan_status(jobs, ctx)
+        request = SweepRequest(methods=tuple(methods),
+                               variants=tuple(variants_for(methods, variants or ["default"], overrides or {})),
+                               concepts=concepts, seeds=tuple(seeds or [0]), profile=profile or "tiny",
+                               backbone=backbone, data=data, results=results, suite=suite)
+        runs, ctx = prepare(request, check_images=False)
+        counts, lines = plan_status(runs, ctx)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
     return "\n".join([*lines, summary])
 
 
-def plan_status(jobs: list[Job], ctx: Context) -> tuple[dict[str, int], list[str]]:
-    """(counts by state, one line per job) for a plan; problems are listed last."""
+def plan_status(runs: list[PlannedRun], ctx: Context) -> tuple[dict[str, int], list[str]]:
+    """(counts by state, one line per run) for a plan; problems are listed last."""
     entries = []
-    for job in jobs:
-        state = triage(job, ctx)
+    for run in runs:
+        job, state = run.job, triage(run, ctx)
         run_dir, key = state.run_dir, f"{job.profile}/{job.key.label()}"
         lock = store.RunLock(run_dir)
         if lock.path.exists() and not lock.is_stale():
@@ -47,8 +50,8 @@ def plan_status(jobs: list[Job], ctx: Context) -> tuple[dict[str, int], list[str
         elif state.record is None and (problem := store.record_problem(run_dir)):
             entries.append(("corrupt", key, f"{problem}; `bench run` recomputes it"))
         elif state.state == "outdated":
-            profile, config, suite, _ = resolve_job(job, ctx)
-            entries.append(("outdated", key, outdated_reason(state.record, job, config, profile.describe(), suite)))
+            entries.append(("outdated", key, outdated_reason(state.record, run.typed_config(), run.models,
+                                                             ctx.suite_description(), run.version)))
         else:
             entries.append(("missing", key, ""))
     order = {"done": 0, "running": 1, "interrupted": 2, "outdated": 3, "failed": 4, "corrupt": 5, "missing": 6}

@@ -63,7 +63,8 @@ def study_create(name: str = typer.Option(..., "--name", help="Study name, e.g. 
     picked = () if concepts.strip() == "all" else tuple(c.strip() for c in concepts.split(",") if c.strip())
     if trials.strip() != "all" and not trials.strip().isdigit():
         raise BenchError(f"--trials must be a positive number or 'all', got '{trials}'")
-    from bench.registry import method_names, unknown
+    from bench.naming import unknown
+    from bench.registry import method_names
 
     for m in names:
         if m not in method_names():

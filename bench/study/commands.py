@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
-from bench.registry import unknown
+from bench.naming import unknown
 from bench.study import db, trials
 from bench.study.config import StudyConfig, check_name
 

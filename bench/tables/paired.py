@@ -191,7 +191,7 @@ def csv_table(t: Table, a: Annotation) -> list[dict[str, str]]:
 def render(tables: list[Table], fmt: str, against: str | None) -> str:
     """The tables as `bench.tables.render` writes them, with the `--against` columns and the paper agreement."""
     if fmt not in FORMATS:
-        from bench.registry import unknown
+        from bench.naming import unknown
 
         raise unknown("format", fmt, FORMATS)
     annotated = [(t, annotate(t, against, t.compare)) for t in tables]
@@ -214,7 +214,8 @@ def check_against(against: str | None) -> None:
     """A one-line error for an unknown --against method."""
     if against is None:
         return
-    from bench.registry import method_names, unknown
+    from bench.naming import unknown
+    from bench.registry import method_names
 
     if against not in method_names():
         raise unknown("--against method", against, method_names())

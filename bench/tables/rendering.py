@@ -188,7 +188,7 @@ def csv_rows(t: Table) -> list[dict[str, str]]:
 def render(tables: list[Table], fmt: str) -> str:
     """Markdown (each table with its caption and notes) or CSV (one header, every table's rows)."""
     if fmt not in FORMATS:
-        from bench.registry import unknown
+        from bench.naming import unknown
 
         raise unknown("format", fmt, FORMATS)
     if fmt == "md":

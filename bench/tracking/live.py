@@ -124,7 +124,8 @@ def snapshot_results(results: Path, profile: str | None = None) -> Snapshot:
 
 
 def snapshot_plan(jobs: list[Any], ctx: Any, perf_dirs: list[Path] | None = None) -> Snapshot:
-    """The runs of a plan, with the runs left and the sweep's ETA from `bench plan`'s costs."""
+    """The planned runs of a plan (`bench.runs.prepare`), with the runs left and the sweep's ETA from `bench plan`'s
+    costs."""
     from bench.api import BenchError
     from bench.estimate import duration, estimate
     from bench.models.loading import default_device
@@ -134,14 +135,14 @@ def snapshot_plan(jobs: list[Any], ctx: Any, perf_dirs: list[Path] | None = None
 
     counts: dict[str, dict[str, int]] = {}
     running, now = [], time.time()
-    for job in jobs:
-        run_dir = job.key.path(ctx.results)
+    for run in jobs:
+        run_dir, method = run.run_dir, run.job.method
         if _live(run_dir):
-            _count(counts, job.method, "running")
-            running.append(progress_of(job.key.label(), partial_dir(run_dir), now))
+            _count(counts, method, "running")
+            running.append(progress_of(run.key.label(), partial_dir(run_dir), now))
             continue
-        state = triage(job, ctx).state
-        _count(counts, job.method, state if state in ("done", "failed") else "left")
+        state = triage(run, ctx).state
+        _count(counts, method, state if state in ("done", "failed") else "left")
     folders = perf_dirs or [Path("results") / "perf", Path(ctx.results) / "perf"]
     try:
         result = estimate(jobs, ctx, device_name(ctx.device or default_device()), folders)
@@ -217,7 +218,9 @@ def watch_status(results: Path, profile: str | None, methods: list[str] | None, 
         return
     from bench.runs import SweepRequest, prepare, variants_for
 
-    request = SweepRequest(tuple(methods), tuple(variants_for(methods, variants or ["default"], overrides)),
-                           concepts, tuple(seeds or [0]), profile or "tiny", backbone, data, results, suite)
+    request = SweepRequest(methods=tuple(methods),
+                           variants=tuple(variants_for(methods, variants or ["default"], overrides)),
+                           concepts=concepts, seeds=tuple(seeds or [0]), profile=profile or "tiny",
+                           backbone=backbone, data=data, results=results, suite=suite)
     jobs, ctx = prepare(request, check_images=False)
     watch(lambda: snapshot_plan(jobs, ctx), interval)

@@ -12,8 +12,8 @@ OpenCLIP ViT-bigG/14 vision with a 1280-d projection). Three profiles, one loadi
 - `paper-random`: the full-size SDXL, text encoders and image encoder from `bench/models/configs/{sdxl,
   ip-adapter-sdxl}`; no LoRA file (random weights either way) and a random IP-Adapter in the real layout.
 
-The roles are reserved for `ip_adapter_tcd` (`Component.methods`): other methods' records and hashes never see
-them.
+The roles are declared by the method (`IPAdapterTCD.model_roles = MODEL_ROLES`) and join its profile only
+(`Profile.for_method`): other methods' records and hashes never see them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.models.component import Component
+from bench.models.component import Component, ModelRoles
 
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 TCD_LORA = "h1t/TCD-SDXL-LoRA"
@@ -271,3 +271,16 @@ def _save_tiny_lora(unet: Any, out: Path) -> None:
                 param.normal_(0.0, 0.05)
     layers = get_peft_model_state_dict(model)  # peft's names (`lora_A` / `lora_B`), as diffusers saves today
     StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True)
+
+
+# --- the declaration ------------------------------------------------------------------------------------------
+
+
+def roles(profile: str) -> dict[str, Component]:
+    """SDXL, the TCD LoRA and the SDXL IP-Adapter with its image encoder for `profile` (hub ids, or on `tiny` the
+    built stand-ins)."""
+    return tcd_roles(tiny=profile == "tiny")
+
+
+MODEL_ROLES = ModelRoles(roles, LOADERS, ensure_tiny)
+"""What `IPAdapterTCD.model_roles` declares."""

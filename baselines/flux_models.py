@@ -1,5 +1,5 @@
-"""FLUX.1 model roles (OminiControl's base) for all three profiles: where they come from, how they load, and the
-`tiny` stand-ins.
+"""FLUX.1 model roles, OminiControl's base, declared by the method (`OminiControl.model_roles = MODEL_ROLES`) for all
+three profiles: where they come from, how they load, and the `tiny` stand-ins.
 
 Roles: `flux_transformer` (FluxTransformer2DModel), `flux_vae` (16-channel AutoencoderKL), `flux_text_encoder` and
 `flux_tokenizer` (CLIP-L: the pooled prompt vector), `flux_text_encoder_2` and `flux_tokenizer_2` (T5-XXL encoder:
@@ -17,8 +17,8 @@ the token sequence), `flux_scheduler` (flow-matching Euler) and `omini_lora` (Om
 - `paper-random`: the full-size architectures from `bench/models/configs/flux-schnell`, random weights; the LoRA
   role is then empty and the method adds a random adapter of the released shape.
 
-The roles are reserved for OminiControl (`Component.methods`): every other method's profile, record and hash are
-as they were before they were added. `--weights` groups: `flux` and `omini`.
+They join OminiControl's profile only (`Profile.for_method`): every other method's profile, record and hash are as
+they were before they were added. `--weights` groups: `flux` and `omini`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.models.component import Component
+from bench.models.component import Component, ModelRoles
 
 FLUX_SCHNELL = "black-forest-labs/FLUX.1-schnell"
 OMINICONTROL = "Yuanshi/OminiControl"
@@ -262,3 +262,15 @@ def omini_lora_path(models: Any, file: str) -> Path | None:
         raise BenchError(f"profile '{models.profile.name}': cannot load omini_lora file {file} from "
                          f"'{comp.source}' ({reason}); point --weights omini= at a folder holding {file}")
     return path
+
+
+# --- the declaration ------------------------------------------------------------------------------------------
+
+
+def roles(profile: str) -> dict[str, Component]:
+    """FLUX.1-schnell and the OminiControl subject LoRA for `profile` (hub ids, or on `tiny` the built stand-ins)."""
+    return tiny_flux_roles() if profile == "tiny" else flux_roles(FLUX_SCHNELL, OMINICONTROL, tiny=False)
+
+
+MODEL_ROLES = ModelRoles(roles, LOADERS, ensure_tiny_flux)
+"""What `OminiControl.model_roles` declares."""
