@@ -116,11 +116,11 @@ def _models(method: str, backbone: str = "sd-turbo") -> Any:
     return Models(get_profile("tiny", backbone).for_method(method), "cpu")
 
 
-def _config(method: str, concept: str, iterations: int) -> Any:
+def _config(cls: type, method: str, concept: str, iterations: int) -> Any:
     from bench.models.profiles import TINY_STEP_CAP
     from bench.runs import Job, resolve_config
 
-    return resolve_config(Job(method, "default", concept, 0, "tiny"), iteration_cap=iterations,
+    return resolve_config(cls, Job(method, "default", concept, 0, "tiny"), iteration_cap=iterations,
                           step_cap=TINY_STEP_CAP)
 
 
@@ -136,7 +136,7 @@ def check_trained(cls: Any, name: str, concept: Any, iterations: int = ITERATION
     from bench.api import eval_phrase
     from bench.contract_check import ListLog
 
-    method = cls(_config(name, concept.name, iterations))
+    method = cls(_config(cls, name, concept.name, iterations))
     with tempfile.TemporaryDirectory(prefix=f"bench-learning-{name}-") as tmp:
         trained = method.train(concept, _models(name), Path(tmp), 0, ListLog())
         prompts, seeds = _prompts(concept, trained.identifier, eval_phrase(trained))
@@ -150,7 +150,7 @@ def check_conditioned(cls: Any, name: str, concept: Any, other: Any) -> ConceptR
     """Condition `cls` (no training) on `concept`'s photos and on `other`'s; which samples are closer to `concept`'s."""
     from bench.api import eval_phrase
 
-    method = cls(_config(name, concept.name, ITERATIONS))
+    method = cls(_config(cls, name, concept.name, ITERATIONS))
     with tempfile.TemporaryDirectory(prefix=f"bench-learning-{name}-") as tmp:
         own = method.prepare(concept, _models(name), Path(tmp) / "own", 0)
         prompts, seeds = _prompts(concept, own.identifier, eval_phrase(own))
