@@ -149,7 +149,7 @@ def test_dataset_option_checks_the_folder(tmp_path: Path, monkeypatch, capsys) -
 
 
 def test_report_grid_takes_reference_photos_from_cc101(tmp_path: Path) -> None:
-    from bench.report import _dataset_folder, qualitative_grid, reference_image
+    from bench.figures import _dataset_folder, qualitative_grid, reference_image
 
     root = _layout(tmp_path / "repo")
     folder, why = _dataset_folder(root)
