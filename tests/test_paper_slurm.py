@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.test_paper_tables_script import REPO, load_script
+from tests.helpers import load_script
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_whole_plan_as_one_job_array_on_the_local_cluster(tmp_path, dreambench_root, monkeypatch, capsys):
