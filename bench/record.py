@@ -16,7 +16,6 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.record_values import SuiteRef, VariantName  # noqa: F401 (re-exported: part of the record's API)
@@ -273,8 +272,9 @@ class RunRecord:
     concept: str = ""
     """DreamBench subject or a user concept folder's name."""
     dataset: str | None = None
-    """Which concepts the run's concept is one of (`dataset_of`): `dreambench`, `customconcept101`, or `yours` (a
-    `--concept-dir` folder); the tables never average two datasets. Absent in older records (told by the name)."""
+    """Which concepts the run's concept is one of (`bench.concept_sets.dataset_of`): `dreambench`,
+    `customconcept101`, or `yours` (a `--concept-dir` folder); the tables never average two datasets. Absent in
+    older records (told by the name)."""
     seed: int = 0
     """Training seed."""
     profile: str = ""
@@ -435,25 +435,3 @@ EVERY_RECORD = tuple(_NAMES[: _NAMES.index("identifier")])
 DONE_KEYS = tuple(_NAMES[_NAMES.index("identifier"): _NAMES.index("reason")])
 """The keys a finished run adds (the second table)."""
 
-
-DATASET_NAMES = ("dreambench", "customconcept101", "yours")
-"""The datasets a run's concept can belong to; `yours` is a `--concept-dir` folder (named `<folder>@<hash>`)."""
-
-
-def dataset_of(concept: str, data: Path | None) -> str:
-    """The dataset a concept of the `--data` folder `data` belongs to (the folder's layout tells, as
-    `bench.data.load_concepts` reads it); a user concept's name carries its content hash after `@`."""
-    if "@" in concept:
-        return "yours"
-    if data is not None:
-        from bench.cc101 import find_cc101
-        from bench.data import PROMPTS_FILE
-
-        if find_cc101(Path(data)) is not None and not (Path(data) / PROMPTS_FILE).is_file():
-            return "customconcept101"
-    return "dreambench"
-
-
-def record_dataset(record: RunRecord) -> str:
-    """A record's dataset: as written, else (an older record) told by its concept's name."""
-    return record.dataset or dataset_of(record.concept or "", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 
-from bench.record import dataset_of
+from bench.concept_sets import dataset_of
 from tests.helpers import bench
 
 

@@ -7,10 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+pytestmark = pytest.mark.usefixtures("fake")  # registered here too: tests.fake_bench does it once per process
 
 def test_the_whole_plan_as_one_job_array_on_the_local_cluster(tmp_path, dreambench_root, monkeypatch, capsys):
     monkeypatch.setenv("BENCH_MODULE", "tests.fake_bench")

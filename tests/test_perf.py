@@ -21,6 +21,7 @@ def test_perf_tiny_cpu(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
     assert row["infer_s_per_image_b1"] > 0 and 0 < row["infer_unet_s_per_image_b1"] <= row["infer_s_per_image_b1"]
     assert any(k.startswith("Optimizer.step") for k in row["phase_share"])
     assert record["versions"]["torch"]
+    assert record["threads"] == 1  # bench.threads: one intra-op thread on tiny (the tests' BENCH_THREADS too)
     scoring = record["scoring"]
     assert scoring["images"] == 40 and scoring["seconds"] > 0 and scoring["suite"] == "tiny"
     assert "Scoring 40 images in one pass (suite tiny" in out

@@ -445,13 +445,15 @@ def current_umask() -> int:
 
 def settle_weight_files(folder: Path) -> None:
     """Make the files under `folder` (a run's staged results) reproducible and readable like every other file:
-    safetensors headers with sorted metadata (`sort_safetensors_metadata`), and the umask's mode (0666 less the
-    umask) where the safetensors writer made a file 0600 whatever the umask."""
+    the weight files' safetensors headers with sorted metadata (`sort_safetensors_metadata`; files under a
+    `weights/` folder), and the umask's mode (0666 less the umask) where the safetensors writer made a file 0600
+    whatever the umask."""
     mode = 0o666 & ~current_umask()
     for path in Path(folder).rglob("*"):
         if not path.is_file() or path.is_symlink():
             continue
-        if path.suffix == ".safetensors" and path.stat().st_nlink == 1:  # never rewrite a file shared by a link
+        weights = "weights" in path.relative_to(folder).parts  # not a checkpoint: its state.json holds its hash
+        if weights and path.suffix == ".safetensors" and path.stat().st_nlink == 1:  # nor a file shared by a link
             sort_safetensors_metadata(path)
         if (path.stat().st_mode & 0o777) == 0o600 != mode:
             path.chmod(mode)

@@ -24,8 +24,9 @@ from typing import Any
 from bench import store
 from bench.api import BenchError, Concept, Diverged, InfraError, infra_cause
 from bench.api import views as api_views
+from bench.concept_sets import dataset_of
 from bench.config import to_dict
-from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, dataset_of, set_fields
+from bench.record import Evaluation, RunRecord, Timing, TrainedFrom, set_fields
 from bench.runs.evaluation import evaluate, same_view_sampling
 from bench.runs.loss_log import JsonlLog
 from bench.runs.planned import PlannedRun, triage

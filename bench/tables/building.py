@@ -70,7 +70,7 @@ class Table:
     metric_suite: str = ""
     """The suite's name alone (`tiny`), which `suite` describes."""
     dataset: str = "dreambench"
-    """Whose concepts the table counts (`bench.record.DATASET_NAMES`): one dataset per table, never averaged."""
+    """Whose concepts the table counts (`bench.concept_sets.DATASET_NAMES`): one dataset per table, never averaged."""
 
     @property
     def measured(self) -> list[Row]:
@@ -106,7 +106,8 @@ def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compa
     paper's DreamBench tables count DreamBench concepts only; CustomConcept101 and your own concepts
     (`--concept-dir`) get tables of their own (`dataset` keeps one of them), never compared with the paper's
     numbers. Records are `RunRecord`s (`load_records`); `record.json` objects are converted here, once."""
-    from bench.record import DATASET_NAMES, record_dataset
+    from bench.concept_sets import DATASET_NAMES, record_dataset
+    from bench.record import gc_paused
 
     _check_options(name, "md", compare)
     if dataset is not None and dataset not in DATASET_NAMES:
@@ -135,12 +136,14 @@ def build_tables(name: str, records: Iterable[RunRecord | dict[str, Any]], compa
         group += corrupt[(profile, where)]  # expected in every table of their profile, and never done
     cache: dict = {}
     out = []
-    for (profile, suite, where), group in sorted(groups.items(), key=lambda g: (DATASET_NAMES.index(g[0][2]), g[0])):
-        for n in names:
-            table = _build_one(DEFS[n], group, sorted(concepts_by_profile[(profile, where)]), profile,
-                               _suite_desc(group), compare is not None and where == "dreambench", cache, suite)
-            table.dataset = where
-            out.append(table)
+    with gc_paused():  # no cycles are made here; a full collection over a sweep's records costs more than the build
+        for (profile, suite, where), group in sorted(groups.items(),
+                                                     key=lambda g: (DATASET_NAMES.index(g[0][2]), g[0])):
+            for n in names:
+                table = _build_one(DEFS[n], group, sorted(concepts_by_profile[(profile, where)]), profile,
+                                   _suite_desc(group), compare is not None and where == "dreambench", cache, suite)
+                table.dataset = where
+                out.append(table)
     return out
 
 
