@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from bench.record_values import SuiteRef, VariantName  # noqa: F401 (re-exported: part of the record's API)
+
 SCHEMA_VERSION = 1
 """The record schema this bench writes (and the newest it reads); `bench.store.SCHEMA_VERSION` is the same."""
 
@@ -87,56 +89,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if paused:
             gc.enable()
-
-
-# --- small typed values ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VariantName:
-    """A run's variant: a named variant of its method and the ad-hoc overrides named after it,
-    `default+iterations=500` -> base `default`, parts `("iterations=500",)`. Ablation variants that join names
-    with `+` (`drop_disc_clip+disc_dino1`) keep the joined names in the base: a part has a `=`."""
-
-    base: str
-    """The named variant (a key of the method's `variants`, or an ablation name)."""
-    parts: tuple[str, ...] = ()
-    """The `key=value` parts of ad-hoc overrides, in their written order."""
-
-    @classmethod
-    def parse(cls, text: str) -> VariantName:
-        pieces = text.split("+")
-        base = [pieces[0]]
-        parts = []
-        for piece in pieces[1:]:
-            (parts if "=" in piece else base).append(piece)
-        return cls("+".join(base), tuple(parts))
-
-    def __str__(self) -> str:
-        return "+".join((self.base, *self.parts))
-
-    @property
-    def overrides(self) -> dict[str, str]:
-        """The ad-hoc overrides as written in the name (values as text, filesystem-safe)."""
-        return dict(part.split("=", 1) for part in self.parts)
-
-
-@dataclass(frozen=True)
-class SuiteRef:
-    """Which metric suite scored a record: its name and version (`metric_suite.name`, `.version`)."""
-
-    name: str
-    """`paper`, `dreambooth`, `tiny`, ... (`unknown` when a record names none)."""
-    version: int = 1
-    """The suite's version (1 when a record names none)."""
-
-    @classmethod
-    def of(cls, metric_suite: dict[str, Any] | None) -> SuiteRef:
-        suite = metric_suite or {}
-        return cls(str(suite.get("name") or "unknown"), int(suite.get("version", 1)))
-
-    def __str__(self) -> str:
-        return f"{self.name} v{self.version}"
 
 
 # --- the parts of a record -------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ FOREST_REFERENCE = ED
 
 
 def forest_plot(t: Table, against: str = FOREST_REFERENCE) -> Any:
-    """A `bench.report.Figure`, or None when the table has no row of `against` or nothing to compare with it."""
-    from bench.report import Figure, _plt, _png, _slug
+    """A `bench.figures.Figure`, or None when the table has no row of `against` or nothing to compare with it."""
+    from bench.figures import Figure, _plt, _png, _slug
     from bench.tables.paired import annotate
 
     a = annotate(t, against, False)

@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from bench import data, store
 from bench.contract_check import ListLog  # noqa: F401 (the tests' Log that keeps every call)
 
 
@@ -24,6 +28,26 @@ def bench(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def mini_dreambench(root: Path) -> Path:
+    """A DreamBench copy in DreamBench's layout with two subjects, `dog` (live) and `teapot` (object), two seeded
+    photos each and two prompts per list: enough for a whole run on the tiny profile, without the real dataset."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for subject in ("dog", "teapot"):
+        (root / "dataset" / subject).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "dataset" / subject / f"0{i}.jpg")
+    fmt = ".format(unique_token, class_token)"
+    (root / "dataset" / "prompts_and_classes.txt").write_text(
+        "Classes\n\nsubject_name,class\ndog,dog\nteapot,teapot\n\nPrompts\n\nObject Prompts\n\nprompt_list = [\n"
+        f"'a {{0}} {{1}} in the jungle'{fmt},\n'a red {{0}} {{1}}'{fmt}\n]\n\nLive Subject Prompts\n\n"
+        f"prompt_list = [\n'a {{0}} {{1}} in the snow'{fmt},\n'a wet {{0}} {{1}}'{fmt}\n]\n")
+    return root
 
 
 def include_fake(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,3 +142,105 @@ def trained_run(name: str, overrides: dict[str, Any]) -> Any:
         return train_tiny(name, overrides, concept, tmp_path_factory.mktemp(name))
 
     return run
+
+
+# --- datasets, kills and scripts shared by several test modules ---------------------------------------------
+
+PROMPTS = """Classes
+
+subject_name,class
+dog,dog
+teapot,teapot
+red_cartoon,cartoon
+
+Prompts
+
+Object Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a red {0} {1}'.format(unique_token, class_token)
+]
+
+Live Subject Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a {0} {1} wearing a red hat'.format(unique_token, class_token),
+'a purple {0} {1}'.format(unique_token, class_token)
+]
+"""
+"""A DreamBench prompts file with three subjects (`tiny_dataset`)."""
+
+
+def jpeg(path: Path, size: tuple[int, int] = (24, 24), color: tuple[int, int, int] = (200, 30, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, quality=90)
+    return path
+
+
+def tiny_dataset(root: Path, prompts: str = PROMPTS) -> Path:
+    """A repository-shaped DreamBench with the subjects of PROMPTS, one small image each."""
+    (root / "dataset").mkdir(parents=True)
+    (root / "dataset" / data.PROMPTS_FILE).write_text(prompts)
+    for subject in ("dog", "teapot", "red_cartoon"):
+        jpeg(root / "dataset" / subject / "00.jpg")
+    return root
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: not an Exception, so no handler records it; only `finally` blocks run."""
+
+
+def kill_at(monkeypatch, iteration: int) -> None:
+    """Make the run's loss log raise `Killed` right after logging `iteration` (before that step's checkpoint)."""
+    from bench.runs import JsonlLog
+
+    original = JsonlLog.__call__
+
+    def logged_then_killed(self, it, **scalars):
+        original(self, it, **scalars)
+        if it == iteration:
+            raise Killed(f"killed at iteration {it}")
+
+    monkeypatch.setattr(JsonlLog, "__call__", logged_then_killed)
+
+
+def tensors_of(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted((run_dir / "weights").rglob("*.safetensors")):
+        out.update({f"{path.name}:{k}": v for k, v in load_file(path).items()})
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bit-identical weights, images, loss log and scores."""
+    from PIL import Image
+
+    wa, wb = tensors_of(a), tensors_of(b)
+    assert wa.keys() == wb.keys() and wa
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"weights differ: {key}"
+    images = sorted(p.name for p in (a / "images").glob("*.png"))
+    assert images == sorted(p.name for p in (b / "images").glob("*.png")) and images
+    for name in images:
+        assert np.array_equal(np.asarray(Image.open(a / "images" / name)), np.asarray(Image.open(b / "images" / name)))
+    assert (a / "loss_log.jsonl").read_text() == (b / "loss_log.jsonl").read_text()
+    ra, rb = store.read_record(a), store.read_record(b)
+    assert ra["metrics"] == rb["metrics"] and ra["config_hash"] == rb["config_hash"]
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "paper_tables.py"
+"""The paper-tables script (`load_script`)."""
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paper_tables"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.study.config import PAPER_METHODS
 from tests.golden.make_records import record
-from tests.test_data import _tiny_dataset
+from tests.helpers import tiny_dataset
 
 COLOURS = {"echodistill": (200, 40, 40), "custom_diffusion": (40, 40, 200), "cones2": (200, 160, 40),
            "disenbooth": (140, 40, 160), "lora": (40, 160, 40)}
@@ -52,7 +52,7 @@ def see_in_db(conn, pid: int, trial: dict) -> None:
 
 def make_dataset(root: Path) -> Path:
     """A DreamBench-shaped dataset with dog, teapot and red_cartoon (one photo each)."""
-    return _tiny_dataset(root)
+    return tiny_dataset(root)
 
 
 class StudyServer:

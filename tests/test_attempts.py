@@ -7,15 +7,7 @@ import pytest
 
 from bench import store
 from bench.tables import cell_stats
-from tests.helpers import bench
-from tests.test_resume import Killed, kill_at
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    from bench import registry
-
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+from tests.helpers import Killed, bench, kill_at
 
 
 def test_killed_twice_then_resumed_keeps_every_attempt(fake, dreambench_root, tmp_path, monkeypatch, capsys):

@@ -17,13 +17,6 @@ from bench import store
 from tests.helpers import bench
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    from bench import registry
-
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
-
-
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert code == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err

@@ -13,8 +13,7 @@ import pytest
 from bench import cc101, data
 from bench.api import BenchError
 from bench.record import RunRecord
-from tests.helpers import bench
-from tests.test_data import _jpeg
+from tests.helpers import bench, jpeg
 
 ENTRIES = [
     {"instance_prompt": "photo of a <new1> cat", "class_prompt": "cat",
@@ -38,7 +37,7 @@ def _layout(root: Path, photos: bool = True) -> Path:
     if photos:
         for e in ENTRIES:
             for i in range(2):
-                _jpeg(folder / e["instance_data_dir"] / f"{i:02d}.jpg")
+                jpeg(folder / e["instance_data_dir"] / f"{i:02d}.jpg")
     return root
 
 
@@ -47,7 +46,7 @@ def _zip(path: Path) -> Path:
         for e in ENTRIES:
             name = e["instance_data_dir"].removeprefix("./")
             for i in range(2):
-                jpg = _jpeg(path.parent / "src" / name / f"{i:02d}.jpg")
+                jpg = jpeg(path.parent / "src" / name / f"{i:02d}.jpg")
                 zf.write(jpg, f"{name}/{i:02d}.jpg")
         zf.writestr("../escaped.txt", "outside")  # a hostile entry: never written outside the folder
         zf.writestr("__MACOSX/._junk", "junk")
@@ -130,9 +129,9 @@ def test_download_from_a_local_mirror_with_the_photo_zip(tmp_path: Path, monkeyp
 
 
 def test_dataset_option_checks_the_folder(tmp_path: Path, monkeypatch, capsys) -> None:
-    from tests.test_data import _tiny_dataset
+    from tests.helpers import tiny_dataset
 
-    dreambench = _tiny_dataset(tmp_path / "db")
+    dreambench = tiny_dataset(tmp_path / "db")
     code, _, err = bench(monkeypatch, capsys, "ls", "concepts", "--dataset", "customconcept101", "--data", dreambench)
     assert code == 2 and "CustomConcept101 not found" in err
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "lora", "--dataset", "customconcept101", "--data",
@@ -149,7 +148,7 @@ def test_dataset_option_checks_the_folder(tmp_path: Path, monkeypatch, capsys) -
 
 
 def test_report_grid_takes_reference_photos_from_cc101(tmp_path: Path) -> None:
-    from bench.report import _dataset_folder, qualitative_grid, reference_image
+    from bench.figures import _dataset_folder, qualitative_grid, reference_image
 
     root = _layout(tmp_path / "repo")
     folder, why = _dataset_folder(root)

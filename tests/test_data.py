@@ -12,46 +12,7 @@ from PIL import Image
 
 from bench import data
 from bench.api import BenchError, Concept
-
-PROMPTS = """Classes
-
-subject_name,class
-dog,dog
-teapot,teapot
-red_cartoon,cartoon
-
-Prompts
-
-Object Prompts
-
-prompt_list = [
-'a {0} {1} in the jungle'.format(unique_token, class_token),
-'a red {0} {1}'.format(unique_token, class_token)
-]
-
-Live Subject Prompts
-
-prompt_list = [
-'a {0} {1} in the jungle'.format(unique_token, class_token),
-'a {0} {1} wearing a red hat'.format(unique_token, class_token),
-'a purple {0} {1}'.format(unique_token, class_token)
-]
-"""
-
-
-def _jpeg(path: Path, size: tuple[int, int] = (24, 24), color: tuple[int, int, int] = (200, 30, 30)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path, quality=90)
-    return path
-
-
-def _tiny_dataset(root: Path, prompts: str = PROMPTS) -> Path:
-    """A repository-shaped DreamBench with the subjects of PROMPTS, one small image each."""
-    (root / "dataset").mkdir(parents=True)
-    (root / "dataset" / data.PROMPTS_FILE).write_text(prompts)
-    for subject in ("dog", "teapot", "red_cartoon"):
-        _jpeg(root / "dataset" / subject / "00.jpg")
-    return root
+from tests.helpers import PROMPTS, jpeg, tiny_dataset
 
 
 def _git(*args: str, cwd: Path) -> None:
@@ -157,7 +118,7 @@ def test_parse_malformed(broken: str, message: str) -> None:
 
 def test_a_malformed_class_line_is_an_error_with_its_line_number(tmp_path: Path) -> None:
     """`teapot teapot` (comma missing) used to end the block there, silently dropping the concepts after it."""
-    root = _tiny_dataset(tmp_path / "db")
+    root = tiny_dataset(tmp_path / "db")
     path = root / "dataset" / "prompts_and_classes.txt"
     lines = path.read_text().splitlines()
     number = next(i for i, line in enumerate(lines, 1) if line.strip() == "teapot,teapot")
@@ -168,7 +129,7 @@ def test_a_malformed_class_line_is_an_error_with_its_line_number(tmp_path: Path)
 
 
 def test_missing_subject_folder_or_images(tmp_path: Path) -> None:
-    root = _tiny_dataset(tmp_path / "db")
+    root = tiny_dataset(tmp_path / "db")
     (root / "dataset" / "teapot" / "00.jpg").unlink()
     (root / "dataset" / "teapot" / "notes.txt").write_text("no images here")
     with pytest.raises(BenchError, match="no images.*teapot"):
@@ -183,8 +144,8 @@ def test_missing_subject_folder_or_images(tmp_path: Path) -> None:
 
 def test_folder_concept_with_prompts_file(tmp_path: Path) -> None:
     folder = tmp_path / "my_mug"
-    _jpeg(folder / "b.PNG")
-    _jpeg(folder / "a.jpeg")
+    jpeg(folder / "b.PNG")
+    jpeg(folder / "a.jpeg")
     (folder / ".hidden.jpg").write_bytes(b"")
     (folder / "readme.md").write_text("x")
     (folder / "prompts.txt").write_text("# my prompts\na {0} {1} on a desk\n\n  a {0} {1} in space  \n")
@@ -200,7 +161,7 @@ def test_folder_concept_with_prompts_file(tmp_path: Path) -> None:
 
 def test_folder_concept_with_dreambench_prompts(tmp_path: Path, dreambench_root: Path) -> None:
     folder = tmp_path / "rex"
-    _jpeg(folder / "01.jpg")
+    jpeg(folder / "01.jpg")
     pet = data.load_folder_concept(folder, "dog", prompts_root=dreambench_root)
     assert pet.live and "a {0} {1} wearing a red hat" in pet.prompts and len(pet.prompts) == 25
     thing = data.load_folder_concept(folder, "robot", name="bot", prompts_root=dreambench_root)
@@ -303,7 +264,7 @@ def test_exif_orientation_and_resize(tmp_path: Path) -> None:
 
 
 def test_check_dataset_synthetic(tmp_path: Path) -> None:
-    root = _tiny_dataset(tmp_path / "db")
+    root = tiny_dataset(tmp_path / "db")
     summary = data.check_dataset(root)
     assert summary == {"root": str(root / "dataset"), "concepts": 3, "images": 3, "live": 1, "classes": 3,
                        "object_prompts": 2, "live_prompts": 3}
@@ -314,7 +275,7 @@ def test_check_dataset_synthetic(tmp_path: Path) -> None:
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
-    repo = _tiny_dataset(tmp_path / "origin")
+    repo = tiny_dataset(tmp_path / "origin")
     _git("init", "-q", cwd=repo)
     _git("add", ".", cwd=repo)
     _git("commit", "-q", "-m", "data", cwd=repo)

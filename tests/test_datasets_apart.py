@@ -5,16 +5,8 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
-from bench import registry
 from bench.concept_sets import dataset_of
 from tests.helpers import bench
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
 
 
 def _dreambench_part(text: str) -> str:

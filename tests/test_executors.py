@@ -14,19 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from bench import store
 from tests.helpers import bench, include_fake
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    from bench import registry
-
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
 
 
 def fake_cmd(results: Path, data: Path, concepts: str, *extra: str) -> list[str]:

@@ -16,17 +16,9 @@ from pathlib import Path
 import pytest
 
 from bench import store
-from tests.helpers import bench
-from tests.test_shared_training import mini_dreambench
+from tests.helpers import bench, mini_dreambench
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    from bench import registry
-
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
 
 
 def _two_concepts(root: Path) -> Path:

@@ -5,38 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import bench
-
-
-def mini_dreambench(root: Path) -> Path:
-    """A DreamBench copy in DreamBench's layout with two subjects, `dog` (live) and `teapot` (object), two seeded
-    photos each and two prompts per list: enough for a whole run on the tiny profile, without the real dataset."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for subject in ("dog", "teapot"):
-        (root / "dataset" / subject).mkdir(parents=True)
-        for i in range(2):
-            pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / "dataset" / subject / f"0{i}.jpg")
-    fmt = ".format(unique_token, class_token)"
-    (root / "dataset" / "prompts_and_classes.txt").write_text(
-        "Classes\n\nsubject_name,class\ndog,dog\nteapot,teapot\n\nPrompts\n\nObject Prompts\n\nprompt_list = [\n"
-        f"'a {{0}} {{1}} in the jungle'{fmt},\n'a red {{0}} {{1}}'{fmt}\n]\n\nLive Subject Prompts\n\n"
-        f"prompt_list = [\n'a {{0}} {{1}} in the snow'{fmt},\n'a wet {{0}} {{1}}'{fmt}\n]\n")
-    return root
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    from bench import registry
-
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+from tests.helpers import bench, mini_dreambench
 
 
 @pytest.fixture

@@ -167,8 +167,7 @@ def test_timm_snapshot_with_a_config_still_loads(tmp_path) -> None:
 
 
 def test_transformers_format_dino_via_the_cli_exits_2(tmp_path, monkeypatch, capsys) -> None:
-    from tests.helpers import bench
-    from tests.test_generate_weights import mini_dreambench
+    from tests.helpers import bench, mini_dreambench
 
     folder = _transformers_folder(tmp_path / "dinov2-large", "dinov2", weights=True)
     code, _, err = bench(monkeypatch, capsys, "run", "--method", "echodistill", "--concepts", "dog", "--data",
@@ -199,7 +198,7 @@ def _offline_env(tmp_path, cache: str) -> dict:
 def test_paper_run_offline_prints_only_the_harness_line(cache, tmp_path) -> None:
     """`bench run --profile paper` with nothing cached: exit 2 and exactly one stderr line (no library
     UserWarning, no "Could not reach the Hub")."""
-    from tests.test_generate_weights import mini_dreambench
+    from tests.helpers import mini_dreambench
 
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--method", "custom_diffusion", "--concepts",
                            "dog", "--profile", "paper", "--data", str(mini_dreambench(tmp_path / "data")),

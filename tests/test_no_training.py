@@ -14,14 +14,6 @@ from bench import store
 from tests.helpers import bench
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    from bench import registry
-
-    monkeypatch.setitem(registry.METHODS, "fake_prepared", "tests.fake_method:FakePrepared")
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
-
-
 def _run(monkeypatch, capsys, data: Path, results: Path, *extra: str) -> tuple[int, str, str]:
     return bench(monkeypatch, capsys, "run", "--method", "fake_prepared", "--concepts", "dog,teapot", "--data", data,
                  "--results", results, *extra)

@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import registry
-from tests.test_paper_tables_script import REPO, load_script
+from tests.helpers import load_script
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def fake(monkeypatch):
-    """`fake` registered here too (tests.fake_bench registers it once per process, at its first import)."""
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
-
+pytestmark = pytest.mark.usefixtures("fake")  # registered here too: tests.fake_bench does it once per process
 
 def test_the_whole_plan_as_one_job_array_on_the_local_cluster(tmp_path, dreambench_root, monkeypatch, capsys):
     monkeypatch.setenv("BENCH_MODULE", "tests.fake_bench")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "paper_tables.py"
 CONCEPTS = "dog,cat,teapot"
@@ -68,16 +70,6 @@ def test_three_shards_merged_equal_one_run_fake(tmp_path, dreambench_root):
 @pytest.mark.slow
 def test_three_shards_merged_equal_one_run_lora(tmp_path, dreambench_root):
     check_sharded_equals_unsharded("lora", tmp_path, dreambench_root)
-
-
-def load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_tables"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_estimate_of_the_whole_plan_pays_a_shared_training_once(capsys, tmp_path, dreambench_root, monkeypatch):

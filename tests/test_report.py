@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import figures as F
 from bench import report as R
 from bench.tables import TABLES
 
@@ -85,15 +86,15 @@ def test_html_is_self_contained(built: dict) -> None:
 
 def test_loss_curves_read_the_logs(built: dict) -> None:
     records = [r for r in R.load_records(built["results"], "tiny") if r.method == "echodistill"]
-    log = R.read_loss_log(Path(records[0].run_dir))
+    log = F.read_loss_log(Path(records[0].run_dir))
     assert log and {"phase", "iteration", "loss_student"} <= set(log[0])
-    assert [p for _, p in R._phase_boundaries(log)] == ["distill", "echo"]
+    assert [p for _, p in F._phase_boundaries(log)] == ["distill", "echo"]
 
 
 def test_unreadable_log_lines_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "loss_log.jsonl").write_text('{"phase": "distill", "iteration": 0, "loss": 1.0}\n{"phase": "dis\n')
-    assert R.read_loss_log(tmp_path) == [{"phase": "distill", "iteration": 0, "loss": 1.0}]
-    assert R.read_loss_log(tmp_path / "absent") == []
+    assert F.read_loss_log(tmp_path) == [{"phase": "distill", "iteration": 0, "loss": 1.0}]
+    assert F.read_loss_log(tmp_path / "absent") == []
 
 
 def test_grid_shares_prompt_and_seed_across_methods(built: dict) -> None:
@@ -102,8 +103,8 @@ def test_grid_shares_prompt_and_seed_across_methods(built: dict) -> None:
     for r in records:
         if r.status == "done":
             runs.setdefault((r.method, r.variant, r.concept), {})[r.seed] = r
-    columns = [c for c in R.GRID_COLUMNS if (c[0], c[1], "dog") in runs]
-    seed, (prompt_index, eval_seed), prompt = R._grid_choice(runs, columns, "dog", 0)
+    columns = [c for c in F.GRID_COLUMNS if (c[0], c[1], "dog") in runs]
+    seed, (prompt_index, eval_seed), prompt = F._grid_choice(runs, columns, "dog", 0)
     for method, variant, _ in columns:
         rec = runs[(method, variant, "dog")][seed]
         assert any((i.prompt_index, i.eval_seed) == (prompt_index, eval_seed) for i in rec.images)
@@ -113,11 +114,11 @@ def test_grid_shares_prompt_and_seed_across_methods(built: dict) -> None:
 
 def test_without_the_dataset_the_reference_column_is_skipped_with_a_note(built: dict) -> None:
     records = R.load_records(built["results"], "paper")
-    dataset, why = R._dataset_folder(built["root"] / "no-such-dataset")
+    dataset, why = F._dataset_folder(built["root"] / "no-such-dataset")
     assert dataset is None and "reference column skipped" in why
-    grid = R.qualitative_grid(records, "paper", "paper", dataset, why)
+    grid = F.qualitative_grid(records, "paper", "paper", dataset, why)
     assert grid is not None and "reference column skipped" in grid.caption
-    assert R._dataset_folder(built["root"] / "dreambench")[0] is not None
+    assert F._dataset_folder(built["root"] / "dreambench")[0] is not None
 
 
 def test_cli_report_calls_build_report(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -185,3 +186,27 @@ def test_html_report_in_headless_chromium(built: dict, tmp_path: Path) -> None:
         assert image.size == (1400, 2400)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
         assert colours is None or len(colours) > 50, "the screenshot is (nearly) blank"
+
+
+def test_charts_and_the_paper_lookup_follow_the_declared_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fourth declared metric gets its own bar panel, and a paper row without a column for it reads NaN."""
+    import math
+    from types import SimpleNamespace
+
+    from bench import figures
+    from bench.tables import definitions
+
+    four = (*figures.METRICS, "aesthetic")
+    monkeypatch.setattr(figures, "METRICS", four)
+    monkeypatch.setattr(figures, "METRIC_LABELS", {**figures.METRIC_LABELS, "aesthetic": "Aesthetic"})
+    monkeypatch.setattr(definitions, "METRICS", four)
+    key = next(iter(definitions.paper_rows()))
+    paper = definitions._paper_values(key)
+    assert math.isnan(paper["aesthetic"]) and not math.isnan(paper["clip_i"])
+    stats = SimpleNamespace(mean=dict.fromkeys(four, 0.5), lo=dict.fromkeys(four, 0.4), hi=dict.fromkeys(four, 0.6))
+    row = SimpleNamespace(stats=stats, label="m", variant="default", paper=paper)
+    table = SimpleNamespace(measured=[row], title="T", profile="tiny", metric_suite="tiny", name="main")
+    drawn = []
+    original = figures._png
+    monkeypatch.setattr(figures, "_png", lambda fig, tight=False: drawn.append(len(fig.axes)) or original(fig))
+    assert figures.bar_chart(table) is not None and drawn == [4]

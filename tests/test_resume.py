@@ -18,61 +18,9 @@ import torch
 
 from bench import store
 from bench.models.checkpoint import Checkpointer, find_checkpoints
-from tests.helpers import ListLog, bench
+from tests.helpers import Killed, ListLog, assert_same_run, bench, kill_at, tensors_of
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL in-process: not an Exception, so no handler records it; only `finally` blocks run."""
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    """The test-only method `fake` (tests/fake_method.py): the real harness path, in a fraction of a second."""
-    from bench import registry
-
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
-
-
-def kill_at(monkeypatch, iteration: int) -> None:
-    """Make the run's loss log raise `Killed` right after logging `iteration` (before that step's checkpoint)."""
-    from bench.runs import JsonlLog
-
-    original = JsonlLog.__call__
-
-    def logged_then_killed(self, it, **scalars):
-        original(self, it, **scalars)
-        if it == iteration:
-            raise Killed(f"killed at iteration {it}")
-
-    monkeypatch.setattr(JsonlLog, "__call__", logged_then_killed)
-
-
-def tensors_of(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    out = {}
-    for path in sorted((run_dir / "weights").rglob("*.safetensors")):
-        out.update({f"{path.name}:{k}": v for k, v in load_file(path).items()})
-    return out
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    """Bit-identical weights, images, loss log and scores."""
-    from PIL import Image
-
-    wa, wb = tensors_of(a), tensors_of(b)
-    assert wa.keys() == wb.keys() and wa
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), f"weights differ: {key}"
-    images = sorted(p.name for p in (a / "images").glob("*.png"))
-    assert images == sorted(p.name for p in (b / "images").glob("*.png")) and images
-    for name in images:
-        assert np.array_equal(np.asarray(Image.open(a / "images" / name)), np.asarray(Image.open(b / "images" / name)))
-    assert (a / "loss_log.jsonl").read_text() == (b / "loss_log.jsonl").read_text()
-    ra, rb = store.read_record(a), store.read_record(b)
-    assert ra["metrics"] == rb["metrics"] and ra["config_hash"] == rb["config_hash"]
 
 
 # --- the checkpoint helper -------------------------------------------------------------------------------------

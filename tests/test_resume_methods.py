@@ -15,8 +15,7 @@ import pytest
 
 from bench import store
 from bench.models.checkpoint import find_checkpoints
-from tests.helpers import bench
-from tests.test_resume import Killed, assert_same_run
+from tests.helpers import Killed, assert_same_run, bench
 
 REPO = Path(__file__).resolve().parents[1]
 

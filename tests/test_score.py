@@ -15,12 +15,11 @@ CONCEPTS = "dog,teapot"
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    """The fake method, with one extra view (as EchoDistill has) so views are rescored too."""
-    from bench import registry
+def fake_views(fake, monkeypatch):
+    """The fake method (`fake`, tests/conftest.py), with one extra view (as EchoDistill has) so views are rescored
+    too."""
     from tests.fake_method import FakeTrained
 
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
     monkeypatch.setattr(FakeTrained, "views", property(lambda self: {"dim": FakeTrained(self.weight - 1.0)}),
                         raising=False)
 
@@ -42,7 +41,7 @@ def records(results: Path) -> dict[str, dict]:
             for p in sorted((results / "tiny" / "fake" / "default").glob("*/seed0/record.json"))}
 
 
-def test_rescoring_equals_a_fresh_run_under_that_suite(fake, other_suite, dreambench_root, tmp_path, monkeypatch,
+def test_rescoring_equals_a_fresh_run_under_that_suite(fake_views, other_suite, dreambench_root, tmp_path, monkeypatch,
                                                        capsys):
     common = ["--method", "fake", "--concepts", CONCEPTS, "--data", dreambench_root]
     assert bench(monkeypatch, capsys, "run", *common, "--results", tmp_path / "a")[0] == 0
@@ -78,7 +77,7 @@ def test_rescoring_equals_a_fresh_run_under_that_suite(fake, other_suite, dreamb
         assert got["metrics"] != before[concept]["metrics"], "another suite gives other numbers"
 
 
-def test_rescored_runs_count_as_done_and_are_not_rescored_twice(fake, other_suite, dreambench_root, tmp_path,
+def test_rescored_runs_count_as_done_and_are_not_rescored_twice(fake_views, other_suite, dreambench_root, tmp_path,
                                                                  monkeypatch, capsys):
     from tests.fake_method import FakeMethod
 
@@ -96,7 +95,7 @@ def test_rescored_runs_count_as_done_and_are_not_rescored_twice(fake, other_suit
     assert code == 0 and "2 rescored" in out
 
 
-def test_unfinished_and_outdated_runs_are_left_alone(fake, other_suite, dreambench_root, tmp_path, monkeypatch,
+def test_unfinished_and_outdated_runs_are_left_alone(fake_views, other_suite, dreambench_root, tmp_path, monkeypatch,
                                                      capsys):
     base = ["--method", "fake", "--data", dreambench_root, "--results", tmp_path]
     assert bench(monkeypatch, capsys, "run", *base, "--concepts", "dog")[0] == 0
@@ -116,13 +115,13 @@ def test_unfinished_and_outdated_runs_are_left_alone(fake, other_suite, dreamben
     (["--suite", "nope"], "unknown metric suite 'nope'"),
     (["--method", "nope"], "unknown method 'nope'"),
 ])
-def test_bad_input_is_one_line_and_exit_2(fake, dreambench_root, tmp_path, monkeypatch, capsys, args, message):
+def test_bad_input_is_one_line_and_exit_2(fake_views, dreambench_root, tmp_path, monkeypatch, capsys, args, message):
     argv = ["score", "--method", "fake", "--data", dreambench_root, "--results", tmp_path, *args]
     code, out, err = bench(monkeypatch, capsys, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_run_with_missing_images_is_listed_and_left_alone(fake, other_suite, dreambench_root, tmp_path,
+def test_a_run_with_missing_images_is_listed_and_left_alone(fake_views, other_suite, dreambench_root, tmp_path,
                                                              monkeypatch, capsys):
     common = ["--method", "fake", "--concepts", CONCEPTS, "--data", dreambench_root, "--results", tmp_path]
     assert bench(monkeypatch, capsys, "run", *common)[0] == 0
@@ -155,7 +154,7 @@ def test_one_pass_scores_equal_per_run_scores(dreambench_root):
         assert [r[key] for r in together] == pytest.approx([r[key] for r in per_run], abs=1e-6)
 
 
-def test_rescoring_keeps_a_record_of_an_older_bench_as_it_was(fake, other_suite, dreambench_root, tmp_path,
+def test_rescoring_keeps_a_record_of_an_older_bench_as_it_was(fake_views, other_suite, dreambench_root, tmp_path,
                                                               monkeypatch, capsys):
     """A record lacking keys a newer bench writes (`eval_version`, a view's `real_vs_real`) and holding one this
     bench does not know: rescored, it keeps every other key as it was and gains the scored ones."""

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import bench
+from tests.helpers import bench, mini_dreambench
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    from bench import registry
-
-    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
 
 
 @pytest.fixture
@@ -232,20 +225,6 @@ def test_views_are_sampled_again_under_another_metric_suite(dreambench_root, tmp
     assert calls == ["images", "teacher"], "another suite: the view is sampled and scored again"
 
 
-def mini_dreambench(root: Path) -> Path:
-    """A one-concept DreamBench copy in DreamBench's own layout (`dog`, two photos, two prompts per list)."""
-    import numpy as np
-    from PIL import Image
-
-    (root / "dataset" / "dog").mkdir(parents=True)
-    for i in range(2):
-        Image.fromarray(np.full((48, 48, 3), 60 * i + 40, dtype=np.uint8)).save(root / "dataset" / "dog" / f"0{i}.jpg")
-    fmt = ".format(unique_token, class_token)"
-    (root / "dataset" / "prompts_and_classes.txt").write_text(
-        "Classes\n\nsubject_name,class\ndog,dog\n\nPrompts\n\nObject Prompts\n\nprompt_list = [\n"
-        f"'a {{0}} {{1}} in the jungle'{fmt},\n'a red {{0}} {{1}}'{fmt}\n]\n\nLive Subject Prompts\n\n"
-        f"prompt_list = [\n'a {{0}} {{1}} in the snow'{fmt},\n'a wet {{0}} {{1}}'{fmt}\n]\n")
-    return root
 
 
 @pytest.mark.parametrize("edit, says", [

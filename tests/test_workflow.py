@@ -54,7 +54,7 @@ def test_a_failed_or_timed_out_shard_still_packs_and_the_merge_publishes():
 
 
 def test_the_runner_layout_is_the_plans_weights_manifest(capsys):
-    from tests.test_paper_tables_script import load_script
+    from tests.helpers import load_script
 
     assert load_script().main(["--profile", "paper", "manifest"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()

@@ -292,8 +292,8 @@ def _paper_values(key: tuple[str, ...] | None) -> dict[str, Any] | None:
     if key is None:
         return None
     row = paper_rows()[key]  # a KeyError here is a typo in DEFS; tests check every key
-    def num(k: str) -> float:
-        return float(row[k]) if row[k] else math.nan
+    def num(k: str) -> float:  # a declared metric the paper has no column for is not in the paper: NaN
+        return float(row[k]) if row.get(k) else math.nan
     return {**{m: num(m) for m in METRICS}, "train_time_s": num("train_time_s"),
             "infer_time_s": num("infer_time_s"), "iterations": num("iterations"),
             "ref": f"Table {row['table']}" + (f" ({row['section']})" if row["table"] == "3" else "")}
