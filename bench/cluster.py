@@ -73,29 +73,16 @@ class ClusterOptions:
 
 def parameters(opts: ClusterOptions, n: int) -> dict[str, Any]:
     """submitit parameters of the job array (validated: a bad value is one line)."""
-    from bench.executors import sbatch_options, slurm_mem
+    from bench.executors.options import slurm_resources
 
     if opts.cluster not in ("slurm", "local"):
         raise BenchError(f"unknown --cluster '{opts.cluster}'; valid: slurm, local")
     if opts.time_min < 1 or opts.gpus < 0 or n < 1:
         raise BenchError(f"bad job array: --time must be >= 1 minute, --gpus-per-job >= 0 and N >= 1 (got "
                          f"{opts.time_min}, {opts.gpus}, {n})")
-    params: dict[str, Any] = {"name": "paper-tables", "timeout_min": opts.time_min,
-                              "slurm_array_parallelism": opts.parallel or n}
-    if opts.gpus:
-        params["gpus_per_node"] = opts.gpus
-    if opts.cpus:
-        params["cpus_per_task"] = opts.cpus
-    if opts.partition:
-        params["slurm_partition"] = opts.partition
-    if opts.mem:
-        params["slurm_mem"] = slurm_mem(opts.mem)
-    extra = sbatch_options(opts.sbatch)
-    if opts.account:
-        extra["account"] = opts.account
-    if extra:
-        params["slurm_additional_parameters"] = extra
-    return params
+    return {"name": "paper-tables", "timeout_min": opts.time_min, "slurm_array_parallelism": opts.parallel or n,
+            **slurm_resources(gpus=opts.gpus, cpus=opts.cpus, partition=opts.partition, mem=opts.mem,
+                              sbatch=opts.sbatch, account=opts.account)}
 
 
 def submit(task: ShardTask, opts: ClusterOptions, results: Path) -> list[Any]:

@@ -101,3 +101,13 @@ echo "Submitted batch job $n"
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return kept
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[Path, Path]:
+    """A study's world: a results folder with finished tiny runs of the study's methods, and their dataset."""
+    from tests.study_helpers import make_dataset, make_runs
+
+    results = tmp_path / "results"
+    make_runs(results)
+    return results, make_dataset(tmp_path / "data")

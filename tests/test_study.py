@@ -14,18 +14,11 @@ from bench.api import BenchError
 from bench.study import db, trials
 from bench.study.config import StudyConfig
 from tests.helpers import bench
-from tests.study_helpers import create_study, make_dataset, make_runs, see_in_db, vote_all
+from tests.study_helpers import create_study, make_dataset, see_in_db, vote_all
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> tuple[Path, Path]:
-    results = tmp_path / "results"
-    make_runs(results)
-    return results, make_dataset(tmp_path / "data")
 
 
 def _trials(path: Path) -> list[tuple]:

@@ -15,18 +15,11 @@ import pytest
 
 from bench.study import db, trials
 from tests.helpers import bench
-from tests.study_helpers import StudyServer, create_study, make_dataset, make_runs, see, vote_all
+from tests.study_helpers import StudyServer, create_study, see, vote_all
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> tuple[Path, Path]:
-    results = tmp_path / "results"
-    make_runs(results)
-    return results, make_dataset(tmp_path / "data")
 
 
 def _participants(path: Path, n: int) -> list[str]:

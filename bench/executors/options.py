@@ -82,3 +82,24 @@ def sbatch_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
             raise BenchError(f"bad --sbatch '{item}'; expected KEY=VALUE (e.g. --sbatch account=myproj) or KEY")
         out[key] = value.strip() if sep else True
     return out
+
+
+def slurm_resources(*, gpus: int, cpus: int | None, partition: str | None, mem: str | None,
+                    sbatch: tuple[str, ...] | list[str], account: str | None = None) -> dict[str, Any]:
+    """The submitit parameters for one job's resources (GPUs, CPUs, partition, memory, account, extra sbatch
+    options), shared by `--executor slurm` and the whole-paper job array; unset values are left to SLURM."""
+    params: dict[str, Any] = {}
+    if gpus:
+        params["gpus_per_node"] = gpus
+    if cpus:
+        params["cpus_per_task"] = cpus
+    if partition:
+        params["slurm_partition"] = partition
+    if mem:
+        params["slurm_mem"] = slurm_mem(mem)
+    extra = sbatch_options(sbatch)
+    if account:
+        extra["account"] = account
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    return params

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import BenchError
-from bench.executors.options import ExecOptions, sbatch_options, slurm_mem
+from bench.executors.options import ExecOptions, slurm_resources
 from bench.executors.progress import progress_display, report_failure
 from bench.runs import Context, Outcome, PlannedRun, execute_job, triage
 
@@ -69,18 +69,10 @@ def run_slurm(runs: list[PlannedRun], ctx: Context, opts: ExecOptions) -> list[O
     folder = ctx.results / SLURM_FOLDER
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=opts.cluster)
     gpus = 1 if opts.gpus_per_job is None else opts.gpus_per_job
-    params: dict[str, Any] = {"name": "bench", "timeout_min": opts.time or 120}
-    if gpus:
-        params["gpus_per_node"] = gpus
-    if opts.cpus_per_job:
-        params["cpus_per_task"] = opts.cpus_per_job
-    if opts.partition:
-        params["slurm_partition"] = opts.partition
-    if opts.mem:
-        params["slurm_mem"] = slurm_mem(opts.mem)
-    extra = sbatch_options(opts.sbatch)
-    if extra:
-        params["slurm_additional_parameters"] = extra
+    params: dict[str, Any] = {"name": "bench", "timeout_min": opts.time or 120,
+                              **slurm_resources(gpus=gpus, cpus=opts.cpus_per_job, partition=opts.partition,
+                                                mem=opts.mem, sbatch=opts.sbatch)}
+    extra = params.get("slurm_additional_parameters", {})
     executor.update_parameters(**params)
     task = SlurmTask(ctx)
     leaders, followers = split_shared_training(todo)
