@@ -14,13 +14,14 @@ Saved in diffusers' LoRA format (`pytorch_lora_weights.safetensors`, with the Lo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from bench.api import Concept, Log, Models
+from bench.api import Concept, Log, Models, offer_samples
 from bench.config import BATCH_SIZE, CHECKPOINT_EVERY, SAMPLING_STEPS, SCHEDULE
 from bench.models import personalize, sampling
 from bench.models.loop import DenoisingLoop
@@ -104,6 +105,8 @@ class LoRA:
                                   augment=cfg.augment)
         # 3. The shared denoising loop (`bench.models.loop`); the text encoder is frozen (no gradient to the prompt).
         loop = DenoisingLoop.for_recipe(cfg, models, parts, trainable, optimizer, batches, seed)
+        # The live model for `--sample-every` grids: the peft layers unfused, so a grid sees the adapter as it trains.
+        offer_samples(log, LoRAModel(dataclasses.replace(cfg, fuse=False), parts))
         unet.train()
         loop.run(cfg.iterations, out_dir, cfg.checkpoint_every, log)
         unet.eval()

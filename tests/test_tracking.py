@@ -160,15 +160,16 @@ def test_sample_grid_is_the_evaluation_prompts_and_noise(echo_runs) -> None:
         assert grid.size == (len(seeds) * cell[0] + (len(seeds) - 1) * 2, 4 * cell[1] + 3 * 2)
 
 
-def test_a_baseline_offers_its_live_model(dreambench_root, tmp_path, monkeypatch, capsys) -> None:
-    """Custom Diffusion (through the shared denoising loop) offers the model it trains: grids every 2 iterations,
-    and the run trains exactly as without them (same loss log, weights and scores)."""
-    base = ["run", "--method", "custom_diffusion", "--concepts", "dog", "--data", dreambench_root,
+@pytest.mark.parametrize("method", ["custom_diffusion", "lora"])
+def test_a_baseline_offers_its_live_model(method, dreambench_root, tmp_path, monkeypatch, capsys) -> None:
+    """A baseline on the shared denoising loop offers the model it trains (LoRA: its adapter unfused): grids every
+    2 iterations, and the run trains exactly as without them (same loss log, weights and scores)."""
+    base = ["run", "--method", method, "--concepts", "dog", "--data", dreambench_root,
             "--set", "iterations=4"]
     for name, extra in (("plain", []), ("watched", ["--sample-every", "2"])):
         code, _, err = bench(monkeypatch, capsys, *base, "--results", tmp_path / name, *extra)
         assert code == 0, err
-    plain, watched = (tmp_path / n / "tiny/custom_diffusion/default+iterations=4/dog/seed0" for n in ("plain",
+    plain, watched = (tmp_path / n / f"tiny/{method}/default+iterations=4/dog/seed0" for n in ("plain",
                                                                                                    "watched"))
     assert sorted(p.name for p in (watched / "samples").glob("*.png")) == ["train_000002.png", "train_000004.png"]
     assert (plain / "loss_log.jsonl").read_text() == (watched / "loss_log.jsonl").read_text()
