@@ -119,8 +119,11 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read(world) -> None:
             raw.sendall(b"POST /api/vote HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                         b"Content-Type: application/json\r\n\r\n")
             chunk = b"x" * 1024
-            for _ in range(8):
-                raw.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            try:
+                for _ in range(8):
+                    raw.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server answered 413 and closed before the client finished sending: the cut-off itself
             answer = raw.recv(4096)
         assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
         assert b"x-content-type-options: nosniff" in answer.lower()
