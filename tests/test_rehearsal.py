@@ -2,12 +2,11 @@
 the plan, through the workflow's commands with the injected faults (a shard killed midway, a re-run after the plan
 grew by a concept, a noisy duplicate record), checked against an unsharded run.
 
-The first runs every piece under its name with the test-only method `fake` (tests/fake_plan.py): the real pieces
-on `tiny` take minutes per concept on a CPU (EchoDistill's nine ablations alone). Even so it takes about 8 min
-wall (3 min CPU) on a shared 2-core machine: its ~40 processes (each shard of two rounds, packs, merges and their
-`bench` steps) each import torch, which no choice of method shortens, so it is in the slow tier; the fast tier
-covers each piece of the pipeline on its own (tests/test_paper_tables_script.py, test_merge.py, test_shard.py).
-The second runs the real methods (the main piece: the base model, the cheapest; the others as the plan has them);
+The first (fast tier) runs every piece under its name with the test-only method `fake` (tests/fake_plan.py): the
+real pieces on `tiny` take minutes per concept on a CPU (EchoDistill's nine ablations alone). It is the slowest
+fast test, about 2.5 min wall on a quiet 2-core machine: its ~40 processes (each shard of two rounds, packs,
+merges and their `bench` steps) each import torch, which is what the workflow does too. The second (slow tier)
+runs the real methods (the main piece: the base model, the cheapest; the others as the plan has them);
 `make rehearsal` the whole plan."""
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ def rehearse(tmp_path: Path, data: Path, module: str | None, *args: str) -> str:
     return done.stdout
 
 
-@pytest.mark.slow  # 8 min wall, 3 min CPU on a shared 2-core machine: ~40 processes, each importing torch
 def test_rehearsal_two_concepts_six_shards_every_piece(tmp_path, dreambench_root):
     out = rehearse(tmp_path, dreambench_root, "tests.fake_plan", "--concepts", "dog,cat", "--shards", "6",
                    "--no-report", "--parallel", "2")
