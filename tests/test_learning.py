@@ -1,7 +1,8 @@
 """Every method learns (`bench.learning`): on tiny, a trained method's samples move toward the concept's photos
 compared with the untrained student from the same prompts and noise; a method without training moves toward the
 photos that condition it. A negative control, whose trained weights are not used when sampling, fails the same
-check. Fast tier: 3 concepts per method; slow tier (`-m slow`): all 30 concepts of the real DreamBench."""
+check. Fast tier: on 3 concepts per method, that training or conditioning reaches every sample; slow tier
+(`-m slow`): the share of concepts moved closer, on all 30 concepts of the real DreamBench."""
 
 from __future__ import annotations
 
