@@ -291,12 +291,12 @@ def test_textual_inversion_resizes_bicubic_as_its_recipe(concept) -> None:
     from bench.config import build
     from bench.models.recipe import concept_batches, load_pixels
 
-    models = SimpleNamespace(resolution=64, latent_size=8)
+    models = SimpleNamespace(resolution=32, latent_size=4)  # smaller than any photo (the fixture's are 64 px)
     photo = load_pixels((concept.images[0],))[0]
     cfg = build(TextualInversionConfig, {})
     assert cfg.resample == "bicubic"
     bicubic = concept_batches(models, concept.images[:1], "<new1>", cfg, 0).images[0]
-    expect = F.interpolate(photo[None], size=(64, 64), mode="bicubic", antialias=True)[0].clamp(-1, 1)
+    expect = F.interpolate(photo[None], size=(32, 32), mode="bicubic", antialias=True)[0].clamp(-1, 1)
     assert torch.equal(bicubic, expect)
     bilinear = concept_batches(models, concept.images[:1], "<new1>", build(TextualInversionConfig, {
         "resample": "bilinear"}), 0).images[0]
