@@ -164,9 +164,40 @@ def test_pack_keeps_only_the_runs_the_shard_owns_and_the_merge_says_what_is_miss
     assert coverage in (tmp_path / "pub" / "tables" / "main.md").read_text()
 
 
-def test_the_readmes_cost_figures_are_what_the_script_prints(real_dreambench_root, tmp_path, capsys, monkeypatch):
+DREAMBENCH_CLASSES = {
+    "backpack": "backpack", "backpack_dog": "backpack", "bear_plushie": "stuffed animal", "berry_bowl": "bowl",
+    "can": "can", "candle": "candle", "cat": "cat", "cat2": "cat", "clock": "clock", "colorful_sneaker": "sneaker",
+    "dog": "dog", "dog2": "dog", "dog3": "dog", "dog5": "dog", "dog6": "dog", "dog7": "dog", "dog8": "dog",
+    "duck_toy": "toy", "fancy_boot": "boot", "grey_sloth_plushie": "stuffed animal", "monster_toy": "toy",
+    "pink_sunglasses": "glasses", "poop_emoji": "toy", "rc_car": "toy", "red_cartoon": "cartoon", "robot_toy": "toy",
+    "shiny_sneaker": "sneaker", "teapot": "teapot", "vase": "vase", "wolf_plushie": "stuffed animal"}
+"""DreamBench's 30 subjects and their classes (its `prompts_and_classes.txt`): the plan's size needs only these."""
+
+
+def thirty_concepts(root: Path, fixture: Path) -> Path:
+    """DreamBench's layout with its 30 subjects, each holding the fixture dog's photos (the cost of a plan depends
+    on its concepts and prompts, not on the photos' pixels), so the README's figures are checked without the real
+    copy too."""
+    prompts = (fixture / "dataset" / "prompts_and_classes.txt").read_text()
+    head, tail = prompts.split("subject_name,class\n", 1)
+    tail = tail[tail.index("\nPrompts"):]
+    rows = "".join(f"{name},{cls}\n" for name, cls in DREAMBENCH_CLASSES.items())
+    (root / "dataset").mkdir(parents=True)
+    (root / "dataset" / "prompts_and_classes.txt").write_text(head + "subject_name,class\n" + rows + tail)
+    for name in DREAMBENCH_CLASSES:
+        (root / "dataset" / name).mkdir()
+        for photo in sorted((fixture / "dataset" / "dog").iterdir()):
+            (root / "dataset" / name / photo.name).write_bytes(photo.read_bytes())
+    return root
+
+
+def test_the_readmes_cost_figures_are_what_the_script_prints(dreambench_root, tmp_path, capsys, monkeypatch):
     import re
 
+    from tests.conftest import MINI_DREAMBENCH
+
+    real_dreambench_root = (dreambench_root if dreambench_root != MINI_DREAMBENCH
+                            else thirty_concepts(tmp_path / "dreambench", MINI_DREAMBENCH))
     monkeypatch.chdir(tmp_path)  # no perf records here: the paper's timings, as the README says
     code = load_script().main(["--profile", "paper", "--concepts", "all", "--seeds", "0", "--pieces", "all",
                                "--results", str(tmp_path / "none"), "--data", str(real_dreambench_root),
