@@ -45,22 +45,29 @@ def clean_registry(monkeypatch):
     return registry
 
 
-def test_readme_toy_method_runs_end_to_end_from_outside(toy_file, dreambench_root, tmp_path) -> None:
-    results = tmp_path / "results"
+def run_included(file: Path, method: str, data: Path, results: Path, cwd: Path) -> tuple[dict[str, str], str]:
+    """`bench run --include FILE --method METHOD` on dog (tiny) in a fresh process, with no include inherited from
+    this one; asserts it exits 0 and returns the environment it ran with (for later commands) and its stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop(plugins.INCLUDE_ENV, None)
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--include", str(toy_file), "--method", "toy", "--concepts",
-           "dog", "--profile", "tiny", "--data", str(dreambench_root), "--results", str(results)]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--include", str(file), "--method", method, "--concepts", "dog",
+           "--profile", "tiny", "--data", str(data), "--results", str(results)]
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    return env, done.stderr
+
+
+def test_readme_toy_method_runs_end_to_end_from_outside(toy_file, dreambench_root, tmp_path) -> None:
+    results = tmp_path / "results"
+    run_included(toy_file, "toy", dreambench_root, results, tmp_path)
     run = results / "tiny" / "toy" / "default" / "dog" / "seed0"
     record = json.loads((run / "record.json").read_text())
     assert record["status"] == "done" and record["method"] == "toy"
     assert record["config"] == {"iterations": 10, "lr": 0.5, "noise": 0.1, "steps": 1}, "SCHEDULE capped on tiny"
     assert {"clip_t", "clip_i", "dino"} <= set(record["metrics"])
     assert (run / "weights" / "colour.safetensors").is_file() and list((run / "images").glob("*.png"))
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "1 skipped" in again.stderr, again.stderr[-2000:]
+    _, again = run_included(toy_file, "toy", dreambench_root, results, tmp_path)
+    assert "1 skipped" in again, again[-2000:]
 
 
 def test_check_method_on_an_included_file(toy_file, clean_registry, monkeypatch, capsys) -> None:
@@ -118,12 +125,7 @@ def test_a_subclass_plugin_runs_and_its_table_row_needs_no_include(tmp_path, dre
     path.write_text(LORA8)
     assert plugins.method_classes(path) == {"lora8": f"{path.resolve()}:LoRA8"}
     results = tmp_path / "results"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(plugins.INCLUDE_ENV, None)
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--include", str(path), "--method", "lora8", "--concepts", "dog",
-           "--profile", "tiny", "--data", str(dreambench_root), "--results", str(results)]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    env, _ = run_included(path, "lora8", dreambench_root, results, tmp_path)
     record = json.loads((results / "tiny" / "lora8" / "default" / "dog" / "seed0" / "record.json").read_text())
     assert record["status"] == "done" and record["config"]["rank"] == 8
     assert record["presentation"] == {"label": "LoRA (rank 8)", "table_view": None, "table_view_note": "",
@@ -285,12 +287,7 @@ def test_a_plugin_brings_its_own_model_role(tmp_path, dreambench_root, clean_reg
     assert get_profile("paper", weights={"palette": "/w/p"}).for_method(cls).components["palette"].source == "/w/p"
 
     results = tmp_path / "results"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(plugins.INCLUDE_ENV, None)
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--include", str(path), "--method", "palette", "--concepts",
-           "dog", "--profile", "tiny", "--data", str(dreambench_root), "--results", str(results)]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    env, _ = run_included(path, "palette", dreambench_root, results, tmp_path)
     record = json.loads((results / "tiny" / "palette" / "default" / "dog" / "seed0" / "record.json").read_text())
     assert record["status"] == "done"
     assert record["models"]["components"]["palette"]["source"] == str(cache_root() / "tiny-palette-v1")
