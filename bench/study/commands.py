@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import ipaddress
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,7 @@ def invite(path: Path, participants: int, admin: bool, host: str | None, port: i
     if participants and not 1 <= participants <= db.MAX_PARTICIPANTS:
         raise BenchError(f"--participants must be between 1 and {db.MAX_PARTICIPANTS} per invite, got "
                          f"{participants} (the paper's study had 15 participants)")
-    conn = db.open_study(path)
-    try:
+    with closing(db.open_study(path)) as conn:
         old = db.address(conn)
         new = {"host": old["host"] if host is None else host, "port": old["port"] if port is None else port}
         check_port(new["host"], new["port"], probe=False)
@@ -108,8 +108,6 @@ def invite(path: Path, participants: int, admin: bool, host: str | None, port: i
                 lines.append(f"{label}\t{_base_url(new['host'], new['port'])}/p/{token}")
         if admin:
             lines.append(f"admin\t{_base_url(new['host'], new['port'])}/admin/{db.new_admin_token(conn)}")
-    finally:
-        conn.close()
     note += f"`bench study serve` listens on port {new['port']} (the port these links name)\n"
     return "\n".join(lines) + "\n", note
 
@@ -117,11 +115,8 @@ def invite(path: Path, participants: int, admin: bool, host: str | None, port: i
 def serve_address(path: Path, host: str | None, port: int | None) -> tuple[str, int, str]:
     """(host, port) to listen on, and a warning when they differ from what the links name: by default the study's
     recorded address (its host when that is an IP address, else 127.0.0.1)."""
-    conn = db.open_study(path)
-    try:
+    with closing(db.open_study(path)) as conn:
         linked = db.address(conn)
-    finally:
-        conn.close()
     if host is None:
         try:
             ipaddress.ip_address(linked["host"])
@@ -140,13 +135,10 @@ def revoke(path: Path, labels: list[str]) -> str:
     """Revoke participants: their links stop working at once; their votes stay, marked."""
     if not labels:
         raise BenchError("name the participants to revoke, e.g. `bench study revoke p03`")
-    conn = db.open_study(path)
-    try:
+    with closing(db.open_study(path)) as conn:
         fresh = db.revoke(conn, labels)
         kept = conn.execute(f"SELECT COUNT(*) FROM votes v JOIN participants p ON p.id = v.participant_id WHERE "
                             f"p.label IN ({','.join('?' * len(labels))})", labels).fetchone()[0]
-    finally:
-        conn.close()
     already = [label for label in labels if label not in fresh]
     return ((f"revoked {', '.join(fresh)}: their links stop working now\n" if fresh else "")
             + (f"already revoked: {', '.join(already)}\n" if already else "")
@@ -159,11 +151,8 @@ def parse_exclude(path: Path, exclude: str | None) -> tuple[str, ...]:
     labels = tuple(x.strip() for x in (exclude or "").split(",") if x.strip())
     if not labels:
         return ()
-    conn = db.open_study(path)
-    try:
+    with closing(db.open_study(path)) as conn:
         known = db.participant_labels(conn)
-    finally:
-        conn.close()
     for label in labels:
         if label not in known:
             raise BenchError(f"--exclude names no participant '{label}'; participants: {', '.join(known) or 'none'}")
@@ -200,12 +189,9 @@ def check_port(host: str, port: int, probe: bool = True) -> None:
 
 def preflight(path: Path) -> str:
     """Refuse to serve a study whose images changed or went missing since it was created."""
-    conn = db.open_study(path)
-    try:
+    with closing(db.open_study(path)) as conn:
         changed = db.changed_images(conn)
         summary = trials.admin_summary(conn)
-    finally:
-        conn.close()
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise BenchError(f"{len(changed)} image(s) of study '{path.stem}' differ from when it was created: "
@@ -217,11 +203,8 @@ def preflight(path: Path) -> str:
 
 def export(path: Path, out: Path | None, exclude: tuple[str, ...] = ()) -> str:
     """Every vote (but those of the participants in `exclude`) as CSV, to `out` or returned."""
-    conn = db.open_study(path)
-    try:
+    with closing(db.open_study(path)) as conn:
         rows = trials.votes(conn, exclude)
-    finally:
-        conn.close()
     buf = io.StringIO()
     writer = csv.DictWriter(buf, trials.VOTE_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -239,14 +222,11 @@ def table(path: Path, fmt: str, exclude: tuple[str, ...] = ()) -> str:
 
     if fmt not in ("md", "csv"):
         raise BenchError(f"unknown format '{fmt}'; valid: md, csv")
-    conn = db.open_study(path)
-    try:
+    with closing(db.open_study(path)) as conn:
         cfg, rows = db.study_config(conn), trials.votes(conn, exclude)
         n_trials = conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
         revoked = tuple(r[0] for r in conn.execute("SELECT label FROM participants WHERE revoked_at IS NOT NULL "
                                                    "ORDER BY id"))
-    finally:
-        conn.close()
     return render_study(cfg.name, cfg.profile, rows, list(zip(cfg.methods, cfg.variants)), n_trials, fmt,
                         excluded=exclude, revoked=revoked)
 
