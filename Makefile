@@ -34,7 +34,7 @@ test-slow: setup                    ## the slow tier (learning checks, full swee
 	$(VENV)/bin/pytest -q -m slow
 
 rehearsal: setup data              ## the whole paper plan on tiny through the CI workflow's commands, 16 shards, with faults (slow)
-	$(VENV)/bin/python tools/rehearsal.py --concepts all --shards 16 --data $(BENCH_DATA) --work $(RESULTS)/rehearsal
+	$(VENV)/bin/python tools/rehearsal.py --concepts all --shards 16 --reference-workers 2 --data $(BENCH_DATA) --work $(RESULTS)/rehearsal
 
 smoke: setup data                   ## two concepts end to end in about a minute
 	$(BENCH) run --method custom_diffusion --concepts dog,teapot --profile tiny && $(BENCH) table main

@@ -12,8 +12,8 @@ separate process with its own results folder, as on N runners:
 3. round 2, the workflow run again after the plan grew by a concept: every shard runs again (finished runs are
    skipped, the killed shard goes on; runs the grown plan moved to another shard are left out of the pack);
 4. one run's record is copied into a second shard's pack with noise in the last digits of its metrics;
-5. `merge` of every pack (status, every table, the report, the coverage), and the same plan unsharded in one
-   process (`shard 1 1`, then `publish`);
+5. `merge` of every pack (status, every table, the report, the coverage), and the same plan unsharded on one
+   machine (`shard 1 1`, in one process or `--reference-workers` CPU workers, then `publish`);
 6. the checks: the merged folder holds exactly the plan's runs (as many as `estimate` lists), every table is
    complete (every row's runs done, none failed or missing), and equal to the unsharded run's tables (timing
    columns aside); the noisy duplicate was reported and the owner's copy kept.
@@ -114,7 +114,9 @@ class Rehearsal:
                        *(["--no-report"] if a.no_report else []), "--shards", str(n))
         self.check("numerical noise" in out and _metrics(self.work / "merged" / dup) == dup_owner_metrics(self, dup),
                    f"a duplicate of {dup} with noise in the last digits merges: the owner's copy kept")
-        self.run(grown, self.work / "whole", "shard", "1", "1", "--executor", "local")
+        workers = ["--executor", "gpus", "--workers", str(a.reference_workers)] if a.reference_workers > 1 else \
+            ["--executor", "local"]
+        self.run(grown, self.work / "whole", "shard", "1", "1", *workers)
         self.run(grown, self.work / "whole", "publish", "--out", str(self.work / "whole-published"), "--no-report")
         self.final_checks(plan, n)
         self.print_shards(first, plan, n)
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path(os.environ.get("BENCH_DATA", "data/dreambench")))
     p.add_argument("--work", default="results/rehearsal")
     p.add_argument("--parallel", type=int, default=2, help="shard processes at once")
+    p.add_argument("--reference-workers", type=int, default=1,
+                   help="CPU worker processes of the unsharded reference run (1: the local executor)")
     p.add_argument("--no-report", action="store_true", help="tables only (the report is the slowest step)")
     return Rehearsal(p.parse_args(argv)).main()
 
