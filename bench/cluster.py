@@ -4,9 +4,10 @@ jobs through submitit, then publishes the tables and the report.
 Each array task K runs `paper_tables.py shard K N` (the same split as the CI workflow's, `bench.shard`) with its
 own `--executor gpus`: one worker per GPU that SLURM gave the job. Every task writes into the one shared results
 folder (`--results`, on the cluster's shared filesystem): run locks keep two tasks off one run, so nothing needs
-merging. A task that hits its time limit or is preempted is requeued by submitit (`ShardTask.checkpoint`) and
-skips what it finished; submission files and logs are in `<results>/_slurm/paper/`. `--cluster local` runs the same
-job objects on this machine (submitit's LocalExecutor), to try a set-up before the queue.
+merging. A task that hits its time limit or is preempted is requeued by submitit (`ShardTask.checkpoint`): it
+skips what it finished and continues the interrupted runs from their checkpoints (`shard --resume`); submission
+files and logs are in `<results>/_slurm/paper/`. `--cluster local` runs the same job objects on this machine
+(submitit's LocalExecutor), to try a set-up before the queue.
 """
 
 from __future__ import annotations
@@ -35,19 +36,24 @@ class ShardTask:
     n: int
     executor: str = "gpus"
     env: dict[str, str] = field(default_factory=dict)
+    resume: bool = False
+    """Continue interrupted runs from their checkpoints (`shard --resume`): what a requeued task does."""
 
     def argv(self, k: int) -> list[str]:
         return [sys.executable, self.script, *self.options, "shard", str(k), str(self.n), "--executor",
-                self.executor]
+                self.executor, *(["--resume"] if self.resume else [])]
 
     def __call__(self, k: int) -> int:
         return subprocess.run(self.argv(k), check=False, env={**os.environ, **self.env}).returncode
 
     def checkpoint(self, k: int) -> Any:
-        """On a time limit or preemption: the same shard again (finished runs are skipped)."""
+        """On a time limit or preemption: the same shard again, finished runs skipped and the interrupted ones
+        continued from their last checkpoint."""
+        from dataclasses import replace
+
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(self, k)
+        return DelayedSubmission(replace(self, resume=True), k)
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,12 @@ def test_without_sbatch_the_error_is_one_line_naming_the_local_cluster(tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--cluster local" in err
     assert not Path(tmp_path / "r" / "_slurm").exists()
+
+
+def test_a_requeued_shard_task_continues_its_interrupted_runs() -> None:
+    from bench.cluster import ShardTask
+
+    task = ShardTask("paper_tables.py", ["--profile", "tiny"], 4)
+    assert "--resume" not in task.argv(2)
+    again = task.checkpoint(2)  # what submitit runs after a time limit or a preemption
+    assert again.args == (2,) and again.function.argv(2)[-1] == "--resume"

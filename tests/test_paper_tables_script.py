@@ -164,6 +164,30 @@ def test_pack_keeps_only_the_runs_the_shard_owns_and_the_merge_says_what_is_miss
     assert coverage in (tmp_path / "pub" / "tables" / "main.md").read_text()
 
 
+def test_a_shard_run_again_with_resume_continues_its_interrupted_run(tmp_path, dreambench_root, monkeypatch,
+                                                                     capsys):
+    """`shard --resume` (the workflow's shard step, a requeued SLURM task): the run killed mid-training continues
+    from its last checkpoint, and a method without training in the same piece is run, not refused."""
+    from bench import registry, store, timing
+    from tests.helpers import Killed, kill_at
+
+    monkeypatch.setitem(registry.METHODS, "fake", "tests.fake_method:FakeMethod")
+    monkeypatch.setitem(registry.METHODS, "fake_prepared", "tests.fake_method:FakePrepared")
+    monkeypatch.setattr(timing, "TICK_S", 0.0)
+    module = load_script()
+    argv = ["--profile", "tiny", "--concepts", "dog", "--pieces", "main", "--methods", "fake,fake_prepared",
+            "--data", str(dreambench_root), "--results", str(tmp_path), "shard", "1", "1", "--executor", "local"]
+    with monkeypatch.context() as m:
+        kill_at(m, 3)  # checkpoints every 2 iterations: killed after logging 3, saved at 2
+        with pytest.raises(Killed):
+            module.main(argv)
+    assert module.main([*argv, "--resume"]) == 0, capsys.readouterr()
+    record = store.read_run_record(tmp_path / "tiny" / "fake" / "default" / "dog" / "seed0")
+    assert [a["resumed_from"] for a in record.timing.attempts] == [None, {"train": 2}]
+    assert record.timing.iterations == 6
+    assert store.read_run_record(tmp_path / "tiny" / "fake_prepared" / "default" / "dog" / "seed0").status == "done"
+
+
 DREAMBENCH_CLASSES = {
     "backpack": "backpack", "backpack_dog": "backpack", "bear_plushie": "stuffed animal", "berry_bowl": "bowl",
     "can": "can", "candle": "candle", "cat": "cat", "cat2": "cat", "clock": "clock", "colorful_sneaker": "sneaker",

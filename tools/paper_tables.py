@@ -3,7 +3,7 @@
     python tools/paper_tables.py [options] check                      the dataset and the weights are there
     python tools/paper_tables.py [options] matrix N                   `shards=[1,...,N]` (the workflow's matrix)
     python tools/paper_tables.py [options] estimate [--shards N]      the plan's runs, done, GPU-hours left
-    python tools/paper_tables.py [options] shard K N                  run part K of N of every sweep of the plan
+    python tools/paper_tables.py [options] shard K N [--resume]       run part K of N of every sweep of the plan
     python tools/paper_tables.py [options] pack DEST                  copy the records and loss logs (to upload)
     python tools/paper_tables.py [options] merge SRC... --into DEST   merge shards, then status, tables, report
     python tools/paper_tables.py [options] slurm N [--partition P ...]  the plan as one SLURM job array, then tables
@@ -14,7 +14,8 @@ EchoDistill, its NFE, teacher-first, one-shot and backbone variants (`pieces()`;
 `--methods` replaces the main piece's methods). Each piece is what one `bench run` or `bench ablate` command would
 run; `shard K N` splits the whole plan at once (`bench.shard`: the same split on every machine, runs that share a
 training together, even across pieces) and runs this machine's part piece by piece, as `bench run --shard`
-would. Finished runs are skipped, so running a shard again resumes it.
+would. Finished runs are skipped, so running a shard again resumes it; with `--resume` (RESUME=1) an interrupted run
+continues from its last checkpoint instead of starting over.
 
 Options default to environment variables, so the workflow sets them once: PROFILE (paper), CONCEPTS (all),
 SEEDS (0), RESULTS (results), DREAMBENCH (the dataset; else $BENCH_DATA), WEIGHTS (a folder of local weights,
@@ -219,6 +220,8 @@ def shard(args: argparse.Namespace) -> int:
     options = ExecOptions(executor=args.executor, workers=args.workers)
     options.validate()
     plan = build_plan(args, check_images=True)
+    for _, _, ctx in plan:  # runs of methods that do not train have no checkpoint: they are simply redone
+        ctx.resume = args.resume
     mine = shard_pieces([(jobs, ctx) for _, jobs, ctx in plan], args.k, args.n)
     worst = 0
     for (piece, jobs, ctx), part in zip(plan, mine):
@@ -456,6 +459,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("n", type=int)
     s.add_argument("--executor", default=env("EXECUTOR", "gpus"))
     s.add_argument("--workers", type=int, default=int(env("WORKERS", "0")) or None)
+    s.add_argument("--resume", action="store_true", default=env("RESUME", "0") == "1",
+                   help="continue interrupted runs from their last checkpoint (else they are redone)")
     m = sub.add_parser("merge", help="merge shard results, then status, tables and report")
     m.add_argument("sources", nargs="+")
     m.add_argument("--into", required=True)
