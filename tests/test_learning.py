@@ -1,7 +1,7 @@
 """Every method learns (`bench.learning`): on tiny, a trained method's samples move toward the concept's photos
-compared with the untrained student from the same prompts and noise; a method without training moves toward the
-photos that condition it. A negative control, whose trained weights are not used when sampling, fails the same
-check. Fast tier: on 3 concepts per method, every method that trains moves the stated share closer, and every
+compared with its own start (one training step) from the same prompts and noise; a method without training moves
+toward the photos that condition it. A negative control, whose trained weights are not used when sampling, fails
+the same check. Fast tier: on 3 concepts per method, every method that trains moves the stated share closer, and every
 conditioning reaches its samples; slow tier (`-m slow`): the share of concepts moved closer, on all 30 concepts of
 the real DreamBench."""
 
@@ -64,7 +64,7 @@ or 2 of 3) and the fast tier asserts that the photos reach every sample; their s
 
 @pytest.mark.parametrize("name", TRAINS)
 def test_every_trained_method_learns_on_three_concepts(name: str, dreambench_root: Path) -> None:
-    """Trained samples closer to the concept's photos than the untrained model's, on at least 2 of 3 concepts (a
+    """Trained samples closer to the concept's photos than the method's start's, on at least 2 of 3 concepts (a
     check the negative control below fails)."""
     chosen, everything = _concepts(dreambench_root, FAST_CONCEPTS)
     report = learning.check_method(name, chosen, everything)
@@ -90,7 +90,7 @@ def test_the_negative_control_fails_the_same_check(dreambench_root: Path) -> Non
     chosen, everything = _concepts(dreambench_root, FAST_CONCEPTS)
     report = learning.check_method("lora", chosen, everything, cls=IgnoresItsTraining)
     assert not report.passed and report.share == 0, report.line()
-    for r in report.results:  # unused weights: exactly the untrained samples
+    for r in report.results:  # unused weights: exactly the start's samples
         assert r.learned == r.reference
 
 
