@@ -17,6 +17,7 @@ import typer
 
 from bench.api import BenchError, InfraError, infra_cause
 from bench.data_cli import data_app
+from bench.learning_cli import learns
 from bench.study.cli import study_app
 from bench.tracking.options import INTERVAL, REPORT_TO, SAMPLE_EVERY, WATCH, tracking
 
@@ -31,6 +32,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                          "points do.")
 app.add_typer(data_app, name="data")  # validate or fetch a dataset (bench.data_cli)
 app.add_typer(study_app, name="study")  # the preference study behind Table 7 (bench.study)
+app.command("learns")(learns)  # the learning check (bench.learning_cli)
 
 # Options shared by every command that touches data or results (architecture.md, "CLI surface").
 DATA = typer.Option(None, "--data", help="Dataset root (else $BENCH_DATA, else ./data/dreambench).")

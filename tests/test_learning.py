@@ -145,3 +145,14 @@ def test_reachable_through_an_identity_autoencoder_gives_the_photos_back() -> No
     (out,) = learning.reachable([photo], Identity(), 16)
     assert out.size == (16, 16)
     assert np.array_equal(np.asarray(out), np.asarray(photo.resize((16, 16), Image.BICUBIC)))
+
+
+def test_bench_learns_from_the_command_line(dreambench_root: Path, monkeypatch, capsys) -> None:
+    from tests.helpers import bench
+
+    code, out, err = bench(monkeypatch, capsys, "learns", "--method", "lora,nope", "--data", dreambench_root)
+    assert code == 2 and "unknown method 'nope'" in err and not out  # refused before any training
+    code, out, err = bench(monkeypatch, capsys, "learns", "--method", "lora", "--concepts", "dog", "--data",
+                           dreambench_root)
+    assert code == 0 and out.startswith("ok   lora: 1/1 concepts closer (dog "), out + err
+    assert "1 of 1 method(s) learn" in err
