@@ -77,6 +77,16 @@ class ClusterOptions:
     """At most this many shard jobs at once (%N of the array); default all."""
 
 
+def forwarded(args: Any) -> list[str]:
+    """The plan's options of `paper_tables.py` (its parsed arguments), as a shard job on another node must be given
+    them (paths made absolute)."""
+    out = ["--profile", args.profile, "--concepts", args.concepts, "--seeds", args.seeds, "--results",
+           str(Path(args.results).resolve()), "--pieces", args.pieces]
+    out += ["--data", str(Path(args.data).resolve())] if args.data else []
+    out += ["--weights", str(Path(args.weights).resolve())] if args.weights else []
+    return out + (["--methods", args.methods] if args.methods else [])
+
+
 def parameters(opts: ClusterOptions, n: int) -> dict[str, Any]:
     """submitit parameters of the job array (validated: a bad value is one line)."""
     from bench.executors.options import slurm_resources

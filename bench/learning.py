@@ -143,8 +143,8 @@ def reachable(photos: list[Any], vae: Any, size: int) -> list[Any]:
     return [Image.fromarray(a) for a in pixels]
 
 
-def _targets(concept: Any, models: Any, role: str) -> list[Any]:
-    return reachable(_photos(concept), getattr(models, role), models.resolution)
+def _targets(concept: Any, models: Any, role: str, size: int) -> list[Any]:
+    return reachable(_photos(concept), getattr(models, role), size)
 
 
 def _prompts(concept: Any, identifier: str, phrase: str) -> tuple[list[str], list[int]]:
@@ -188,9 +188,9 @@ def check_trained(cls: Any, name: str, concept: Any, iterations: int = ITERATION
     learned, prompts = _trained_samples(cls, name, concept, iterations)
     start, same = _trained_samples(cls, name, concept, START)
     if same != prompts:
-        raise RuntimeError(f"{name}: its start and its trained model read different prompts ({same[0]!r}, "
-                           f"{prompts[0]!r})")
-    photos = _targets(concept, _models(name), vae_role(cls))
+        raise AssertionError(f"{name}: its start and its trained model read different prompts ({same[0]!r}, "
+                             f"{prompts[0]!r})")
+    photos = _targets(concept, _models(name), vae_role(cls), learned[0].size[0])
     return ConceptResult(name, concept.name, distance(learned, photos), distance(start, photos))
 
 
@@ -204,7 +204,7 @@ def check_conditioned(cls: Any, name: str, concept: Any, other: Any) -> ConceptR
         prompts, seeds = _prompts(concept, own.identifier, eval_phrase(own))
         near = own.generate(prompts, seeds)
         far = method.prepare(other, _models(name), Path(tmp) / "other", 0).generate(prompts, seeds)
-    photos = _targets(concept, _models(name), vae_role(cls))
+    photos = _targets(concept, _models(name), vae_role(cls), near[0].size[0])
     return ConceptResult(name, concept.name, distance(near, photos), distance(far, photos))
 
 

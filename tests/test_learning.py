@@ -156,3 +156,38 @@ def test_bench_learns_from_the_command_line(dreambench_root: Path, monkeypatch, 
                            dreambench_root)
     assert code == 0 and out.startswith("ok   lora: 1/1 concepts closer (dog "), out + err
     assert "1 of 1 method(s) learn" in err
+
+
+def test_each_method_is_measured_through_the_vae_it_samples_with() -> None:
+    assert {n: learning.vae_role(get_method(n)) for n in ("lora", "echodistill", "ip_adapter_tcd", "ominicontrol")} \
+        == {"lora": "vae", "echodistill": "vae", "ip_adapter_tcd": "sdxl_vae", "ominicontrol": "flux_vae"}
+
+
+def test_a_trained_method_is_compared_with_its_own_start(monkeypatch, concept) -> None:
+    """The reference is the same method trained `START` iteration per stage, on the same prompts, at the samples'
+    size; not the backbone."""
+    from PIL import Image
+
+    calls, sizes = [], []
+
+    def trained_samples(cls, name, concept, iterations):
+        calls.append((name, iterations))
+        return [Image.new("RGB", (24, 24), (200 if iterations > 1 else 90, 0, 0))], ["a sks dog"]
+
+    monkeypatch.setattr(learning, "_trained_samples", trained_samples)
+    monkeypatch.setattr(learning, "_targets", lambda c, models, role, size: sizes.append((role, size)) or
+                        [Image.new("RGB", (24, 24), (255, 0, 0))])
+    monkeypatch.setattr(learning, "_models", lambda name, backbone="sd-turbo": None)
+    result = learning.check_trained(LoRA, "lora", concept)
+    assert calls == [("lora", learning.ITERATIONS), ("lora", learning.START)] and sizes == [("vae", 24)]
+    assert result.passed and result.learned < result.reference  # the redder trained sample is the closer one
+
+
+def test_bench_learns_refuses_bad_input_in_one_line(dreambench_root: Path, monkeypatch, capsys) -> None:
+    from tests.helpers import bench
+
+    for args, said in ((["--concepts", "nosuch"], "nosuch"), (["--iterations", "1"], "--iterations must be at least 2"),
+                       (["--method", ","], "no method given")):
+        argv = ["learns", "--method", "lora", "--data", dreambench_root, *args]
+        code, out, err = bench(monkeypatch, capsys, *argv)
+        assert code == 2 and not out and said in err and len(err.strip().splitlines()) == 1, (args, err)

@@ -332,20 +332,11 @@ def publish(args: argparse.Namespace, into: Path, out: Path) -> int:
     return 0
 
 
-def forwarded(args: argparse.Namespace) -> list[str]:
-    """The plan's options, as a shard job on another node must be given them (paths made absolute)."""
-    out = ["--profile", args.profile, "--concepts", args.concepts, "--seeds", args.seeds, "--results",
-           str(Path(args.results).resolve()), "--pieces", args.pieces]
-    out += ["--data", str(Path(args.data).resolve())] if args.data else []
-    out += ["--weights", str(Path(args.weights).resolve())] if args.weights else []
-    return out + (["--methods", args.methods] if args.methods else [])
-
-
 @guarded
 def slurm(args: argparse.Namespace) -> int:
     """The whole plan on a SLURM cluster: one job array of N shard jobs into one shared results folder
     (`bench.cluster`), then (unless --no-wait) status, tables, report and coverage, as the CI merge job does."""
-    from bench.cluster import ClusterOptions, ShardTask, submit, wait
+    from bench.cluster import ClusterOptions, ShardTask, forwarded, submit, wait
 
     build_plan(args, check_images=True)  # every user mistake here, before anything is queued
     opts = ClusterOptions(args.partition, args.time, args.gpus_per_job, args.cpus_per_job, args.mem, args.account,

@@ -6,14 +6,16 @@ On the `tiny` profile (everything offline, on CPU), each step is one call of `to
 separate process with its own results folder, as on N runners:
 
 1. `estimate --shards N` and `matrix N` on the plan *without its last concept*;
-2. round 1: every shard runs; one shard (the one with most runs) is killed (SIGKILL) once it has finished a run,
-   and is packed anyway (`pack --shard K/N`, as the workflow's `always()` step does); the merge of round 1 must say
-   which shard and how many runs are missing (`coverage.md`);
+2. round 1: every shard runs (`shard K N --resume`, as the workflow's shard step); one shard (the one with most
+   runs) is killed (SIGKILL) once it has finished a run, and is packed anyway (`pack --shard K/N`, as the
+   workflow's `always()` step does); the merge of round 1 must say which shard and how many runs are missing
+   (`coverage.md`);
 3. round 2, the workflow run again after the plan grew by a concept: every shard runs again (finished runs are
-   skipped, the killed shard goes on; runs the grown plan moved to another shard are left out of the pack);
+   skipped, the killed shard goes on, its interrupted run continued from its checkpoint; runs the grown plan moved
+   to another shard are left out of the pack);
 4. one run's record is copied into a second shard's pack with noise in the last digits of its metrics;
 5. `merge` of every pack (status, every table, the report, the coverage), and the same plan unsharded on one
-   machine (`shard 1 1`, in one process or `--reference-workers` CPU workers, then `publish`);
+   machine (`shard 1 1`, in one process or `--reference-workers` worker processes, then `publish`);
 6. the checks: the merged folder holds exactly the plan's runs (as many as `estimate` lists), every table is
    complete (every row's runs done, none failed or missing), and equal to the unsharded run's tables (timing
    columns aside); the noisy duplicate was reported and the owner's copy kept.
@@ -72,7 +74,7 @@ class Rehearsal:
             while pending and len(running) < self.args.parallel:
                 k = pending.pop(0)
                 running[k] = self.call(concepts, self.work / f"shard-{k}", "shard", str(k), str(n), "--executor",
-                                       "local", capture=False, start_new_session=True)
+                                       "local", "--resume", capture=False, start_new_session=True)
             for k, proc in list(running.items()):
                 if k == kill and proc.poll() is None and any((self.work / f"shard-{k}").rglob("record.json")):
                     os.killpg(proc.pid, signal.SIGKILL)  # the runner died mid-shard: only `always()` steps follow
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="results/rehearsal")
     p.add_argument("--parallel", type=int, default=2, help="shard processes at once")
     p.add_argument("--reference-workers", type=int, default=1,
-                   help="CPU worker processes of the unsharded reference run (1: the local executor)")
+                   help="worker processes of the unsharded reference run (`--executor gpus --workers N`: on a "
+                        "machine without a GPU, N CPU workers; 1: the local executor)")
     p.add_argument("--no-report", action="store_true", help="tables only (the report is the slowest step)")
     return Rehearsal(p.parse_args(argv)).main()
 
