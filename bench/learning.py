@@ -22,8 +22,8 @@ score as moving away. With a trained VAE (paper scale) the rendering is the phot
   a token (Custom Diffusion's and EchoDistill's `<new1>`) draws other images from its first step, since the
   backbone reads the identifier as characters; measured on the real DreamBench, after one step Custom Diffusion's
   samples of backpack, clock and vase were already farther from the photos than the backbone's (8.42 against 8.18
-  for backpack), and each further step brought them closer (8.39 at 10 iterations, 8.13 at 100), so against the
-  backbone 12 of 30 concepts read as moving away while training moved every one of them closer.
+  for backpack), and training brought them closer (8.39 at 10 iterations, 8.13 at 100); against the backbone 12
+  (Custom Diffusion) and 11 (EchoDistill) of 30 concepts read as moving away, while training moved all 30 closer.
 - A method that does not train: condition it on the concept's photos and, separately, on another concept's photos
   (`OTHER`), same prompts and noise; it passes when conditioning on the concept's own photos gives samples closer
   to them.
